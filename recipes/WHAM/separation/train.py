@@ -1,0 +1,19 @@
+#!/usr/bin/env python3
+"""Recipe: speech separation on WHAM! (WSJ0-2mix + real ambient noise) with S4M or SepFormer.
+
+The model is chosen by the hparams file (one flag apart)::
+
+    python train.py hparams/s4m_tiny.yaml --data_folder /yourpath/wham_mix
+    python train.py hparams/s4m.yaml --data_folder /yourpath/wham_mix
+    python train.py hparams/sepformer.yaml --data_folder /yourpath/wham_mix
+
+Multi-GPU (DDP): ``torchrun --nproc_per_node=4 train.py hparams/s4m.yaml
+--data_folder ...``. Evaluate a trained experiment again: add ``--test_only``.
+The shared logic (data preparation, training, evaluation) is
+:func:`speechbrain_s4m.separation.run_recipe`.
+"""
+
+from speechbrain_s4m.separation import main
+
+if __name__ == "__main__":
+    main(dataset="wham")

@@ -1,0 +1,360 @@
+"""Command-line tools: ``s4m-separate`` and ``s4m-export``.
+
+``s4m-separate`` separates files (or every audio file of a folder) with a
+pretrained model folder or hub id and writes ``<name>_s1.wav``,
+``<name>_s2.wav``, ... Long files are streamed chunk by chunk.
+``s4m-export`` turns a recipe output folder into a pretrained folder.
+
+Both print one line per problem (no traceback) and return a non-zero exit
+code: 1 when some input failed, 2 for bad arguments or an unusable model.
+``python -m speechbrain_s4m.cli {separate,export} ...`` works as well.
+
+Authors
+ * speechbrain-s4m contributors 2026
+"""
+
+import argparse
+import pathlib
+import sys
+import traceback
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
+EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
+
+
+def _one_line(err):
+    """A one-line message for an exception."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (KeyError, RuntimeError, TypeError, AttributeError)):
+        text = f"{type(err).__name__}: {text}"
+    return text
+
+
+def _error(prog, message):
+    print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def collect_inputs(paths, recursive=False):
+    """Expands files and folders into a sorted list of audio files.
+
+    Arguments
+    ---------
+    paths : list of str
+        Files and/or folders.
+    recursive : bool
+        Also search sub-folders of the folders.
+
+    Returns
+    -------
+    files : list of pathlib.Path
+    problems : list of str
+        One message per path that does not exist or holds no audio.
+    """
+    files, problems = [], []
+    for given in paths:
+        path = pathlib.Path(given).expanduser()
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = sorted(
+                p
+                for p in path.glob(pattern)
+                if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+            )
+            if not found:
+                problems.append(
+                    f"{given}: folder holds no audio files "
+                    f"({', '.join(AUDIO_EXTENSIONS)})"
+                )
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(f"{given}: no such file or folder")
+    return files, problems
+
+
+def _rate_arg(value):
+    if value in ("input", "model"):
+        return value
+    try:
+        rate = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'input', 'model' or a rate in Hz, got {value!r}"
+        ) from None
+    if rate <= 0:
+        raise argparse.ArgumentTypeError(f"rate must be positive: {value}")
+    return rate
+
+
+def _positive_float(value):
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def separate_parser(prog="s4m-separate"):
+    """The argument parser of ``s4m-separate``."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Separate the speakers of audio mixtures with a "
+        "pretrained model; writes <name>_s1.wav, <name>_s2.wav, ...",
+    )
+    parser.add_argument(
+        "inputs", nargs="+", help="audio files and/or folders of audio files"
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="pretrained model folder (from s4m-export) or hub id owner/name",
+    )
+    parser.add_argument(
+        "--output-folder",
+        default="separated",
+        help="where to write the separated sources (default: ./separated)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if "
+        "available, else cpu)",
+    )
+    parser.add_argument(
+        "--chunk-seconds",
+        type=_positive_float,
+        default=None,
+        help="files longer than this are separated chunk by chunk "
+        "(default: 30)",
+    )
+    parser.add_argument(
+        "--overlap-seconds",
+        type=_positive_float,
+        default=None,
+        help="overlap between chunks, used to keep the speaker order and "
+        "cross-faded (default: 2)",
+    )
+    parser.add_argument(
+        "--output-rate",
+        type=_rate_arg,
+        default="input",
+        help="sample rate of the outputs: 'input' (default), 'model' or Hz",
+    )
+    parser.add_argument(
+        "--normalize",
+        action="store_true",
+        help="peak-normalise each output to 1 (like SpeechBrain)",
+    )
+    parser.add_argument(
+        "--subtype",
+        default="FLOAT",
+        choices=["FLOAT", "PCM_16", "PCM_24", "PCM_32"],
+        help="WAV sample format (default: FLOAT, no clipping)",
+    )
+    parser.add_argument(
+        "--recursive",
+        action="store_true",
+        help="search input folders recursively",
+    )
+    parser.add_argument(
+        "--savedir",
+        default=None,
+        help="where to keep files fetched for a hub model",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="print full tracebacks (for bug reports)",
+    )
+    return parser
+
+
+def separate_main(argv=None):
+    """Entry point of ``s4m-separate``; returns the exit code.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 1 if some input failed, 2 for usage/model errors.
+    """
+    prog = "s4m-separate"
+    parser = separate_parser(prog)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+    files, problems = collect_inputs(args.inputs, args.recursive)
+    for problem in problems:
+        _error(prog, problem)
+    if problems:
+        return EXIT_USAGE
+    names = {}
+    for path in files:
+        if path.stem in names:
+            _error(
+                prog,
+                f"{names[path.stem]} and {path} would write the same outputs "
+                f"({path.stem}_s1.wav, ...); separate them in two runs",
+            )
+            return EXIT_USAGE
+        names[path.stem] = path
+
+    import torch
+    from tqdm import tqdm
+
+    from speechbrain_s4m.inference import (
+        S4MSeparation,
+    )
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model = S4MSeparation.from_hparams(
+            source=args.model,
+            savedir=args.savedir,
+            run_opts={"device": device},
+        )
+        model._chunk_sizes(args.chunk_seconds, args.overlap_seconds)
+    except Exception as err:
+        if args.traceback:
+            traceback.print_exc()
+        _error(prog, _one_line(err))
+        return EXIT_USAGE
+
+    failed = 0
+    progress = tqdm(
+        files,
+        unit="file",
+        disable=args.quiet or len(files) < 2,
+        file=sys.stderr,
+    )
+    for path in progress:
+        progress.set_postfix_str(path.name, refresh=False)
+        try:
+            model.separate_file_to_folder(
+                str(path),
+                args.output_folder,
+                output_sample_rate=args.output_rate,
+                normalize=args.normalize,
+                chunk_seconds=args.chunk_seconds,
+                overlap_seconds=args.overlap_seconds,
+                subtype=args.subtype,
+            )
+        except KeyboardInterrupt:
+            _error(prog, "interrupted")
+            return 130
+        except Exception as err:
+            failed += 1
+            if args.traceback:
+                traceback.print_exc()
+            message = _one_line(err)
+            if str(path) not in message:
+                message = f"{path}: {message}"
+            tqdm.write(f"{prog}: error: {message}", file=sys.stderr)
+    progress.close()
+    done = len(files) - failed
+    if not args.quiet:
+        print(
+            f"{prog}: separated {done}/{len(files)} file(s) into "
+            f"{args.output_folder}",
+            file=sys.stderr,
+        )
+    return EXIT_INPUT if failed else EXIT_OK
+
+
+def export_parser(prog="s4m-export"):
+    """The argument parser of ``s4m-export``."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Export the best checkpoint of a recipe output folder "
+        "as a pretrained model folder (hyperparams.yaml, encoder/masknet/"
+        "decoder.ckpt, README.md model card).",
+    )
+    parser.add_argument(
+        "recipe_output_folder",
+        help="the recipe's output folder (hyperparams.yaml, save/, ...)",
+    )
+    parser.add_argument("target_folder", help="the folder to create")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="export this CKPT+* folder instead of the best one",
+    )
+    parser.add_argument(
+        "--min-key",
+        default="si-snr",
+        help="checkpoint meta key to minimise (default: si-snr, the "
+        "negative validation SI-SNR)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace target_folder"
+    )
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="print full tracebacks (for bug reports)",
+    )
+    return parser
+
+
+def export_main(argv=None):
+    """Entry point of ``s4m-export``; returns the exit code.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 1 on failure (one-line reason on stderr).
+    """
+    prog = "s4m-export"
+    try:
+        args = export_parser(prog).parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    from speechbrain_s4m.export import export_pretrained
+
+    try:
+        target = export_pretrained(
+            args.recipe_output_folder,
+            args.target_folder,
+            checkpoint=args.checkpoint,
+            min_key=args.min_key,
+            overwrite=args.overwrite,
+        )
+    except Exception as err:
+        if args.traceback:
+            traceback.print_exc()
+        _error(prog, _one_line(err))
+        return EXIT_INPUT
+    print(f"{prog}: exported {args.recipe_output_folder} -> {target}")
+    return EXIT_OK
+
+
+def main(argv=None):
+    """``python -m speechbrain_s4m.cli {separate,export} ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"separate": separate_main, "export": export_main}
+    if not argv or argv[0] not in commands:
+        print(
+            "usage: python -m speechbrain_s4m.cli {separate,export} ...",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

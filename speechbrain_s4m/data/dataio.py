@@ -1,0 +1,286 @@
+"""SpeechBrain datasets for the separation recipes.
+
+``make_datasets`` builds ``DynamicItemDataset``s from the manifests written
+by :mod:`speechbrain_s4m.data.prepare`, with output keys
+``id, mix_sig, s1_sig, s2_sig[, s3_sig][, noise_sig]`` (float32 ``[time]``
+tensors; batched by SpeechBrain's ``PaddedBatch`` to ``[batch, time]`` with
+relative lengths). ``dynamic_mixing_dataset`` (from
+:mod:`speechbrain_s4m.data.dynamic_mixing`) gives the same keys from new
+mixtures drawn at every access.
+
+Authors
+ * speechbrain-s4m contributors 2026
+"""
+
+import csv
+import logging
+
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+
+from speechbrain_s4m.data.audio import (
+    AudioFormatError,
+    audio_frames,
+    read_audio,
+)
+from speechbrain_s4m.data.dynamic_mixing import dynamic_mixing_dataset
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AudioFormatError",
+    "read_audio",
+    "signal_keys",
+    "make_dataset",
+    "make_datasets",
+    "datasets_from_hparams",
+    "dynamic_mixing_dataset",
+]
+
+SORTINGS = ("ascending", "descending", "random")
+
+
+def signal_keys(num_spks=2, noise=False):
+    """Output keys of the signals, in order.
+
+    Arguments
+    ---------
+    num_spks : int
+        Number of target sources.
+    noise : bool
+        Whether a ``noise_sig`` is provided.
+
+    Returns
+    -------
+    keys : list of str
+
+    Example
+    -------
+    >>> signal_keys(3, noise=True)
+    ['mix_sig', 's1_sig', 's2_sig', 's3_sig', 'noise_sig']
+    """
+    keys = ["mix_sig"] + [f"s{i + 1}_sig" for i in range(num_spks)]
+    return keys + (["noise_sig"] if noise else [])
+
+
+def _check_columns(csv_path, columns):
+    with open(csv_path, newline="") as f:
+        header = next(csv.reader(f), [])
+    lacking = [c for c in ["ID", "duration"] + columns if c not in header]
+    if lacking:
+        raise ValueError(
+            f"manifest '{csv_path}' lacks column(s) {lacking} (has {header}); "
+            "check num_spks / noise against the prepared dataset"
+        )
+
+
+def _make_loader(num_spks, noise, sample_rate, crop_len):
+    """Dynamic-item function reading (and cropping) all signals."""
+
+    def load(*paths):
+        start, stop = 0, None
+        if crop_len is not None:
+            frames, _ = audio_frames(paths[0])
+            if frames > crop_len:
+                start = int(torch.randint(0, frames - crop_len + 1, ()))
+                stop = start + crop_len
+        sigs = [read_audio(p, sample_rate, start, stop) for p in paths]
+        n = sigs[0].shape[0]
+        for path, sig in zip(paths[1:], sigs[1:]):
+            if sig.shape[0] != n:
+                raise AudioFormatError(
+                    f"'{path}' has {sig.shape[0]} samples in the read range "
+                    f"but the mixture '{paths[0]}' has {n}: sources and "
+                    "mixture must have the same length"
+                )
+        yield from sigs
+
+    return load
+
+
+def make_dataset(
+    csv_path,
+    num_spks=2,
+    sample_rate=8000,
+    noise=False,
+    crop_len=None,
+    sorting="random",
+    max_duration=None,
+):
+    """One ``DynamicItemDataset`` from a manifest.
+
+    Arguments
+    ---------
+    csv_path : str
+        Manifest with ``ID, duration, mix_wav, s1_wav, ...``.
+    num_spks : int
+        Number of target sources (``s1_wav`` ... ``s<num_spks>_wav``).
+    sample_rate : int
+        Expected sample rate; other rates raise :class:`AudioFormatError`.
+    noise : bool
+        Also provide ``noise_sig`` (needs a ``noise_wav`` column).
+    crop_len : int or None
+        If set, longer items give a random crop of ``crop_len`` samples, at
+        the same offset in the mixture and every source.
+    sorting : str
+        ``ascending`` / ``descending`` by duration, or ``random`` (manifest
+        order; shuffle in the dataloader).
+    max_duration : float or None
+        Drop items longer than this (seconds).
+
+    Returns
+    -------
+    dataset : speechbrain.dataio.dataset.DynamicItemDataset
+        Items ``{"id", "mix_sig", "s1_sig", ...}``.
+
+    Example
+    -------
+    >>> from speechbrain_s4m.data import prepare_wsj0mix
+    >>> from speechbrain_s4m.data.synthetic import write_wsj0mix
+    >>> tmp = getfixture("tmp_path")
+    >>> root = write_wsj0mix(tmp / "wsj", sizes=1, duration=(0.2, 0.2))
+    >>> csvs = prepare_wsj0mix(root, tmp / "save")
+    >>> item = make_dataset(csvs["test"], crop_len=800)[0]
+    >>> list(item), item["mix_sig"].shape
+    (['id', 'mix_sig', 's1_sig', 's2_sig'], torch.Size([800]))
+    """
+    if sorting not in SORTINGS:
+        raise ValueError(f"sorting must be one of {SORTINGS}, got {sorting!r}")
+    columns = ["mix_wav"] + [f"s{i + 1}_wav" for i in range(num_spks)]
+    columns += ["noise_wav"] if noise else []
+    _check_columns(csv_path, columns)
+    dataset = DynamicItemDataset.from_csv(csv_path)
+    provides = signal_keys(num_spks, noise)
+    dataset.add_dynamic_item(
+        _make_loader(num_spks, noise, sample_rate, crop_len),
+        takes=columns,
+        provides=provides,
+    )
+    dataset.set_output_keys(["id"] + provides)
+    limits = {"duration": max_duration} if max_duration else {}
+    if sorting != "random":
+        dataset = dataset.filtered_sorted(
+            sort_key="duration",
+            reverse=sorting == "descending",
+            key_max_value=limits,
+        )
+    elif limits:
+        dataset = dataset.filtered_sorted(key_max_value=limits)
+    return dataset
+
+
+def make_datasets(
+    train_csv,
+    valid_csv,
+    test_csv,
+    num_spks=2,
+    sample_rate=8000,
+    noise=False,
+    sorting="random",
+    limit_training_signal_len=False,
+    training_signal_len=32000,
+    max_duration=None,
+):
+    """Train / valid / test datasets from the prepared manifests.
+
+    Only the training set is cropped (``limit_training_signal_len``),
+    sorted and filtered by ``max_duration``; valid and test items are whole
+    utterances in manifest order.
+
+    Arguments
+    ---------
+    train_csv : str
+        Training manifest.
+    valid_csv : str
+        Validation manifest.
+    test_csv : str or None
+        Test manifest (None: no test set).
+    num_spks : int
+        Number of target sources.
+    sample_rate : int
+        Expected sample rate of every file.
+    noise : bool
+        Provide ``noise_sig`` too (manifests need ``noise_wav``).
+    sorting : str
+        ``ascending``, ``descending`` or ``random`` (sorted sets must not
+        be shuffled by the dataloader).
+    limit_training_signal_len : bool
+        Random crops of ``training_signal_len`` samples for training.
+    training_signal_len : int
+        Crop length (samples).
+    max_duration : float or None
+        Drop training items longer than this (seconds).
+
+    Returns
+    -------
+    train, valid, test : DynamicItemDataset
+        ``test`` is None when ``test_csv`` is None.
+
+    Example
+    -------
+    >>> from speechbrain_s4m.data import prepare_wsj0mix
+    >>> from speechbrain_s4m.data.synthetic import write_wsj0mix
+    >>> tmp = getfixture("tmp_path")
+    >>> root = write_wsj0mix(tmp / "wsj", sizes=2, duration=(0.2, 0.3))
+    >>> csvs = prepare_wsj0mix(root, tmp / "save")
+    >>> train, valid, test = make_datasets(
+    ...     csvs["train"], csvs["valid"], csvs["test"], sorting="ascending"
+    ... )
+    >>> len(train), len(valid), len(test)
+    (2, 2, 2)
+    """
+    crop = training_signal_len if limit_training_signal_len else None
+    common = {"num_spks": num_spks, "sample_rate": sample_rate, "noise": noise}
+    train = make_dataset(
+        train_csv,
+        crop_len=crop,
+        sorting=sorting,
+        max_duration=max_duration,
+        **common,
+    )
+    valid = make_dataset(valid_csv, **common)
+    test = make_dataset(test_csv, **common) if test_csv else None
+    return train, valid, test
+
+
+def datasets_from_hparams(hparams):
+    """``make_datasets`` with the usual recipe hparams keys.
+
+    Reads ``train_data``, ``valid_data``, ``test_data``, ``num_spks``,
+    ``sample_rate`` and the optional ``use_wham_noise`` (-> ``noise``),
+    ``sorting``, ``limit_training_signal_len``, ``training_signal_len`` and
+    ``max_duration``.
+
+    Arguments
+    ---------
+    hparams : dict
+        Loaded recipe hyperparameters.
+
+    Returns
+    -------
+    train, valid, test : DynamicItemDataset
+
+    Example
+    -------
+    >>> datasets_from_hparams({"valid_data": "v.csv"})
+    Traceback (most recent call last):
+    ...
+    KeyError: "hparams lack 'train_data' (a manifest path)"
+    """
+    for key in ("train_data", "valid_data"):
+        if key not in hparams:
+            raise KeyError(f"hparams lack {key!r} (a manifest path)")
+    return make_datasets(
+        hparams["train_data"],
+        hparams["valid_data"],
+        hparams.get("test_data"),
+        num_spks=hparams.get("num_spks", 2),
+        sample_rate=hparams.get("sample_rate", 8000),
+        noise=bool(hparams.get("use_wham_noise", False)),
+        sorting=hparams.get("sorting", "random"),
+        limit_training_signal_len=hparams.get(
+            "limit_training_signal_len", False
+        ),
+        training_signal_len=hparams.get("training_signal_len", 32000),
+        max_duration=hparams.get("max_duration"),
+    )

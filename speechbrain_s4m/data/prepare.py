@@ -1,0 +1,755 @@
+"""Manifest preparation for WSJ0-2mix/3mix, Libri2Mix/Libri3Mix and WHAM!.
+
+Each ``prepare_*`` function first checks that ``data_folder`` has the layout
+written by the dataset's official generation scripts and raises
+:class:`DatasetLayoutError` naming exactly what is missing otherwise (the
+dataset type is never guessed from the path). It then writes SpeechBrain CSV
+manifests ``save_folder/{train,valid,test}.csv`` with columns
+``ID, duration, mix_wav, s1_wav, s2_wav[, s3_wav][, noise_wav]``, where
+``duration`` is the real duration in seconds (from the file headers, or from
+the ``length`` column of the LibriMix metadata).
+
+Preparation is skipped when the three manifests exist and the options saved
+beside them (``save_folder/prepare_options.json``) equal the requested ones.
+
+Authors
+ * speechbrain-s4m contributors 2026
+"""
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import soundfile as sf
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DatasetLayoutError",
+    "prepare_wsj0mix",
+    "prepare_librimix",
+    "prepare_wham",
+    "prepare_dataset",
+    "SPLITS",
+    "OPTIONS_FILE",
+]
+
+#: Manifest names, in the order they are written.
+SPLITS = ("train", "valid", "test")
+#: Options file written beside the manifests (used to skip re-preparation).
+OPTIONS_FILE = "prepare_options.json"
+#: Bumped when the manifest format changes (forces re-preparation).
+MANIFEST_VERSION = 1
+_AUDIO_EXT = (".wav", ".flac")
+_MAX_LISTED = 5
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The data folder does not have the expected dataset layout.
+
+    The message names what is missing (folders, files, metadata columns) and
+    the layout that was expected.
+    """
+
+
+def _rate_folder(sample_rate):
+    """Returns ``wav8k`` / ``wav16k`` for 8000 / 16000 Hz."""
+    if sample_rate not in (8000, 16000):
+        raise ValueError(
+            f"sample_rate must be 8000 or 16000 (the wav8k/wav16k folders of "
+            f"the official datasets), got {sample_rate}"
+        )
+    return f"wav{sample_rate // 1000}k"
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _listing(folder):
+    """Short description of the entries of ``folder`` for error messages."""
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError:
+        return "(unreadable)"
+    if not entries:
+        return "(empty)"
+    shown = ", ".join(entries[:10])
+    more = f", ... ({len(entries)} entries)" if len(entries) > 10 else ""
+    return shown + more
+
+
+def _audio_names(folder):
+    """Sorted audio file names (with extension) directly in ``folder``."""
+    with os.scandir(folder) as it:
+        return sorted(
+            e.name
+            for e in it
+            if e.is_file() and e.name.lower().endswith(_AUDIO_EXT)
+        )
+
+
+class _Layout:
+    """Expected on-disk layout of one dataset (used for checks & messages).
+
+    Arguments
+    ---------
+    name : str
+        Dataset name used in messages.
+    data_folder : str or Path
+        The folder given by the user (``--data_folder``).
+    sample_rate : int
+        8000 or 16000.
+    mode : str
+        ``min`` or ``max``.
+    split_dirs : dict
+        Manifest split -> folder name (e.g. ``{"train": "tr", ...}``).
+    mix_dir : str
+        Folder of the mixtures (``mix``, ``mix_both``, ...).
+    source_dirs : list of str
+        Folders of the target sources (``s1``, ``s2``, ...).
+    noise_dir : str or None
+        Folder of the noise, when the manifest gets a ``noise_wav`` column.
+    hint : str
+        What ``--data_folder`` should point at.
+    """
+
+    def __init__(
+        self,
+        name,
+        data_folder,
+        sample_rate,
+        mode,
+        split_dirs,
+        mix_dir,
+        source_dirs,
+        noise_dir,
+        hint,
+    ):
+        self.name = name
+        self.data_folder = Path(data_folder).expanduser().absolute()
+        self.rate_dir = _rate_folder(sample_rate)
+        self.sample_rate = sample_rate
+        self.mode = mode
+        self.split_dirs = dict(split_dirs)
+        self.mix_dir = mix_dir
+        self.source_dirs = list(source_dirs)
+        self.noise_dir = noise_dir
+        self.hint = hint
+
+    @property
+    def base(self):
+        """``<data_folder>/wavXk/<mode>``."""
+        return self.data_folder / self.rate_dir / self.mode
+
+    @property
+    def subdirs(self):
+        """All per-split folders the manifest needs, mixture first."""
+        subs = [self.mix_dir] + self.source_dirs
+        return subs + ([self.noise_dir] if self.noise_dir else [])
+
+    def expected(self):
+        """Human-readable expected layout."""
+        splits = ",".join(self.split_dirs.values())
+        subs = ",".join(self.subdirs)
+        return (
+            f"expected {self.name} layout: <data_folder>/{self.rate_dir}/"
+            f"{self.mode}/{{{splits}}}/{{{subs}}}/<mixture_name>.wav "
+            f"(same file names in every folder); {self.hint}"
+        )
+
+    def error(self, problem):
+        """A DatasetLayoutError with the problem and the expected layout."""
+        return DatasetLayoutError(
+            f"{self.name}: {problem}\n  data_folder: {self.data_folder}\n"
+            f"  {self.expected()}"
+        )
+
+    def check_base(self):
+        """Checks ``data_folder``, ``wavXk`` and ``mode`` folders."""
+        root = self.data_folder
+        if not root.is_dir():
+            raise self.error(f"data_folder '{root}' does not exist")
+        for sub in (self.rate_dir, self.mode):
+            parent = root
+            root = root / sub
+            if not root.is_dir():
+                problem = (
+                    f"missing folder '{root}' (found in '{parent}': "
+                    f"{_listing(parent)})"
+                )
+                inside = set(os.listdir(parent))
+                known = set(self.split_dirs.values()) | {"min", "max"}
+                if parent == self.data_folder and inside & known:
+                    problem += (
+                        "; data_folder seems to point inside the dataset: "
+                        f"pass the folder that contains '{self.rate_dir}'"
+                    )
+                raise self.error(problem)
+
+    def check_dirs(self, splits=None):
+        """Checks that every split and sub-folder exists (no file listing)."""
+        self.check_base()
+        missing = []
+        for split in splits or self.split_dirs:
+            split_dir = self.base / self.split_dirs[split]
+            if not split_dir.is_dir():
+                missing.append(f"'{split_dir}' ({split} split)")
+                continue
+            for sub in self.subdirs:
+                if not (split_dir / sub).is_dir():
+                    missing.append(
+                        f"'{split_dir / sub}' (found in '{split_dir}': "
+                        f"{_listing(split_dir)})"
+                    )
+        if missing:
+            raise self.error("missing folder(s): " + "; ".join(missing))
+
+    def scan(self, split):
+        """Lists and cross-checks the files of one split.
+
+        Returns
+        -------
+        names : list of str
+            Sorted mixture file names present in every sub-folder.
+        """
+        split_dir = self.base / self.split_dirs[split]
+        names = {sub: _audio_names(split_dir / sub) for sub in self.subdirs}
+        ref = names[self.mix_dir]
+        if not ref:
+            raise self.error(
+                f"no .wav/.flac files in '{split_dir / self.mix_dir}'"
+            )
+        problems = []
+        ref_set = set(ref)
+        for sub in self.subdirs[1:]:
+            other = set(names[sub])
+            if not other:
+                problems.append(f"no .wav/.flac files in '{split_dir / sub}'")
+                continue
+            lacking = sorted(ref_set - other)
+            extra = sorted(other - ref_set)
+            if lacking:
+                problems.append(
+                    f"{len(lacking)} file(s) of '{split_dir / self.mix_dir}' "
+                    f"missing in '{split_dir / sub}' (e.g. "
+                    f"{', '.join(lacking[:_MAX_LISTED])})"
+                )
+            if extra:
+                problems.append(
+                    f"{len(extra)} file(s) in '{split_dir / sub}' without a "
+                    f"mixture in '{split_dir / self.mix_dir}' (e.g. "
+                    f"{', '.join(extra[:_MAX_LISTED])})"
+                )
+        if problems:
+            raise self.error("mismatched file sets: " + "; ".join(problems))
+        return ref
+
+    def rows_from_folders(self, split):
+        """Manifest rows of one split from the folder contents."""
+        split_dir = self.base / self.split_dirs[split]
+        rows = []
+        for name in self.scan(split):
+            paths = {sub: split_dir / sub / name for sub in self.subdirs}
+            rows.append(
+                {
+                    "ID": Path(name).stem,
+                    "duration": None,
+                    "paths": paths,
+                }
+            )
+        self.fill_durations(rows, split)
+        return rows
+
+    def fill_durations(self, rows, split):
+        """Reads mixture headers: real durations, sample rate, mono.
+
+        The first row's sources are also checked (rate and length).
+        """
+        for i, row in enumerate(rows):
+            if row["duration"] is not None and i > 0:
+                continue
+            mix_path = row["paths"][self.mix_dir]
+            info = self._info(mix_path)
+            if row["duration"] is None:
+                row["duration"] = info.frames / info.samplerate
+            if i == 0:
+                for sub in self.subdirs[1:]:
+                    src = self._info(row["paths"][sub])
+                    if src.frames != info.frames:
+                        raise self.error(
+                            f"'{row['paths'][sub]}' has {src.frames} "
+                            f"samples but its mixture '{mix_path}' has "
+                            f"{info.frames} (sources and mixture must have "
+                            "the same length)"
+                        )
+
+    def _info(self, path):
+        try:
+            info = sf.info(str(path))
+        except (RuntimeError, sf.LibsndfileError) as err:
+            raise self.error(f"cannot read audio file '{path}': {err}") from err
+        if info.samplerate != self.sample_rate:
+            raise self.error(
+                f"'{path}' has a sample rate of {info.samplerate} Hz, but "
+                f"sample_rate={self.sample_rate} (folder '{self.rate_dir}') "
+                "was requested"
+            )
+        if info.channels != 1:
+            raise self.error(
+                f"'{path}' has {info.channels} channels; mono files expected"
+            )
+        return info
+
+
+def _columns(layout):
+    """Manifest columns for a layout."""
+    cols = ["ID", "duration", "mix_wav"]
+    cols += [f"s{i + 1}_wav" for i in range(len(layout.source_dirs))]
+    return cols + (["noise_wav"] if layout.noise_dir else [])
+
+
+def _write_csv(path, layout, rows):
+    """Writes one manifest atomically (tmp file then rename)."""
+    cols = _columns(layout)
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(cols)
+        for row in rows:
+            paths = row["paths"]
+            line = [row["ID"], f"{row['duration']:.6f}"]
+            line += [str(paths[sub]) for sub in layout.subdirs]
+            writer.writerow(line)
+    os.replace(tmp, path)
+
+
+def _options_match(save_folder, options):
+    """True if the manifests exist and were prepared with ``options``."""
+    save_folder = Path(save_folder)
+    opt_file = save_folder / OPTIONS_FILE
+    if not opt_file.is_file():
+        return False
+    if not all((save_folder / f"{s}.csv").is_file() for s in SPLITS):
+        return False
+    try:
+        saved = json.loads(opt_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return saved == options
+
+
+def _run(layout, save_folder, options, rows_fn):
+    """Common driver: skip check, layout check, manifests, options file."""
+    options = dict(options, version=MANIFEST_VERSION)
+    options["data_folder"] = str(layout.data_folder)
+    save_folder = Path(save_folder)
+    if _options_match(save_folder, options):
+        layout.check_base()
+        logger.info(
+            "Manifests in %s match the requested options; skipping "
+            "preparation.",
+            save_folder,
+        )
+        return _manifest_paths(save_folder)
+    rows = {split: rows_fn(split) for split in SPLITS}
+    save_folder.mkdir(parents=True, exist_ok=True)
+    (save_folder / OPTIONS_FILE).unlink(missing_ok=True)
+    for split in SPLITS:
+        _write_csv(save_folder / f"{split}.csv", layout, rows[split])
+        logger.info(
+            "%s: %d %s mixtures (%.2f h) -> %s",
+            layout.name,
+            len(rows[split]),
+            split,
+            sum(r["duration"] for r in rows[split]) / 3600,
+            save_folder / f"{split}.csv",
+        )
+    (save_folder / OPTIONS_FILE).write_text(
+        json.dumps(options, indent=2, sort_keys=True)
+    )
+    return _manifest_paths(save_folder)
+
+
+def _manifest_paths(save_folder):
+    return {s: str(Path(save_folder) / f"{s}.csv") for s in SPLITS}
+
+
+def _warn_extra_sources(layout, num_spks):
+    """Warns when a further ``s<n+1>`` folder suggests more speakers."""
+    split_dir = layout.base / next(iter(layout.split_dirs.values()))
+    if (split_dir / f"s{num_spks + 1}").is_dir():
+        logger.warning(
+            "%s has a folder 's%d' but num_spks=%d: is this a %d-speaker "
+            "dataset?",
+            split_dir,
+            num_spks + 1,
+            num_spks,
+            num_spks + 1,
+        )
+
+
+def prepare_wsj0mix(
+    data_folder, save_folder, num_spks=2, sample_rate=8000, mode="min"
+):
+    """Prepares WSJ0-2mix / WSJ0-3mix manifests.
+
+    Arguments
+    ---------
+    data_folder : str
+        The ``wsj0-mix/2speakers`` (or ``3speakers``) folder, containing
+        ``wav8k|wav16k/min|max/tr|cv|tt/mix,s1,s2(,s3)``.
+    save_folder : str
+        Where ``train.csv``, ``valid.csv`` and ``test.csv`` are written.
+    num_spks : int
+        2 or 3.
+    sample_rate : int
+        8000 (``wav8k``) or 16000 (``wav16k``).
+    mode : str
+        ``min`` or ``max``.
+
+    Returns
+    -------
+    manifests : dict
+        ``{"train": path, "valid": path, "test": path}``.
+
+    Raises
+    ------
+    DatasetLayoutError
+        If a folder or file is missing or the file sets do not match.
+
+    Example
+    -------
+    >>> from speechbrain_s4m.data.synthetic import write_wsj0mix
+    >>> tmp = getfixture("tmp_path")
+    >>> root = write_wsj0mix(tmp / "2speakers", sizes=1, duration=(0.2, 0.2))
+    >>> paths = prepare_wsj0mix(root, tmp / "save")
+    >>> open(paths["test"]).readline().strip()
+    'ID,duration,mix_wav,s1_wav,s2_wav'
+    """
+    _check_choice("num_spks", num_spks, (2, 3))
+    _check_choice("mode", mode, ("min", "max"))
+    layout = _Layout(
+        f"WSJ0-{num_spks}mix",
+        data_folder,
+        sample_rate,
+        mode,
+        {"train": "tr", "valid": "cv", "test": "tt"},
+        "mix",
+        [f"s{i + 1}" for i in range(num_spks)],
+        None,
+        f"pass --data_folder .../wsj0-mix/{num_spks}speakers",
+    )
+    layout.check_dirs()
+    _warn_extra_sources(layout, num_spks)
+    options = {
+        "dataset": "wsj0mix",
+        "num_spks": num_spks,
+        "sample_rate": sample_rate,
+        "mode": mode,
+    }
+    return _run(layout, save_folder, options, layout.rows_from_folders)
+
+
+def _wham_like_dirs(mixture, num_spks):
+    """(mix folder, source folders, noise folder) for LibriMix / WHAM!."""
+    _check_choice("mixture", mixture, ("both", "clean", "single"))
+    if mixture == "single":
+        if num_spks != 1:
+            raise ValueError(
+                "mixture='single' (mix_single = s1 + noise) is the "
+                f"single-speaker enhancement task: use num_spks=1, got "
+                f"{num_spks}"
+            )
+        sources = ["s1"]
+    else:
+        sources = [f"s{i + 1}" for i in range(num_spks)]
+    noise = None if mixture == "clean" else "noise"
+    return f"mix_{mixture}", sources, noise
+
+
+def _read_metadata(layout, split, meta_path):
+    """Manifest rows of one LibriMix split from its metadata CSV."""
+    with open(meta_path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        entries = list(reader)
+    columns = {layout.mix_dir: "mixture_path"}
+    for i, sub in enumerate(layout.source_dirs):
+        columns[sub] = f"source_{i + 1}_path"
+    if layout.noise_dir:
+        columns[layout.noise_dir] = "noise_path"
+    need = ["mixture_ID"] + list(columns.values())
+    lacking = [c for c in need if c not in fields]
+    if lacking:
+        raise layout.error(
+            f"metadata file '{meta_path}' lacks column(s) {lacking} (has "
+            f"{fields})"
+        )
+    if not entries:
+        raise layout.error(f"metadata file '{meta_path}' has no rows")
+    split_dir = layout.base / layout.split_dirs[split]
+    rows, missing = [], []
+    for entry in entries:
+        paths = {}
+        for sub, col in columns.items():
+            path = _resolve(entry[col], split_dir, sub, layout.data_folder)
+            if path is None:
+                missing.append(entry[col])
+            paths[sub] = path
+        length = entry.get("length")
+        duration = int(float(length)) / layout.sample_rate if length else None
+        rows.append(
+            {"ID": entry["mixture_ID"], "duration": duration, "paths": paths}
+        )
+    if missing:
+        raise layout.error(
+            f"{len(missing)} file(s) named in '{meta_path}' exist neither at "
+            f"that path nor under '{split_dir}/<folder>/' (e.g. "
+            f"{', '.join(missing[:_MAX_LISTED])})"
+        )
+    layout.fill_durations(rows, split)
+    return rows
+
+
+def _resolve(path, split_dir, sub, data_folder):
+    """Resolves a metadata path (maybe from another machine) locally.
+
+    Tries the path itself, then ``<split_dir>/<sub>/<file name>`` (the file
+    in this data_folder's layout), then the path relative to data_folder.
+    """
+    if os.path.isabs(path) and os.path.isfile(path):
+        return Path(path)
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    local = split_dir / sub / name
+    if local.is_file():
+        return local
+    rel = Path(data_folder) / path.lstrip("/\\")
+    if not os.path.isabs(path) and rel.is_file():
+        return rel
+    return None
+
+
+def prepare_librimix(
+    data_folder,
+    save_folder,
+    num_spks=2,
+    sample_rate=8000,
+    mode="min",
+    mixture="both",
+    train_set="train-360",
+    use_metadata=True,
+):
+    """Prepares Libri2Mix / Libri3Mix manifests.
+
+    Arguments
+    ---------
+    data_folder : str
+        The ``Libri2Mix`` (or ``Libri3Mix``) folder, containing
+        ``wav8k|wav16k/min|max/{train-360,train-100,dev,test}/{mix_clean,
+        mix_both,mix_single,s1,s2(,s3),noise}`` and optionally
+        ``wav8k/min/metadata/mixture_<split>_mix_<mixture>.csv``.
+    save_folder : str
+        Where ``train.csv``, ``valid.csv`` and ``test.csv`` are written.
+    num_spks : int
+        2 or 3 (1 with ``mixture="single"``).
+    sample_rate : int
+        8000 or 16000.
+    mode : str
+        ``min`` or ``max``.
+    mixture : str
+        ``both`` (s1+s2+noise, the paper's noisy LibriMix), ``clean``
+        (s1+s2) or ``single`` (s1+noise, needs ``num_spks=1``). Noisy
+        mixtures get a ``noise_wav`` column.
+    train_set : str
+        ``train-360`` or ``train-100``.
+    use_metadata : bool
+        Use the metadata CSVs when present (durations from their
+        ``length`` column, foreign absolute paths resolved under
+        data_folder); otherwise, or when absent, scan the folders.
+
+    Returns
+    -------
+    manifests : dict
+        ``{"train": path, "valid": path, "test": path}``.
+
+    Raises
+    ------
+    DatasetLayoutError
+        If a folder, file or metadata column is missing.
+
+    Example
+    -------
+    >>> from speechbrain_s4m.data.synthetic import write_librimix
+    >>> tmp = getfixture("tmp_path")
+    >>> root = write_librimix(tmp / "Libri2Mix", sizes=1, duration=(0.2, 0.2))
+    >>> paths = prepare_librimix(root, tmp / "save")
+    >>> open(paths["train"]).readline().strip()
+    'ID,duration,mix_wav,s1_wav,s2_wav,noise_wav'
+    """
+    _check_choice("num_spks", num_spks, (1, 2, 3))
+    _check_choice("mode", mode, ("min", "max"))
+    _check_choice("train_set", train_set, ("train-360", "train-100"))
+    mix_dir, sources, noise = _wham_like_dirs(mixture, num_spks)
+    layout = _Layout(
+        f"Libri{num_spks}Mix" if mixture != "single" else "LibriMix",
+        data_folder,
+        sample_rate,
+        mode,
+        {"train": train_set, "valid": "dev", "test": "test"},
+        mix_dir,
+        sources,
+        noise,
+        "pass --data_folder .../Libri2Mix (or Libri3Mix)",
+    )
+    layout.check_base()
+    meta = {
+        s: layout.base / "metadata" / f"mixture_{d}_{mix_dir}.csv"
+        for s, d in layout.split_dirs.items()
+    }
+    from_meta = {s: use_metadata and meta[s].is_file() for s in SPLITS}
+    folder_splits = [s for s in SPLITS if not from_meta[s]]
+    if folder_splits:
+        layout.check_dirs(folder_splits)
+        if use_metadata:
+            logger.info(
+                "No LibriMix metadata for %s (%s); scanning folders.",
+                folder_splits,
+                [str(meta[s]) for s in folder_splits],
+            )
+    if mixture != "single":
+        _warn_extra_sources(layout, num_spks)
+
+    def rows_fn(split):
+        if from_meta[split]:
+            return _read_metadata(layout, split, meta[split])
+        return layout.rows_from_folders(split)
+
+    options = {
+        "dataset": "librimix",
+        "num_spks": num_spks,
+        "sample_rate": sample_rate,
+        "mode": mode,
+        "mixture": mixture,
+        "train_set": train_set,
+        "use_metadata": bool(use_metadata),
+    }
+    return _run(layout, save_folder, options, rows_fn)
+
+
+def prepare_wham(
+    data_folder,
+    save_folder,
+    sample_rate=8000,
+    mode="min",
+    mixture="both",
+    num_spks=2,
+):
+    """Prepares WHAM! manifests (targets: the clean ``s1``, ``s2``).
+
+    Arguments
+    ---------
+    data_folder : str
+        The WHAM! output folder (``wham_mix``, any name), containing
+        ``wav8k|wav16k/min|max/tr|cv|tt/{mix_clean,mix_both,mix_single,s1,
+        s2,noise}``.
+    save_folder : str
+        Where ``train.csv``, ``valid.csv`` and ``test.csv`` are written.
+    sample_rate : int
+        8000 or 16000.
+    mode : str
+        ``min`` or ``max``.
+    mixture : str
+        ``both`` (noisy separation, the WHAM! task), ``clean`` or
+        ``single`` (s1 + noise, with ``num_spks=1``).
+    num_spks : int
+        2 (1 with ``mixture="single"``).
+
+    Returns
+    -------
+    manifests : dict
+        ``{"train": path, "valid": path, "test": path}``.
+
+    Raises
+    ------
+    DatasetLayoutError
+        If a folder or file is missing or the file sets do not match.
+
+    Example
+    -------
+    >>> from speechbrain_s4m.data.synthetic import write_wham
+    >>> tmp = getfixture("tmp_path")
+    >>> root = write_wham(tmp / "wham", sizes=1, duration=(0.2, 0.2))
+    >>> paths = prepare_wham(root, tmp / "save")
+    >>> open(paths["valid"]).readline().strip()
+    'ID,duration,mix_wav,s1_wav,s2_wav,noise_wav'
+    """
+    _check_choice("mode", mode, ("min", "max"))
+    _check_choice("num_spks", num_spks, (1, 2))
+    mix_dir, sources, noise = _wham_like_dirs(mixture, num_spks)
+    layout = _Layout(
+        "WHAM!",
+        data_folder,
+        sample_rate,
+        mode,
+        {"train": "tr", "valid": "cv", "test": "tt"},
+        mix_dir,
+        sources,
+        noise,
+        "pass --data_folder <the WHAM! output folder, e.g. wham_mix>",
+    )
+    layout.check_dirs()
+    options = {
+        "dataset": "wham",
+        "num_spks": num_spks,
+        "sample_rate": sample_rate,
+        "mode": mode,
+        "mixture": mixture,
+    }
+    return _run(layout, save_folder, options, layout.rows_from_folders)
+
+
+_PREPARERS = {
+    "wsj0mix": prepare_wsj0mix,
+    "librimix": prepare_librimix,
+    "wham": prepare_wham,
+}
+
+
+def prepare_dataset(dataset, data_folder, save_folder, **kwargs):
+    """Dispatches to ``prepare_<dataset>``.
+
+    Arguments
+    ---------
+    dataset : str
+        ``wsj0mix``, ``librimix`` or ``wham`` (explicit: never guessed from
+        the path).
+    data_folder : str
+        Dataset root (see the ``prepare_*`` functions).
+    save_folder : str
+        Where the manifests are written.
+    **kwargs : dict
+        Options of the chosen ``prepare_*`` function (``num_spks``,
+        ``sample_rate``, ``mode``, ``mixture``, ...).
+
+    Returns
+    -------
+    manifests : dict
+        ``{"train": path, "valid": path, "test": path}``.
+
+    Example
+    -------
+    >>> prepare_dataset("timit", "/data", "/save")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown dataset 'timit'; choose one of wsj0mix, librimix, wham
+    """
+    if dataset not in _PREPARERS:
+        raise ValueError(
+            f"unknown dataset {dataset!r}; choose one of "
+            f"{', '.join(_PREPARERS)}"
+        )
+    return _PREPARERS[dataset](data_folder, save_folder, **kwargs)

@@ -1,0 +1,636 @@
+"""S4M: the multi-scale state-space mask network and its encoder.
+
+S4M (Chen et al., "A Neural State-Space Modeling Approach to Efficient
+Speech Separation", Interspeech 2023) is a TDANet-style masking separator
+whose global (coarsest-scale) context is modelled by an S4 layer. The modules
+here follow the SpeechBrain separation contract:
+
+* ``S4MEncoder``: ``[batch, time]`` -> ``[batch, E, frames]``;
+* ``S4MMaskNet``: ``[batch, E, frames]`` -> ``[num_spks, batch, E, frames]``
+  (ReLU masks, like ``speechbrain.lobes.models.dual_path.Dual_Path_Model``);
+* the decoder is SpeechBrain's ``dual_path.Decoder`` with the same kernel and
+  stride as the encoder, applied to each masked source.
+
+The separator is ONE multi-scale block applied ``num_iterations`` times with
+shared weights. The block's computation is the authors' (see the project's
+``architecture.md``); the implementation avoids memory traffic that does not
+change the function:
+
+* the S4 kernel of the coarsest length is computed once per forward and
+  reused by all iterations (the weights are shared, so it is identical);
+* "depthwise 1x1 conv + gLN" on a full-resolution map is folded into one
+  per-channel affine whose statistics come from per-channel sums of the input
+  (no intermediate map is written);
+* the local/global fusion ``gLN(dw(l)) * up(sigmoid(gLN(dw'(g)))) +
+  up(gLN(dw''(g)))`` is computed as ``l' * A + B`` with ``A`` and ``B`` built
+  at the coarse resolution and broadcast over the upsampling factor instead of
+  materialising the nearest-neighbour upsampled maps.
+
+Authors: the speechbrain-s4m contributors
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from speechbrain_s4m.nnet import FeedForwardBlock, GlobalLayerNorm, S4Block
+
+
+def _sum_stats(s1, s2, n, weight=None):
+    """Mean and variance of ``w_c * x`` from per-channel sums of ``x``.
+
+    Arguments
+    ---------
+    s1, s2 : torch.Tensor
+        ``[batch, channels]`` sums of ``x`` and of ``x**2`` over time.
+    n : int
+        Number of elements per utterance (channels * time).
+    weight : torch.Tensor, optional
+        ``[channels]`` per-channel factors ``w``.
+
+    Returns
+    -------
+    var, mean : torch.Tensor
+        Both ``[batch, 1, 1]``, in the dtype of ``s1``.
+    """
+    dtype = s1.dtype
+    if weight is not None:
+        s1 = s1 * weight
+        s2 = s2 * weight.square()
+    # combine the (small) per-channel sums in double precision where
+    # available: E[x^2] - E[x]^2 then loses nothing beyond the float32 sums
+    if s1.device.type != "mps":
+        s1, s2 = s1.double(), s2.double()
+    mean = s1.sum(dim=1) / n
+    var = (s2.sum(dim=1) / n - mean.square()).clamp_min(0)
+    return var.to(dtype).view(-1, 1, 1), mean.to(dtype).view(-1, 1, 1)
+
+
+def _channel_sums(x):
+    """Per-channel sums of ``x`` and ``x**2`` over time (float32 at least).
+
+    Two vectorised reductions: on CPU ``torch.var_mean`` over channels and
+    time is an order of magnitude slower than these.
+    """
+    acc = torch.promote_types(x.dtype, torch.float32)
+    s1 = x.sum(dim=-1, dtype=acc)  # [batch, channels]
+    s2 = torch.linalg.vector_norm(x, dim=-1, dtype=acc).square()
+    return s1, s2
+
+
+def _gln_stats(y):
+    """Mean and variance over channels and time, per utterance.
+
+    Arguments
+    ---------
+    y : torch.Tensor
+        ``[batch, channels, time]``.
+
+    Returns
+    -------
+    var, mean : torch.Tensor
+        Both ``[batch, 1, 1]`` (float32 at least, also under autocast).
+    """
+    s1, s2 = _channel_sums(y)
+    return _sum_stats(s1, s2, y.shape[1] * y.shape[2])
+
+
+def _gln_affine(norm, mean, var, weight=None, dtype=None):
+    """Per-channel scale and shift equivalent to ``norm`` given statistics.
+
+    ``gLN(w * x) = x * scale + shift`` with ``scale = w * gamma / std`` and
+    ``shift = beta - mean * gamma / std``.
+
+    Arguments
+    ---------
+    norm : GlobalLayerNorm
+        Provides the gain ``weight``, the ``bias`` and ``eps``.
+    mean, var : torch.Tensor
+        ``[batch, 1, 1]`` statistics of the (scaled) input.
+    weight : torch.Tensor, optional
+        ``[channels]`` per-channel factor applied before the norm.
+    dtype : torch.dtype, optional
+        Cast the results to this type.
+
+    Returns
+    -------
+    scale, shift : torch.Tensor
+        Both ``[batch, channels, 1]``.
+    """
+    gamma = norm.weight.reshape(1, -1, 1)
+    beta = norm.bias.reshape(1, -1, 1)
+    inv_std = torch.rsqrt(var + norm.eps)
+    g = gamma * inv_std  # [batch, channels, 1]
+    shift = beta - mean * g
+    if weight is not None:
+        g = g * weight.reshape(1, -1, 1)
+    if dtype is not None:
+        g, shift = g.to(dtype), shift.to(dtype)
+    return g, shift
+
+
+class _ConvNorm(nn.Module):
+    """Convolution followed by global layer norm (depthwise or full).
+
+    Arguments
+    ---------
+    in_channels : int
+        Input channels.
+    out_channels : int
+        Output channels.
+    kernel_size : int
+        Kernel size (odd; "same" padding).
+    stride : int
+        Stride.
+    depthwise : bool
+        Use ``groups=in_channels``.
+    bias : bool
+        Convolution bias.
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        depthwise=True,
+        bias=True,
+    ):
+        super().__init__()
+        self.conv = nn.Conv1d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2,
+            groups=in_channels if depthwise else 1,
+            bias=bias,
+        )
+        self.norm = GlobalLayerNorm(out_channels)
+
+    def affine(self, x):
+        """Return ``(y, scale, shift)`` with ``forward(x) = y*scale + shift``.
+
+        For a bias-free depthwise 1x1 convolution ``y`` is ``x`` itself: the
+        convolution and the norm fold into one per-channel affine whose
+        statistics come from per-channel sums of ``x``.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, channels, time]``.
+
+        Returns
+        -------
+        y : torch.Tensor
+            ``[batch, channels, time']``.
+        scale, shift : torch.Tensor
+            ``[batch, channels, 1]``.
+        """
+        conv = self.conv
+        pointwise_scale = (
+            conv.kernel_size[0] == 1
+            and conv.stride[0] == 1
+            and conv.bias is None
+            and conv.groups == conv.in_channels == conv.out_channels
+        )
+        if not pointwise_scale:
+            y = conv(x)
+            var, mean = _gln_stats(y)
+            return (y, *_gln_affine(self.norm, mean, var, dtype=y.dtype))
+        w = conv.weight.reshape(-1)  # [channels]
+        s1, s2 = _channel_sums(x)
+        var, mean = _sum_stats(s1, s2, x.shape[1] * x.shape[2], w.to(s1))
+        scale, shift = _gln_affine(self.norm, mean, var, w, dtype=x.dtype)
+        return x, scale, shift
+
+    def forward(self, x):
+        """gLN(conv(x)).
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, in_channels, time]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, out_channels, time']``.
+        """
+        y, scale, shift = self.affine(x)
+        return torch.addcmul(shift, y, scale)
+
+
+def _resize_nearest(x, length):
+    """Nearest-neighbour resize of ``[batch, channels, time]`` to ``length``."""
+    if x.shape[-1] == length:
+        return x
+    return F.interpolate(x, size=length, mode="nearest")
+
+
+def _pool(x, length):
+    """Adaptive average pooling of ``[batch, channels, time]`` to ``length``."""
+    bsz, ch, t = x.shape
+    if t % length == 0:
+        # exact factor: a reshape and a mean (faster than adaptive pooling)
+        return x.view(bsz, ch, length, t // length).mean(dim=-1)
+    return F.adaptive_avg_pool1d(x, length)
+
+
+class _Fusion(nn.Module):
+    """Local/global fusion of TDANet/S4M.
+
+    ``gLN(dw(local)) * up(sigmoid(gLN(dw'(glob)))) + up(gLN(dw''(glob)))``
+    with bias-free depthwise convolutions and nearest resizing of the global
+    terms to the local length.
+
+    Arguments
+    ---------
+    channels : int
+        Channels of both inputs.
+    kernel_size : int
+        Kernel size of the three depthwise convolutions.
+    """
+
+    def __init__(self, channels, kernel_size=1):
+        super().__init__()
+        self.local_embedding = _ConvNorm(
+            channels, channels, kernel_size, bias=False
+        )
+        self.global_gate = _ConvNorm(
+            channels, channels, kernel_size, bias=False
+        )
+        self.global_embedding = _ConvNorm(
+            channels, channels, kernel_size, bias=False
+        )
+
+    def forward(self, local, glob):
+        """Fuse.
+
+        Arguments
+        ---------
+        local : torch.Tensor
+            ``[batch, channels, time_l]``.
+        glob : torch.Tensor
+            ``[batch, channels, time_g]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, channels, time_l]``.
+        """
+        y, scale, shift = self.local_embedding.affine(local)
+        gate = torch.sigmoid(self.global_gate(glob))
+        emb = self.global_embedding(glob)
+        t_l, t_g = y.shape[-1], gate.shape[-1]
+        upsample = t_l > t_g and t_l % t_g == 0
+        if not upsample:
+            gate = _resize_nearest(gate, t_l)
+            emb = _resize_nearest(emb, t_l)
+        # (y*scale + shift)*gate + emb = y*A + B, A and B at glob's resolution
+        a = scale * gate
+        b = torch.addcmul(emb, shift, gate)
+        if not upsample:
+            return torch.addcmul(b, y, a)
+        bsz, ch = y.shape[:2]
+        # nearest upsampling by an integer factor r: out[t] = in[t // r]
+        y = y.view(bsz, ch, t_g, t_l // t_g)
+        out = torch.addcmul(b.unsqueeze(-1), y, a.unsqueeze(-1))
+        return out.view(bsz, ch, t_l)
+
+
+class S4MBlock(nn.Module):
+    """One multi-scale S4M block (applied repeatedly with shared weights).
+
+    1x1 conv C -> D + gLN + PReLU; a pyramid of ``depth`` depthwise
+    convolutions (+ gLN), stride 1 then stride 2; the sum of all scales pooled
+    to the coarsest length goes through a residual S4 layer and a residual
+    feed-forward layer; local/global fusion at every scale; top-down merge with
+    fusion layers of kernel ``kernel_size``; 1x1 conv D -> C plus the input.
+
+    Arguments
+    ---------
+    channels : int
+        Block input/output channels C.
+    hidden_channels : int
+        Channels D inside the block.
+    depth : int
+        Number of scales S (>= 2).
+    kernel_size : int
+        Kernel of the pyramid and merge convolutions.
+    d_state : int
+        S4 state size N.
+    ssm_mode : str
+        S4 kernel parameterisation (``"nplr"`` or ``"s4d"``, see
+        ``speechbrain_s4m.nnet.S4``).
+    bidirectional : bool
+        Bidirectional S4 kernel.
+    ffn_expansion : int
+        Hidden size factor of the feed-forward layer.
+    dropout : float
+        Dropout in the S4 and feed-forward layers.
+    fusion_index_quirk : bool
+        Reproduce the authors' merge (starts by fusing scale S-2 with scale
+        S-3, so the coarsest fused scale is unused and its fusion layer is not
+        built). ``False`` fuses scale S-2 with scale S-1 as intended.
+
+    Example
+    -------
+    >>> block = S4MBlock(8, 16, depth=3)
+    >>> x = torch.randn(2, 8, 20)
+    >>> block(x).shape
+    torch.Size([2, 8, 20])
+    """
+
+    def __init__(
+        self,
+        channels,
+        hidden_channels,
+        depth=4,
+        kernel_size=5,
+        d_state=16,
+        ssm_mode="nplr",
+        bidirectional=True,
+        ffn_expansion=2,
+        dropout=0.0,
+        fusion_index_quirk=True,
+    ):
+        super().__init__()
+        if depth < 2:
+            raise ValueError(f"depth must be >= 2, got {depth}")
+        self.depth = depth
+        self.fusion_index_quirk = fusion_index_quirk
+        # the authors index the first merge partner as (S-2)-1 in Python,
+        # i.e. (S-3) mod S: the finer scale S-3 for S >= 3
+        if fusion_index_quirk:
+            self.first_merge_source = (depth - 3) % depth
+        else:
+            self.first_merge_source = depth - 1
+        self.used_scales = sorted(
+            set(range(depth - 1)) | {self.first_merge_source}
+        )
+        self.proj = nn.Conv1d(channels, hidden_channels, 1)
+        self.proj_norm = GlobalLayerNorm(hidden_channels)
+        self.proj_act = nn.PReLU()
+        self.pyramid = nn.ModuleList(
+            _ConvNorm(
+                hidden_channels,
+                hidden_channels,
+                kernel_size,
+                stride=1 if i == 0 else 2,
+            )
+            for i in range(depth)
+        )
+        self.s4 = S4Block(
+            hidden_channels,
+            d_state=d_state,
+            mode=ssm_mode,
+            bidirectional=bidirectional,
+            dropout=dropout,
+        )
+        self.ffn = FeedForwardBlock(
+            hidden_channels, expansion=ffn_expansion, dropout=dropout
+        )
+        # local/global fusion, one per used scale (keys are scale indices)
+        self.fuse = nn.ModuleDict(
+            {str(k): _Fusion(hidden_channels, 1) for k in self.used_scales}
+        )
+        self.merge = nn.ModuleList(
+            _Fusion(hidden_channels, kernel_size) for _ in range(depth - 1)
+        )
+        self.res_conv = nn.Conv1d(hidden_channels, channels, 1)
+
+    def coarsest_length(self, length):
+        """Length of the coarsest scale for a block input of ``length``."""
+        for _ in range(self.depth - 1):
+            length = (length + 1) // 2
+        return length
+
+    def forward(self, x, kernel=None):
+        """Apply the block.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, channels, time]``.
+        kernel : torch.Tensor, optional
+            Precomputed S4 kernel for the coarsest length
+            (``self.s4.s4.kernel(self.coarsest_length(time))``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, channels, time]``.
+        """
+        y = self.proj(x)
+        var, mean = _gln_stats(y)
+        scale, shift = _gln_affine(self.proj_norm, mean, var, dtype=y.dtype)
+        y = self.proj_act(torch.addcmul(shift, y, scale))
+        # bottom-up pyramid: scale 0 stride 1, others stride 2
+        scales = []
+        for layer in self.pyramid:
+            y = layer(y)
+            scales.append(y)
+        t_c = scales[-1].shape[-1]
+        glob = scales[-1]
+        for s in scales[:-1]:
+            glob = glob + _pool(s, t_c)
+        # state-space modelling at the coarsest scale only
+        glob = self.ffn(self.s4(glob, kernel=kernel))
+        fused = {
+            k: self.fuse[str(k)](scales[k], glob) for k in self.used_scales
+        }
+        # top-down merge
+        top = self.depth - 2
+        out = self.merge[top](fused[top], fused[self.first_merge_source])
+        for i in range(top - 1, -1, -1):
+            out = self.merge[i](fused[i], out)
+        return self.res_conv(out) + x
+
+
+class S4MMaskNet(nn.Module):
+    """S4M mask network (SpeechBrain ``MaskNet`` contract).
+
+    gLN + 1x1 conv E -> C bottleneck; ONE :class:`S4MBlock` applied
+    ``num_iterations`` times with shared weights (iteration 1 takes the
+    bottleneck output ``x0``, later ones ``PReLU(dw1x1(x0 + x_prev))``); mask
+    head PReLU, 1x1 conv C -> num_spks * E, ReLU. Inputs of any length are
+    padded to a multiple of ``2 ** (depth - 1)`` and the masks cropped back.
+
+    Arguments
+    ---------
+    in_channels : int
+        Encoder channels E.
+    out_channels : int
+        Bottleneck channels C.
+    hidden_channels : int
+        Channels D inside the block.
+    depth : int
+        Number of scales S.
+    num_iterations : int
+        Number of applications R of the shared block.
+    num_spks : int
+        Number of sources.
+    d_state : int
+        S4 state size N.
+    ssm_mode : str
+        S4 kernel parameterisation, ``"nplr"`` (authors) or ``"s4d"``.
+    kernel_size : int
+        Kernel of the pyramid and merge convolutions.
+    fusion_index_quirk : bool
+        Authors' merge indexing (default) or the fixed one; see
+        :class:`S4MBlock`.
+    bidirectional : bool
+        Bidirectional S4 kernel.
+    ffn_expansion : int
+        Hidden size factor of the feed-forward layer.
+    dropout : float
+        Dropout in the S4 and feed-forward layers.
+    share_kernel : bool
+        Compute the S4 kernel once per forward and reuse it across the
+        iterations (same result; ``False`` recomputes it in every iteration as
+        the authors' code does; kept for benchmarking).
+
+    Example
+    -------
+    >>> masknet = S4MMaskNet(17, 8, 16, depth=3, num_iterations=2)
+    >>> x = torch.rand(2, 17, 21)
+    >>> masknet(x).shape
+    torch.Size([2, 2, 17, 21])
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels=128,
+        hidden_channels=512,
+        depth=4,
+        num_iterations=16,
+        num_spks=2,
+        d_state=16,
+        ssm_mode="nplr",
+        kernel_size=5,
+        fusion_index_quirk=True,
+        bidirectional=True,
+        ffn_expansion=2,
+        dropout=0.0,
+        share_kernel=True,
+    ):
+        super().__init__()
+        if num_iterations < 1:
+            raise ValueError("num_iterations must be >= 1")
+        self.in_channels = in_channels
+        self.num_spks = num_spks
+        self.num_iterations = num_iterations
+        self.share_kernel = share_kernel
+        self.multiple = 2 ** (depth - 1)
+        self.norm = GlobalLayerNorm(in_channels)
+        self.bottleneck = nn.Conv1d(in_channels, out_channels, 1)
+        self.block = S4MBlock(
+            out_channels,
+            hidden_channels,
+            depth=depth,
+            kernel_size=kernel_size,
+            d_state=d_state,
+            ssm_mode=ssm_mode,
+            bidirectional=bidirectional,
+            ffn_expansion=ffn_expansion,
+            dropout=dropout,
+            fusion_index_quirk=fusion_index_quirk,
+        )
+        # input of iterations 2..R: PReLU(depthwise 1x1 conv(x0 + x_prev))
+        self.iter_conv = nn.Conv1d(
+            out_channels, out_channels, 1, groups=out_channels
+        )
+        self.iter_act = nn.PReLU()
+        self.mask_act = nn.PReLU()
+        self.mask_conv = nn.Conv1d(out_channels, num_spks * in_channels, 1)
+
+    def forward(self, x):
+        """Estimate the masks.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Encoder output ``[batch, in_channels, frames]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ReLU masks ``[num_spks, batch, in_channels, frames]``.
+        """
+        bsz, _, frames = x.shape
+        pad = (-frames) % self.multiple
+        if pad:
+            x = F.pad(x, (0, pad))
+        x0 = self.bottleneck(self.norm(x))  # [batch, C, time]
+        kernel = None
+        if self.share_kernel:
+            t_c = self.block.coarsest_length(x0.shape[-1])
+            kernel = self.block.s4.s4.kernel(t_c)
+        h = self.block(x0, kernel=kernel)
+        for _ in range(self.num_iterations - 1):
+            h = self.block(self.iter_act(self.iter_conv(x0 + h)), kernel=kernel)
+        masks = F.relu(self.mask_conv(self.mask_act(h)))
+        masks = masks.view(bsz, self.num_spks, self.in_channels, -1)
+        return masks[..., :frames].transpose(0, 1)
+
+
+class S4MEncoder(nn.Module):
+    """Learned analysis filterbank of S4M (no bias, no nonlinearity).
+
+    A 1-D convolution 1 -> ``out_channels`` with kernel ``kernel_size`` and
+    stride ``kernel_size // 4``. The input is right-padded so that every length
+    works and SpeechBrain's ``dual_path.Decoder`` with the same kernel and
+    stride yields at least the input's length (crop it to the input length).
+
+    Arguments
+    ---------
+    kernel_size : int
+        Filter length K in samples (the authors use 4 ms: 32 at 8 kHz).
+    out_channels : int
+        Number of filters E (authors: K // 2 + 1).
+    stride : int, optional
+        Hop in samples, default ``kernel_size // 4``.
+
+    Example
+    -------
+    >>> enc = S4MEncoder(kernel_size=32, out_channels=17)
+    >>> enc(torch.randn(2, 8001)).shape
+    torch.Size([2, 17, 998])
+    """
+
+    def __init__(self, kernel_size=32, out_channels=17, stride=None):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride if stride is not None else max(kernel_size // 4, 1)
+        self.conv1d = nn.Conv1d(
+            1, out_channels, kernel_size, stride=self.stride, bias=False
+        )
+
+    def num_frames(self, length):
+        """Number of output frames for an input of ``length`` samples."""
+        k, s = self.kernel_size, self.stride
+        return 1 + max(0, -(-(length - k) // s))
+
+    def forward(self, x):
+        """Encode.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time]`` or ``[batch, 1, time]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, out_channels, frames]``.
+        """
+        if x.dim() == 2:
+            x = x.unsqueeze(1)
+        length = x.shape[-1]
+        padded = self.kernel_size + (self.num_frames(length) - 1) * self.stride
+        if padded > length:
+            x = F.pad(x, (0, padded - length))
+        return self.conv1d(x)

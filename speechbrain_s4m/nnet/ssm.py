@@ -1,0 +1,786 @@
+"""Structured state-space (S4) layers: S4D (diagonal) and S4 (NPLR).
+
+One linear time-invariant state-space model per channel,
+
+    x'(t) = A x(t) + B u(t),    y(t) = C x(t) + D u(t),
+
+discretised with a learned step Δ and applied to a sequence either as a long
+convolution with the materialised kernel ``K = (C B̄, C Ā B̄, ..., C Ā^{L-1} B̄)``
+(computed with FFTs) or, for causal layers, step by step as a recurrence.
+
+Two parameterisations of ``A`` are implemented:
+
+* ``mode="s4d"`` (Gu et al., 2022, "On the parameterization and
+  initialization of diagonal state space models"): diagonal ``A``
+  (S4D-Lin or S4D-Inv initialisation), zero-order-hold discretisation,
+  Vandermonde kernel.
+* ``mode="nplr"`` (Gu et al., 2022, "Efficiently modeling long sequences
+  with structured state spaces"): HiPPO-LegS ``A`` written in diagonal plus
+  low-rank form ``A = Λ - P P*``, bilinear discretisation, kernel computed
+  from its truncated generating function at the roots of unity with a
+  Cauchy kernel and the Woodbury identity, then an inverse FFT.
+
+``N = d_state`` real state dimensions are stored as ``N/2`` complex
+conjugate pairs: only one element of each pair is kept and sums over the
+state are ``2 Re(...)`` (S4D) or conjugate-completed (NPLR).
+
+Authors
+ * speechbrain-s4m contributors 2026
+"""
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "S4",
+    "fft_conv",
+    "ssm_aware_optimizer",
+    "ssm_parameter_groups",
+]
+
+# Names of the parameters of :class:`S4` that define A, B and Δ. They are
+# trained with their own learning rate and without weight decay.
+SSM_PARAMETER_NAMES = ("log_dt", "log_A_real", "A_imag", "B", "P")
+
+
+def _complex(p):
+    """View a real tensor ``[..., 2]`` as a complex tensor ``[...]``."""
+    return torch.view_as_complex(p)
+
+
+def _real_dtype(dtype):
+    """Float dtype used for the kernel math (float32 unless float64)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@functools.lru_cache(maxsize=256)
+def next_fast_len(n):
+    """Smallest integer ``>= n`` whose prime factors are 2, 3 and 5.
+
+    Arguments
+    ---------
+    n : int
+        Minimum length.
+
+    Returns
+    -------
+    int
+        A 5-smooth length at least ``n``; FFTs of that size are fast.
+
+    Example
+    -------
+    >>> next_fast_len(7), next_fast_len(2 * 17), next_fast_len(1)
+    (8, 36, 1)
+    """
+    best = 1 << max(0, (n - 1).bit_length())  # a power of two is always ok
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            # smallest power of two that brings p35 to at least n
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def fft_conv(u, kernel):
+    """Long convolution of a sequence with an SSM kernel through FFTs.
+
+    The FFT size is a fast length of at least ``2 L`` so that the circular
+    convolution does not wrap around.
+
+    Arguments
+    ---------
+    u : torch.Tensor
+        Input sequence ``[batch, channels, time]`` (real).
+    kernel : torch.Tensor
+        Causal kernel ``[channels, time]``, or bidirectional kernel
+        ``[2, channels, time]``: ``kernel[0]`` is applied forward in time
+        (``y_t += K0_j u_{t-j}``, ``j >= 0``) and ``kernel[1]`` backward in
+        time starting one step later (``y_t += K1_j u_{t+j+1}``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, channels, time]``.
+
+    Example
+    -------
+    >>> u = torch.zeros(1, 1, 5); u[..., 2] = 1.0
+    >>> k = torch.tensor([[1.0, 0.5, 0.25, 0.0, 0.0]])
+    >>> fft_conv(u, k).round(decimals=4) + 0.0
+    tensor([[[0.0000, 0.0000, 1.0000, 0.5000, 0.2500]]])
+    >>> kb = torch.stack([k, 2 * k])
+    >>> fft_conv(u, kb).round(decimals=4) + 0.0
+    tensor([[[1.0000, 2.0000, 1.0000, 0.5000, 0.2500]]])
+    """
+    L = u.shape[-1]
+    n = next_fast_len(2 * L)
+    if kernel.dim() == 3:
+        # two-sided kernel: lags 0..L-1 at the start, lags -1..-L at the end
+        k = F.pad(kernel[0], (0, n - L)) + F.pad(kernel[1].flip(-1), (n - L, 0))
+    else:
+        k = kernel
+    k_f = torch.fft.rfft(k, n=n)  # [channels, n // 2 + 1]
+    u_f = torch.fft.rfft(u, n=n)  # [batch, channels, n // 2 + 1]
+    return torch.fft.irfft(u_f * k_f, n=n)[..., :L]
+
+
+# Number of complex elements of the largest intermediate tensor in the
+# kernel computations; longer kernels are computed in chunks (with
+# activation checkpointing) to keep memory at O(channels * length).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _vandermonde(W, x, L):
+    """``out[c, h, l] = Σ_n W[c, h, n] exp(x[h, n] l)`` for ``l < L``.
+
+    With ``l = i m + j`` (``m ≈ sqrt(L)``), ``exp(x l) = exp(x i m) exp(x j)``,
+    so the product is one batched matrix product of
+    ``W exp(x i m)`` ``[H, channels * L/m, N]`` with ``exp(x j)``
+    ``[H, N, m]``: memory O(H (L + N sqrt(L))) instead of O(H N L), and
+    every power is computed directly from ``x l`` (no accumulated error).
+
+    Arguments
+    ---------
+    W : torch.Tensor
+        Weights ``[channels, H, N]`` (complex).
+    x : torch.Tensor
+        Log of the nodes ``[H, N]`` (complex).
+    L : int
+        Number of powers.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[channels, H, L]`` (complex).
+    """
+    m = max(1, math.isqrt(L - 1) + 1) if L > 1 else 1
+    n_blocks = -(-L // m)
+    real = x.real.dtype
+    j = torch.arange(m, device=x.device, dtype=real)
+    i = torch.arange(n_blocks, device=x.device, dtype=real) * m
+    inner = torch.exp(x.unsqueeze(-1) * j)  # [H, N, m]
+    outer = torch.exp(x.unsqueeze(-1) * i)  # [H, N, L/m]
+    Wi = W.unsqueeze(-1) * outer  # [channels, H, N, L/m]
+    c, H, N, _ = Wi.shape
+    Wi = Wi.permute(1, 0, 3, 2).reshape(H, c * n_blocks, N)
+    out = torch.bmm(Wi, inner)  # [H, channels * L/m, m]
+    out = out.reshape(H, c, n_blocks * m).transpose(0, 1)
+    return out[..., :L]
+
+
+def _cauchy_block(v, w, a, s):
+    """``r[k, h, f] = Σ_n v[k, h, n] / (a_f - s_f w[h, n])``."""
+    inv = torch.reciprocal(a - s * w.unsqueeze(-1))  # [H, N, F]
+    return torch.matmul(v.transpose(0, 1), inv).transpose(0, 1)
+
+
+def _cauchy(v, w, a, s):
+    """Cauchy-like sums ``Σ_n v[k, h, n] / (a_f - s_f w[h, n])``.
+
+    Computed in chunks of frequencies when the ``[H, N, F]`` matrix of
+    reciprocals would be large; under autograd each chunk is
+    checkpointed (recomputed in the backward pass), so memory stays
+    O(H (N + K) chunk + K H F).
+
+    Arguments
+    ---------
+    v : torch.Tensor
+        Numerators ``[K, H, N]`` (complex).
+    w : torch.Tensor
+        Nodes ``[H, N]`` (complex).
+    a, s : torch.Tensor
+        Frequency-dependent coefficients ``[F]`` (complex, constant).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[K, H, F]`` (complex).
+    """
+    H, N = w.shape
+    F_ = a.shape[-1]
+    chunk = max(1, _CHUNK_ELEMENTS // (H * N))
+    if F_ <= chunk:
+        return _cauchy_block(v, w, a, s)
+    grad = torch.is_grad_enabled() and (v.requires_grad or w.requires_grad)
+    out = []
+    for start in range(0, F_, chunk):
+        a_c, s_c = a[start : start + chunk], s[start : start + chunk]
+        if grad:
+            out.append(
+                checkpoint(_cauchy_block, v, w, a_c, s_c, use_reentrant=False)
+            )
+        else:
+            out.append(_cauchy_block(v, w, a_c, s_c))
+    return torch.cat(out, dim=-1)
+
+
+def _legs_dplr(N):
+    """HiPPO-LegS matrix in diagonal plus low-rank form (float64).
+
+    ``A = -(sqrt(2n+1) sqrt(2k+1) [n > k] + (n+1) [n == k])``,
+    ``B_n = sqrt(2n+1)``. With ``P_n = sqrt(n + 1/2)``, ``A + P P^T`` is
+    ``-1/2 I`` plus a skew-symmetric matrix, hence normal and unitarily
+    diagonalisable: ``A = V (Λ - P̃ P̃*) V*`` with ``P̃ = V* P``.
+
+    Returns the half of the eigen-decomposition with positive imaginary
+    parts: ``Λ [N/2]``, ``P̃ [N/2]``, ``B̃ [N/2]`` (complex128).
+    """
+    n = torch.arange(N, dtype=torch.float64)
+    q = torch.sqrt(2 * n + 1)
+    A = -(torch.tril(torch.outer(q, q), -1) + torch.diag(n + 1))
+    P = torch.sqrt(n + 0.5)
+    skew = A + torch.outer(P, P) + 0.5 * torch.eye(N, dtype=torch.float64)
+    # skew = V diag(i mu) V*, mu real: eigen-decompose the Hermitian -i skew
+    mu, V = torch.linalg.eigh(-1j * skew.to(torch.complex128))
+    keep = mu > 0
+    mu, V = mu[keep], V[:, keep]
+    Lam = -0.5 + 1j * mu
+    P_t = V.conj().T @ P.to(torch.complex128)
+    B_t = V.conj().T @ q.to(torch.complex128)
+    return Lam, P_t, B_t
+
+
+class S4(nn.Module):
+    """S4 layer: SSM convolution, skip term, GELU, 1x1 conv and GLU.
+
+    ``y = GLU(W GELU(K * u + D u))`` with ``K`` the SSM kernel of each
+    channel. Input and output are ``[batch, d_model, time]``; any length
+    works (the convolution uses FFTs of at least twice the length).
+
+    Arguments
+    ---------
+    d_model : int
+        Number of channels H (one SSM per channel).
+    d_state : int
+        State size N per SSM (even; stored as N/2 conjugate pairs).
+    mode : str
+        ``"nplr"`` (S4, HiPPO-LegS, bilinear, Cauchy kernel) or ``"s4d"``
+        (diagonal, zero-order hold, Vandermonde kernel).
+    bidirectional : bool
+        If True, a second output matrix C gives a kernel applied backward in
+        time (starting at t+1); both directions are summed. Recurrent mode
+        is only available for causal (``bidirectional=False``) layers.
+    dt_min : float
+        Lower bound of the initial step Δ (log-uniform).
+    dt_max : float
+        Upper bound of the initial step Δ.
+    s4d_init : str
+        ``"lin"`` (S4D-Lin) or ``"inv"`` (S4D-Inv), only for ``mode="s4d"``.
+    dropout : float
+        Dropout after the GELU.
+
+    Example
+    -------
+    >>> layer = S4(8, d_state=4, bidirectional=True)
+    >>> x = torch.randn(2, 8, 13)
+    >>> layer(x).shape
+    torch.Size([2, 8, 13])
+    >>> k = layer.kernel(13)
+    >>> k.shape
+    torch.Size([2, 8, 13])
+    >>> torch.allclose(layer(x, kernel=k), layer(x))
+    True
+    """
+
+    def __init__(
+        self,
+        d_model,
+        d_state=16,
+        mode="nplr",
+        bidirectional=False,
+        dt_min=0.001,
+        dt_max=0.1,
+        s4d_init="lin",
+        dropout=0.0,
+    ):
+        super().__init__()
+        if mode not in ("nplr", "s4d"):
+            raise ValueError(f"mode must be 'nplr' or 's4d', got {mode!r}")
+        if s4d_init not in ("lin", "inv"):
+            raise ValueError(f"s4d_init must be 'lin' or 'inv', not {s4d_init}")
+        if d_state % 2:
+            raise ValueError(f"d_state must be even, got {d_state}")
+        self.d_model = d_model
+        self.d_state = d_state
+        self.mode = mode
+        self.bidirectional = bidirectional
+        self.dt_min = dt_min
+        self.dt_max = dt_max
+        self.s4d_init = s4d_init
+        H, N2 = d_model, d_state // 2
+        channels = 2 if bidirectional else 1
+
+        # A = -exp(log_A_real) + i A_imag: [H, N/2]
+        self.log_dt = nn.Parameter(torch.empty(H))
+        self.log_A_real = nn.Parameter(torch.empty(H, N2))
+        self.A_imag = nn.Parameter(torch.empty(H, N2))
+        # complex parameters stored as real [..., 2]
+        self.B = nn.Parameter(torch.empty(H, N2, 2))
+        if mode == "nplr":
+            self.P = nn.Parameter(torch.empty(H, N2, 2))
+        self.C = nn.Parameter(torch.empty(channels, H, N2, 2))
+        self.D = nn.Parameter(torch.empty(H))
+        self._mark_ssm_parameters()
+
+        self.activation = nn.GELU()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.output_linear = nn.Conv1d(H, 2 * H, kernel_size=1)
+        self.reset_parameters()
+
+    def _mark_ssm_parameters(self):
+        for name in SSM_PARAMETER_NAMES:
+            p = getattr(self, name, None)
+            if isinstance(p, nn.Parameter):
+                p._ssm_param = True
+
+    def __setstate__(self, state):
+        # Parameter attributes are lost by copy.deepcopy: mark them again.
+        super().__setstate__(state)
+        self._mark_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """(Re-)initialise all parameters with the S4 / S4D initialisation.
+
+        Safe to call at any time (SpeechBrain's ``reset_layer_recursively``
+        does): it redraws Δ and C and restores the structured A, B (and P).
+        """
+        H, N2 = self.d_model, self.d_state // 2
+        dev = self.log_dt.device
+        dtype = self.log_dt.dtype
+        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        u = torch.rand(H, device=dev, dtype=dtype)
+        log_min, log_max = math.log(self.dt_min), math.log(self.dt_max)
+        self.log_dt.copy_(u * (log_max - log_min) + log_min)
+
+        if self.mode == "nplr":
+            Lam, P, B = _legs_dplr(self.d_state)
+            Lam, P, B = (
+                t.to(device=dev, dtype=cdtype).expand(H, N2)
+                for t in (Lam, P, B)
+            )
+            self.log_A_real.copy_(torch.log(-Lam.real))
+            self.A_imag.copy_(Lam.imag)
+            self.P.copy_(torch.view_as_real(P))
+            self.B.copy_(torch.view_as_real(B))
+        else:
+            n = torch.arange(N2, device=dev, dtype=dtype)
+            if self.s4d_init == "lin":
+                imag = math.pi * n
+            else:
+                N = self.d_state
+                imag = N / math.pi * (N / (2 * n + 1) - 1)
+            self.log_A_real.fill_(math.log(0.5))
+            self.A_imag.copy_(imag.expand(H, N2))
+            self.B.zero_()
+            self.B[..., 0] = 1.0
+        # C ~ complex standard normal (variance 1/2 per component)
+        self.C.normal_(0.0, math.sqrt(0.5))
+        self.D.normal_(0.0, 1.0)
+        self.output_linear.reset_parameters()
+
+    # ------------------------------------------------------------------
+    # SSM parameters
+    # ------------------------------------------------------------------
+    def _ssm(self):
+        """Continuous-time parameters as complex tensors.
+
+        Returns dt ``[H]``, A (Λ for NPLR) ``[H, N/2]``, B ``[H, N/2]``,
+        C ``[channels, H, N/2]`` and P ``[H, N/2]`` (None for S4D).
+        """
+        dt = torch.exp(self.log_dt)
+        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+        B = _complex(self.B)
+        C = _complex(self.C)
+        P = _complex(self.P) if self.mode == "nplr" else None
+        return dt, A, B, C, P
+
+    def _dense_A(self, A, P):
+        """Full N x N matrix ``diag(Λ, Λ̄) - P_f P_f*`` ``[H, N, N]``."""
+        Lam_f = torch.cat([A, A.conj()], dim=-1)  # [H, N]
+        P_f = torch.cat([P, P.conj()], dim=-1)  # [H, N]
+        return torch.diag_embed(Lam_f) - P_f.unsqueeze(
+            -1
+        ) * P_f.conj().unsqueeze(-2)
+
+    def _bilinear(self, dt, A, B, P):
+        """Bilinear discretisation of the NPLR system, dense.
+
+        Returns Ā ``[H, N, N]`` and B̄ ``[H, N]`` (conjugate completed).
+        """
+        A_d = self._dense_A(A, P)
+        N = A_d.shape[-1]
+        eye = torch.eye(N, dtype=A_d.dtype, device=A_d.device)
+        half = (dt / 2).to(A_d.dtype)[:, None, None]
+        M = eye - half * A_d
+        A_bar = torch.linalg.solve(M, eye + half * A_d)
+        B_f = torch.cat([B, B.conj()], dim=-1)  # [H, N]
+        B_bar = torch.linalg.solve(M, dt[:, None] * B_f)
+        return A_bar, B_bar
+
+    # ------------------------------------------------------------------
+    # Convolution kernel
+    # ------------------------------------------------------------------
+    def kernel(self, length):
+        """Materialised SSM convolution kernel (without the D skip term).
+
+        Computed in float32 / complex64 (float64 / complex128 if the module
+        is double) with autocast disabled. Nothing is cached.
+
+        Arguments
+        ---------
+        length : int
+            Kernel length L (at least 1).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[d_model, L]`` for a causal layer, ``[2, d_model, L]``
+            (forward, backward) for a bidirectional one.
+
+        Example
+        -------
+        >>> S4(4, d_state=4, mode="s4d").kernel(6).shape
+        torch.Size([4, 6])
+        """
+        length = int(length)
+        if length < 1:
+            raise ValueError(f"kernel length must be >= 1, got {length}")
+        with torch.autocast(self.log_dt.device.type, enabled=False):
+            if self.mode == "s4d":
+                k = self._kernel_s4d(length)
+            else:
+                k = self._kernel_nplr(length)
+        return k if self.bidirectional else k[0]
+
+    def _kernel_s4d(self, L):
+        """Vandermonde kernel of the ZOH-discretised diagonal SSM.
+
+        ``K_l = 2 Re Σ_n C_n B̄_n Ā_n^l`` with ``Ā = exp(ΔA)`` and
+        ``B̄ = (ΔA)^{-1} (exp(ΔA) - 1) ΔB``.
+        """
+        dt, A, B, C, _ = self._ssm()
+        dtA = dt[:, None] * A  # [H, N/2]
+        B_bar = (torch.exp(dtA) - 1.0) / A * B  # [H, N/2]
+        W = C * B_bar  # [channels, H, N/2]
+        return 2 * _vandermonde(W, dtA, L).real
+
+    def _kernel_nplr(self, L):
+        """Kernel of the bilinear-discretised DPLR SSM (S4, Algorithm 1).
+
+        The generating function of the length-L kernel,
+        ``K̂(ω) = Σ_k K_k ω^k = C̃ (I - Ā ω)^{-1} B̄`` with
+        ``C̃ = C (I - Ā^L)``, is evaluated at the roots of unity
+        ``ω_l = exp(-2πi l / L)`` (so ``K̂ = FFT(K)``). With the bilinear
+        transform, ``(I - Āω)^{-1} B̄ = 2 R(ω)^{-1} ΔB`` with
+        ``R(ω) = 2(1-ω) - (1+ω) Δ(Λ - P P*)``, inverted by Woodbury
+        around its diagonal part (Cauchy sums). Then ``K = iFFT(K̂)``.
+        """
+        dt, Lam, B, C, P = self._ssm()
+        A_bar, _ = self._bilinear(dt, Lam, B, P)
+        # C̃ = C (I - Ā^L), conjugate completed, keep the first half
+        N2 = Lam.shape[-1]
+        C_f = torch.cat([C, C.conj()], dim=-1)  # [channels, H, N]
+        A_L = torch.linalg.matrix_power(A_bar, L)  # [H, N, N]
+        C_t = C_f - torch.einsum("chn,hnm->chm", C_f, A_L)
+        C_t = C_t[..., :N2]  # [channels, H, N/2]
+
+        # roots of unity for the rfft bins
+        freqs = torch.arange(L // 2 + 1, device=dt.device, dtype=dt.dtype)
+        omega = torch.polar(torch.ones_like(freqs), -2 * math.pi * freqs / L)
+        a = 2 * (1 - omega)  # [F]
+        s = 1 + omega  # [F]
+        # Cauchy sums over the full (conjugate completed) state of
+        # v_n / (2(1-ω) - (1+ω) Δλ_n) for the four vectors of Woodbury
+        dtLam = dt[:, None] * Lam  # [H, N/2]
+        dtB = dt[:, None] * B  # [H, N/2]
+        dtP = dt[:, None] * P  # [H, N/2]
+        Pc = P.conj()
+        channels = C_t.shape[0]
+        v = torch.cat(
+            [C_t * dtB, C_t * dtP, (Pc * dtB)[None], (Pc * dtP)[None]]
+        )  # [2 * channels + 2, H, N/2]
+        r = _cauchy(
+            torch.cat([v, v.conj()], dim=-1),
+            torch.cat([dtLam, dtLam.conj()], dim=-1),
+            a,
+            s,
+        )  # [2 * channels + 2, H, F]
+        k00, k01 = r[:channels], r[channels : 2 * channels]
+        k10, k11 = r[2 * channels], r[2 * channels + 1]
+        k_hat = 2 * (k00 - s * k01 * k10 / (1 + s * k11))
+        return torch.fft.irfft(k_hat, n=L)  # [channels, H, L]
+
+    # ------------------------------------------------------------------
+    # Convolution mode
+    # ------------------------------------------------------------------
+    def forward(self, x, kernel=None):
+        """Apply the layer to a whole sequence.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, d_model, time]``.
+        kernel : torch.Tensor, optional
+            Precomputed ``self.kernel(L)`` with L >= time (longer kernels
+            are truncated), to avoid recomputing it.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, d_model, time]``.
+        """
+        L = x.shape[-1]
+        with torch.autocast(x.device.type, enabled=False):
+            if kernel is None:
+                kernel = self.kernel(L)
+            ctype = _real_dtype(self.D.dtype)
+            kernel = kernel[..., :L].to(ctype)
+            u = x.to(ctype)
+            y = fft_conv(u, kernel) + self.D.to(ctype)[:, None] * u
+        y = y.to(x.dtype)
+        y = self.dropout(self.activation(y))
+        return F.glu(self.output_linear(y), dim=1)
+
+    # ------------------------------------------------------------------
+    # Recurrent mode
+    # ------------------------------------------------------------------
+    def _discrete_recurrence(self):
+        """Discretised (Ā, B̄, C) for the recurrence, on the kept half state.
+
+        S4D: Ā ``[H, N/2]`` (diagonal). NPLR: Ā ``[H, N/2, N]`` (the first
+        half of the rows of the dense matrix; it acts on the conjugate
+        completed state). B̄ ``[H, N/2]``, C ``[H, N/2]``.
+        """
+        dt, A, B, C, P = self._ssm()
+        C = C[0]
+        if self.mode == "s4d":
+            dtA = dt[:, None] * A
+            A_bar = torch.exp(dtA)
+            B_bar = (A_bar - 1.0) / A * B
+            return A_bar, B_bar, C
+        A_bar, B_bar = self._bilinear(dt, A, B, P)
+        N2 = A.shape[-1]
+        return A_bar[:, :N2, :], B_bar[:, :N2], C
+
+    def default_state(self, batch_size):
+        """Zero initial state for :meth:`step`.
+
+        Arguments
+        ---------
+        batch_size : int
+            Batch size.
+
+        Returns
+        -------
+        torch.Tensor
+            Complex state ``[batch, d_model, d_state // 2]``.
+        """
+        cdtype = _complex(self.B).dtype
+        return torch.zeros(
+            batch_size,
+            self.d_model,
+            self.d_state // 2,
+            dtype=cdtype,
+            device=self.B.device,
+        )
+
+    def step(self, u, state):
+        """One step of the recurrence ``x_k = Ā x_{k-1} + B̄ u_k``.
+
+        Running ``step`` over a sequence from :meth:`default_state` gives
+        the same output as :meth:`forward` on the whole sequence (causal
+        layers only).
+
+        Arguments
+        ---------
+        u : torch.Tensor
+            Input frame ``[batch, d_model]``.
+        state : torch.Tensor
+            State ``[batch, d_model, d_state // 2]`` (complex).
+
+        Returns
+        -------
+        y : torch.Tensor
+            Output frame ``[batch, d_model]``.
+        state : torch.Tensor
+            New state.
+
+        Example
+        -------
+        >>> layer = S4(4, d_state=4).eval()
+        >>> x = torch.randn(1, 4, 3)
+        >>> state = layer.default_state(1)
+        >>> ys = []
+        >>> for t in range(3):
+        ...     y, state = layer.step(x[:, :, t], state)
+        ...     ys.append(y)
+        >>> torch.allclose(torch.stack(ys, -1), layer(x), atol=1e-5)
+        True
+        """
+        if self.bidirectional:
+            raise RuntimeError("step() needs a causal (bidirectional=False) S4")
+        with torch.autocast(u.device.type, enabled=False):
+            A_bar, B_bar, C = self._discrete_recurrence()
+            ctype = _real_dtype(self.D.dtype)
+            uc = u.to(ctype)
+            if self.mode == "s4d":
+                state = A_bar * state + B_bar * uc.unsqueeze(-1)
+            else:
+                full = torch.cat([state, state.conj()], dim=-1)  # [B, H, N]
+                state = torch.einsum("hnm,bhm->bhn", A_bar, full)
+                state = state + B_bar * uc.unsqueeze(-1)
+            y = 2 * (C * state).sum(-1).real + self.D.to(ctype) * uc
+        y = self.dropout(self.activation(y.to(u.dtype)))
+        w = self.output_linear.weight[:, :, 0]
+        return F.glu(F.linear(y, w, self.output_linear.bias), dim=-1), state
+
+    def extra_repr(self):
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, "
+            f"mode={self.mode!r}, bidirectional={self.bidirectional}"
+        )
+
+
+# ----------------------------------------------------------------------
+# Optimiser helpers
+# ----------------------------------------------------------------------
+def _is_ssm_param(name, p):
+    if getattr(p, "_ssm_param", False):
+        return True
+    return False
+
+
+def _split_params(params):
+    """Split params (module, named or plain iterable) into (ssm, other)."""
+    if isinstance(params, nn.Module):
+        # names make the split robust to marker loss; modules mark again
+        module = params
+        ssm_ids = set()
+        for mod in module.modules():
+            if isinstance(mod, S4):
+                mod._mark_ssm_parameters()
+        params = list(module.parameters())
+    else:
+        params = list(params)
+        ssm_ids = set()
+    ssm, other, seen = [], [], set()
+    for item in params:
+        if isinstance(item, dict):
+            raise TypeError("pass a module or an iterable of parameters")
+        p = item[1] if isinstance(item, tuple) else item
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if id(p) in ssm_ids or _is_ssm_param(None, p):
+            ssm.append(p)
+        else:
+            other.append(p)
+    return ssm, other
+
+
+def ssm_parameter_groups(module, lr, ssm_lr=1e-3, weight_decay=0.0):
+    """Optimizer parameter groups with special settings for A, B and Δ.
+
+    The SSM parameters (marked ``p._ssm_param = True`` by :class:`S4`:
+    ``log_dt``, ``log_A_real``, ``A_imag``, ``B`` and ``P``) get
+    ``lr=ssm_lr`` and ``weight_decay=0``; all other parameters get
+    ``lr`` and ``weight_decay``. Empty groups are left out.
+
+    Arguments
+    ---------
+    module : torch.nn.Module or iterable
+        Module, or iterable of parameters / ``(name, parameter)`` pairs.
+    lr : float
+        Learning rate of the ordinary parameters.
+    ssm_lr : float
+        Learning rate of the SSM parameters.
+    weight_decay : float
+        Weight decay of the ordinary parameters.
+
+    Returns
+    -------
+    list of dict
+        Parameter groups for any ``torch.optim`` optimizer.
+
+    Example
+    -------
+    >>> model = torch.nn.Sequential(S4(4, d_state=4), torch.nn.Linear(4, 4))
+    >>> groups = ssm_parameter_groups(model, lr=1e-3, weight_decay=0.01)
+    >>> [(len(g["params"]), g["lr"], g["weight_decay"]) for g in groups]
+    [(5, 0.001, 0.0), (6, 0.001, 0.01)]
+    >>> opt = torch.optim.AdamW(groups)
+    """
+    ssm, other = _split_params(module)
+    groups = []
+    if ssm:
+        groups.append({"params": ssm, "lr": ssm_lr, "weight_decay": 0.0})
+    if other or not ssm:
+        groups.append({"params": other, "lr": lr, "weight_decay": weight_decay})
+    return groups
+
+
+def ssm_aware_optimizer(
+    params,
+    lr,
+    ssm_lr=1e-3,
+    weight_decay=0.0,
+    optimizer=torch.optim.AdamW,
+    **optimizer_kwargs,
+):
+    """Build an optimizer that treats SSM parameters separately.
+
+    Usable as SpeechBrain's ``opt_class``, which is called with
+    ``modules.parameters()`` (plain parameters without names): the split
+    uses the ``_ssm_param`` marker that :class:`S4` puts on its A, B and Δ
+    parameters. In a hparams file::
+
+        opt_class: !name:speechbrain_s4m.nnet.ssm_aware_optimizer
+            lr: 0.001
+            ssm_lr: 0.001
+            weight_decay: 0.0
+
+    Note that learning-rate schedulers that set one learning rate for all
+    groups overwrite ``ssm_lr``.
+
+    Arguments
+    ---------
+    params : iterable or torch.nn.Module
+        Parameters (or a module) to optimise.
+    lr : float
+        Learning rate of the ordinary parameters.
+    ssm_lr : float
+        Learning rate of A, B, Δ (no weight decay).
+    weight_decay : float
+        Weight decay of the ordinary parameters.
+    optimizer : type
+        Optimizer class (default ``torch.optim.AdamW``).
+    **optimizer_kwargs
+        Extra arguments for the optimizer (e.g. ``betas``).
+
+    Returns
+    -------
+    torch.optim.Optimizer
+
+    Example
+    -------
+    >>> model = S4(4, d_state=4)
+    >>> opt = ssm_aware_optimizer(model.parameters(), lr=1e-2, ssm_lr=1e-3)
+    >>> [g["lr"] for g in opt.param_groups]
+    [0.001, 0.01]
+    """
+    groups = ssm_parameter_groups(
+        params, lr=lr, ssm_lr=ssm_lr, weight_decay=weight_decay
+    )
+    return optimizer(groups, lr=lr, **optimizer_kwargs)

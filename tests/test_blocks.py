@@ -1,0 +1,98 @@
+"""Tests of the residual blocks and norms (speechbrain_s4m.nnet.blocks)."""
+
+import pytest
+import torch
+
+from speechbrain_s4m.nnet import (
+    ChannelLayerNorm,
+    FeedForwardBlock,
+    GlobalLayerNorm,
+    S4Block,
+)
+
+
+def test_global_layer_norm_reference():
+    torch.manual_seed(0)
+    gln = GlobalLayerNorm(3, eps=1e-8).double()
+    with torch.no_grad():
+        gln.weight.copy_(torch.tensor([1.0, 2.0, -1.0]).view(1, 3, 1))
+        gln.bias.copy_(torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1))
+    x = 5 * torch.randn(2, 3, 7, dtype=torch.float64) + 2
+    y = gln(x)
+    for b in range(2):
+        xb = x[b]
+        mu = xb.mean()
+        var = ((xb - mu) ** 2).mean()
+        ref = (xb - mu) / torch.sqrt(var + 1e-8)
+        ref = ref * gln.weight[0] + gln.bias[0]
+        torch.testing.assert_close(y[b], ref)
+    # statistics per utterance: scaling one utterance does not change another
+    x2 = x.clone()
+    x2[1] *= 10
+    torch.testing.assert_close(gln(x2)[0], y[0])
+    gln.reset_parameters()
+    assert (gln.weight == 1).all() and (gln.bias == 0).all()
+
+
+def test_global_layer_norm_half_precision():
+    gln = GlobalLayerNorm(4)
+    x = 300 * torch.randn(2, 4, 1000)
+    ref = gln(x)
+    y = gln(x.half())
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    torch.testing.assert_close(y.float(), ref, atol=1e-2, rtol=1e-2)
+
+
+def test_channel_layer_norm_is_per_frame():
+    torch.manual_seed(1)
+    norm = ChannelLayerNorm(5)
+    x = torch.randn(2, 5, 9)
+    ref = torch.nn.functional.layer_norm(x.transpose(1, 2), (5,)).transpose(
+        1, 2
+    )
+    torch.testing.assert_close(norm(x), ref)
+
+
+@pytest.mark.parametrize("mode", ["s4d", "nplr"])
+def test_s4_block_is_prenorm_residual(mode):
+    torch.manual_seed(2)
+    block = S4Block(6, d_state=4, mode=mode, dt_min=0.01, dt_max=0.2)
+    assert block.s4.bidirectional and block.s4.mode == mode
+    assert block.s4.dt_max == 0.2
+    x = torch.randn(2, 6, 11)
+    expected = x + block.s4(block.norm(x))
+    torch.testing.assert_close(block(x), expected)
+    k = block.s4.kernel(11)
+    torch.testing.assert_close(block(x, kernel=k), expected)
+    # causal variant
+    causal = S4Block(6, d_state=4, mode=mode, bidirectional=False)
+    assert causal.s4.kernel(11).shape == (6, 11)
+
+
+def test_feed_forward_block():
+    torch.manual_seed(3)
+    ff = FeedForwardBlock(4, expansion=2)
+    assert ff.linear1.out_channels == 8 and ff.linear2.in_channels == 8
+    x = torch.randn(3, 4, 7)
+    h = torch.nn.functional.gelu(ff.linear1(ff.norm(x)))
+    torch.testing.assert_close(ff(x), x + ff.linear2(h))
+    # a 1x1 conv acts frame by frame: permuting time permutes the output
+    perm = torch.randperm(7)
+    torch.testing.assert_close(ff(x[..., perm]), ff(x)[..., perm])
+    n_params = sum(p.numel() for p in ff.parameters())
+    assert n_params == 2 * 4 + (4 * 8 + 8) + (8 * 4 + 4)
+
+
+def test_blocks_train_and_dropout():
+    torch.manual_seed(4)
+    block = torch.nn.Sequential(
+        S4Block(4, d_state=4, dropout=0.5), FeedForwardBlock(4, dropout=0.5)
+    )
+    x = torch.randn(2, 4, 16, requires_grad=True)
+    block.train()
+    y1, y2 = block(x), block(x)
+    assert not torch.allclose(y1, y2)  # dropout active
+    y1.square().mean().backward()
+    assert all(p.grad is not None for p in block.parameters())
+    block.eval()
+    torch.testing.assert_close(block(x), block(x))

@@ -1,0 +1,213 @@
+"""Tests of speechbrain_s4m.metrics against slow, obvious references."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from speechbrain_s4m.metrics import (
+    pairwise_si_snr,
+    pit_si_snr_loss,
+    separation_scores,
+    si_snr,
+)
+
+
+def ref_si_snr(est, tgt):
+    """SI-SNR of two 1-D float64 numpy signals, written out plainly."""
+    est = est - est.mean()
+    tgt = tgt - tgt.mean()
+    s_target = np.dot(est, tgt) / np.dot(tgt, tgt) * tgt
+    e_noise = est - s_target
+    return 10 * math.log10(np.sum(s_target**2) / np.sum(e_noise**2))
+
+
+def ref_pit(est, tgt):
+    """Best mean SI-SNR over permutations: loops over everything."""
+    spks = est.shape[1]
+    best, best_perm = -np.inf, None
+    for perm in itertools.permutations(range(spks)):
+        score = np.mean(
+            [ref_si_snr(est[:, perm[j]], tgt[:, j]) for j in range(spks)]
+        )
+        if score > best:
+            best, best_perm = score, perm
+    return best, best_perm
+
+
+def make_batch(batch, time, spks, lengths, seed=0, noise=0.5):
+    """Targets, noisy estimates and garbage in the padding."""
+    g = torch.Generator().manual_seed(seed)
+    tgt = torch.randn(batch, time, spks, generator=g, dtype=torch.float64)
+    est = tgt + noise * torch.randn(
+        batch, time, spks, generator=g, dtype=torch.float64
+    )
+    est = est + 0.3  # non-zero mean: zero-mean must use the valid part
+    for b, rel in enumerate(lengths):
+        n = round(rel * time)
+        tgt[b, n:] = 5 * torch.randn(time - n, spks, generator=g).double()
+        est[b, n:] = -7 * torch.randn(time - n, spks, generator=g).double()
+    return est, tgt
+
+
+@pytest.mark.parametrize("spks", [2, 3])
+def test_si_snr_matches_reference_with_padding(spks):
+    lengths = [1.0, 0.6, 0.35]
+    est, tgt = make_batch(3, 500, spks, lengths)
+    out = si_snr(est, tgt, torch.tensor(lengths))
+    assert out.shape == (3, spks)
+    for b, rel in enumerate(lengths):
+        n = round(rel * 500)
+        for s in range(spks):
+            want = ref_si_snr(est[b, :n, s].numpy(), tgt[b, :n, s].numpy())
+            assert out[b, s].item() == pytest.approx(want, abs=1e-6)
+
+
+def test_padded_batch_equals_batch_of_one_float32():
+    lengths = [1.0, 0.5, 0.8]
+    est, tgt = make_batch(3, 800, 2, lengths, seed=1)
+    est, tgt = est.float(), tgt.float()
+    batched = si_snr(est, tgt, torch.tensor(lengths))
+    loss_b, perm_b = pit_si_snr_loss(est, tgt, torch.tensor(lengths))
+    for b, rel in enumerate(lengths):
+        n = round(rel * 800)
+        single = si_snr(est[b : b + 1, :n], tgt[b : b + 1, :n])
+        assert torch.allclose(batched[b], single[0], atol=1e-4)
+        loss_1, perm_1 = pit_si_snr_loss(est[b : b + 1, :n], tgt[b : b + 1, :n])
+        assert loss_b[b].item() == pytest.approx(loss_1.item(), abs=1e-4)
+        assert torch.equal(perm_b[b], perm_1[0])
+    # without the mask the padded utterances would be scored differently
+    unmasked = si_snr(est, tgt)
+    assert not torch.allclose(unmasked[1], batched[1], atol=0.1)
+
+
+@pytest.mark.parametrize("spks", [2, 3])
+def test_pit_loss_matches_bruteforce_and_is_permutation_invariant(spks):
+    est, tgt = make_batch(4, 400, spks, [1.0, 0.7, 1.0, 0.9], seed=2)
+    lengths = torch.tensor([1.0, 0.7, 1.0, 0.9])
+    loss, perm = pit_si_snr_loss(est, tgt, lengths)
+    assert loss.shape == (4,) and perm.shape == (4, spks)
+    for b in range(4):
+        n = round(lengths[b].item() * 400)
+        best, best_perm = ref_pit(est[b, :n].numpy(), tgt[b, :n].numpy())
+        assert -loss[b].item() == pytest.approx(best, abs=1e-6)
+        assert tuple(perm[b].tolist()) == best_perm
+    for shuffle in itertools.permutations(range(spks)):
+        shuffled = est[:, :, list(shuffle)]
+        loss_s, perm_s = pit_si_snr_loss(shuffled, tgt, lengths)
+        assert torch.allclose(loss_s, loss, atol=1e-9)
+        # the reordered estimate is the same whatever the input order
+        idx = perm_s[:, None, :].expand_as(shuffled)
+        reordered = shuffled.gather(2, idx)
+        assert torch.equal(
+            reordered, est.gather(2, perm[:, None].expand_as(est))
+        )
+
+
+def test_pit_recovers_swapped_sources():
+    g = torch.Generator().manual_seed(3)
+    tgt = torch.randn(2, 600, 3, generator=g)
+    est = tgt[:, :, [1, 2, 0]] * 3.0  # scaled: SI-SNR is scale invariant
+    loss, perm = pit_si_snr_loss(est, tgt)
+    assert perm.tolist() == [[2, 0, 1], [2, 0, 1]]
+    assert (loss < -60).all()
+    assert pairwise_si_snr(est, tgt).shape == (2, 3, 3)
+
+
+def test_gradients_finite_and_zero_in_padding():
+    est, tgt = make_batch(3, 300, 2, [1.0, 0.5, 0.7], seed=4)
+    est = est.float().requires_grad_(True)
+    lengths = torch.tensor([1.0, 0.5, 0.7])
+    loss, _ = pit_si_snr_loss(est, tgt.float(), lengths)
+    loss.mean().backward()
+    assert torch.isfinite(est.grad).all()
+    assert est.grad[1, 150:].abs().max() == 0
+    assert est.grad[2, 210:].abs().max() == 0
+    assert est.grad[1, :150].abs().max() > 0
+    # perfect estimate: still finite gradients
+    perfect = tgt.float().clone().requires_grad_(True)
+    pit_si_snr_loss(perfect, tgt.float(), lengths)[0].sum().backward()
+    assert torch.isfinite(perfect.grad).all()
+
+
+def test_si_snr_2d_input_and_shape_errors():
+    x = torch.randn(2, 100)
+    assert si_snr(x, x).shape == (2,)
+    with pytest.raises(ValueError, match="same shape"):
+        si_snr(torch.randn(2, 100, 2), torch.randn(2, 90, 2))
+
+
+def test_separation_scores_against_mir_eval():
+    mir_eval = pytest.importorskip("mir_eval")
+    g = torch.Generator().manual_seed(5)
+    tgt = torch.randn(1, 1500, 2, generator=g, dtype=torch.float64)
+    mix = tgt.sum(-1)
+    est = tgt[:, :, [1, 0]] + 0.3 * torch.randn(
+        1, 1500, 2, generator=g, dtype=torch.float64
+    )
+    scores = separation_scores(est, tgt, mix)
+    for b in range(1):
+        ref = tgt[b].T.numpy()
+        with pytest.warns(FutureWarning):  # mir_eval deprecation warning
+            sdr = mir_eval.separation.bss_eval_sources(ref, est[b].T.numpy())[0]
+        with pytest.warns(FutureWarning):
+            sdr0 = mir_eval.separation.bss_eval_sources(
+                ref, np.stack([mix[b].numpy()] * 2)
+            )[0]
+        assert scores["sdr"][b].item() == pytest.approx(sdr.mean(), abs=1e-3)
+        assert scores["sdr_i"][b].item() == pytest.approx(
+            sdr.mean() - sdr0.mean(), abs=1e-3
+        )
+        best, _ = ref_pit(est[b].numpy(), tgt[b].numpy())
+        si_mix = np.mean(
+            [ref_si_snr(mix[b].numpy(), tgt[b, :, s].numpy()) for s in (0, 1)]
+        )
+        assert scores["si-snr"][b].item() == pytest.approx(best, abs=1e-6)
+        assert scores["si-snr_i"][b].item() == pytest.approx(
+            best - si_mix, abs=1e-6
+        )
+
+
+def test_separation_scores_uses_valid_part_only():
+    g = torch.Generator().manual_seed(6)
+    tgt = torch.randn(2, 1600, 2, generator=g)
+    est = tgt + 0.2 * torch.randn(2, 1600, 2, generator=g)
+    mix = tgt.sum(-1)
+    tgt[1, 1000:] = 0  # padding
+    est[1, 1000:] = 3.0
+    mix[1, 1000:] = 0
+    lengths = torch.tensor([1.0, 1000 / 1600])
+    batched = separation_scores(est, tgt, mix, lengths)
+    alone = separation_scores(est[1:, :1000], tgt[1:, :1000], mix[1:, :1000])
+    for key in batched:
+        assert batched[key][1].item() == pytest.approx(
+            alone[key][0].item(), abs=1e-4
+        )
+
+
+def test_separation_scores_clear_errors():
+    tgt = torch.randn(1, 2000, 2)
+    tgt[0, :, 1] = 0
+    with pytest.raises(ValueError, match=r"source\(s\) \[2\] are silent"):
+        separation_scores(torch.randn(1, 2000, 2), tgt, tgt.sum(-1))
+    short = torch.randn(1, 300, 2)
+    with pytest.raises(ValueError, match="shorter than the BSS-eval"):
+        separation_scores(short, short, short.sum(-1))
+    with pytest.raises(ValueError, match="mixture"):
+        separation_scores(short, short, short)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_metrics_on_cuda_match_cpu():
+    est, tgt = make_batch(2, 1200, 3, [1.0, 0.6], seed=7)
+    est, tgt = est.float(), tgt.float()
+    lengths = torch.tensor([1.0, 0.6])
+    loss, perm = pit_si_snr_loss(est, tgt, lengths)
+    loss_c, perm_c = pit_si_snr_loss(est.cuda(), tgt.cuda(), lengths)
+    assert torch.allclose(loss_c.cpu(), loss, atol=1e-4)
+    assert torch.equal(perm_c.cpu(), perm)
+    scores = separation_scores(est, tgt, tgt.sum(-1), lengths)
+    scores_c = separation_scores(est.cuda(), tgt.cuda(), tgt.sum(-1).cuda())
+    assert scores_c["sdr"][0].item() == pytest.approx(scores["sdr"][0].item())
