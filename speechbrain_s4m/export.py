@@ -62,7 +62,7 @@ HPARAMS_HEADER = """\
 # ############################################################################
 # Pretrained speech separation model exported by speechbrain-s4m (s4m-export)
 # from: {recipe}
-# checkpoint: {ckpt} (best validation SI-SNR: {valid:.2f} dB)
+# checkpoint: {ckpt} (validation SI-SNR: {valid})
 #
 # Load with speechbrain_s4m.inference.S4MSeparation.from_hparams(source=<this
 # folder>) or speechbrain.inference.separation.SepformerSeparation.from_hparams.
@@ -244,6 +244,16 @@ def _describe(node):
     return f"`{name}({', '.join(args)})`"
 
 
+def _valid_text(meta, min_key):
+    """The validation SI-SNR of a checkpoint's meta, as text."""
+    if meta.get(min_key) is None:
+        return f"unknown (no meta key `{min_key}`)"
+    value = float(meta[min_key])
+    if min_key == "si-snr":  # the recipes log the negative SI-SNR
+        return f"{-value:.2f} dB (meta `si-snr` = {value:.4f}, best = min)"
+    return f"meta `{min_key}` = {value:.4f} (best = min)"
+
+
 def _read_epoch(ckpt):
     counter = ckpt / "counter.ckpt"
     if counter.is_file():
@@ -284,10 +294,9 @@ def write_model_card(
     epoch = _read_epoch(ckpt)
     if epoch is not None:
         lines.append(f"- Epoch of the exported checkpoint: {epoch}")
-    valid = -float(meta[min_key])
     lines += [
-        f"- Validation SI-SNR of the exported checkpoint: {valid:.2f} dB "
-        f"(meta `{min_key}` = {float(meta[min_key]):.4f}, best = min)",
+        "- Validation SI-SNR of the exported checkpoint: "
+        f"{_valid_text(meta, min_key)}",
         "",
         "## Test results",
         "",
@@ -376,9 +385,8 @@ def export_pretrained(
         ckpt = pathlib.Path(checkpoint).expanduser()
         if not (ckpt / METAFNAME).is_file():
             raise ModelNotFoundError(f"{ckpt}: not a checkpoint folder")
-        meta = next(m for c, m in list_checkpoints(ckpt.parent) if c == ckpt)
-        if min_key not in meta:
-            meta[min_key] = float("nan")
+        with open(ckpt / METAFNAME, encoding="utf-8") as fin:
+            meta = pyyaml.safe_load(fin) or {}
     else:
         save = recipe / "save"
         if not save.is_dir():
@@ -397,7 +405,7 @@ def export_pretrained(
         header = HPARAMS_HEADER.format(
             recipe=recipe.resolve(),
             ckpt=ckpt.name,
-            valid=-float(meta[min_key]),
+            valid=_valid_text(meta, min_key),
         )
         (tmp / "hyperparams.yaml").write_text(
             header + model_yaml, encoding="utf-8"

@@ -217,7 +217,12 @@ def _fetch_hub_folder(source, savedir, names, overwrite, fetch_config):
     return savedir
 
 
-def load_model_folder(folder, hparams_file="hyperparams.yaml", overrides=None):
+def load_model_folder(
+    folder,
+    hparams_file="hyperparams.yaml",
+    overrides=None,
+    overrides_must_match=True,
+):
     """Builds the modules of a pretrained folder and loads them strictly.
 
     Arguments
@@ -229,6 +234,8 @@ def load_model_folder(folder, hparams_file="hyperparams.yaml", overrides=None):
         Name of the hyperparameter file inside ``folder``.
     overrides : dict, optional
         Overrides for the hyperparameter file.
+    overrides_must_match : bool
+        Whether an override of an absent key is an error.
 
     Returns
     -------
@@ -246,7 +253,9 @@ def load_model_folder(folder, hparams_file="hyperparams.yaml", overrides=None):
         )
     try:
         with open(hparams_path, encoding="utf-8") as fin:
-            hparams = load_hyperpyyaml(fin, overrides or {})
+            hparams = load_hyperpyyaml(
+                fin, overrides or {}, overrides_must_match
+            )
     except Exception as err:
         raise ModelFolderError(
             f"{hparams_path}: cannot load ({type(err).__name__}: "
@@ -741,6 +750,9 @@ class S4MSeparation(Pretrained):
         run_opts=None,
         overwrite=False,
         fetch_config=None,
+        overrides_must_match=True,
+        download_only=False,
+        local_strategy=None,
         **kwargs,
     ):
         """Loads a pretrained folder (local, offline) or a hub repository.
@@ -766,6 +778,14 @@ class S4MSeparation(Pretrained):
             Re-fetch hub files into ``savedir`` even when present.
         fetch_config : speechbrain.utils.fetching.FetchConfig, optional
             Hub fetching options (revision, token, ...).
+        overrides_must_match : bool
+            As SpeechBrain: an override of a key absent from the file is an
+            error.
+        download_only : bool
+            Fetch the hub files only; returns None.
+        local_strategy : None
+            Accepted for compatibility with SpeechBrain and ignored: local
+            folders are read in place, hub files are copied into savedir.
         **kwargs
             Passed to the class (e.g. ``freeze_params``).
 
@@ -799,7 +819,11 @@ class S4MSeparation(Pretrained):
             _fetch_hub_folder(
                 str(source), folder, names, overwrite, fetch_config
             )
-        hparams = load_model_folder(folder, hparams_file, overrides)
+        if download_only:
+            return None
+        hparams = load_model_folder(
+            folder, hparams_file, overrides, overrides_must_match
+        )
         hparams["savedir"] = str(folder)
         hparams["source"] = str(source)
         return cls(
@@ -931,6 +955,8 @@ class S4MSeparation(Pretrained):
         if os.path.exists(path_str) or not remote:
             return path_str, None
         if remote:
+            if savedir is not None:
+                pathlib.Path(savedir).mkdir(parents=True, exist_ok=True)
             tmp = tempfile.mkdtemp(prefix="s4m_audio_", dir=savedir)
             source, name = path_str.rsplit("/", 1)
             try:

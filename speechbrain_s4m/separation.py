@@ -157,6 +157,7 @@ class Separation(sb.Brain):
     """
 
     skipped_batches = 0  # training batches skipped in the current epoch
+    nonfinite_count = 0  # of which non-finite losses or gradients
     _audio_left = 0  # test utterances whose audio is still to be saved
 
     # ------------------------------------------------------------------
@@ -718,7 +719,8 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
     Returns
     -------
     Separation
-        The brain, with ``test_summary`` (the ``avg`` row of the results).
+        The brain, with ``test_summary`` (the ``avg`` row of the results)
+        and ``datasets`` (``{"train": ..., "valid": ..., "test": ...}``).
     """
     from speechbrain_s4m.data.dataio import datasets_from_hparams
 
@@ -768,6 +770,11 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
+    brain.datasets = {
+        "train": train_data,
+        "valid": valid_data,
+        "test": test_data,
+    }
     loader_opts = dict(hparams["dataloader_opts"])
     train_opts = dict(loader_opts)
     if hparams.get("sorting", "random") == "random" and not isinstance(

@@ -671,3 +671,51 @@ def test_failure_mid_stream_leaves_no_partial_output(
     # the temporary files are gone and the earlier output is untouched
     assert sorted(p.name for p in out.iterdir()) == ["long_s1.wav"]
     assert (out / "long_s1.wav").read_bytes() == b"previous result"
+
+
+# --------------------------------------------------------------------------
+# A real (tiny) recipe run: export reproduces the Brain and its test scores
+# --------------------------------------------------------------------------
+def test_export_of_real_recipe_run(tiny_recipe_output, tmp_path):
+    import csv
+
+    from speechbrain_s4m.metrics import separation_scores
+    from speechbrain_s4m.separation import Separation, load_hparams
+
+    out = export_pretrained(tiny_recipe_output, tmp_path / "exported")
+    model = S4MSeparation.from_hparams(out, run_opts={"device": "cpu"})
+
+    # the Brain, rebuilt from the recipe's own hyperparams + best checkpoint
+    hp = load_hparams(str(tiny_recipe_output / "hyperparams.yaml"))
+    ckpter = Checkpointer(
+        tiny_recipe_output / "save", recoverables=hp["modules"]
+    )
+    assert ckpter.recover_if_possible(min_key="si-snr") is not None
+    brain = Separation(
+        modules=hp["modules"], hparams=hp, run_opts={"device": "cpu"}
+    )
+    brain.modules.eval()
+
+    # every test utterance: same output as the Brain, same scores as the
+    # recipe's test_results.csv
+    with open(tiny_recipe_output / "test_results.csv") as fin:
+        rows = {r["snt_id"]: r for r in csv.DictReader(fin)}
+    with open(hp["test_data"]) as fin:
+        test_rows = list(csv.DictReader(fin))
+    assert len(test_rows) == len(rows) - 1 > 0
+    for row in test_rows:
+        mix, _ = sf.read(row["mix_wav"], dtype="float32")
+        mix = torch.from_numpy(mix)[None]
+        srcs = [sf.read(row[f"s{i}_wav"], dtype="float32")[0] for i in (1, 2)]
+        targets = torch.from_numpy(np.stack(srcs, -1))[None]
+        with torch.no_grad():
+            ref = brain.separate(mix)
+        est = model.separate_batch(mix)
+        torch.testing.assert_close(est, ref, atol=1e-5, rtol=1e-4)
+        scores = separation_scores(est, targets, mix)
+        for key in ("si-snr", "si-snr_i"):
+            assert float(scores[key][0]) == pytest.approx(
+                float(rows[row["ID"]][key]), abs=1e-3
+            )
+    card = (out / "README.md").read_text()
+    assert f"{float(rows['avg']['si-snr']):.2f}" in card

@@ -74,7 +74,7 @@ def _check_columns(csv_path, columns):
         )
 
 
-def _make_loader(num_spks, noise, sample_rate, crop_len):
+def _make_loader(sample_rate, crop_len):
     """Dynamic-item function reading (and cropping) all signals."""
 
     def load(*paths):
@@ -152,7 +152,7 @@ def make_dataset(
     dataset = DynamicItemDataset.from_csv(csv_path)
     provides = signal_keys(num_spks, noise)
     dataset.add_dynamic_item(
-        _make_loader(num_spks, noise, sample_rate, crop_len),
+        _make_loader(sample_rate, crop_len),
         takes=columns,
         provides=provides,
     )

@@ -34,7 +34,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "S4",
@@ -123,22 +122,63 @@ def fft_conv(u, kernel):
     >>> fft_conv(u, kb).round(decimals=4) + 0.0
     tensor([[[1.0000, 2.0000, 1.0000, 0.5000, 0.2500]]])
     """
-    L = u.shape[-1]
-    n = next_fast_len(2 * L)
-    if kernel.dim() == 3:
-        # two-sided kernel: lags 0..L-1 at the start, lags -1..-L at the end
-        k = F.pad(kernel[0], (0, n - L)) + F.pad(kernel[1].flip(-1), (n - L, 0))
-    else:
-        k = kernel
-    k_f = torch.fft.rfft(k, n=n)  # [channels, n // 2 + 1]
-    u_f = torch.fft.rfft(u, n=n)  # [batch, channels, n // 2 + 1]
-    return torch.fft.irfft(u_f * k_f, n=n)[..., :L]
+    return _FFTConv.apply(u, kernel)
 
 
-# Number of complex elements of the largest intermediate tensor in the
-# kernel computations; longer kernels are computed in chunks (with
-# activation checkpointing) to keep memory at O(channels * length).
-_CHUNK_ELEMENTS = 1 << 22
+def _two_sided(kernel, n):
+    """Kernel ``[H, L]`` or ``[2, H, L]`` laid out on ``n`` circular taps."""
+    L = kernel.shape[-1]
+    if kernel.dim() == 2:
+        return kernel
+    # lags 0..L-1 at the start, lags -1..-L at the end
+    k = kernel.new_zeros(kernel.shape[1:-1] + (n,))
+    k[..., :L] = kernel[0]
+    k[..., n - L :] = kernel[1].flip(-1)
+    return k
+
+
+class _FFTConv(torch.autograd.Function):
+    """``y = irfft(rfft(u, n) rfft(k, n), n)[:L]`` with a lean backward.
+
+    The backward pass uses the adjoint directly (circular correlations,
+    3 real FFTs) instead of differentiating through each FFT.
+    """
+
+    @staticmethod
+    def forward(ctx, u, kernel):
+        L = u.shape[-1]
+        n = next_fast_len(2 * L)
+        k_f = torch.fft.rfft(_two_sided(kernel, n), n=n)  # [H, n/2+1]
+        u_f = torch.fft.rfft(u, n=n)  # [..., H, n/2+1]
+        y = torch.fft.irfft(u_f * k_f, n=n)[..., :L]
+        ctx.save_for_backward(u_f, k_f)
+        ctx.shape = (L, n, kernel.dim())
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        u_f, k_f = ctx.saved_tensors
+        L, n, kdim = ctx.shape
+        g_f = torch.fft.rfft(grad, n=n)  # zero padded to n
+        grad_u = grad_k = None
+        if ctx.needs_input_grad[0]:
+            grad_u = torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :L]
+        if ctx.needs_input_grad[1]:
+            gk_f = g_f * u_f.conj()
+            gk_f = gk_f.reshape(-1, *gk_f.shape[-2:]).sum(0)  # [H, n/2+1]
+            gk = torch.fft.irfft(gk_f, n=n)  # [H, n]
+            if kdim == 2:
+                grad_k = gk[..., :L]
+            else:
+                grad_k = torch.stack([gk[..., :L], gk[..., n - L :].flip(-1)])
+        return grad_u, grad_k
+
+
+# Number of complex elements of the largest intermediate tensor of the
+# Cauchy kernel; longer kernels are computed in chunks of frequencies to
+# keep memory at O(channels * length) (and the chunks cache friendly).
+_CHUNK_ELEMENTS = 1 << 21
 
 
 def _vandermonde(W, x, L):
@@ -179,19 +219,73 @@ def _vandermonde(W, x, L):
     return out[..., :L]
 
 
-def _cauchy_block(v, w, a, s):
-    """``r[k, h, f] = Σ_n v[k, h, n] / (a_f - s_f w[h, n])``."""
-    inv = torch.reciprocal(a - s * w.unsqueeze(-1))  # [H, N, F]
-    return torch.matmul(v.transpose(0, 1), inv).transpose(0, 1)
+def _cauchy_chunks(H, N, F_):
+    """Frequency chunk size so that ``[H, N, chunk]`` stays small."""
+    return max(1, min(F_, _CHUNK_ELEMENTS // (H * N)))
+
+
+def _reciprocals(w, a, s):
+    """``1 / (a_f - s_f w[h, n])`` ``[H, N, F]``."""
+    return torch.addcmul(a, s, w.unsqueeze(-1), value=-1).reciprocal_()
+
+
+class _Cauchy(torch.autograd.Function):
+    """``r[k, h, f] = Σ_n v[k, h, n] / (a_f - s_f w[h, n])``, chunked.
+
+    The ``[H, N, F]`` matrix of reciprocals is never stored: forward and
+    backward rebuild it chunk by chunk (``a`` and ``s`` are constants).
+    Holomorphic in ``v`` and ``w``, so the gradients are
+    ``grad_v = Σ_f g conj(1 / R)`` and
+    ``grad_w = conj(v) Σ_f g conj(s / R^2)`` (summed over k).
+    """
+
+    @staticmethod
+    def forward(ctx, v, w, a, s):
+        H, N = w.shape
+        chunk = _cauchy_chunks(H, N, a.shape[-1])
+        v_t = v.transpose(0, 1)  # [H, K, N]
+        out = [
+            torch.matmul(
+                v_t, _reciprocals(w, a[i : i + chunk], s[i : i + chunk])
+            )
+            for i in range(0, a.shape[-1], chunk)
+        ]
+        ctx.save_for_backward(v, w, a, s)
+        return torch.cat(out, dim=-1).transpose(0, 1)  # [K, H, F]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        v, w, a, s = ctx.saved_tensors
+        H, N = w.shape
+        chunk = _cauchy_chunks(H, N, a.shape[-1])
+        # conj(g) so that the products below are plain matmuls with the
+        # (transposed, contiguous) chunk of reciprocals; conj at the end
+        g_c = grad.conj().transpose(0, 1)  # [H, K, F]
+        acc_v = torch.zeros_like(v.transpose(0, 1))  # [H, K, N]
+        acc_w = torch.zeros_like(acc_v)  # [H, K, N]
+        for i in range(0, a.shape[-1], chunk):
+            s_c = s[i : i + chunk]
+            inv = _reciprocals(w, a[i : i + chunk], s_c)  # [H, N, c]
+            g_i = g_c[..., i : i + chunk]  # [H, K, c]
+            if ctx.needs_input_grad[0]:
+                acc_v += torch.matmul(g_i, inv.transpose(1, 2))
+            if ctx.needs_input_grad[1]:
+                inv2 = inv.square_().mul_(s_c)  # s / R^2
+                acc_w += torch.matmul(g_i, inv2.transpose(1, 2))
+        grad_w = gv = None
+        if ctx.needs_input_grad[0]:
+            gv = acc_v.conj().transpose(0, 1)  # [K, H, N]
+        if ctx.needs_input_grad[1]:
+            grad_w = (v.transpose(0, 1) * acc_w).sum(1).conj()  # [H, N]
+        return gv, grad_w, None, None
 
 
 def _cauchy(v, w, a, s):
     """Cauchy-like sums ``Σ_n v[k, h, n] / (a_f - s_f w[h, n])``.
 
-    Computed in chunks of frequencies when the ``[H, N, F]`` matrix of
-    reciprocals would be large; under autograd each chunk is
-    checkpointed (recomputed in the backward pass), so memory stays
-    O(H (N + K) chunk + K H F).
+    Computed in chunks of frequencies with a custom backward pass, so
+    memory stays O(K H F + H N chunk) instead of O(H N F).
 
     Arguments
     ---------
@@ -207,22 +301,7 @@ def _cauchy(v, w, a, s):
     torch.Tensor
         ``[K, H, F]`` (complex).
     """
-    H, N = w.shape
-    F_ = a.shape[-1]
-    chunk = max(1, _CHUNK_ELEMENTS // (H * N))
-    if F_ <= chunk:
-        return _cauchy_block(v, w, a, s)
-    grad = torch.is_grad_enabled() and (v.requires_grad or w.requires_grad)
-    out = []
-    for start in range(0, F_, chunk):
-        a_c, s_c = a[start : start + chunk], s[start : start + chunk]
-        if grad:
-            out.append(
-                checkpoint(_cauchy_block, v, w, a_c, s_c, use_reentrant=False)
-            )
-        else:
-            out.append(_cauchy_block(v, w, a_c, s_c))
-    return torch.cat(out, dim=-1)
+    return _Cauchy.apply(v, w, a.detach(), s.detach())
 
 
 def _legs_dplr(N):
@@ -517,9 +596,11 @@ class S4(nn.Module):
             a,
             s,
         )  # [2 * channels + 2, H, F]
-        k00, k01 = r[:channels], r[channels : 2 * channels]
-        k10, k11 = r[2 * channels], r[2 * channels + 1]
-        k_hat = 2 * (k00 - s * k01 * k10 / (1 + s * k11))
+        k00, k01, k10, k11 = r.split([channels, channels, 1, 1])
+        # Woodbury: C̃ R^{-1} ΔB - C̃ R^{-1} ΔP (1 + (1+ω) P* R^{-1} ΔP)^{-1}
+        # (1+ω) P* R^{-1} ΔB
+        q = s / (1 + s * k11)  # [1, H, F]
+        k_hat = 2 * (k00 - k01 * (k10 * q))  # [channels, H, F]
         return torch.fft.irfft(k_hat, n=L)  # [channels, H, L]
 
     # ------------------------------------------------------------------

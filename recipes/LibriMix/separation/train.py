@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Recipe: speech separation on Libri2Mix / Libri3Mix (noisy, clean or single-speaker) with S4M or SepFormer.
+"""Recipe: S4M or SepFormer separation on Libri2Mix / Libri3Mix.
+
+Noisy (``--mixture both``, default), clean or single-speaker mixtures.
 
 The model is chosen by the hparams file (one flag apart)::
 

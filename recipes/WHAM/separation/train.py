@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Recipe: speech separation on WHAM! (WSJ0-2mix + real ambient noise) with S4M or SepFormer.
+"""Recipe: S4M or SepFormer separation on WHAM! (WSJ0-2mix + real noise).
 
 The model is chosen by the hparams file (one flag apart)::
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Recipe: speech separation on WSJ0-2mix / WSJ0-3mix with S4M or SepFormer.
+"""Recipe: S4M or SepFormer separation on WSJ0-2mix / WSJ0-3mix.
 
 The model is chosen by the hparams file (one flag apart)::
 
-    python train.py hparams/s4m_tiny.yaml --data_folder /yourpath/wsj0-mix/2speakers
-    python train.py hparams/s4m.yaml --data_folder /yourpath/wsj0-mix/2speakers
-    python train.py hparams/sepformer.yaml --data_folder /yourpath/wsj0-mix/2speakers
+    python train.py hparams/s4m_tiny.yaml --data_folder /data/wsj0-mix/2speakers
+    python train.py hparams/s4m.yaml --data_folder /data/wsj0-mix/2speakers
+    python train.py hparams/sepformer.yaml --data_folder /d/wsj0-mix/2speakers
 
 Multi-GPU (DDP): ``torchrun --nproc_per_node=4 train.py hparams/s4m.yaml
 --data_folder ...``. Evaluate a trained experiment again: add ``--test_only``.

@@ -1,0 +1,519 @@
+"""End-to-end tests of the recipes and of the Separation brain.
+
+Every recipe (WSJ0Mix, LibriMix, WHAM, SynthMix) runs with every hparams file
+on a tiny dataset written in the real layout: data preparation -> one short
+epoch -> evaluation of the best checkpoint. Also: resuming after the process
+is killed mid-epoch, ``--test_only``, clear errors for a wrong
+``--data_folder``, dynamic mixing, mixed precision, and the brain's batch
+skipping (non-finite losses and gradients, loss thresholding).
+"""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import speechbrain as sb
+import torch
+from conftest import (
+    REPO,
+    TINY_MODEL,
+    hparams_path,
+    recipe_args,
+    run_recipe_inprocess,
+    train_script,
+)
+
+MODELS = ["s4m_tiny", "s4m", "sepformer"]
+
+
+def read_results(output_folder):
+    """Rows of ``test_results.csv``."""
+    with open(output_folder / "test_results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def epoch_lines(output_folder):
+    """Epoch numbers logged in ``train_log.txt`` (one per finished epoch)."""
+    lines = (output_folder / "train_log.txt").read_text().splitlines()
+    return [
+        int(line.split(",")[0].split(":")[1])
+        for line in lines
+        if line.startswith("epoch:")
+    ]
+
+
+def checkpoints(output_folder):
+    """The ``CKPT+*`` folders of a run."""
+    return sorted((output_folder / "save").glob("CKPT+*"))
+
+
+def check_finished_run(out, n_test=2):
+    """A run that trained one epoch and evaluated the test set."""
+    assert (out / "hyperparams.yaml").is_file()
+    assert epoch_lines(out) == [1]
+    ckpts = checkpoints(out)
+    assert len(ckpts) == 1
+    meta = (ckpts[0] / "CKPT.yaml").read_text()
+    assert "si-snr:" in meta
+    for name in ("encoder", "masknet", "decoder", "optimizer", "counter"):
+        assert (ckpts[0] / f"{name}.ckpt").is_file(), name
+    rows = read_results(out)
+    assert list(rows[0]) == ["snt_id", "sdr", "sdr_i", "si-snr", "si-snr_i"]
+    assert len(rows) == n_test + 1 and rows[-1]["snt_id"] == "avg"
+    for key in ("sdr", "sdr_i", "si-snr", "si-snr_i"):
+        values = [float(r[key]) for r in rows[:-1]]
+        assert all(math.isfinite(v) for v in values)
+        assert float(rows[-1][key]) == pytest.approx(sum(values) / n_test)
+    assert (out / "training_curve.png").stat().st_size > 1000
+    audio = sorted(p.name for p in (out / "save" / "audio_results").iterdir())
+    assert len(audio) == 5  # 1 utterance: mix, 2 sources, 2 estimates
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize(
+    "recipe", ["WSJ0Mix", "LibriMix", "WHAM"], ids=str.lower
+)
+def test_recipe_end_to_end(recipe, model, tiny_datasets, tmp_path):
+    dataset = {"WSJ0Mix": "wsj0mix", "LibriMix": "librimix", "WHAM": "wham"}
+    out = tmp_path / "out"
+    brain = run_recipe_inprocess(
+        recipe, model, tiny_datasets[dataset[recipe]], out
+    )
+    check_finished_run(out)
+    # The S4M recipes train the S4 parameters in their own group
+    n_groups = len(brain.optimizer.param_groups)
+    assert n_groups == (1 if model == "sepformer" else 2)
+    # The sepformer hparams speed-perturb (and re-add the noise of the
+    # noisy datasets); the S4M hparams crop to training_signal_len
+    assert brain.hparams.use_speedperturb == (model == "sepformer")
+    if model == "sepformer" and recipe != "WSJ0Mix":
+        assert brain.hparams.use_wham_noise
+
+
+def test_tiny_recipe_output_fixture(tiny_recipe_output):
+    check_finished_run(tiny_recipe_output)
+
+
+def test_synthmix_recipe(tmp_path):
+    """The main job's recipe writes its data, trains, tests and plots."""
+    script = train_script("SynthMix")
+    args = recipe_args(
+        "SynthMix",
+        "s4m_tiny",
+        tmp_path / "data",
+        tmp_path / "out",
+        "--synth_sizes",
+        "{tr: 2, cv: 2, tt: 2}",
+        "--synth_duration",
+        "[0.5, 0.6]",
+        "--training_signal_len",
+        "2000",
+    )
+    ns = {"__name__": "synthmix_train"}
+    exec(compile(script.read_text(), str(script), "exec"), ns)
+    from speechbrain_s4m.separation import run_recipe
+
+    run_recipe(args, dataset="wsj0mix", before_prepare=ns["write_synthmix"])
+    check_finished_run(tmp_path / "out")
+    assert (tmp_path / "data" / "wav8k" / "min" / "tt" / "mix").is_dir()
+    marker = tmp_path / "data" / "synthmix.json"
+    stamp = marker.stat().st_mtime_ns
+    # A second run reuses the data (same options) and trains no more epochs
+    run_recipe(args, dataset="wsj0mix", before_prepare=ns["write_synthmix"])
+    assert marker.stat().st_mtime_ns == stamp
+    assert epoch_lines(tmp_path / "out") == [1]
+
+
+def test_test_only_reevaluates_without_training(tiny_datasets, tmp_path):
+    out = tmp_path / "out"
+    data = tiny_datasets["wsj0mix"]
+    run_recipe_inprocess("WSJ0Mix", "s4m_tiny", data, out)
+    first = read_results(out)
+    (out / "test_results.csv").unlink()
+    brain = run_recipe_inprocess(
+        "WSJ0Mix", "s4m_tiny", data, out, "--test_only", "--N_epochs", "3"
+    )
+    assert epoch_lines(out) == [1]  # no training happened
+    assert brain.hparams.epoch_counter.current == 1  # best checkpoint loaded
+    again = read_results(out)
+    assert [r["snt_id"] for r in again] == [r["snt_id"] for r in first]
+    for a, b in zip(again, first):
+        assert float(a["si-snr_i"]) == pytest.approx(float(b["si-snr_i"]))
+
+
+def test_test_only_without_checkpoint_fails_clearly(
+    tiny_datasets, tmp_path, capsys
+):
+    from speechbrain_s4m.separation import main
+
+    args = recipe_args(
+        "WSJ0Mix",
+        "s4m_tiny",
+        tiny_datasets["wsj0mix"],
+        tmp_path / "out",
+        "--test_only",
+    )
+    with pytest.raises(SystemExit) as exc:
+        main("wsj0mix", args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "No checkpoint to evaluate" in err
+    assert not (tmp_path / "out" / "test_results.csv").exists()
+
+
+@pytest.mark.parametrize("recipe", ["WSJ0Mix", "LibriMix", "WHAM"])
+def test_wrong_data_folder_fails_before_training(
+    recipe, tiny_datasets, tmp_path, capsys
+):
+    from speechbrain_s4m.separation import main
+
+    # A real folder, but of another dataset (WSJ0-2mix has no mix_both;
+    # LibriMix has no tr/cv/tt)
+    wrong = tiny_datasets["librimix" if recipe != "LibriMix" else "wsj0mix"]
+    args = recipe_args(recipe, "s4m_tiny", wrong, tmp_path / "out")
+    with pytest.raises(SystemExit) as exc:
+        main(
+            {"WSJ0Mix": "wsj0mix", "LibriMix": "librimix"}.get(recipe, "wham"),
+            args,
+        )
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "missing" in err.lower()
+    assert not (tmp_path / "out" / "train_log.txt").exists()
+    assert not checkpoints(tmp_path / "out")
+
+
+def test_missing_data_folder_exits_nonzero(tmp_path):
+    """Through the real command line: exit status 2, one-line message."""
+    missing = tmp_path / "nowhere" / "2speakers"
+    proc = subprocess.run(
+        [sys.executable, str(train_script("WSJ0Mix"))]
+        + recipe_args("WSJ0Mix", "s4m_tiny", missing, tmp_path / "out"),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert str(missing) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not checkpoints(tmp_path / "out")
+
+
+def test_override_typo_is_an_error(tiny_datasets, tmp_path):
+    with pytest.raises(KeyError, match="num_iteration"):
+        run_recipe_inprocess(
+            "WSJ0Mix",
+            "s4m_tiny",
+            tiny_datasets["wsj0mix"],
+            tmp_path / "out",
+            "--model",
+            "{num_iteration: 2}",
+        )
+
+
+def test_dynamic_mixing(tiny_datasets, tmp_path):
+    from speechbrain_s4m.data.synthetic import (
+        write_librispeech_sources,
+        write_noise_sources,
+    )
+
+    sources = write_librispeech_sources(
+        tmp_path / "LibriSpeech", 3, 2, duration=(0.5, 0.7)
+    )
+    noise = write_noise_sources(tmp_path / "noise", 2, duration=(0.8, 0.8))
+    out = tmp_path / "out"
+    brain = run_recipe_inprocess(
+        "LibriMix",
+        "s4m_tiny",
+        tiny_datasets["librimix"],
+        out,
+        "--dynamic_mixing",
+        "True",
+        "--base_folder_dm",
+        sources,
+        "--noise_folder_dm",
+        noise,
+        "--training_signal_len",
+        "3000",
+    )
+    check_finished_run(out)
+    train = brain.datasets["train"]
+    assert len(train) == 3  # as many mixtures per epoch as the static set
+    first, again = train[0], train[0]
+    assert first["mix_sig"].shape == (3000,)
+    assert "noise_sig" in first  # noisy mixtures (mixture: both)
+    assert not torch.equal(first["mix_sig"], again["mix_sig"])  # new mix
+
+
+def test_dynamic_mixing_without_sources_fails(tiny_datasets, tmp_path):
+    from speechbrain_s4m.data import DatasetLayoutError
+
+    with pytest.raises(DatasetLayoutError, match="base_folder_dm"):
+        run_recipe_inprocess(
+            "WSJ0Mix",
+            "s4m_tiny",
+            tiny_datasets["wsj0mix"],
+            tmp_path / "out",
+            "--dynamic_mixing",
+            "True",
+        )
+
+
+def test_bf16_and_sorting(tiny_datasets, tmp_path):
+    out = tmp_path / "out"
+    brain = run_recipe_inprocess(
+        "WHAM",
+        "s4m_tiny",
+        tiny_datasets["wham"],
+        out,
+        "--precision",
+        "bf16",
+        "--sorting",
+        "ascending",
+        "--batch_size",
+        "2",
+        "--use_speedperturb",
+        "True",
+    )
+    assert brain.precision == "bf16"
+    check_finished_run(out)
+
+
+def test_resume_after_kill_mid_epoch(tiny_datasets, tmp_path):
+    """SIGKILL during epoch 2, after an intra-epoch checkpoint: the rerun
+    continues epoch 2 from that checkpoint (epoch 1 is not redone, nor the
+    steps of epoch 2 before the checkpoint)."""
+    from speechbrain_s4m.data.synthetic import write_wsj0mix
+
+    n_train = 6
+    data = write_wsj0mix(
+        tmp_path / "2speakers",
+        sizes={"tr": n_train, "cv": 2, "tt": 2},
+        duration=(0.5, 0.5),
+    )
+    out = tmp_path / "out"
+    count_file = tmp_path / "calls.txt"
+    args = recipe_args(
+        "WSJ0Mix",
+        "s4m_tiny",
+        data,
+        out,
+        "--N_epochs",
+        "2",
+        "--ckpt_interval_steps",
+        "2",
+        "--loss",
+        "!name:conftest.counting_loss",
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+        ),
+        S4M_TEST_COUNT_FILE=str(count_file),
+        # killed at the 3rd training batch of epoch 2 (checkpoint after 2nd)
+        S4M_TEST_KILL_AT=str(n_train + 3),
+    )
+    cmd = [sys.executable, str(train_script("WSJ0Mix"))] + args
+    first = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert len(count_file.read_text().split()) == n_train + 3
+    assert epoch_lines(out) == [1]
+    intra = [
+        c
+        for c in checkpoints(out)
+        if "intra-epoch" in (c / "CKPT.yaml").read_text()
+    ]
+    assert intra, "no intra-epoch checkpoint before the kill"
+
+    count_file.unlink()
+    env["S4M_TEST_KILL_AT"] = "0"
+    second = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    # Only the last n_train - 2 batches of epoch 2 were trained again
+    assert len(count_file.read_text().split()) == n_train - 2
+    assert "Going into epoch 1" not in second.stderr + second.stdout
+    assert epoch_lines(out) == [1, 2]
+    assert len(read_results(out)) == 3
+
+
+# ----------------------------------------------------------------------
+# The brain's batch skipping, on a tiny model
+# ----------------------------------------------------------------------
+class _Mask(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(8, 16, 1)
+
+    def forward(self, w):
+        return torch.relu(self.conv(w)).view(2, *w.shape)
+
+
+def _tiny_brain(loss, **hparams):
+    from speechbrain.lobes.models.dual_path import Decoder, Encoder
+
+    from speechbrain_s4m.separation import Separation
+
+    torch.manual_seed(0)
+    modules = {
+        "encoder": Encoder(kernel_size=16, out_channels=8),
+        "masknet": _Mask(),
+        "decoder": Decoder(8, 1, kernel_size=16, stride=8, bias=False),
+    }
+    defaults = {
+        "num_spks": 2,
+        "loss": loss,
+        "clip_grad_norm": 5,
+        "loss_upper_lim": 999999,
+        "threshold_byloss": True,
+        "threshold": -30,
+    }
+    defaults.update(hparams)
+    brain = Separation(
+        modules,
+        opt_class=lambda p: torch.optim.Adam(p, lr=1e-2),
+        hparams=defaults,
+        run_opts={"device": "cpu"},
+    )
+    brain.init_optimizers()
+    brain.on_stage_start(sb.Stage.TRAIN, 1)
+    return brain
+
+
+def _batch():
+    from speechbrain.dataio.batch import PaddedBatch
+
+    g = torch.Generator().manual_seed(1)
+    items = []
+    for i, n in enumerate((800, 600)):
+        s1, s2 = torch.randn(n, generator=g), torch.randn(n, generator=g)
+        items.append(
+            {"id": str(i), "mix_sig": s1 + s2, "s1_sig": s1, "s2_sig": s2}
+        )
+    return PaddedBatch(items)
+
+
+def _params(brain):
+    return [p.detach().clone() for p in brain.modules.parameters()]
+
+
+def _changed(before, brain):
+    return [
+        not torch.equal(a, b)
+        for a, b in zip(before, brain.modules.parameters())
+    ]
+
+
+def test_fit_batch_trains():
+    from speechbrain_s4m.metrics import pit_si_snr_loss
+
+    brain = _tiny_brain(pit_si_snr_loss)
+    before = _params(brain)
+    loss = brain.fit_batch(_batch())
+    assert torch.isfinite(loss)
+    assert all(_changed(before, brain))
+    assert brain.skipped_batches == 0
+
+
+@pytest.mark.parametrize(
+    "make_loss",
+    [
+        # non-finite loss
+        lambda: (
+            lambda e, t, lengths=None: (
+                e.sum(dim=(1, 2)) * float("nan"),
+                None,
+            )
+        ),
+        # finite loss, NaN gradient (d sqrt(x)/dx at 0 is inf, times 0)
+        lambda: (
+            lambda e, t, lengths=None: (
+                torch.sqrt((e * 0).pow(2).sum(dim=(1, 2))),
+                None,
+            )
+        ),
+        # every utterance already better than the threshold (30 dB)
+        lambda: (
+            lambda e, t, lengths=None: (
+                e.sum(dim=(1, 2)) * 0 - 40.0,
+                None,
+            )
+        ),
+        # above loss_upper_lim
+        lambda: (
+            lambda e, t, lengths=None: (
+                e.sum(dim=(1, 2)) * 0 + 1e7,
+                None,
+            )
+        ),
+    ],
+    ids=["nan-loss", "nan-grad", "threshold", "upper-limit"],
+)
+def test_fit_batch_skips_without_touching_weights(make_loss):
+    brain = _tiny_brain(make_loss())
+    before = _params(brain)
+    state = brain.optimizer.state_dict()["state"]
+    brain.fit_batch(_batch())
+    assert not any(_changed(before, brain))
+    assert brain.skipped_batches == 1
+    assert brain.optimizer.state_dict()["state"] == state  # no Adam step
+    assert all(p.grad is None for p in brain.modules.parameters())
+
+
+def test_threshold_keeps_only_hard_utterances():
+    """Only the utterance above the threshold contributes to the loss."""
+    calls = []
+
+    def loss(e, t, lengths=None):
+        out = e.sum(dim=(1, 2)) * 0 + torch.tensor([-40.0, -10.0])
+        calls.append(out)
+        return out, None
+
+    brain = _tiny_brain(loss)
+    value = brain.fit_batch(_batch())
+    assert value.item() == pytest.approx(-10.0)
+    assert brain.skipped_batches == 0
+
+
+def test_padding_is_masked_in_the_loss():
+    """The brain passes the lengths: a padded utterance's loss is computed
+    on its real samples only."""
+    from speechbrain_s4m.metrics import pit_si_snr_loss
+
+    brain = _tiny_brain(pit_si_snr_loss)
+    batch = _batch()
+    with torch.no_grad():
+        est, tgt, lengths = brain.compute_forward(
+            batch.mix_sig, [batch.s1_sig, batch.s2_sig], sb.Stage.VALID
+        )
+        masked = brain.compute_objectives(est, tgt, lengths)
+        alone = brain.compute_objectives(est[1:, :600], tgt[1:, :600])
+        unmasked = brain.compute_objectives(est, tgt)
+    assert lengths.tolist() == pytest.approx([1.0, 0.75])
+    assert masked[1].item() == pytest.approx(alone[0].item(), abs=1e-4)
+    assert abs(unmasked[1].item() - alone[0].item()) > 1e-3
+
+
+def test_model_overrides_reach_the_fragment():
+    from speechbrain_s4m.separation import load_hparams
+
+    hp = load_hparams(
+        hparams_path("WSJ0Mix", "s4m_tiny"),
+        {"data_folder": "/x", "model": {"num_iterations": 3}},
+    )
+    assert hp["MaskNet"].num_iterations == 3
+    assert hp["modules"]["masknet"] is hp["MaskNet"]
+    hp = load_hparams(
+        hparams_path("LibriMix", "sepformer"),
+        f"data_folder: /x\nmodel: {TINY_MODEL['sepformer']}",
+    )
+    n = sum(p.numel() for p in hp["MaskNet"].parameters())
+    assert n < 20000
