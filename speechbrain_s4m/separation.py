@@ -29,6 +29,7 @@ Authors
 """
 
 import csv
+import logging
 import math
 import os
 import re
@@ -289,8 +290,11 @@ class Separation(sb.Brain):
                 if reason == "non-finite loss":
                     self.nonfinite_count += 1
                 self.skipped_batches += 1
-                logger.warning(
-                    "Skipping a training batch (%s); %d skipped so far.",
+                # Thresholded batches are routine late in training
+                routine = reason is not None and "threshold" in reason
+                logger.log(
+                    logging.INFO if routine else logging.WARNING,
+                    "Skipping a training batch (%s); %d skipped this epoch.",
                     reason or "skipped on another replica",
                     self.skipped_batches,
                 )

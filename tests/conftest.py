@@ -36,7 +36,7 @@ DATASET_OF = {
 
 #: Model overrides (``--model "{...}"``) that make each model tiny and fast.
 _S4M_TINY = (
-    "{num_iterations: 1, hidden_channels: 16, out_channels: 8, depth: 2,"
+    "{num_iterations: 2, hidden_channels: 16, out_channels: 8, depth: 2,"
     " d_state: 4}"
 )
 _SEPFORMER_TINY = (

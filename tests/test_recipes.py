@@ -50,7 +50,7 @@ def checkpoints(output_folder):
     return sorted((output_folder / "save").glob("CKPT+*"))
 
 
-def check_finished_run(out, n_test=2):
+def check_finished_run(out, n_test=2, num_spks=2):
     """A run that trained one epoch and evaluated the test set."""
     assert (out / "hyperparams.yaml").is_file()
     assert epoch_lines(out) == [1]
@@ -69,7 +69,7 @@ def check_finished_run(out, n_test=2):
         assert float(rows[-1][key]) == pytest.approx(sum(values) / n_test)
     assert (out / "training_curve.png").stat().st_size > 1000
     audio = sorted(p.name for p in (out / "save" / "audio_results").iterdir())
-    assert len(audio) == 5  # 1 utterance: mix, 2 sources, 2 estimates
+    assert len(audio) == 1 + 2 * num_spks  # 1 utterance: mix, sources, est.
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -91,6 +91,61 @@ def test_recipe_end_to_end(recipe, model, tiny_datasets, tmp_path):
     assert brain.hparams.use_speedperturb == (model == "sepformer")
     if model == "sepformer" and recipe != "WSJ0Mix":
         assert brain.hparams.use_wham_noise
+
+
+def test_three_speakers_16k_max(tmp_path):
+    """--num_spks 3 --sample_rate 16000 --mode max (wsj0-3mix, wav16k)."""
+    from speechbrain_s4m.data.synthetic import write_wsj0mix
+
+    data = write_wsj0mix(
+        tmp_path / "3speakers",
+        num_spks=3,
+        sample_rate=16000,
+        mode="max",
+        sizes={"tr": 2, "cv": 2, "tt": 2},
+        duration=(0.4, 0.5),
+        seed=1,
+    )
+    out = tmp_path / "out"
+    brain = run_recipe_inprocess(
+        "WSJ0Mix",
+        "s4m_tiny",
+        data,
+        out,
+        "--num_spks",
+        "3",
+        "--sample_rate",
+        "16000",
+        "--mode",
+        "max",
+    )
+    check_finished_run(out, num_spks=3)
+    assert brain.hparams.model["kernel_size"] == 64  # 4 ms at 16 kHz
+
+
+@pytest.mark.parametrize("mixture", ["clean", "single"])
+def test_librimix_mixtures(mixture, tiny_datasets, tmp_path):
+    out = tmp_path / "out"
+    spks = "1" if mixture == "single" else "2"
+    brain = run_recipe_inprocess(
+        "LibriMix",
+        "s4m_tiny",
+        tiny_datasets["librimix"],
+        out,
+        "--mixture",
+        mixture,
+        "--num_spks",
+        spks,
+        "--use_speedperturb",
+        "True",
+    )
+    check_finished_run(out, num_spks=int(spks))
+    noise = getattr(brain.hparams, "use_wham_noise", False)
+    assert noise == (mixture == "single")  # to re-mix after speed change
+    manifest = (out / "save" / "train.csv").read_text()
+    header = manifest.splitlines()[0]
+    assert f"mix_{mixture}" in manifest
+    assert ("s2_wav" in header) == (mixture == "clean")
 
 
 def test_tiny_recipe_output_fixture(tiny_recipe_output):
@@ -180,8 +235,12 @@ def test_wrong_data_folder_fails_before_training(
             args,
         )
     assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and "missing" in err.lower()
+    errors = [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if line.startswith("error:")
+    ]
+    assert len(errors) == 1 and "missing" in errors[0].lower(), errors
     assert not (tmp_path / "out" / "train_log.txt").exists()
     assert not checkpoints(tmp_path / "out")
 
@@ -328,7 +387,7 @@ def test_resume_after_kill_mid_epoch(tiny_datasets, tmp_path):
     intra = [
         c
         for c in checkpoints(out)
-        if "intra-epoch" in (c / "CKPT.yaml").read_text()
+        if "brain_intra_epoch_ckpt" in (c / "CKPT.yaml").read_text()
     ]
     assert intra, "no intra-epoch checkpoint before the kill"
 

@@ -53,7 +53,9 @@ def _block(x, blk, quirk):
     glob = blk.ffn(blk.s4(glob))  # S4 kernel recomputed, as the authors do
     depth = len(scales)
     fused = [
-        _fusion(scales[k], glob, blk.fuse[str(k)]) if str(k) in blk.fuse else None
+        _fusion(scales[k], glob, blk.fuse[str(k)])
+        if str(k) in blk.fuse
+        else None
         for k in range(depth)
     ]
     expanded = None
@@ -211,7 +213,9 @@ def _pit_si_snr(est, ref):
     best = None
     for perm in ([0, 1], [1, 0]):
         e = est[..., perm]
-        proj = (e * ref).sum(1, keepdim=True) / ref.square().sum(1, keepdim=True)
+        proj = (e * ref).sum(1, keepdim=True) / ref.square().sum(
+            1, keepdim=True
+        )
         s = proj * ref
         snr = 10 * torch.log10(s.square().sum(1) / (e - s).square().sum(1))
         snr = snr.mean(-1)
@@ -223,11 +227,14 @@ def test_s4m_tiny_overfits_one_mixture():
     """S4M-tiny learns to separate one mixture (> 20 dB SI-SNR).
 
     The whole S4M-tiny configuration (4 ms encoder, C=128, D=512, S=4, NPLR
-    S4 with N=16, authors' fusion quirk) is used except that the shared block
-    is applied 2 times instead of 16 (same modules and parameters; a
-    16-iteration training step takes seconds on a shared 2-core CPU). The
-    mixture is 0.5 s at 8 kHz of two synthetic harmonic sources; Adam with a
-    higher learning rate than the recipes (1e-3, as the authors').
+    S4 with N=16, authors' fusion quirk) is built from ``s4m_tiny.yaml``,
+    with three concessions to CPU time, measured on the project's 2-core
+    machine: the shared block is applied 2 times instead of 16 (same modules
+    and parameters, iteration path included; a 16-iteration step costs ~8x
+    more), the mixture is 0.5 s at 8 kHz of two synthetic sources (a
+    modulated harmonic tone and a windowed square wave), and Adam runs at
+    lr=3e-3 (the recipes use 1e-3 or less). It reached 20 dB in ~110 steps
+    (~0.4 s each on an idle core); the budget is 250 steps.
     """
     from speechbrain_s4m.lobes import load_model_config
 
@@ -242,9 +249,9 @@ def test_s4m_tiny_overfits_one_mixture():
     ref = torch.stack([s1, s2], dim=-1).unsqueeze(0)  # [1, time, 2]
     mix = ref.sum(-1)
     params = [*enc.parameters(), *net.parameters(), *dec.parameters()]
-    opt = torch.optim.Adam(params, lr=1e-3)
+    opt = torch.optim.Adam(params, lr=3e-3)
     best = -float("inf")
-    for _ in range(150):
+    for _ in range(250):
         est = _separate(enc, net, dec, mix, 2)[:, : mix.shape[1]]
         score = _pit_si_snr(est, ref)
         best = max(best, score.item())

@@ -360,18 +360,22 @@ def _run_in_subprocess(spec, timeout):
     return json.loads(lines[-1])
 
 
-def _extrapolate(points, x):
-    """Power-law extrapolation of ``[(x_i, y_i)]`` to ``x`` (>= linear)."""
+def _extrapolate(points, x, offset=0.0):
+    """Power-law extrapolation of ``[(x_i, y_i)]`` to ``x``.
+
+    ``y - offset`` is extrapolated with an exponent fitted on the last two
+    points and clamped to [1, 2] (linear to quadratic in the duration).
+    """
     if not points:
         return None
-    if len(points) == 1:
-        (x1, y1) = points[0]
-        return y1 * x / x1
-    (x1, y1), (x2, y2) = points[-2], points[-1]
+    pts = [(px, max(py - offset, 1e-9)) for px, py in points]
+    (x2, y2) = pts[-1]
     p = 1.0
-    if y1 > 0 and y2 > 0 and x2 > x1:
-        p = max(1.0, math.log(y2 / y1) / math.log(x2 / x1))
-    return y2 * (x / x2) ** p
+    if len(pts) > 1:
+        (x1, y1) = pts[-2]
+        if x2 > x1:
+            p = min(2.0, max(1.0, math.log(y2 / y1) / math.log(x2 / x1)))
+    return offset + y2 * (x / x2) ** p
 
 
 def repeats_for(seconds, repeats):
@@ -453,25 +457,32 @@ def run_benchmark(
     for name in models:
         model = build_model(name, sample_rate, num_spks)
         entry = {"params": count_parameters(model), "macs": {}}
+        entry.update({mode: {} for mode in modes})
         del model
         out["models"][name] = entry
         log(f"{name}: {entry['params']:,} trainable parameters")
-        for mode in modes:
-            entry[mode] = {}
-            time_pts, mem_pts = [], []
-            for sec in sorted(durations):
+    # models interleaved per (mode, duration): on a shared machine the
+    # cases compared with each other run close together in time
+    history = {}
+    for mode in modes:
+        for sec in sorted(durations):
+            for name in models:
+                entry = out["models"][name]
+                time_pts, mem_pts, base = history.setdefault(
+                    (name, mode), ([], [], [0.0])
+                )
                 reps = repeats_for(sec, repeats)
                 warm = 1 if sec <= 16 else 0
                 t_pred = _extrapolate(time_pts, sec)
-                m_pred = _extrapolate(mem_pts, sec)
+                m_pred = _extrapolate(mem_pts, sec, offset=base[0])
                 key = str(sec)
                 if t_pred is not None and t_pred > max_seconds:
-                    entry[mode][key] = {
+                    res = {
                         "skipped": f"predicted {t_pred:.0f} s/run"
                         f" > {max_seconds:.0f} s"
                     }
                 elif m_pred is not None and m_pred > max_memory_gib * 1024:
-                    entry[mode][key] = {
+                    res = {
                         "skipped": f"predicted {m_pred / 1024:.1f} GiB"
                         f" > {max_memory_gib:.0f} GiB"
                     }
@@ -493,17 +504,18 @@ def run_benchmark(
                         res = run_case(spec)
                     else:
                         res = _run_in_subprocess(spec, budget)
-                    entry[mode][key] = res
                     if "median" in res:
-                        time_pts.append((sec, res["median"]))
+                        time_pts.append((sec, min(res["times"])))
                         mem_pts.append((sec, res["peak_mib"]))
+                        base[0] = res["base_mib"]
                     if "macs" in res:
                         entry["macs"][key] = res.pop("macs")
-                res = entry[mode][key]
+                entry[mode][key] = res
                 msg = res.get("skipped") or (
-                    f"{res['median']:.3f} s, peak {res['peak_mib']:.0f} MiB"
+                    f"median {res['median']:.3f} s, min {min(res['times']):.3f}"
+                    f" s, peak {res['peak_mib']:.0f} MiB"
                 )
-                log(f"  {mode:5s} {sec:>5g} s: {msg}")
+                log(f"{name:>10s} {mode:5s} {sec:>5g} s: {msg}")
     out["config"]["load_avg_end"] = list(os.getloadavg())
     return out
 
@@ -512,9 +524,12 @@ def run_benchmark(
 def _fmt_time(res, ref):
     if not res or "median" not in res:
         return (res or {}).get("skipped", "-").replace("|", "/")
-    s = f"{res['median']:.3f}"
+    s = f"{res['median']:.2f} / {min(res['times']):.2f}"
     if ref and "median" in ref:
-        s += f" ({ref['median'] / res['median']:.2f}x)"
+        s += (
+            f" ({ref['median'] / res['median']:.1f}x"
+            f" / {min(ref['times']) / min(res['times']):.1f}x)"
+        )
     return s
 
 
@@ -568,9 +583,9 @@ def format_tables(results):
     lines.append("")
     unit = "GPU MiB (max allocated)" if cfg["device"] != "cpu" else "MiB RSS"
     lines.append(
-        "| model | input | inference s (speed-up vs "
-        f"{REFERENCE}) | train step s (speed-up) | peak infer {unit} "
-        f"| peak train {unit} |"
+        "| model | input | inference s: median / min (speed-up vs "
+        f"{REFERENCE}: median / min) | train step s: median / min "
+        f"(speed-up) | peak infer {unit} | peak train {unit} |"
     )
     lines.append("|---|---|---|---|---|---|")
     for name, e in models.items():

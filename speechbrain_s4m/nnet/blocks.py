@@ -169,10 +169,20 @@ class GlobalLayerNorm(nn.Module):
 
     def forward(self, x):
         """``[batch, channels, time]`` -> ``[batch, channels, time]``."""
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        var, mean = torch.var_mean(xf, dim=(1, 2), keepdim=True, unbiased=False)
-        y = (xf - mean) * torch.rsqrt(var + self.eps)
-        return (y * self.weight + self.bias).to(x.dtype)
+        n = x.shape[1] * x.shape[2]
+        # per-channel sums (fast vectorised reductions over time, float32
+        # at least), combined over channels in float64
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        s1 = x.sum(-1, dtype=acc).double().sum(1)  # [batch]
+        s2 = torch.linalg.vector_norm(x, dim=-1, dtype=acc)
+        s2 = s2.double().square().sum(1)  # [batch]
+        mean = s1 / n
+        var = (s2 / n - mean.square()).clamp_min(0.0)
+        rstd = torch.rsqrt(var + self.eps)
+        # y = (x - mean) * rstd * weight + bias = x * scale + shift
+        scale = self.weight * rstd.to(acc)[:, None, None]  # [batch, C, 1]
+        shift = self.bias - mean.to(acc)[:, None, None] * scale
+        return torch.addcmul(shift, x.to(acc), scale).to(x.dtype)
 
     def extra_repr(self):
         return f"{self.channels}, eps={self.eps}"

@@ -34,6 +34,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "S4",
@@ -122,6 +123,11 @@ def fft_conv(u, kernel):
     >>> fft_conv(u, kb).round(decimals=4) + 0.0
     tensor([[[1.0000, 2.0000, 1.0000, 0.5000, 0.2500]]])
     """
+    if torch.jit.is_tracing():  # plain differentiable ops, traceable
+        L = int(u.shape[-1])
+        n = next_fast_len(2 * L)
+        k_f = torch.fft.rfft(_two_sided(kernel, n), n=n)
+        return torch.fft.irfft(torch.fft.rfft(u, n=n) * k_f, n=n)[..., :L]
     return _FFTConv.apply(u, kernel)
 
 
@@ -146,7 +152,7 @@ class _FFTConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, kernel):
-        L = u.shape[-1]
+        L = int(u.shape[-1])
         n = next_fast_len(2 * L)
         k_f = torch.fft.rfft(_two_sided(kernel, n), n=n)  # [H, n/2+1]
         u_f = torch.fft.rfft(u, n=n)  # [..., H, n/2+1]
@@ -219,9 +225,13 @@ def _vandermonde(W, x, L):
     return out[..., :L]
 
 
-def _cauchy_chunks(H, N, F_):
-    """Frequency chunk size so that ``[H, N, chunk]`` stays small."""
-    return max(1, min(F_, _CHUNK_ELEMENTS // (H * N)))
+def _cauchy_chunks(H, N, F_, device):
+    """Frequency chunk size so that ``[H, N, chunk]`` stays small.
+
+    CPU chunks stay cache sized; GPU chunks are 16x larger (fewer launches).
+    """
+    elements = _CHUNK_ELEMENTS * (16 if device.type == "cuda" else 1)
+    return max(1, min(F_, elements // (H * N)))
 
 
 def _reciprocals(w, a, s):
@@ -242,23 +252,22 @@ class _Cauchy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, w, a, s):
         H, N = w.shape
-        chunk = _cauchy_chunks(H, N, a.shape[-1])
+        chunk = _cauchy_chunks(H, N, a.shape[-1], w.device)
         v_t = v.transpose(0, 1)  # [H, K, N]
-        out = [
-            torch.matmul(
-                v_t, _reciprocals(w, a[i : i + chunk], s[i : i + chunk])
-            )
-            for i in range(0, a.shape[-1], chunk)
-        ]
+        F_ = a.shape[-1]
+        out = v.new_empty(H, v.shape[0], F_)
+        for i in range(0, F_, chunk):
+            inv = _reciprocals(w, a[i : i + chunk], s[i : i + chunk])
+            out[..., i : i + chunk] = torch.matmul(v_t, inv)
         ctx.save_for_backward(v, w, a, s)
-        return torch.cat(out, dim=-1).transpose(0, 1)  # [K, H, F]
+        return out.transpose(0, 1)  # [K, H, F]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         v, w, a, s = ctx.saved_tensors
         H, N = w.shape
-        chunk = _cauchy_chunks(H, N, a.shape[-1])
+        chunk = _cauchy_chunks(H, N, a.shape[-1], w.device)
         # conj(g) so that the products below are plain matmuls with the
         # (transposed, contiguous) chunk of reciprocals; conj at the end
         g_c = grad.conj().transpose(0, 1)  # [H, K, F]
@@ -301,7 +310,47 @@ def _cauchy(v, w, a, s):
     torch.Tensor
         ``[K, H, F]`` (complex).
     """
+    if torch.jit.is_tracing():  # plain differentiable ops, traceable
+        inv = torch.reciprocal(a - s * w.unsqueeze(-1))  # [H, N, F]
+        return torch.matmul(v.transpose(0, 1), inv).transpose(0, 1)
     return _Cauchy.apply(v, w, a.detach(), s.detach())
+
+
+def _woodbury(v, w, a, s):
+    """Generating function of the DPLR kernel at some frequencies.
+
+    ``v`` stacks the numerators ``[C̃ ΔB, C̃ ΔP, P* ΔB, P* ΔP]``
+    ``[2 * channels + 2, H, N]``; the Cauchy sums ``k_xy = x* R^{-1} y``
+    with ``R = 2(1-ω) - (1+ω) ΔΛ`` give
+    ``K̂ = 2 (k_CB - k_CP (1+ω) k_PB / (1 + (1+ω) k_PP))`` ``[channels, H, F]``.
+    """
+    channels = (v.shape[0] - 2) // 2
+    r = _cauchy(v, w, a, s)  # [2 * channels + 2, H, F]
+    k00, k01, k10, k11 = r.split([channels, channels, 1, 1])
+    q = s / (1 + s * k11)  # [1, H, F]
+    return 2 * (k00 - k01 * (k10 * q))
+
+
+def _dplr_response(v, w, a, s):
+    """:func:`_woodbury` over all frequencies, chunked for long kernels.
+
+    With several chunks under autograd, each chunk is checkpointed so that
+    only the ``[channels, H, F]`` result is kept, not the Cauchy sums.
+    """
+    H, N = w.shape
+    F_ = a.shape[-1]
+    chunk = _cauchy_chunks(H, N, F_, w.device)
+    if chunk >= F_:
+        return _woodbury(v, w, a, s)
+    grad = torch.is_grad_enabled() and (v.requires_grad or w.requires_grad)
+    out = []
+    for i in range(0, F_, chunk):
+        args = (v, w, a[i : i + chunk], s[i : i + chunk])
+        if grad:
+            out.append(checkpoint(_woodbury, *args, use_reentrant=False))
+        else:
+            out.append(_woodbury(*args))
+    return torch.cat(out, dim=-1)
 
 
 def _legs_dplr(N):
@@ -586,21 +635,15 @@ class S4(nn.Module):
         dtB = dt[:, None] * B  # [H, N/2]
         dtP = dt[:, None] * P  # [H, N/2]
         Pc = P.conj()
-        channels = C_t.shape[0]
         v = torch.cat(
             [C_t * dtB, C_t * dtP, (Pc * dtB)[None], (Pc * dtP)[None]]
         )  # [2 * channels + 2, H, N/2]
-        r = _cauchy(
-            torch.cat([v, v.conj()], dim=-1),
-            torch.cat([dtLam, dtLam.conj()], dim=-1),
+        k_hat = _dplr_response(
+            torch.cat([v, v.conj()], dim=-1),  # [2 * channels + 2, H, N]
+            torch.cat([dtLam, dtLam.conj()], dim=-1),  # [H, N]
             a,
             s,
-        )  # [2 * channels + 2, H, F]
-        k00, k01, k10, k11 = r.split([channels, channels, 1, 1])
-        # Woodbury: C̃ R^{-1} ΔB - C̃ R^{-1} ΔP (1 + (1+ω) P* R^{-1} ΔP)^{-1}
-        # (1+ω) P* R^{-1} ΔB
-        q = s / (1 + s * k11)  # [1, H, F]
-        k_hat = 2 * (k00 - k01 * (k10 * q))  # [channels, H, F]
+        )  # [channels, H, F]
         return torch.fft.irfft(k_hat, n=L)  # [channels, H, L]
 
     # ------------------------------------------------------------------
@@ -622,10 +665,20 @@ class S4(nn.Module):
         torch.Tensor
             ``[batch, d_model, time]``.
         """
-        L = x.shape[-1]
+        L = int(x.shape[-1])
         with torch.autocast(x.device.type, enabled=False):
             if kernel is None:
                 kernel = self.kernel(L)
+            elif (
+                kernel.dim() != (3 if self.bidirectional else 2)
+                or kernel.shape[-2] != self.d_model
+                or kernel.shape[-1] < L
+            ):
+                raise ValueError(
+                    f"kernel of shape {tuple(kernel.shape)} does not fit "
+                    f"this layer and an input of length {L} (expected "
+                    f"the shape of self.kernel({L}))"
+                )
             ctype = _real_dtype(self.D.dtype)
             kernel = kernel[..., :L].to(ctype)
             u = x.to(ctype)
@@ -737,25 +790,18 @@ class S4(nn.Module):
 # ----------------------------------------------------------------------
 # Optimiser helpers
 # ----------------------------------------------------------------------
-def _is_ssm_param(name, p):
-    if getattr(p, "_ssm_param", False):
-        return True
-    return False
-
-
 def _split_params(params):
-    """Split params (module, named or plain iterable) into (ssm, other)."""
+    """Split a module or an iterable of parameters into (ssm, other).
+
+    Parameters marked ``_ssm_param`` are SSM parameters. A module's
+    :class:`S4` layers mark theirs again first (``copy.deepcopy`` of a
+    bare parameter drops the marker). Duplicates are removed.
+    """
     if isinstance(params, nn.Module):
-        # names make the split robust to marker loss; modules mark again
-        module = params
-        ssm_ids = set()
-        for mod in module.modules():
+        for mod in params.modules():
             if isinstance(mod, S4):
                 mod._mark_ssm_parameters()
-        params = list(module.parameters())
-    else:
-        params = list(params)
-        ssm_ids = set()
+        params = params.parameters()
     ssm, other, seen = [], [], set()
     for item in params:
         if isinstance(item, dict):
@@ -764,10 +810,7 @@ def _split_params(params):
         if id(p) in seen:
             continue
         seen.add(id(p))
-        if id(p) in ssm_ids or _is_ssm_param(None, p):
-            ssm.append(p)
-        else:
-            other.append(p)
+        (ssm if getattr(p, "_ssm_param", False) else other).append(p)
     return ssm, other
 
 

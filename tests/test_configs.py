@@ -1,0 +1,121 @@
+"""The model fragments in speechbrain_s4m/hparams/models build and run."""
+
+import pytest
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from speechbrain_s4m.lobes import (
+    S4MMaskNet,
+    list_model_configs,
+    load_model_config,
+    model_config_path,
+)
+
+FRAGMENTS = ["s4m_tiny", "s4m", "sepformer", "convtasnet"]
+
+
+def _params(hp):
+    return sum(
+        p.numel()
+        for key in ("Encoder", "MaskNet", "Decoder")
+        for p in hp[key].parameters()
+        if p.requires_grad
+    )
+
+
+def _separate(hp, mix, num_spks):
+    """The recipes' forward: [batch, time] -> [batch, time', spks]."""
+    mix_w = hp["Encoder"](mix)
+    est_mask = hp["MaskNet"](mix_w)
+    assert est_mask.shape == (num_spks, *mix_w.shape)
+    sep_h = torch.stack([mix_w] * num_spks) * est_mask
+    return torch.stack(
+        [
+            hp["Decoder"](sep_h[i]).reshape(mix.shape[0], -1)
+            for i in range(num_spks)
+        ],
+        dim=-1,
+    )
+
+
+def test_all_fragments_listed():
+    assert set(FRAGMENTS) <= set(list_model_configs())
+    with pytest.raises(ValueError, match="unknown model config"):
+        model_config_path("no_such_model")
+
+
+def _build(name, num_spks):
+    """Build a fragment with hyperpyyaml and overrides (as the recipes do)."""
+    torch.manual_seed(0)
+    with open(model_config_path(name), encoding="utf-8") as fin:
+        return load_hyperpyyaml(
+            fin, {"sample_rate": 8000, "num_spks": num_spks}
+        )
+
+
+@pytest.fixture(scope="module")
+def built():
+    """Each full-size fragment, built once per test module (2 speakers)."""
+    return {name: _build(name, 2) for name in FRAGMENTS}
+
+
+def _check_forward(hp, num_spks):
+    for key in ("kernel_size", "kernel_stride", "N_encoder_out"):
+        assert isinstance(hp[key], int)
+    mix = torch.randn(1, 803)
+    with torch.no_grad():
+        est = _separate(hp, mix, num_spks)
+    assert est.shape[-1] == num_spks
+    assert est.shape[1] >= 803 - hp["kernel_stride"]
+    assert torch.isfinite(est).all()
+
+
+@pytest.mark.parametrize("name", FRAGMENTS)
+def test_fragment_builds_and_runs(built, name):
+    """Full-size configs from hyperpyyaml with overrides, forward on 0.1 s."""
+    _check_forward(built[name], 2)
+
+
+@pytest.mark.parametrize("name", ["s4m_tiny"])
+def test_fragment_three_speakers(name):
+    _check_forward(_build(name, 3), 3)
+
+
+@pytest.mark.parametrize(
+    "name, target",
+    [("s4m_tiny", 1.8e6), ("s4m", 3.6e6), ("sepformer", 25.68e6)],
+)
+def test_parameter_counts(built, name, target):
+    """Published sizes at 8 kHz (encoder + masknet + decoder), +-5%."""
+    n = _params(built[name])
+    assert abs(n - target) <= 0.05 * target, n
+
+
+@pytest.mark.parametrize(
+    "sample_rate, kernel, stride, channels",
+    [(8000, 32, 8, 17), (16000, 64, 16, 33)],
+)
+def test_s4m_encoder_is_4ms(sample_rate, kernel, stride, channels):
+    """K = 4 ms of samples, stride K // 4, E = K // 2 + 1."""
+    hp = load_model_config(
+        "s4m_tiny", sample_rate=sample_rate, overrides={"num_iterations": 1}
+    )
+    assert (hp["kernel_size"], hp["kernel_stride"]) == (kernel, stride)
+    assert hp["N_encoder_out"] == channels
+    enc, dec = hp["Encoder"], hp["Decoder"]
+    assert enc.conv1d.kernel_size == (kernel,) and enc.stride == stride
+    assert dec.kernel_size == (kernel,) and dec.stride == (stride,)
+    masknet = hp["MaskNet"]
+    assert isinstance(masknet, S4MMaskNet)
+    assert masknet.in_channels == channels
+
+
+def test_s4m_tiny_matches_published_structure(built):
+    """C=128, D=512, S=4, R=16, N=16, NPLR, quirk on; S4M only widens D."""
+    for hp, d in ((built["s4m_tiny"], 512), (built["s4m"], 736)):
+        net = hp["MaskNet"]
+        assert net.bottleneck.out_channels == 128
+        assert net.block.proj.out_channels == d
+        assert net.block.depth == 4 and net.num_iterations == 16
+        assert net.block.fusion_index_quirk
+        assert str(3) not in net.block.fuse  # unused layer not built
