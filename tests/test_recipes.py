@@ -152,12 +152,13 @@ def test_tiny_recipe_output_fixture(tiny_recipe_output):
     check_finished_run(tiny_recipe_output)
 
 
-def test_synthmix_recipe(tmp_path):
+@pytest.mark.parametrize("model", ["s4m_tiny", "sepformer"])
+def test_synthmix_recipe(model, tmp_path):
     """The main job's recipe writes its data, trains, tests and plots."""
     script = train_script("SynthMix")
     args = recipe_args(
         "SynthMix",
-        "s4m_tiny",
+        model,
         tmp_path / "data",
         tmp_path / "out",
         "--synth_sizes",

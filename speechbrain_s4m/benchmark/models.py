@@ -273,7 +273,9 @@ def run_case(spec):
     Returns
     -------
     dict
-        ``times`` (s), ``median`` (s), ``peak_mib`` (peak memory of the case),
+        ``times`` (wall, s), ``median`` (s), ``cpu_times`` / ``cpu_median``
+        (CPU time of the process, all threads; robust to other processes'
+        load when run with 1 thread), ``peak_mib`` (peak memory of the case),
         ``base_mib`` (memory before the measured runs), optional ``macs``.
     """
     torch.set_num_threads(spec["threads"])
@@ -314,14 +316,15 @@ def run_case(spec):
             loss.backward()
             opt.step()
 
-    times = []
+    times, cpu_times = [], []
     for i in range(spec["warmup"] + spec["repeats"]):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         _sync(device)
         if i >= spec["warmup"]:
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
@@ -329,6 +332,8 @@ def run_case(spec):
     result.update(
         times=times,
         median=statistics.median(times),
+        cpu_times=cpu_times,
+        cpu_median=statistics.median(cpu_times),
         peak_mib=peak,
         base_mib=base,
     )
@@ -512,8 +517,8 @@ def run_benchmark(
                         entry["macs"][key] = res.pop("macs")
                 entry[mode][key] = res
                 msg = res.get("skipped") or (
-                    f"median {res['median']:.3f} s, min {min(res['times']):.3f}"
-                    f" s, peak {res['peak_mib']:.0f} MiB"
+                    f"median {res['median']:.3f} s (CPU {res['cpu_median']:.3f}"
+                    f" s), peak {res['peak_mib']:.0f} MiB"
                 )
                 log(f"{name:>10s} {mode:5s} {sec:>5g} s: {msg}")
     out["config"]["load_avg_end"] = list(os.getloadavg())
@@ -524,11 +529,11 @@ def run_benchmark(
 def _fmt_time(res, ref):
     if not res or "median" not in res:
         return (res or {}).get("skipped", "-").replace("|", "/")
-    s = f"{res['median']:.2f} / {min(res['times']):.2f}"
+    s = f"{res['median']:.2f} / {res['cpu_median']:.2f}"
     if ref and "median" in ref:
         s += (
             f" ({ref['median'] / res['median']:.1f}x"
-            f" / {min(ref['times']) / min(res['times']):.1f}x)"
+            f" / {ref['cpu_median'] / res['cpu_median']:.1f}x)"
         )
     return s
 
@@ -583,8 +588,8 @@ def format_tables(results):
     lines.append("")
     unit = "GPU MiB (max allocated)" if cfg["device"] != "cpu" else "MiB RSS"
     lines.append(
-        "| model | input | inference s: median / min (speed-up vs "
-        f"{REFERENCE}: median / min) | train step s: median / min "
+        "| model | input | inference s: wall / CPU, medians (speed-up vs "
+        f"{REFERENCE}: wall / CPU) | train step s: wall / CPU "
         f"(speed-up) | peak infer {unit} | peak train {unit} |"
     )
     lines.append("|---|---|---|---|---|---|")

@@ -153,8 +153,9 @@ def _control_tracks(profile, n_frames, rng):
     frame = int(rng.integers(0, 12))  # short leading silence
     formants[:, :frame] = vowel[:, None]
     level = 0.0
+    spoken = False  # pauses only after a syllable: no utterance is silent
     while frame < n_frames:
-        if frame > 0 and rng.uniform() < 0.15:  # pause
+        if spoken and rng.uniform() < 0.15:  # pause
             n = int(rng.uniform(0.08, 0.3) / _FRAME_S)
             stop = min(frame + n, n_frames)
             formants[:, frame:stop] = vowel[:, None]
@@ -184,6 +185,7 @@ def _control_tracks(profile, n_frames, rng):
         formants[:, frame:stop] = vowel[:, None] * (1 - w) + new[:, None] * w
         vowel = new
         frame = stop
+        spoken = True
     semis = _smooth(semis, 5)
     formants = _smooth(formants, 3) * profile.formant_scale
     return env, semis, formants, fric

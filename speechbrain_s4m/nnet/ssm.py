@@ -353,6 +353,20 @@ def _dplr_response(v, w, a, s):
     return torch.cat(out, dim=-1)
 
 
+def _row_times_power(v, M, L):
+    """``v M^L`` by binary exponentiation (``v`` [c, H, N], ``M`` [H, N, N]).
+
+    Squares ``M`` log2(L) times but multiplies only the row vectors by it.
+    """
+    while True:
+        if L & 1:
+            v = torch.einsum("chn,hnm->chm", v, M)
+        L >>= 1
+        if not L:
+            return v
+        M = torch.bmm(M, M)
+
+
 def _legs_dplr(N):
     """HiPPO-LegS matrix in diagonal plus low-rank form (float64).
 
@@ -542,6 +556,19 @@ class S4(nn.Module):
             -1
         ) * P_f.conj().unsqueeze(-2)
 
+    def _real_A(self, Lam, P):
+        """``T^{-1} (diag(Λ, Λ̄) - P_f P_f*) T`` in real coordinates.
+
+        With the blocks ``A11 = diag(Λ) - P P*`` and ``A12 = -P P^T`` of
+        the conjugate-completed matrix, ``A_r = [[Re(A11 + A12),
+        Im(A12 - A11)], [Im(A11 + A12), Re(A11 - A12)]]`` ``[H, N, N]``.
+        """
+        A11 = torch.diag_embed(Lam) - P.unsqueeze(-1) * P.conj().unsqueeze(-2)
+        A12 = -P.unsqueeze(-1) * P.unsqueeze(-2)
+        top = torch.cat([(A11 + A12).real, (A12 - A11).imag], dim=-1)
+        bottom = torch.cat([(A11 + A12).imag, (A11 - A12).real], dim=-1)
+        return torch.cat([top, bottom], dim=-2)
+
     def _bilinear(self, dt, A, B, P):
         """Bilinear discretisation of the NPLR system, dense.
 
@@ -616,13 +643,20 @@ class S4(nn.Module):
         around its diagonal part (Cauchy sums). Then ``K = iFFT(K̂)``.
         """
         dt, Lam, B, C, P = self._ssm()
-        A_bar, _ = self._bilinear(dt, Lam, B, P)
-        # C̃ = C (I - Ā^L), conjugate completed, keep the first half
         N2 = Lam.shape[-1]
-        C_f = torch.cat([C, C.conj()], dim=-1)  # [channels, H, N]
-        A_L = torch.linalg.matrix_power(A_bar, L)  # [H, N, N]
-        C_t = C_f - torch.einsum("chn,hnm->chm", C_f, A_L)
-        C_t = C_t[..., :N2]  # [channels, H, N/2]
+        # C̃ = C (I - Ā^L). The conjugate-completed state x_f = [x, x̄] is
+        # T r with real coordinates r = [Re x, Im x], T = [[I, iI], [I, -iI]].
+        # In them A_r = T^{-1} A T, Ā_r and C_f T = [2 Re C, -2 Im C] are
+        # real, so the solve and the log2(L) squarings for Ā^L are real
+        # (4x cheaper) matrix operations.
+        A_r = self._real_A(Lam, P)  # [H, N, N]
+        eye = torch.eye(2 * N2, dtype=A_r.dtype, device=A_r.device)
+        half = (dt / 2)[:, None, None]
+        A_r = torch.linalg.solve(eye - half * A_r, eye + half * A_r)  # Ā_r
+        C_r = torch.cat([2 * C.real, -2 * C.imag], dim=-1)  # [channels, H, N]
+        y = _row_times_power(C_r, A_r, L)  # C_f Ā^L T, [channels, H, N]
+        # (C_f Ā^L T) T^{-1}, first half: (y1 - i y2) / 2
+        C_t = C - 0.5 * torch.complex(y[..., :N2], -y[..., N2:])
 
         # roots of unity for the rfft bins
         freqs = torch.arange(L // 2 + 1, device=dt.device, dtype=dt.dtype)
