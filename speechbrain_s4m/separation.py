@@ -705,7 +705,8 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
     5. build the datasets (static or dynamic mixing);
     6. train (unless ``--test_only``), resuming from the last checkpoint;
     7. evaluate the best checkpoint (``min_key="si-snr"``) on the test set,
-       writing ``test_results.csv``, and plot ``training_curve.png``.
+       writing ``test_results.csv``, and plot ``training_curve.png``;
+    8. under DDP, end the process group (all ranks together).
 
     Arguments
     ---------
@@ -803,6 +804,10 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
         )
         if png:
             logger.info("Training curve: %s", png)
+    if is_distributed_initialized():
+        # Leave together; exiting with a live gloo group can abort a rank
+        sb.utils.distributed.ddp_barrier()
+        torch.distributed.destroy_process_group()
     return brain
 
 

@@ -577,3 +577,20 @@ def test_model_overrides_reach_the_fragment():
     )
     n = sum(p.numel() for p in hp["MaskNet"].parameters())
     assert n < 20000
+
+
+def test_gradient_accumulation():
+    """With --grad_accumulation_factor 2 the weights move every 2nd batch."""
+    from speechbrain_s4m.metrics import pit_si_snr_loss
+
+    brain = _tiny_brain(pit_si_snr_loss)
+    brain.grad_accumulation_factor = 2
+    before = _params(brain)
+    brain.step = 1  # as counted by Brain._fit_train
+    brain.fit_batch(_batch())
+    assert not any(_changed(before, brain))
+    assert any(p.grad is not None for p in brain.modules.parameters())
+    brain.step = 2
+    brain.fit_batch(_batch())
+    assert all(_changed(before, brain))
+    assert all(p.grad is None for p in brain.modules.parameters())
