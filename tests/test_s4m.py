@@ -125,11 +125,14 @@ def test_quirk_builds_no_unused_layer():
     assert not torch.allclose(on(x), off(x))
 
 
-@pytest.mark.parametrize("quirk", [True, False])
-def test_every_parameter_gets_a_gradient(quirk):
+@pytest.mark.parametrize(
+    "quirk, num_iterations", [(True, 3), (False, 3), (True, 1)]
+)
+def test_every_parameter_gets_a_gradient(quirk, num_iterations):
     """No unused parameter (DDP-safe without find_unused_parameters)."""
     torch.manual_seed(0)
-    net = S4MMaskNet(17, fusion_index_quirk=quirk, **TINY)
+    config = {**TINY, "num_iterations": num_iterations}
+    net = S4MMaskNet(17, fusion_index_quirk=quirk, **config)
     x = torch.rand(2, 17, 45)
     net(x).square().mean().backward()
     missing = [

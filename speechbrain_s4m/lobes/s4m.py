@@ -542,11 +542,13 @@ class S4MMaskNet(nn.Module):
             dropout=dropout,
             fusion_index_quirk=fusion_index_quirk,
         )
-        # input of iterations 2..R: PReLU(depthwise 1x1 conv(x0 + x_prev))
-        self.iter_conv = nn.Conv1d(
-            out_channels, out_channels, 1, groups=out_channels
-        )
-        self.iter_act = nn.PReLU()
+        # input of iterations 2..R: PReLU(depthwise 1x1 conv(x0 + x_prev));
+        # not built for a single iteration (it would get no gradient)
+        if num_iterations > 1:
+            self.iter_conv = nn.Conv1d(
+                out_channels, out_channels, 1, groups=out_channels
+            )
+            self.iter_act = nn.PReLU()
         self.mask_act = nn.PReLU()
         self.mask_conv = nn.Conv1d(out_channels, num_spks * in_channels, 1)
 
