@@ -34,6 +34,21 @@ def _error(prog, message):
     print(f"{prog}: error: {message}", file=sys.stderr)
 
 
+def _report(prog, err, show_traceback):
+    """Prints ``err`` in one line (after its traceback if asked)."""
+    if show_traceback:
+        traceback.print_exc()
+    _error(prog, _one_line(err))
+
+
+def _add_traceback_option(parser):
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="print full tracebacks (for bug reports)",
+    )
+
+
 def collect_inputs(paths, recursive=False):
     """Expands files and folders into a sorted list of audio files.
 
@@ -165,11 +180,7 @@ def separate_parser(prog="s4m-separate"):
         help="where to keep files fetched for a hub model",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--traceback",
-        action="store_true",
-        help="print full tracebacks (for bug reports)",
-    )
+    _add_traceback_option(parser)
     return parser
 
 
@@ -212,9 +223,7 @@ def separate_main(argv=None):
     import torch
     from tqdm import tqdm
 
-    from speechbrain_s4m.inference import (
-        S4MSeparation,
-    )
+    from speechbrain_s4m.inference import S4MSeparation
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -225,9 +234,7 @@ def separate_main(argv=None):
         )
         model._chunk_sizes(args.chunk_seconds, args.overlap_seconds)
     except Exception as err:
-        if args.traceback:
-            traceback.print_exc()
-        _error(prog, _one_line(err))
+        _report(prog, err, args.traceback)
         return EXIT_USAGE
 
     failed = 0
@@ -298,11 +305,7 @@ def export_parser(prog="s4m-export"):
     parser.add_argument(
         "--overwrite", action="store_true", help="replace target_folder"
     )
-    parser.add_argument(
-        "--traceback",
-        action="store_true",
-        help="print full tracebacks (for bug reports)",
-    )
+    _add_traceback_option(parser)
     return parser
 
 
@@ -335,9 +338,7 @@ def export_main(argv=None):
             overwrite=args.overwrite,
         )
     except Exception as err:
-        if args.traceback:
-            traceback.print_exc()
-        _error(prog, _one_line(err))
+        _report(prog, err, args.traceback)
         return EXIT_INPUT
     print(f"{prog}: exported {args.recipe_output_folder} -> {target}")
     return EXIT_OK

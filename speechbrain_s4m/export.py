@@ -87,6 +87,12 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 """
 
 
+def _read_meta(ckpt):
+    """The meta data (``CKPT.yaml``) of a checkpoint folder, as a dict."""
+    with open(ckpt / METAFNAME, encoding="utf-8") as fin:
+        return pyyaml.safe_load(fin) or {}
+
+
 def list_checkpoints(save_folder):
     """Lists ``CKPT+*`` folders with their meta data (oldest first).
 
@@ -102,12 +108,8 @@ def list_checkpoints(save_folder):
     save_folder = pathlib.Path(save_folder)
     found = []
     for ckpt in sorted(save_folder.glob("CKPT+*")):
-        meta_file = ckpt / METAFNAME
-        if not ckpt.is_dir() or not meta_file.is_file():
-            continue
-        with open(meta_file, encoding="utf-8") as fin:
-            meta = pyyaml.safe_load(fin) or {}
-        found.append((ckpt, meta))
+        if ckpt.is_dir() and (ckpt / METAFNAME).is_file():
+            found.append((ckpt, _read_meta(ckpt)))
     return found
 
 
@@ -385,8 +387,7 @@ def export_pretrained(
         ckpt = pathlib.Path(checkpoint).expanduser()
         if not (ckpt / METAFNAME).is_file():
             raise ModelNotFoundError(f"{ckpt}: not a checkpoint folder")
-        with open(ckpt / METAFNAME, encoding="utf-8") as fin:
-            meta = pyyaml.safe_load(fin) or {}
+        meta = _read_meta(ckpt)
     else:
         save = recipe / "save"
         if not save.is_dir():

@@ -27,13 +27,14 @@ from contextlib import ExitStack
 import numpy as np
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 import torchaudio
 from hyperpyyaml import load_hyperpyyaml
 from scipy.optimize import linear_sum_assignment
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 from speechbrain.utils.parameter_transfer import Pretrainer
+
+from speechbrain_s4m.separation import separate_batch
 
 DEFAULT_CHUNK_SECONDS = 30.0
 DEFAULT_OVERLAP_SECONDS = 2.0
@@ -637,7 +638,7 @@ class OverlapAddSeparator:
         x = (
             torch.cat(self._pending, dim=-1)
             if len(self._pending) > 1
-            else (self._pending[0])
+            else self._pending[0]
         )
         self._pending = [x]
         return x[:, :n]
@@ -860,23 +861,14 @@ class S4MSeparation(Pretrained):
         """
         if mix.dim() == 1:
             mix = mix.unsqueeze(0)
-        mix = mix.to(self.device)
-        num_spks = self.num_spks
         with torch.no_grad():
-            mix_w = self.mods.encoder(mix)  # [batch, N, frames]
-            est_mask = self.mods.masknet(mix_w)  # [spks, batch, N, frames]
-            sep_h = torch.stack([mix_w] * num_spks) * est_mask
-            est = torch.cat(
-                [
-                    self.mods.decoder(sep_h[i]).unsqueeze(-1)
-                    for i in range(num_spks)
-                ],
-                dim=-1,
-            )  # [batch, time', spks]
-        T = mix.shape[1]
-        if est.shape[1] < T:
-            est = F.pad(est, (0, 0, 0, T - est.shape[1]))
-        return est[:, :T, :]
+            return separate_batch(
+                mix.to(self.device),
+                self.mods.encoder,
+                self.mods.masknet,
+                self.mods.decoder,
+                self.num_spks,
+            )
 
     def forward(self, mix):
         """Runs ``separate_batch``."""
@@ -954,26 +946,24 @@ class S4MSeparation(Pretrained):
         )
         if os.path.exists(path_str) or not remote:
             return path_str, None
-        if remote:
-            if savedir is not None:
-                pathlib.Path(savedir).mkdir(parents=True, exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix="s4m_audio_", dir=savedir)
-            source, name = path_str.rsplit("/", 1)
-            try:
-                got = fetch(
-                    name,
-                    source=source,
-                    savedir=tmp,
-                    local_strategy=LocalStrategy.COPY,
-                    fetch_config=FetchConfig(overwrite=True),
-                )
-            except Exception as err:
-                raise AudioInputError(
-                    f"{path_str}: no such local file, and fetching it "
-                    f"failed ({type(err).__name__})"
-                ) from err
-            return str(got), tmp
-        return path_str, None
+        if savedir is not None:
+            pathlib.Path(savedir).mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix="s4m_audio_", dir=savedir)
+        source, name = path_str.rsplit("/", 1)
+        try:
+            got = fetch(
+                name,
+                source=source,
+                savedir=tmp,
+                local_strategy=LocalStrategy.COPY,
+                fetch_config=FetchConfig(overwrite=True),
+            )
+        except Exception as err:
+            raise AudioInputError(
+                f"{path_str}: no such local file, and fetching it "
+                f"failed ({type(err).__name__})"
+            ) from err
+        return str(got), tmp
 
     def _stream_file(self, path, chunk_seconds, overlap_seconds, out_rate):
         """Yields output blocks ``[spks, n]`` at ``out_rate`` for a file.

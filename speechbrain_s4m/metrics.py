@@ -65,6 +65,14 @@ def length_mask(lengths, max_len, device=None, dtype=torch.float32):
     return (steps[None, :] < abs_len[:, None]).to(dtype)
 
 
+def _valid_mask(estimate, lengths):
+    """``[batch, time]`` mask of the valid samples (all of them if None)."""
+    batch, time = estimate.shape[:2]
+    if lengths is None:
+        lengths = torch.ones(batch, device=estimate.device)
+    return length_mask(lengths, time, estimate.device, estimate.dtype)
+
+
 def _si_snr_masked(estimate, target, mask, eps):
     """SI-SNR along dim 1 (time) with a ``[batch, time]`` mask.
 
@@ -134,10 +142,7 @@ def si_snr(estimate, target, lengths=None, eps=1e-8):
             "expected [batch, time, spks] or [batch, time] inputs, got "
             f"{tuple(estimate.shape)}"
         )
-    batch, time = estimate.shape[:2]
-    if lengths is None:
-        lengths = torch.ones(batch, device=estimate.device)
-    mask = length_mask(lengths, time, estimate.device, estimate.dtype)
+    mask = _valid_mask(estimate, lengths)
     out = _si_snr_masked(estimate, target, mask, eps)
     return out.squeeze(-1) if squeeze else out
 
@@ -173,10 +178,7 @@ def pairwise_si_snr(estimate, target, lengths=None, eps=1e-8):
             "expected estimate and target of the same [batch, time, spks] "
             f"shape, got {tuple(estimate.shape)} and {tuple(target.shape)}"
         )
-    batch, time = estimate.shape[:2]
-    if lengths is None:
-        lengths = torch.ones(batch, device=estimate.device)
-    mask = length_mask(lengths, time, estimate.device, estimate.dtype)
+    mask = _valid_mask(estimate, lengths)
     # [batch, time, spks_est, 1] vs [batch, time, 1, spks_target]
     return _si_snr_masked(
         estimate.unsqueeze(-1), target.unsqueeze(-2), mask, eps

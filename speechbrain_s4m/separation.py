@@ -476,18 +476,14 @@ class Separation(sb.Brain):
 
         T = est.shape[1]
         mix = mix.to(est.device).float()
+        scores = separation_scores(est, targets.float(), mix, lengths, ids)
         for i, snt_id in enumerate(ids):
-            n = max(1, int(round(float(lengths[i]) * T)))
-            scores = separation_scores(
-                est[i : i + 1, :n],
-                targets[i : i + 1, :n].float(),
-                mix[i : i + 1, :n],
-            )
             row = {"snt_id": snt_id}
             for key in RESULT_COLUMNS[1:]:
-                row[key] = float(torch.as_tensor(scores[key]).reshape(-1)[0])
+                row[key] = float(scores[key][i])
             self.test_rows.append(row)
             if self._audio_left > 0:
+                n = max(1, int(round(float(lengths[i]) * T)))
                 self.save_audio(snt_id, mix[i, :n], targets[i, :n], est[i, :n])
                 self._audio_left -= 1
 
@@ -744,10 +740,7 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
             f"recipe is for {dataset!r}: use the hparams of this recipe."
         )
     # Speed perturbation re-mixes the sources: noisy mixtures need the noise
-    if hparams.get("use_speedperturb") and hparams.get("mixture") in (
-        "both",
-        "single",
-    ):
+    if hparams.get("use_speedperturb") and _noisy(hparams):
         hparams["use_wham_noise"] = True
 
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -812,6 +805,7 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
 
 
 def _noisy(hparams):
+    """Whether the mixtures hold noise (WHAM!/LibriMix ``both``/``single``)."""
     return hparams.get("mixture") in ("both", "single")
 
 

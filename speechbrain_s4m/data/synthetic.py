@@ -383,6 +383,20 @@ def _wsj_gains(rng, num_spks):
     return gains
 
 
+def _wsj_splits(sizes, num_speakers, seed):
+    """Mixtures per ``tr``/``cv``/``tt`` split (default 20/5/5) and the
+    speaker pools: ``tr`` and ``cv`` draw from ``seen``, ``tt`` from
+    ``unseen`` (as wsj0-2mix)."""
+    sizes = _sizes(
+        {"tr": 20, "cv": 5, "tt": 5} if sizes is None else sizes,
+        ("tr", "cv", "tt"),
+    )
+    pools = _pools(
+        seed, {"seen": num_speakers, "unseen": max(4, num_speakers // 3)}
+    )
+    return sizes, pools
+
+
 def _draw_duration(rng, duration):
     lo, hi = duration
     return float(rng.uniform(lo, hi))
@@ -446,13 +460,7 @@ def write_wsj0mix(
     if num_spks not in (2, 3):
         raise ValueError(f"num_spks must be 2 or 3, got {num_spks}")
     root = Path(root)
-    sizes = _sizes(
-        {"tr": 20, "cv": 5, "tt": 5} if sizes is None else sizes,
-        ("tr", "cv", "tt"),
-    )
-    pools = _pools(
-        seed, {"seen": num_speakers, "unseen": max(4, num_speakers // 3)}
-    )
+    sizes, pools = _wsj_splits(sizes, num_speakers, seed)
     base = root / _rate_dir(sample_rate) / mode
     for s_idx, (split, count) in enumerate(sizes.items()):
         pool = pools["unseen" if split == "tt" else "seen"]
@@ -501,6 +509,15 @@ def _noisy_mixture(rng, pool, num_spks, sample_rate, mode, duration, snr):
     sums = [tuple(range(num_spks + 1)), tuple(range(num_spks)), (0, num_spks)]
     q = _quantise(wavs + [noise], sums)
     return q[:num_spks], q[num_spks], speakers
+
+
+def _noisy_mixes(sources, noise):
+    """``mix_clean``, ``mix_both`` and ``mix_single`` (LibriMix / WHAM!)."""
+    return {
+        "mix_clean": sum(sources),
+        "mix_both": sum(sources) + noise,
+        "mix_single": sources[0] + noise,
+    }
 
 
 def write_librimix(
@@ -593,11 +610,7 @@ def write_librimix(
             chap = 1000 + s_idx * 100
             name = "_".join(f"{100 + spk}-{chap}-{m:04d}" for spk in speakers)
             wav = name + ".wav"
-            mixes = {
-                "mix_clean": sum(sources),
-                "mix_both": sum(sources) + noise,
-                "mix_single": sources[0] + noise,
-            }
+            mixes = _noisy_mixes(sources, noise)
             for sub, data in list(zip(srcs, sources)) + [("noise", noise)]:
                 _write(base / split / sub / wav, data, sample_rate)
             for sub, data in mixes.items():
@@ -672,13 +685,7 @@ def write_wham(
     6
     """
     root = Path(root)
-    sizes = _sizes(
-        {"tr": 20, "cv": 5, "tt": 5} if sizes is None else sizes,
-        ("tr", "cv", "tt"),
-    )
-    pools = _pools(
-        seed, {"seen": num_speakers, "unseen": max(4, num_speakers // 3)}
-    )
+    sizes, pools = _wsj_splits(sizes, num_speakers, seed)
     base = root / _rate_dir(sample_rate) / mode
     for s_idx, (split, count) in enumerate(sizes.items()):
         pool = pools["unseen" if split == "tt" else "seen"]
@@ -692,14 +699,8 @@ def write_wham(
                 f"{_wsj_speaker(speakers[0])}c{s_idx}{m:03d}0_{g:.5f}_"
                 f"{_wsj_speaker(speakers[1])}c{s_idx}{m:03d}1_{-g:.5f}.wav"
             )
-            out = {
-                "s1": sources[0],
-                "s2": sources[1],
-                "noise": noise,
-                "mix_clean": sources[0] + sources[1],
-                "mix_both": sources[0] + sources[1] + noise,
-                "mix_single": sources[0] + noise,
-            }
+            out = {"s1": sources[0], "s2": sources[1], "noise": noise}
+            out.update(_noisy_mixes(sources, noise))
             for sub, data in out.items():
                 _write(base / split / sub / name, data, sample_rate)
     return root
