@@ -102,14 +102,20 @@ def looks_like_local_path(source):
     return source.count("/") != 1
 
 
+def _describe_error(err, limit=200):
+    """``TypeName: first line of the message`` (cut to ``limit`` chars)."""
+    text = str(err)
+    first = text.splitlines()[0][:limit] if text else ""
+    return f"{type(err).__name__}: {first}"
+
+
 def _torch_load(path):
     """Loads a checkpoint file, mapping any failure to ModelFolderError."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ModelFolderError(
-            f"{path}: corrupt or unreadable checkpoint "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            f"{path}: corrupt or unreadable checkpoint ({_describe_error(err)})"
         ) from err
 
 
@@ -211,8 +217,7 @@ def _fetch_hub_folder(source, savedir, names, overwrite, fetch_config):
         except Exception as err:
             raise ModelNotFoundError(
                 f"'{source}' is not a local folder, and fetching {name} "
-                f"from the hub failed ({type(err).__name__}: "
-                f"{str(err).splitlines()[0][:200] if str(err) else ''})"
+                f"from the hub failed ({_describe_error(err)})"
             ) from err
     marker.write_text(str(source))
     return savedir
@@ -259,8 +264,7 @@ def load_model_folder(
             )
     except Exception as err:
         raise ModelFolderError(
-            f"{hparams_path}: cannot load ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:300] if str(err) else ''})"
+            f"{hparams_path}: cannot load ({_describe_error(err, 300)})"
         ) from err
     for key in ("modules", "sample_rate", "num_spks"):
         if key not in hparams:

@@ -33,6 +33,12 @@ BSS_EVAL_FILTER_LENGTH = 512
 SILENCE_RMS = 1e-6
 
 
+def _absolute_lengths(lengths, max_len, device=None):
+    """Valid samples per item, ``round(lengths * max_len)`` in [1, max_len]."""
+    lengths = torch.as_tensor(lengths, device=device)
+    return torch.round(lengths.double() * max_len).long().clamp(1, max_len)
+
+
 def length_mask(lengths, max_len, device=None, dtype=torch.float32):
     """Builds a ``[batch, time]`` mask from relative lengths.
 
@@ -59,8 +65,7 @@ def length_mask(lengths, max_len, device=None, dtype=torch.float32):
     tensor([[1., 1., 1., 1.],
             [1., 1., 0., 0.]])
     """
-    lengths = torch.as_tensor(lengths, device=device)
-    abs_len = torch.round(lengths.double() * max_len).long().clamp(1, max_len)
+    abs_len = _absolute_lengths(lengths, max_len, device)
     steps = torch.arange(max_len, device=abs_len.device)
     return (steps[None, :] < abs_len[:, None]).to(dtype)
 
@@ -308,8 +313,7 @@ def separation_scores(estimate, target, mixture, lengths=None, ids=None):
     batch, time, spks = target.shape
     if lengths is None:
         lengths = torch.ones(batch)
-    abs_len = torch.round(torch.as_tensor(lengths).double().cpu() * time)
-    abs_len = abs_len.long().clamp(1, time).tolist()
+    abs_len = _absolute_lengths(lengths, time).tolist()
     est64 = estimate.detach().double().cpu()
     tgt64 = target.detach().double().cpu()
     mix64 = mixture.detach().double().cpu()

@@ -32,6 +32,7 @@ import time
 import torch
 
 from speechbrain_s4m.lobes import load_model_config
+from speechbrain_s4m.separation import separate_batch
 
 DEFAULT_MODELS = ("s4m_tiny", "s4m", "sepformer", "convtasnet")
 REFERENCE = "sepformer"
@@ -40,7 +41,8 @@ aten = torch.ops.aten
 
 
 class Separator(torch.nn.Module):
-    """Encoder -> MaskNet -> masking -> Decoder, as SpeechBrain's recipes.
+    """Encoder -> MaskNet -> masking -> Decoder, as the training recipes
+    (:func:`speechbrain_s4m.separation.separate_batch`).
 
     Arguments
     ---------
@@ -68,20 +70,9 @@ class Separator(torch.nn.Module):
 
     def forward(self, mix):
         """Separate ``[batch, time]`` into ``[batch, time, num_spks]``."""
-        batch, length = mix.shape
-        mix_w = self.encoder(mix)  # [batch, E, frames]
-        est_mask = self.masknet(mix_w)  # [spks, batch, E, frames]
-        sep_h = torch.stack([mix_w] * self.num_spks) * est_mask
-        est = torch.stack(
-            [
-                self.decoder(sep_h[i]).reshape(batch, -1)
-                for i in range(self.num_spks)
-            ],
-            dim=-1,
-        )  # [batch, time', spks]
-        if est.shape[1] < length:
-            est = torch.nn.functional.pad(est, (0, 0, 0, length - est.shape[1]))
-        return est[:, :length]
+        return separate_batch(
+            mix, self.encoder, self.masknet, self.decoder, self.num_spks
+        )
 
 
 def build_model(name, sample_rate=8000, num_spks=2, overrides=None):

@@ -261,10 +261,10 @@ class _Layout:
                     "paths": paths,
                 }
             )
-        self.fill_durations(rows, split)
+        self.fill_durations(rows)
         return rows
 
-    def fill_durations(self, rows, split):
+    def fill_durations(self, rows):
         """Reads mixture headers: real durations, sample rate, mono.
 
         The first row's sources are also checked (rate and length).
@@ -511,7 +511,7 @@ def _read_metadata(layout, split, meta_path):
             f"that path nor under '{split_dir}/<folder>/' (e.g. "
             f"{', '.join(missing[:_MAX_LISTED])})"
         )
-    layout.fill_durations(rows, split)
+    layout.fill_durations(rows)
     return rows
 
 

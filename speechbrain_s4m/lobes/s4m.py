@@ -132,6 +132,25 @@ def _gln_affine(norm, mean, var, weight=None, dtype=None):
     return g, shift
 
 
+def _gln_scale_shift(norm, y):
+    """``(scale, shift)`` with ``norm(y) = y * scale + shift`` (gLN of ``y``).
+
+    Arguments
+    ---------
+    norm : GlobalLayerNorm
+        The norm (gain, bias, eps).
+    y : torch.Tensor
+        ``[batch, channels, time]``.
+
+    Returns
+    -------
+    scale, shift : torch.Tensor
+        Both ``[batch, channels, 1]``, in the dtype of ``y``.
+    """
+    var, mean = _gln_stats(y)
+    return _gln_affine(norm, mean, var, dtype=y.dtype)
+
+
 class _ConvNorm(nn.Module):
     """Convolution followed by global layer norm (depthwise or full).
 
@@ -200,8 +219,7 @@ class _ConvNorm(nn.Module):
         )
         if not pointwise_scale:
             y = conv(x)
-            var, mean = _gln_stats(y)
-            return (y, *_gln_affine(self.norm, mean, var, dtype=y.dtype))
+            return (y, *_gln_scale_shift(self.norm, y))
         w = conv.weight.reshape(-1)  # [channels]
         s1, s2 = _channel_sums(x)
         var, mean = _sum_stats(s1, s2, x.shape[1] * x.shape[2], w.to(s1))
@@ -427,8 +445,7 @@ class S4MBlock(nn.Module):
             ``[batch, channels, time]``.
         """
         y = self.proj(x)
-        var, mean = _gln_stats(y)
-        scale, shift = _gln_affine(self.proj_norm, mean, var, dtype=y.dtype)
+        scale, shift = _gln_scale_shift(self.proj_norm, y)
         y = self.proj_act(torch.addcmul(shift, y, scale))
         # bottom-up pyramid: scale 0 stride 1, others stride 2
         scales = []
