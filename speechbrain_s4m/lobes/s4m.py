@@ -37,65 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from speechbrain_s4m.nnet import FeedForwardBlock, GlobalLayerNorm, S4Block
-
-
-def _sum_stats(s1, s2, n, weight=None):
-    """Mean and variance of ``w_c * x`` from per-channel sums of ``x``.
-
-    Arguments
-    ---------
-    s1, s2 : torch.Tensor
-        ``[batch, channels]`` sums of ``x`` and of ``x**2`` over time.
-    n : int
-        Number of elements per utterance (channels * time).
-    weight : torch.Tensor, optional
-        ``[channels]`` per-channel factors ``w``.
-
-    Returns
-    -------
-    var, mean : torch.Tensor
-        Both ``[batch, 1, 1]``, in the dtype of ``s1``.
-    """
-    dtype = s1.dtype
-    if weight is not None:
-        s1 = s1 * weight
-        s2 = s2 * weight.square()
-    # combine the (small) per-channel sums in double precision where
-    # available: E[x^2] - E[x]^2 then loses nothing beyond the float32 sums
-    if s1.device.type != "mps":
-        s1, s2 = s1.double(), s2.double()
-    mean = s1.sum(dim=1) / n
-    var = (s2.sum(dim=1) / n - mean.square()).clamp_min(0)
-    return var.to(dtype).view(-1, 1, 1), mean.to(dtype).view(-1, 1, 1)
-
-
-def _channel_sums(x):
-    """Per-channel sums of ``x`` and ``x**2`` over time (float32 at least).
-
-    Two vectorised reductions: on CPU ``torch.var_mean`` over channels and
-    time is an order of magnitude slower than these.
-    """
-    acc = torch.promote_types(x.dtype, torch.float32)
-    s1 = x.sum(dim=-1, dtype=acc)  # [batch, channels]
-    s2 = torch.linalg.vector_norm(x, dim=-1, dtype=acc).square()
-    return s1, s2
-
-
-def _gln_stats(y):
-    """Mean and variance over channels and time, per utterance.
-
-    Arguments
-    ---------
-    y : torch.Tensor
-        ``[batch, channels, time]``.
-
-    Returns
-    -------
-    var, mean : torch.Tensor
-        Both ``[batch, 1, 1]`` (float32 at least, also under autocast).
-    """
-    s1, s2 = _channel_sums(y)
-    return _sum_stats(s1, s2, y.shape[1] * y.shape[2])
+from speechbrain_s4m.nnet.blocks import gln_statistics
 
 
 def _gln_affine(norm, mean, var, weight=None, dtype=None):
@@ -147,7 +89,7 @@ def _gln_scale_shift(norm, y):
     scale, shift : torch.Tensor
         Both ``[batch, channels, 1]``, in the dtype of ``y``.
     """
-    var, mean = _gln_stats(y)
+    var, mean = gln_statistics(y)
     return _gln_affine(norm, mean, var, dtype=y.dtype)
 
 
@@ -221,8 +163,7 @@ class _ConvNorm(nn.Module):
             y = conv(x)
             return (y, *_gln_scale_shift(self.norm, y))
         w = conv.weight.reshape(-1)  # [channels]
-        s1, s2 = _channel_sums(x)
-        var, mean = _sum_stats(s1, s2, x.shape[1] * x.shape[2], w.to(s1))
+        var, mean = gln_statistics(x, w)
         scale, shift = _gln_affine(self.norm, mean, var, w, dtype=x.dtype)
         return x, scale, shift
 

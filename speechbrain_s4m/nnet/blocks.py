@@ -11,7 +11,57 @@ from torch import nn
 
 from speechbrain_s4m.nnet.ssm import S4
 
-__all__ = ["ChannelLayerNorm", "FeedForwardBlock", "GlobalLayerNorm", "S4Block"]
+__all__ = [
+    "ChannelLayerNorm",
+    "FeedForwardBlock",
+    "GlobalLayerNorm",
+    "S4Block",
+    "gln_statistics",
+]
+
+
+def gln_statistics(x, weight=None):
+    """Mean and variance of ``w_c * x`` over channels and time, per utterance.
+
+    Computed from per-channel sums over time (two vectorised reductions, in
+    float32 at least; on CPU ``torch.var_mean`` over channels and time is an
+    order of magnitude slower) combined over channels in float64 where the
+    device has it, so ``E[x^2] - E[x]^2`` loses nothing beyond the sums.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        ``[batch, channels, time]``.
+    weight : torch.Tensor, optional
+        ``[channels]`` per-channel factors ``w`` (default: all ones).
+
+    Returns
+    -------
+    var, mean : torch.Tensor
+        Both ``[batch, 1, 1]``, float32 at least (also under autocast).
+
+    Example
+    -------
+    >>> x = torch.randn(2, 3, 5)
+    >>> var, mean = gln_statistics(x)
+    >>> torch.allclose(mean.flatten(), x.mean((1, 2)), atol=1e-6)
+    True
+    >>> torch.allclose(var.flatten(), x.var((1, 2), unbiased=False))
+    True
+    """
+    acc = torch.promote_types(x.dtype, torch.float32)
+    s1 = x.sum(dim=-1, dtype=acc)  # [batch, channels]
+    s2 = torch.linalg.vector_norm(x, dim=-1, dtype=acc).square()
+    if weight is not None:
+        weight = weight.to(acc)
+        s1 = s1 * weight
+        s2 = s2 * weight.square()
+    if s1.device.type != "mps":
+        s1, s2 = s1.double(), s2.double()
+    n = x.shape[1] * x.shape[2]
+    mean = s1.sum(dim=1) / n
+    var = (s2.sum(dim=1) / n - mean.square()).clamp_min(0)
+    return var.to(acc).view(-1, 1, 1), mean.to(acc).view(-1, 1, 1)
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -169,20 +219,12 @@ class GlobalLayerNorm(nn.Module):
 
     def forward(self, x):
         """``[batch, channels, time]`` -> ``[batch, channels, time]``."""
-        n = x.shape[1] * x.shape[2]
-        # per-channel sums (fast vectorised reductions over time, float32
-        # at least), combined over channels in float64
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        s1 = x.sum(-1, dtype=acc).double().sum(1)  # [batch]
-        s2 = torch.linalg.vector_norm(x, dim=-1, dtype=acc)
-        s2 = s2.double().square().sum(1)  # [batch]
-        mean = s1 / n
-        var = (s2 / n - mean.square()).clamp_min(0.0)
+        var, mean = gln_statistics(x)  # [batch, 1, 1]
         rstd = torch.rsqrt(var + self.eps)
         # y = (x - mean) * rstd * weight + bias = x * scale + shift
-        scale = self.weight * rstd.to(acc)[:, None, None]  # [batch, C, 1]
-        shift = self.bias - mean.to(acc)[:, None, None] * scale
-        return torch.addcmul(shift, x.to(acc), scale).to(x.dtype)
+        scale = self.weight * rstd  # [batch, C, 1]
+        shift = self.bias - mean * scale
+        return torch.addcmul(shift, x.to(scale.dtype), scale).to(x.dtype)
 
     def extra_repr(self):
         return f"{self.channels}, eps={self.eps}"
