@@ -1,0 +1,139 @@
+"""The separator's forward: encoder -> masking network -> decoder.
+
+One :class:`Separator` module is the whole model that the training Brain,
+:class:`speechbrain_s4m.inference.S4MSeparation` and the benchmark run, so
+that the three cannot drift apart. It holds SpeechBrain's three recipe
+modules (``Encoder``, ``MaskNet``, ``Decoder``) without copying them: built
+over a Brain's DDP-wrapped modules it runs the wrapped ones.
+
+Authors
+ * speechbrain-s4m contributors 2026
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Separator(nn.Module):
+    """Encoder -> masks -> masked encodings -> decoder, length-matched.
+
+    SpeechBrain's forward of its separation recipes: ``mix_w =
+    encoder(mix)``, masks ``[num_spks, batch, channels, frames]`` from the
+    masking network, each source's masked representation decoded by the
+    shared decoder, and the output padded or cropped to the mixture's length.
+    The sources are decoded in one call (folded into the batch), which gives
+    the same result as one decoder call per source.
+
+    Arguments
+    ---------
+    encoder : torch.nn.Module
+        ``[batch, time]`` -> ``[batch, channels, frames]``.
+    masknet : torch.nn.Module
+        ``[batch, channels, frames]`` -> ``[num_spks, batch, channels,
+        frames]``.
+    decoder : torch.nn.Module
+        ``[batch, channels, frames]`` -> ``[batch, time']``.
+    num_spks : int
+        Number of sources the masking network estimates.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.dual_path import Decoder, Encoder
+    >>> from speechbrain_s4m.lobes.s4m import S4MMaskNet
+    >>> sep = Separator(
+    ...     Encoder(kernel_size=16, out_channels=8),
+    ...     S4MMaskNet(8, 8, 16, depth=3, num_iterations=2),
+    ...     Decoder(8, 1, kernel_size=16, stride=8, bias=False),
+    ...     num_spks=2,
+    ... )
+    >>> sep(torch.randn(3, 1001)).shape
+    torch.Size([3, 1001, 2])
+    """
+
+    def __init__(self, encoder, masknet, decoder, num_spks):
+        super().__init__()
+        self.encoder = encoder
+        self.masknet = masknet
+        self.decoder = decoder
+        self.num_spks = int(num_spks)
+
+    @classmethod
+    def from_modules(cls, modules, num_spks):
+        """Builds a separator over a mapping with ``encoder``, ``masknet``
+        and ``decoder`` (a Brain's ``self.modules`` or a Pretrained
+        ``mods``); the modules are shared, not copied.
+
+        Arguments
+        ---------
+        modules : Mapping or torch.nn.ModuleDict
+            Holds ``encoder``, ``masknet`` and ``decoder``.
+        num_spks : int
+            Number of sources.
+
+        Returns
+        -------
+        Separator
+        """
+        return cls(
+            modules["encoder"], modules["masknet"], modules["decoder"], num_spks
+        )
+
+    def forward(self, mix):
+        """Separates mixtures.
+
+        Arguments
+        ---------
+        mix : torch.Tensor
+            Mixtures, ``[batch, time]``.
+
+        Returns
+        -------
+        torch.Tensor
+            Estimated sources, ``[batch, time, num_spks]``.
+        """
+        mix_w = self.encoder(mix)  # [batch, channels, frames]
+        est_mask = self.masknet(mix_w)  # [spks, batch, channels, frames]
+        if est_mask.shape[0] != self.num_spks:
+            raise ValueError(
+                f"The masking network returned {est_mask.shape[0]} masks but "
+                f"num_spks is {self.num_spks}."
+            )
+        sep_h = mix_w.unsqueeze(0) * est_mask  # [spks, batch, ch, frames]
+        spks, batch = sep_h.shape[:2]
+        est = self.decoder(sep_h.reshape(spks * batch, *sep_h.shape[2:]))
+        est = est.reshape(spks, batch, -1).permute(1, 2, 0)  # [b, t', spks]
+        # the decoder output may be shorter or longer than the mixture
+        t_mix, t_est = mix.shape[-1], est.shape[1]
+        if t_mix > t_est:
+            return F.pad(est, (0, 0, 0, t_mix - t_est))
+        return est[:, :t_mix, :]
+
+
+def separate_batch(mix, encoder, masknet, decoder, num_spks):
+    """Functional form of :class:`Separator` (kept for existing callers).
+
+    Arguments
+    ---------
+    mix : torch.Tensor
+        Mixtures, ``[batch, time]``.
+    encoder, masknet, decoder : torch.nn.Module
+        As :class:`Separator`.
+    num_spks : int
+        Number of sources.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, time, num_spks]``.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.dual_path import Decoder, Encoder
+    >>> enc = Encoder(kernel_size=16, out_channels=8)
+    >>> dec = Decoder(8, 1, kernel_size=16, stride=8, bias=False)
+    >>> masknet = lambda w: torch.stack([torch.sigmoid(w)] * 2)
+    >>> separate_batch(torch.randn(3, 1000), enc, masknet, dec, 2).shape
+    torch.Size([3, 1000, 2])
+    """
+    return Separator(encoder, masknet, decoder, num_spks)(mix)
