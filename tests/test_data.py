@@ -25,6 +25,16 @@ from speechbrain_s4m.data.dataio import (
     dynamic_mixing_dataset,
     make_datasets,
 )
+from speechbrain_s4m.data.layouts import (
+    MIXTURES,
+    WHAM_SPLITS,
+    WSJ0MIX_MIX,
+    WSJ0MIX_SPLITS,
+    librimix_splits,
+    mixture_parts,
+    rate_folder,
+    source_folders,
+)
 from speechbrain_s4m.data.synthetic import (
     random_speaker,
     synth_voice,
@@ -413,6 +423,52 @@ def test_prepare_wham(data_root, tmp_path):
     with pytest.raises(DatasetLayoutError, match=r"min/tr/noise'"):
         prepare_wham(root, tmp_path / "x")
     prepare_wham(root, tmp_path / "y", mixture="clean")  # no noise needed
+
+
+@pytest.mark.parametrize("sample_rate, mode", [(8000, "min"), (16000, "max")])
+def test_every_written_layout_is_prepared(tmp_path, sample_rate, mode):
+    """Writers and preparation agree on every layout: each dataset, speaker
+    count, mixture kind, rate and mode is accepted, the manifest points into
+    the folders that the layouts module names, and each mixture is the exact
+    sum of the parts it names."""
+    opts = {"sample_rate": sample_rate, "mode": mode}
+    write = dict(sizes=1, duration=(0.2, 0.3), **opts)
+    cases = []  # (prepare, root, options, splits, (mix, sources, noise))
+
+    def noisy(prepare, root, splits, num_spks):
+        for mixture in MIXTURES:
+            k = 1 if mixture == "single" else num_spks
+            kw = {"num_spks": k, "mixture": mixture}
+            cases.append((prepare, root, kw, splits, mixture_parts(mixture, k)))
+
+    for n in (2, 3):
+        root = write_wsj0mix(tmp_path / f"wsj{n}", num_spks=n, **write)
+        parts = (WSJ0MIX_MIX, source_folders(n), None)
+        cases.append(
+            (prepare_wsj0mix, root, {"num_spks": n}, WSJ0MIX_SPLITS, parts)
+        )
+        root = write_librimix(tmp_path / f"libri{n}", num_spks=n, **write)
+        noisy(prepare_librimix, root, librimix_splits(), n)
+    noisy(prepare_wham, write_wham(tmp_path / "wham", **write), WHAM_SPLITS, 2)
+    assert len(cases) == 11
+    for i, (prepare, root, kw, splits, parts) in enumerate(cases):
+        mix, sources, noise = parts
+        paths = prepare(root, tmp_path / f"save{i}", **kw, **opts)
+        folders = [mix] + sources + ([noise] if noise else [])
+        columns = ["mix_wav"] + [f"s{j + 1}_wav" for j in range(len(sources))]
+        columns += ["noise_wav"] if noise else []
+        for split, split_dir in splits.items():
+            fields, rows = read_rows(paths[split])
+            assert fields == ["ID", "duration"] + columns
+            assert len(rows) == 1
+            files = [Path(rows[0][c]) for c in columns]
+            base = Path(root) / rate_folder(sample_rate) / mode / split_dir
+            assert [f.parent for f in files] == [base / d for d in folders]
+            wavs = [read_int(f) for f in files]
+            assert np.array_equal(wavs[0], sum(wavs[1:]))
+            assert float(rows[0]["duration"]) == pytest.approx(
+                len(wavs[0]) / sample_rate, abs=1e-6
+            )
 
 
 # ---------------------------------------------------------------------------

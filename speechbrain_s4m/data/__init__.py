@@ -1,12 +1,15 @@
 """Data layer: manifest preparation, data pipelines, synthetic data.
 
+- :mod:`speechbrain_s4m.data.layouts`: the folder layouts of the official
+  datasets (split, mixture and source folder names, rate and mode folders,
+  peak level), defined once for preparation and the synthetic writers.
 - :mod:`speechbrain_s4m.data.prepare`: ``prepare_wsj0mix``,
   ``prepare_librimix``, ``prepare_wham``, ``prepare_dataset`` and
   :class:`DatasetLayoutError`.
 - :mod:`speechbrain_s4m.data.dataio`: SpeechBrain datasets from the manifests
   (``make_datasets``) and dynamic mixing (``dynamic_mixing_dataset``).
-- :mod:`speechbrain_s4m.data.synthetic`: procedural voices and writers of
-  small datasets in the official layouts.
+- :mod:`speechbrain_s4m.data.synthetic`: procedural voices (``voices``) and
+  writers of small datasets in the official layouts (``layouts``).
 """
 
 from speechbrain_s4m.data.prepare import (

@@ -23,6 +23,7 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from speechbrain_s4m.data.audio import audio_frames, read_audio
+from speechbrain_s4m.data.layouts import PEAK as _PEAK
 from speechbrain_s4m.data.prepare import DatasetLayoutError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ __all__ = [
 ]
 
 _AUDIO_GLOBS = ("*.wav", "*.flac")
-_PEAK = 0.9
 
 #: How the speaker of an utterance is read from its file name.
 SOURCE_FORMATS = {

@@ -12,6 +12,9 @@ the ``length`` column of the LibriMix metadata).
 Preparation is skipped when the three manifests exist and the options saved
 beside them (``save_folder/prepare_options.json``) equal the requested ones.
 
+The folder and file names of the layouts come from
+:mod:`speechbrain_s4m.data.layouts` (shared with the synthetic writers).
+
 Authors
  * speechbrain-s4m contributors 2026
 """
@@ -23,6 +26,23 @@ import os
 from pathlib import Path
 
 import soundfile as sf
+
+from speechbrain_s4m.data.layouts import (
+    LIBRIMIX_TRAIN_SETS,
+    METADATA_ID,
+    METADATA_LENGTH,
+    MIXTURES,
+    MODES,
+    WHAM_SPLITS,
+    WSJ0MIX_MIX,
+    WSJ0MIX_SPLITS,
+    librimix_splits,
+    metadata_columns,
+    metadata_file,
+    mixture_parts,
+    rate_folder,
+    source_folders,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +72,6 @@ class DatasetLayoutError(FileNotFoundError):
     The message names what is missing (folders, files, metadata columns) and
     the layout that was expected.
     """
-
-
-def _rate_folder(sample_rate):
-    """Returns ``wav8k`` / ``wav16k`` for 8000 / 16000 Hz."""
-    if sample_rate not in (8000, 16000):
-        raise ValueError(
-            f"sample_rate must be 8000 or 16000 (the wav8k/wav16k folders of "
-            f"the official datasets), got {sample_rate}"
-        )
-    return f"wav{sample_rate // 1000}k"
 
 
 def _check_choice(name, value, choices):
@@ -131,7 +141,7 @@ class _Layout:
     ):
         self.name = name
         self.data_folder = Path(data_folder).expanduser().absolute()
-        self.rate_dir = _rate_folder(sample_rate)
+        self.rate_dir = rate_folder(sample_rate)
         self.sample_rate = sample_rate
         self.mode = mode
         self.split_dirs = dict(split_dirs)
@@ -182,7 +192,7 @@ class _Layout:
                     f"{_listing(parent)})"
                 )
                 inside = set(os.listdir(parent))
-                known = set(self.split_dirs.values()) | {"min", "max"}
+                known = set(self.split_dirs.values()) | set(MODES)
                 if parent == self.data_folder and inside & known:
                     problem += (
                         "; data_folder seems to point inside the dataset: "
@@ -381,7 +391,7 @@ def _manifest_paths(save_folder):
 def _warn_extra_sources(layout, num_spks):
     """Warns when a further ``s<n+1>`` folder suggests more speakers."""
     split_dir = layout.base / next(iter(layout.split_dirs.values()))
-    if (split_dir / f"s{num_spks + 1}").is_dir():
+    if (split_dir / source_folders(num_spks + 1)[-1]).is_dir():
         logger.warning(
             "%s has a folder 's%d' but num_spks=%d: is this a %d-speaker "
             "dataset?",
@@ -431,15 +441,15 @@ def prepare_wsj0mix(
     'ID,duration,mix_wav,s1_wav,s2_wav'
     """
     _check_choice("num_spks", num_spks, (2, 3))
-    _check_choice("mode", mode, ("min", "max"))
+    _check_choice("mode", mode, MODES)
     layout = _Layout(
         f"WSJ0-{num_spks}mix",
         data_folder,
         sample_rate,
         mode,
-        {"train": "tr", "valid": "cv", "test": "tt"},
-        "mix",
-        [f"s{i + 1}" for i in range(num_spks)],
+        WSJ0MIX_SPLITS,
+        WSJ0MIX_MIX,
+        source_folders(num_spks),
         None,
         f"pass --data_folder .../wsj0-mix/{num_spks}speakers",
     )
@@ -456,19 +466,14 @@ def prepare_wsj0mix(
 
 def _wham_like_dirs(mixture, num_spks):
     """(mix folder, source folders, noise folder) for LibriMix / WHAM!."""
-    _check_choice("mixture", mixture, ("both", "clean", "single"))
-    if mixture == "single":
-        if num_spks != 1:
-            raise ValueError(
-                "mixture='single' (mix_single = s1 + noise) is the "
-                f"single-speaker enhancement task: use num_spks=1, got "
-                f"{num_spks}"
-            )
-        sources = ["s1"]
-    else:
-        sources = [f"s{i + 1}" for i in range(num_spks)]
-    noise = None if mixture == "clean" else "noise"
-    return f"mix_{mixture}", sources, noise
+    _check_choice("mixture", mixture, MIXTURES)
+    if mixture == "single" and num_spks != 1:
+        raise ValueError(
+            "mixture='single' (mix_single = s1 + noise) is the "
+            f"single-speaker enhancement task: use num_spks=1, got "
+            f"{num_spks}"
+        )
+    return mixture_parts(mixture, num_spks)
 
 
 def _read_metadata(layout, split, meta_path):
@@ -477,12 +482,10 @@ def _read_metadata(layout, split, meta_path):
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         entries = list(reader)
-    columns = {layout.mix_dir: "mixture_path"}
-    for i, sub in enumerate(layout.source_dirs):
-        columns[sub] = f"source_{i + 1}_path"
-    if layout.noise_dir:
-        columns[layout.noise_dir] = "noise_path"
-    need = ["mixture_ID"] + list(columns.values())
+    columns = metadata_columns(
+        layout.mix_dir, layout.source_dirs, layout.noise_dir
+    )
+    need = [METADATA_ID] + list(columns.values())
     lacking = [c for c in need if c not in fields]
     if lacking:
         raise layout.error(
@@ -500,10 +503,10 @@ def _read_metadata(layout, split, meta_path):
             if path is None:
                 missing.append(entry[col])
             paths[sub] = path
-        length = entry.get("length")
+        length = entry.get(METADATA_LENGTH)
         duration = int(float(length)) / layout.sample_rate if length else None
         rows.append(
-            {"ID": entry["mixture_ID"], "duration": duration, "paths": paths}
+            {"ID": entry[METADATA_ID], "duration": duration, "paths": paths}
         )
     if missing:
         raise layout.error(
@@ -591,15 +594,15 @@ def prepare_librimix(
     'ID,duration,mix_wav,s1_wav,s2_wav,noise_wav'
     """
     _check_choice("num_spks", num_spks, (1, 2, 3))
-    _check_choice("mode", mode, ("min", "max"))
-    _check_choice("train_set", train_set, ("train-360", "train-100"))
+    _check_choice("mode", mode, MODES)
+    _check_choice("train_set", train_set, LIBRIMIX_TRAIN_SETS)
     mix_dir, sources, noise = _wham_like_dirs(mixture, num_spks)
     layout = _Layout(
         f"Libri{num_spks}Mix" if mixture != "single" else "LibriMix",
         data_folder,
         sample_rate,
         mode,
-        {"train": train_set, "valid": "dev", "test": "test"},
+        librimix_splits(train_set),
         mix_dir,
         sources,
         noise,
@@ -607,7 +610,7 @@ def prepare_librimix(
     )
     layout.check_base()
     meta = {
-        s: layout.base / "metadata" / f"mixture_{d}_{mix_dir}.csv"
+        s: layout.base / metadata_file(d, mix_dir)
         for s, d in layout.split_dirs.items()
     }
     from_meta = {s: use_metadata and meta[s].is_file() for s in SPLITS}
@@ -687,7 +690,7 @@ def prepare_wham(
     >>> open(paths["valid"]).readline().strip()
     'ID,duration,mix_wav,s1_wav,s2_wav,noise_wav'
     """
-    _check_choice("mode", mode, ("min", "max"))
+    _check_choice("mode", mode, MODES)
     _check_choice("num_spks", num_spks, (1, 2))
     mix_dir, sources, noise = _wham_like_dirs(mixture, num_spks)
     layout = _Layout(
@@ -695,7 +698,7 @@ def prepare_wham(
         data_folder,
         sample_rate,
         mode,
-        {"train": "tr", "valid": "cv", "test": "tt"},
+        WHAM_SPLITS,
         mix_dir,
         sources,
         noise,

@@ -1,18 +1,11 @@
-"""Procedural speech-like voices and tiny datasets in the real layouts.
-
-No speech corpus can be downloaded here, so tests and the SynthMix recipe use
-generated voices: harmonic sources whose pitch moves (intonation glides,
-declination, vibrato) filtered by 3 moving formant resonances (vowel targets
-with coarticulation), shaped by syllable-rate (3-6 Hz) envelopes with pauses,
-plus aspiration and fricative-like noise bursts. Each speaker has its own
-pitch range (median f0 in 90-250 Hz), vocal-tract scale, speaking rate,
-brightness and breathiness, so that speakers are distinguishable and a
-separator can learn them.
+"""Writers of tiny datasets in the official layouts, from generated voices.
 
 The writers produce folders in the exact layouts of the official datasets
-(see ``speechbrain_s4m.data.prepare``): WSJ0-2mix/3mix, Libri2Mix/3Mix (with
+(defined in :mod:`speechbrain_s4m.data.layouts` and read by
+:mod:`speechbrain_s4m.data.prepare`): WSJ0-2mix/3mix, Libri2Mix/3Mix (with
 metadata CSVs) and WHAM!, plus single-speaker source folders (wsj0
 ``si_tr_s``-like, LibriSpeech-like) and noise folders for dynamic mixing.
+The speech and noise come from :mod:`speechbrain_s4m.data.synthetic.voices`.
 Files are 16-bit PCM and every mixture is the exact integer sum of its
 written sources (e.g. ``mix == s1 + s2`` sample by sample).
 
@@ -21,17 +14,36 @@ Authors
 """
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from speechbrain_s4m.data.layouts import (
+    LIBRIMIX_SPLITS,
+    LIBRIMIX_TRAIN_SETS,
+    METADATA_ID,
+    METADATA_LENGTH,
+    MIXTURES,
+    MODES,
+    NOISE_FOLDER,
+    PEAK,
+    WSJ0MIX_MIX,
+    WSJ0MIX_SPLITS,
+    librimix_splits,
+    metadata_columns,
+    metadata_file,
+    mixture_parts,
+    rate_folder,
+    source_folders,
+)
+from speechbrain_s4m.data.synthetic.voices import (
+    random_speaker,
+    synth_noise,
+    synth_voice,
+)
+
 __all__ = [
-    "SpeakerProfile",
-    "random_speaker",
-    "synth_voice",
-    "synth_noise",
     "write_wsj0mix",
     "write_librimix",
     "write_wham",
@@ -39,274 +51,6 @@ __all__ = [
     "write_librispeech_sources",
     "write_noise_sources",
 ]
-
-# F1, F2, F3 (Hz) of a few vowels (Peterson & Barney, adult male averages).
-_VOWELS = np.array(
-    [
-        [730, 1090, 2440],  # a
-        [270, 2290, 3010],  # i
-        [300, 870, 2240],  # u
-        [530, 1840, 2480],  # e
-        [570, 840, 2410],  # o
-        [660, 1720, 2410],  # ae
-        [440, 1020, 2240],  # uh
-        [490, 1350, 1690],  # er
-    ],
-    dtype=np.float64,
-)
-_FORMANT_BW = np.array([90.0, 110.0, 170.0])  # resonance half-widths (Hz)
-_FORMANT_GAIN = np.array([1.0, 0.55, 0.3])
-_FRAME_S = 0.01  # control rate of pitch, formants and envelopes (10 ms)
-_PEAK = 0.9  # peak level after mixing (as the wsj0-mix scripts)
-
-
-@dataclass
-class SpeakerProfile:
-    """Parameters of one synthetic speaker.
-
-    Arguments
-    ---------
-    f0 : float
-        Median fundamental frequency (Hz).
-    f0_span : float
-        Intonation range (semitones, about +-1.5 std of pitch targets).
-    formant_scale : float
-        Vocal-tract scaling of the formant frequencies.
-    rate : float
-        Syllables per second (3-6).
-    tilt : float
-        Spectral tilt exponent of the harmonics (larger = darker voice).
-    breath : float
-        Level of the aspiration noise relative to the voiced part.
-    vibrato_rate : float
-        Vibrato frequency (Hz).
-    vibrato_depth : float
-        Relative vibrato depth of f0.
-    """
-
-    f0: float
-    f0_span: float
-    formant_scale: float
-    rate: float
-    tilt: float
-    breath: float
-    vibrato_rate: float
-    vibrato_depth: float
-
-
-def random_speaker(rng, f0_range=(90.0, 250.0)):
-    """Draws a random speaker (pitch log-uniform in ``f0_range``).
-
-    Arguments
-    ---------
-    rng : numpy.random.Generator
-        Random generator.
-    f0_range : tuple
-        Range of the speaker's median f0 (Hz).
-
-    Returns
-    -------
-    profile : SpeakerProfile
-
-    Example
-    -------
-    >>> spk = random_speaker(np.random.default_rng(0))
-    >>> 90 <= spk.f0 <= 250
-    True
-    """
-    lo, hi = np.log(f0_range[0]), np.log(f0_range[1])
-    pos = rng.uniform()
-    f0 = float(np.exp(lo + pos * (hi - lo)))
-    # higher voices tend to have shorter vocal tracts (higher formants)
-    scale = 0.92 + 0.25 * pos + rng.normal(0.0, 0.03)
-    return SpeakerProfile(
-        f0=f0,
-        f0_span=float(rng.uniform(2.0, 6.0)),
-        formant_scale=float(np.clip(scale, 0.85, 1.25)),
-        rate=float(rng.uniform(3.0, 6.0)),
-        tilt=float(rng.uniform(0.6, 1.4)),
-        breath=float(rng.uniform(0.01, 0.06)),
-        vibrato_rate=float(rng.uniform(4.0, 7.0)),
-        vibrato_depth=float(rng.uniform(0.005, 0.02)),
-    )
-
-
-def _smooth(x, width):
-    """Moving average along the last axis (edges padded)."""
-    if width <= 1:
-        return x
-    kernel = np.ones(width) / width
-    pad = width // 2
-    xp = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, width - 1 - pad)], "edge")
-    if x.ndim == 1:
-        return np.convolve(xp, kernel, mode="valid")
-    return np.stack([np.convolve(r, kernel, mode="valid") for r in xp])
-
-
-def _control_tracks(profile, n_frames, rng):
-    """Frame-rate tracks: envelope, voicing, f0, formants, fricative level."""
-    env = np.zeros(n_frames)
-    semis = np.zeros(n_frames)
-    formants = np.zeros((3, n_frames))
-    fric = np.zeros(n_frames)
-    vowel = _VOWELS[rng.integers(len(_VOWELS))]
-    frame = int(rng.integers(0, 12))  # short leading silence
-    formants[:, :frame] = vowel[:, None]
-    level = 0.0
-    spoken = False  # pauses only after a syllable: no utterance is silent
-    while frame < n_frames:
-        if spoken and rng.uniform() < 0.15:  # pause
-            n = int(rng.uniform(0.08, 0.3) / _FRAME_S)
-            stop = min(frame + n, n_frames)
-            formants[:, frame:stop] = vowel[:, None]
-            semis[frame:stop] = level
-            frame = stop
-            continue
-        n = max(4, int(rng.uniform(0.7, 1.3) / profile.rate / _FRAME_S))
-        stop = min(frame + n, n_frames)
-        m = stop - frame
-        x = (np.arange(m) + 0.5) / n
-        onset = 0
-        if rng.uniform() < 0.45:  # fricative-like onset (consonant)
-            onset = min(m // 3, int(rng.uniform(0.03, 0.07) / _FRAME_S))
-            fric[frame : frame + onset] = rng.uniform(0.3, 0.8)
-        amp = rng.uniform(0.45, 1.0)
-        shape = np.sin(np.pi * np.clip((x * n - onset) / (n - onset), 0, 1))
-        env[frame:stop] = amp * shape**0.6
-        # pitch: glide between two targets (+ declination over time)
-        decl = -1.5 * frame / max(n_frames, 1)
-        start = level
-        level = rng.normal(0.0, profile.f0_span / 3) + decl
-        glide = start + (level - start) * np.clip(x * 2.5, 0, 1)
-        semis[frame:stop] = glide + rng.normal(0, 0.4) * x
-        # formants: move from the previous vowel to a new one
-        new = _VOWELS[rng.integers(len(_VOWELS))]
-        w = np.clip(x / 0.4, 0, 1)[None, :]
-        formants[:, frame:stop] = vowel[:, None] * (1 - w) + new[:, None] * w
-        vowel = new
-        frame = stop
-        spoken = True
-    semis = _smooth(semis, 5)
-    formants = _smooth(formants, 3) * profile.formant_scale
-    return env, semis, formants, fric
-
-
-def synth_voice(profile, duration, sample_rate, rng):
-    """Generates one utterance of a speaker.
-
-    Arguments
-    ---------
-    profile : SpeakerProfile
-        The speaker.
-    duration : float
-        Duration in seconds.
-    sample_rate : int
-        Sample rate (Hz).
-    rng : numpy.random.Generator
-        Random generator.
-
-    Returns
-    -------
-    wav : numpy.ndarray
-        ``[time]`` float32, RMS about 0.1.
-
-    Example
-    -------
-    >>> rng = np.random.default_rng(0)
-    >>> wav = synth_voice(random_speaker(rng), 0.5, 8000, rng)
-    >>> wav.shape, wav.dtype
-    ((4000,), dtype('float32'))
-    """
-    n = int(round(duration * sample_rate))
-    hop = int(round(_FRAME_S * sample_rate))
-    n_frames = n // hop + 2
-    env, semis, formants, fric = _control_tracks(profile, n_frames, rng)
-
-    # frame -> sample interpolation weights (shared by every track)
-    pos = np.arange(n) / hop
-    i0 = pos.astype(np.int64)
-    frac = (pos - i0).astype(np.float32)
-
-    def upsample(track):
-        track = track.astype(np.float32)
-        return track[..., i0] * (1 - frac) + track[..., i0 + 1] * frac
-
-    f0_frames = profile.f0 * 2.0 ** (semis / 12.0)
-    t = np.arange(n) / sample_rate
-    vib = 1 + profile.vibrato_depth * np.sin(
-        2 * np.pi * profile.vibrato_rate * t + rng.uniform(0, 2 * np.pi)
-    )
-    f0 = upsample(f0_frames) * vib
-    phase = 2 * np.pi * np.cumsum(f0.astype(np.float64)) / sample_rate
-    phase += rng.uniform(0, 2 * np.pi)
-
-    # harmonic amplitudes at frame rate: tilt x sum of formant resonances
-    nyq = 0.92 * sample_rate / 2
-    n_harm = max(1, int(nyq / f0_frames.min()))
-    k = np.arange(1, n_harm + 1)[:, None]  # [harm, 1]
-    freqs = k * f0_frames[None, :]  # [harm, frames]
-    res = _FORMANT_GAIN[:, None, None] / (
-        1
-        + ((freqs[None] - formants[:, None, :]) / _FORMANT_BW[:, None, None])
-        ** 2
-    )  # [3, harm, frames]
-    amps = res.sum(0) * k ** (-profile.tilt) * (freqs < nyq)
-
-    # sum_k a_k(t) sin(k phase) with the Chebyshev recurrence
-    s_prev = np.zeros(n, dtype=np.float32)
-    s_cur = np.sin(phase).astype(np.float32)
-    two_cos = (2 * np.cos(phase)).astype(np.float32)
-    voiced = np.zeros(n, dtype=np.float32)
-    for h in range(n_harm):
-        voiced += upsample(amps[h]) * s_cur
-        s_prev, s_cur = s_cur, two_cos * s_cur - s_prev
-
-    # aspiration + fricative bursts: high-passed noise
-    noise = rng.standard_normal(n + 1).astype(np.float32)
-    noise = noise[1:] - 0.9 * noise[:-1]
-    v_rms = np.sqrt(np.mean(voiced**2)) + 1e-8
-    env_s = upsample(env)
-    wav = env_s * voiced / v_rms
-    wav += noise * (profile.breath * env_s + 0.35 * upsample(fric))
-    wav *= 0.1 / (np.sqrt(np.mean(wav**2)) + 1e-8)
-    return wav.astype(np.float32)
-
-
-def synth_noise(duration, sample_rate, rng):
-    """Ambient-like noise: coloured noise with slow level changes and hum.
-
-    Arguments
-    ---------
-    duration : float
-        Duration in seconds.
-    sample_rate : int
-        Sample rate (Hz).
-    rng : numpy.random.Generator
-        Random generator.
-
-    Returns
-    -------
-    noise : numpy.ndarray
-        ``[time]`` float32, RMS about 0.1.
-
-    Example
-    -------
-    >>> synth_noise(0.25, 8000, np.random.default_rng(0)).shape
-    (2000,)
-    """
-    from scipy.signal import lfilter
-
-    n = int(round(duration * sample_rate))
-    white = rng.standard_normal(n)
-    pole = rng.uniform(0.3, 0.97)  # random spectral colour
-    noise = lfilter([1.0], [1.0, -pole], white)
-    t = np.arange(n) / sample_rate
-    mod = 1 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.1, 1.0) * t)
-    hum = 0.3 * np.sin(2 * np.pi * rng.uniform(50, 300) * t)
-    noise = noise / (np.std(noise) + 1e-8) * mod + hum
-    return (0.1 * noise / (np.sqrt(np.mean(noise**2)) + 1e-8)).astype(
-        np.float32
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -324,10 +68,11 @@ def _sizes(sizes, splits):
     return {s: int(sizes.get(s, 0)) for s in splits}
 
 
-def _rate_dir(sample_rate):
-    if sample_rate not in (8000, 16000):
-        raise ValueError(f"sample_rate must be 8000 or 16000: {sample_rate}")
-    return f"wav{sample_rate // 1000}k"
+def _rate_mode(sample_rate, mode):
+    """``wavXk/<mode>``: the folder above the splits (arguments checked)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return Path(rate_folder(sample_rate)) / mode
 
 
 def _pools(seed, pool_sizes):
@@ -352,7 +97,7 @@ def _align(signals, mode):
 
 
 def _quantise(signals, extra_sums=()):
-    """Scales to a 0.9 peak (mixtures included) and rounds to int16.
+    """Scales to the ``PEAK`` level (mixtures included), rounds to int16.
 
     ``signals`` is a list of float arrays (same length); ``extra_sums`` lists
     index tuples whose sums (mixtures) must also stay under the peak.
@@ -361,7 +106,7 @@ def _quantise(signals, extra_sums=()):
     peak = max(np.abs(x).max() for x in signals)
     for idx in extra_sums:
         peak = max(peak, np.abs(sum(signals[i] for i in idx)).max())
-    scale = _PEAK / max(peak, 1e-8)
+    scale = PEAK / max(peak, 1e-8)
     return [np.round(x * scale * 32767).astype(np.int32) for x in signals]
 
 
@@ -387,14 +132,18 @@ def _wsj_splits(sizes, num_speakers, seed):
     """Mixtures per ``tr``/``cv``/``tt`` split (default 20/5/5) and the
     speaker pools: ``tr`` and ``cv`` draw from ``seen``, ``tt`` from
     ``unseen`` (as wsj0-2mix)."""
-    sizes = _sizes(
-        {"tr": 20, "cv": 5, "tt": 5} if sizes is None else sizes,
-        ("tr", "cv", "tt"),
-    )
+    splits = tuple(WSJ0MIX_SPLITS.values())
+    default = dict(zip(splits, (20, 5, 5)))
+    sizes = _sizes(default if sizes is None else sizes, splits)
     pools = _pools(
         seed, {"seen": num_speakers, "unseen": max(4, num_speakers // 3)}
     )
     return sizes, pools
+
+
+def _wsj_pool(pools, split):
+    """The speaker pool of a wsj0-mix split (unseen speakers for test)."""
+    return pools["unseen" if split == WSJ0MIX_SPLITS["test"] else "seen"]
 
 
 def _draw_duration(rng, duration):
@@ -461,9 +210,10 @@ def write_wsj0mix(
         raise ValueError(f"num_spks must be 2 or 3, got {num_spks}")
     root = Path(root)
     sizes, pools = _wsj_splits(sizes, num_speakers, seed)
-    base = root / _rate_dir(sample_rate) / mode
+    base = root / _rate_mode(sample_rate, mode)
+    sources = source_folders(num_spks)
     for s_idx, (split, count) in enumerate(sizes.items()):
-        pool = pools["unseen" if split == "tt" else "seen"]
+        pool = _wsj_pool(pools, split)
         rng = np.random.default_rng([seed, s_idx])
         for m in range(count):
             picks = rng.choice(len(pool), size=num_spks, replace=False)
@@ -478,9 +228,9 @@ def write_wsj0mix(
                 wavs.append(_scaled_db(wav, g))
             q = _quantise(_align(wavs, mode), [tuple(range(num_spks))])
             name = "_".join(parts) + ".wav"
-            for j, src in enumerate(q):
-                _write(base / split / f"s{j + 1}" / name, src, sample_rate)
-            _write(base / split / "mix" / name, sum(q), sample_rate)
+            for sub, src in zip(sources, q):
+                _write(base / split / sub / name, src, sample_rate)
+            _write(base / split / WSJ0MIX_MIX / name, sum(q), sample_rate)
     return root
 
 
@@ -506,17 +256,33 @@ def _noisy_mixture(rng, pool, num_spks, sample_rate, mode, duration, snr):
     noise = np.pad(noise, (0, n - len(noise)))
     speech_db = 10 * np.log10(np.mean(wavs[0] ** 2) + 1e-12)
     noise = _scaled_db(noise, speech_db - rng.uniform(*snr))
-    sums = [tuple(range(num_spks + 1)), tuple(range(num_spks)), (0, num_spks)]
+    sums = list(_mixture_indices(num_spks).values())
     q = _quantise(wavs + [noise], sums)
     return q[:num_spks], q[num_spks], speakers
 
 
+def _mixture_indices(num_spks):
+    """Mixture folder -> indices of its parts in ``[s1, ..., sN, noise]``.
+
+    The parts come from :func:`speechbrain_s4m.data.layouts.mixture_parts`
+    (``mix_both``: the sources and the noise, ``mix_clean``: the sources,
+    ``mix_single``: ``s1`` and the noise).
+    """
+    parts = source_folders(num_spks) + [NOISE_FOLDER]
+    indices = {}
+    for kind in MIXTURES:
+        mix, sources, noise = mixture_parts(kind, num_spks)
+        summed = sources + ([noise] if noise else [])
+        indices[mix] = tuple(parts.index(sub) for sub in summed)
+    return indices
+
+
 def _noisy_mixes(sources, noise):
-    """``mix_clean``, ``mix_both`` and ``mix_single`` (LibriMix / WHAM!)."""
+    """Every LibriMix / WHAM! mixture folder -> its exact (integer) sum."""
+    signals = list(sources) + [noise]
     return {
-        "mix_clean": sum(sources),
-        "mix_both": sum(sources) + noise,
-        "mix_single": sources[0] + noise,
+        mix: sum(signals[i] for i in idx)
+        for mix, idx in _mixture_indices(len(sources)).items()
     }
 
 
@@ -585,24 +351,26 @@ def write_librimix(
     if num_spks not in (2, 3):
         raise ValueError(f"num_spks must be 2 or 3, got {num_spks}")
     root = Path(root).absolute()
-    splits = ("train-360", "train-100", "dev", "test")
+    default = tuple(librimix_splits().values())  # train-100 only by name
     if sizes is None:
-        sizes = {"train-360": 20, "dev": 5, "test": 5}
-    elif isinstance(sizes, int):  # train-100 only when asked by name
-        sizes = {"train-360": sizes, "dev": sizes, "test": sizes}
-    sizes = _sizes(sizes, splits)
+        sizes = dict(zip(default, (20, 5, 5)))
+    elif isinstance(sizes, int):
+        sizes = dict.fromkeys(default, sizes)
+    sizes = _sizes(sizes, LIBRIMIX_SPLITS)
     small = max(4, num_speakers // 3)
-    pools = _pools(seed, {"train": num_speakers, "dev": small, "test": small})
-    rel = Path(_rate_dir(sample_rate)) / mode
+    evals = [s for s in LIBRIMIX_SPLITS if s not in LIBRIMIX_TRAIN_SETS]
+    pools = _pools(seed, {"train": num_speakers, **dict.fromkeys(evals, small)})
+    rel = _rate_mode(sample_rate, mode)
     base = root / rel
     prefix = Path(metadata_prefix) if metadata_prefix else root
-    srcs = [f"s{i + 1}" for i in range(num_spks)]
+    srcs = source_folders(num_spks)
     for s_idx, (split, count) in enumerate(sizes.items()):
         if count == 0:
             continue
-        pool = pools["train" if split.startswith("train") else split]
+        pool = pools["train" if split in LIBRIMIX_TRAIN_SETS else split]
         rng = np.random.default_rng([seed, 100 + s_idx])
-        meta = {"mix_clean": [], "mix_both": [], "mix_single": []}
+        kinds = [mixture_parts(kind, num_spks) for kind in MIXTURES]
+        meta = {mix: [] for mix, _, _ in kinds}
         for m in range(count):
             sources, noise, speakers = _noisy_mixture(
                 rng, pool, num_spks, sample_rate, mode, duration, snr
@@ -611,27 +379,22 @@ def write_librimix(
             name = "_".join(f"{100 + spk}-{chap}-{m:04d}" for spk in speakers)
             wav = name + ".wav"
             mixes = _noisy_mixes(sources, noise)
-            for sub, data in list(zip(srcs, sources)) + [("noise", noise)]:
-                _write(base / split / sub / wav, data, sample_rate)
-            for sub, data in mixes.items():
+            parts = {**dict(zip(srcs, sources)), NOISE_FOLDER: noise}
+            for sub, data in {**parts, **mixes}.items():
                 _write(base / split / sub / wav, data, sample_rate)
             paths = {
                 sub: str(prefix / rel / split / sub / wav)
-                for sub in srcs + ["noise"] + list(mixes)
+                for sub in list(parts) + list(mixes)
             }
-            n = len(noise)
-            for kind, entries in meta.items():
-                row = {"mixture_ID": name, "mixture_path": paths[kind]}
-                used = srcs[:1] if kind == "mix_single" else srcs
-                for i, sub in enumerate(used):
-                    row[f"source_{i + 1}_path"] = paths[sub]
-                if kind != "mix_clean":
-                    row["noise_path"] = paths["noise"]
-                row["length"] = n
-                entries.append(row)
+            for mix, used, noisy in kinds:
+                row = {METADATA_ID: name}
+                for sub, column in metadata_columns(mix, used, noisy).items():
+                    row[column] = paths[sub]
+                row[METADATA_LENGTH] = len(noise)
+                meta[mix].append(row)
         if metadata:
-            for kind, entries in meta.items():
-                out = base / "metadata" / f"mixture_{split}_{kind}.csv"
+            for mix, entries in meta.items():
+                out = base / metadata_file(split, mix)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with open(out, "w", newline="") as f:
                     writer = csv.DictWriter(f, fieldnames=list(entries[0]))
@@ -686,9 +449,9 @@ def write_wham(
     """
     root = Path(root)
     sizes, pools = _wsj_splits(sizes, num_speakers, seed)
-    base = root / _rate_dir(sample_rate) / mode
+    base = root / _rate_mode(sample_rate, mode)
     for s_idx, (split, count) in enumerate(sizes.items()):
-        pool = pools["unseen" if split == "tt" else "seen"]
+        pool = _wsj_pool(pools, split)
         rng = np.random.default_rng([seed, 200 + s_idx])
         for m in range(count):
             sources, noise, speakers = _noisy_mixture(
@@ -699,7 +462,7 @@ def write_wham(
                 f"{_wsj_speaker(speakers[0])}c{s_idx}{m:03d}0_{g:.5f}_"
                 f"{_wsj_speaker(speakers[1])}c{s_idx}{m:03d}1_{-g:.5f}.wav"
             )
-            out = {"s1": sources[0], "s2": sources[1], "noise": noise}
+            out = {**dict(zip(source_folders(2), sources)), NOISE_FOLDER: noise}
             out.update(_noisy_mixes(sources, noise))
             for sub, data in out.items():
                 _write(base / split / sub / name, data, sample_rate)
@@ -708,7 +471,7 @@ def write_wham(
 
 def _write_float(path, wav, sample_rate, fmt=None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    wav = wav / max(np.abs(wav).max() / _PEAK, 1.0)
+    wav = wav / max(np.abs(wav).max() / PEAK, 1.0)
     sf.write(str(path), wav, sample_rate, subtype="PCM_16", format=fmt)
 
 
