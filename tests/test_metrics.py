@@ -211,3 +211,165 @@ def test_metrics_on_cuda_match_cpu():
     scores = separation_scores(est, tgt, tgt.sum(-1), lengths)
     scores_c = separation_scores(est.cuda(), tgt.cuda(), tgt.sum(-1).cuda())
     assert scores_c["sdr"][0].item() == pytest.approx(scores["sdr"][0].item())
+
+
+# ----------------------------------------------------------------------
+# Test-stage scoring of bad utterances, optional PESQ / STOI
+# ----------------------------------------------------------------------
+def voices(num, seconds, sample_rate, seed=0):
+    """``[time, num]`` float64 procedural speech-like voices."""
+    from speechbrain_s4m.data.synthetic import random_speaker, synth_voice
+
+    rng = np.random.default_rng(seed)
+    return np.stack(
+        [
+            synth_voice(random_speaker(rng), seconds, sample_rate, rng)
+            for _ in range(num)
+        ],
+        axis=1,
+    ).astype(np.float64)
+
+
+def test_score_test_batch_scores_what_can_be_scored():
+    from speechbrain_s4m.metrics import score_test_batch
+
+    g = torch.Generator().manual_seed(8)
+    tgt = torch.randn(4, 2000, 2, generator=g, dtype=torch.float64)
+    est = tgt[:, :, [1, 0]] + 0.4 * torch.randn(
+        4, 2000, 2, generator=g, dtype=torch.float64
+    )
+    mix = tgt.sum(-1)
+    tgt[1, :, 0] = 0  # silent reference source
+    est[2, 5, 1] = float("nan")  # the model gave a NaN
+    lengths = torch.tensor([1.0, 1.0, 1.0, 400 / 2000])  # 400 < 512 taps
+    ids = ["ok", "silent", "nan", "short"]
+    scored = score_test_batch(est, tgt, mix, lengths, ids)
+    assert [u.snt_id for u in scored] == ids
+
+    # a good utterance gets exactly the strict scores
+    strict = separation_scores(est[:1], tgt[:1], mix[:1])
+    assert scored[0].complete and scored[0].problems == []
+    for key in strict:
+        assert scored[0].scores[key] == pytest.approx(strict[key][0].item())
+
+    # nothing is defined for a silent reference or a non-finite estimate
+    for u, reason in ((scored[1], "[1] are silent"), (scored[2], "non-fin")):
+        assert not u.complete
+        assert all(math.isnan(v) for v in u.scores.values())
+        assert len(u.problems) == 1 and reason in u.problems[0]
+        assert set(u.row().values()) == {u.snt_id, None}
+
+    # short: SI-SNR(i) defined and right, SDR(i) empty with the reason
+    short = scored[3]
+    best, _ = ref_pit(est[3, :400].numpy(), tgt[3, :400].numpy())
+    si_mix = np.mean(
+        [
+            ref_si_snr(mix[3, :400].numpy(), tgt[3, :400, s].numpy())
+            for s in (0, 1)
+        ]
+    )
+    assert short.scores["si-snr"] == pytest.approx(best, abs=1e-6)
+    assert short.scores["si-snr_i"] == pytest.approx(best - si_mix, abs=1e-6)
+    row = short.row()
+    assert row["sdr"] is None and row["sdr_i"] is None
+    assert "SDR undefined: 400 samples" in short.problems[0]
+    # the strict function still refuses the same utterances
+    with pytest.raises(ValueError, match="utterance silent"):
+        separation_scores(est, tgt, mix, ids=ids)
+
+
+def test_average_scores_skips_undefined_and_counts():
+    from speechbrain_s4m.metrics import average_scores, score_test_batch
+
+    g = torch.Generator().manual_seed(9)
+    tgt = torch.randn(3, 1200, 2, generator=g)
+    est = tgt + 0.5 * torch.randn(3, 1200, 2, generator=g)
+    lengths = torch.tensor([1.0, 0.3, 1.0])  # 360 samples: no SDR
+    scored = score_test_batch(est, tgt, tgt.sum(-1), lengths)
+    avg, n_scored = average_scores(scored)
+    assert n_scored == {"sdr": 2, "sdr_i": 2, "si-snr": 3, "si-snr_i": 3}
+    for key in ("sdr", "si-snr"):
+        values = [
+            u.scores[key] for u in scored if not math.isnan(u.scores[key])
+        ]
+        assert avg[key] == pytest.approx(sum(values) / len(values))
+    assert avg["snt_id"] == "avg"
+    assert average_scores(scored[1:2])[0]["sdr"] is None
+
+
+def test_extra_metric_names_errors(monkeypatch):
+    import sys
+
+    from speechbrain_s4m.metrics import extra_metric_names, score_columns
+
+    assert extra_metric_names(["STOI", "pesq"], 16000) == ("stoi", "pesq")
+    assert extra_metric_names("") == ()
+    assert score_columns(("stoi",))[-2:] == ["stoi", "stoi_i"]
+    with pytest.raises(ValueError, match="Unknown extra metric 'pesk'"):
+        extra_metric_names("pesk")
+    with pytest.raises(ValueError, match="not at 44100 Hz"):
+        extra_metric_names("pesq", sample_rate=44100)
+    extra_metric_names("stoi", sample_rate=44100)  # STOI resamples itself
+    monkeypatch.setitem(sys.modules, "pystoi", None)  # import fails
+    with pytest.raises(ImportError, match="pip install pystoi"):
+        extra_metric_names("pesq,stoi")
+
+
+@pytest.mark.parametrize("sample_rate,mode", [(8000, "nb"), (16000, "wb")])
+def test_pesq_stoi_match_the_packages_after_pit(sample_rate, mode):
+    pesq = pytest.importorskip("pesq")
+    pystoi = pytest.importorskip("pystoi")
+    from speechbrain_s4m.metrics import extra_scores, score_test_batch
+
+    tgt = voices(2, 1.5, sample_rate, seed=sample_rate)
+    rng = np.random.default_rng(1)
+    # estimate 0 is (a noisy) source 1 and estimate 1 is source 0
+    est = tgt[:, ::-1] + 0.1 * tgt + 0.01 * rng.standard_normal(tgt.shape)
+    mix = tgt.sum(1)
+    want = {}
+    for name, fn in (
+        ("pesq", lambda r, d: pesq.pesq(sample_rate, r, d, mode)),
+        ("stoi", lambda r, d: pystoi.stoi(r, d, sample_rate)),
+    ):
+        per_src = [fn(tgt[:, 0], est[:, 1]), fn(tgt[:, 1], est[:, 0])]
+        per_mix = [fn(tgt[:, 0], mix), fn(tgt[:, 1], mix)]
+        want[name] = np.mean(per_src)
+        want[name + "_i"] = np.mean(per_src) - np.mean(per_mix)
+    values, problems = extra_scores(
+        est, tgt, mix, sample_rate, ("pesq", "stoi")
+    )
+    assert problems == []
+    for key, value in want.items():
+        assert values[key] == pytest.approx(value, abs=1e-9), key
+    # the matched order matters: the unmatched pairs score lower
+    unmatched = pesq.pesq(sample_rate, tgt[:, 0], est[:, 0], mode)
+    assert unmatched < values["pesq"] - 0.5
+    # through the batch API, with the permutation SI-SNR PIT found
+    scored = score_test_batch(
+        torch.from_numpy(est.copy())[None].float(),
+        torch.from_numpy(tgt.copy())[None].float(),
+        torch.from_numpy(mix)[None].float(),
+        sample_rate=sample_rate,
+        extra_metrics=("pesq", "stoi"),
+    )[0]
+    assert scored.complete
+    for key, value in want.items():
+        assert scored.scores[key] == pytest.approx(value, abs=0.05), key
+
+
+def test_extra_metrics_undefined_on_short_utterances():
+    pytest.importorskip("pesq")
+    pytest.importorskip("pystoi")
+    from speechbrain_s4m.metrics import score_test_batch
+
+    tgt = torch.from_numpy(voices(2, 0.2, 8000, seed=3))[None]  # 1600 samples
+    est = tgt + 0.01 * torch.randn(tgt.shape, dtype=torch.float64)
+    scored = score_test_batch(
+        est, tgt, tgt.sum(-1), ids=["u1"], extra_metrics=("pesq", "stoi")
+    )[0]
+    row = scored.row()
+    # SDR is defined (1600 >= 512 samples); PESQ needs 1/4 s, STOI 30 frames
+    assert row["sdr"] is not None and row["si-snr"] is not None
+    assert row["pesq"] is None and row["stoi"] is None
+    assert any("PESQ undefined" in p and "1/4" in p for p in scored.problems)
+    assert any("STOI undefined" in p for p in scored.problems)
