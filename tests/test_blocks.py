@@ -9,6 +9,7 @@ from speechbrain_s4m.nnet import (
     GlobalLayerNorm,
     S4Block,
 )
+from speechbrain_s4m.nnet.blocks import gln_statistics
 
 
 def test_global_layer_norm_reference():
@@ -96,3 +97,53 @@ def test_blocks_train_and_dropout():
     assert all(p.grad is not None for p in block.parameters())
     block.eval()
     torch.testing.assert_close(block(x), block(x))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gln_statistics_large_mean_against_float64(weighted):
+    """float32 statistics at mean/std = 1000 match float64 (stable form).
+
+    ``E[x^2] - E[x]^2`` from float32 sums loses about ``eps * (mean/std)^2``
+    of the variance (1.5e-3 here); a stable computation stays near 1e-6.
+    """
+    torch.manual_seed(5)
+    x64 = 1000.0 + torch.randn(3, 64, 4001, dtype=torch.float64)
+    x64[1] = 2000.0 + 2 * torch.randn(64, 4001, dtype=torch.float64)
+    w64 = 1 + 0.1 * torch.rand(64, dtype=torch.float64) if weighted else None
+    y64 = x64 if w64 is None else x64 * w64.view(1, -1, 1)
+    ref_var = y64.var(dim=(1, 2), unbiased=False)
+    ref_mean = y64.mean(dim=(1, 2))
+    x = x64.float()
+    w = None if w64 is None else w64.float()
+    var, mean = gln_statistics(x, w)
+    assert var.dtype == torch.float32 and var.shape == (3, 1, 1)
+    rel_var = ((var.flatten().double() - ref_var) / ref_var).abs().max()
+    rel_mean = ((mean.flatten().double() - ref_mean) / ref_mean).abs().max()
+    assert rel_var < 2e-5, rel_var.item()
+    assert rel_mean < 1e-6, rel_mean.item()
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gln_statistics_gradient(weighted):
+    """Gradients of (var, mean) w.r.t. the input and the channel weights."""
+    torch.manual_seed(6)
+    x = (3 + torch.randn(2, 5, 9, dtype=torch.float64)).requires_grad_()
+    w = None
+    inputs = (x,)
+    if weighted:
+        w = (1 + 0.3 * torch.randn(5, dtype=torch.float64)).requires_grad_()
+        inputs = (x, w)
+    torch.autograd.gradcheck(lambda *a: gln_statistics(*a), inputs)
+    # and against the obvious formula
+    var, mean = gln_statistics(x, w)
+    y = x if w is None else x * w.view(1, -1, 1)
+    gv, gm = torch.randn(2, dtype=torch.float64), torch.randn(2).double()
+    got = torch.autograd.grad(
+        (var.flatten() * gv + mean.flatten() * gm).sum(), inputs
+    )
+    ref = torch.autograd.grad(
+        (y.var((1, 2), unbiased=False) * gv + y.mean((1, 2)) * gm).sum(),
+        inputs,
+    )
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
