@@ -2,14 +2,21 @@
 
 One class, :class:`Separation`, trains and evaluates any
 encoder / masking network / decoder separator (S4M, Sepformer, ...) built
-from a recipe's hparams file, and :func:`run_recipe` is everything a
-recipe's ``train.py`` does (parse arguments, prepare the data, build the
-datasets, train, evaluate, plot), so that the recipes stay a few lines long.
+from a recipe's hparams file. Its forward is a
+:class:`speechbrain_s4m.lobes.separator.Separator` (the module inference
+and the benchmark run too), its loss the recipe's ``loss``. The recipe
+runner that builds it (:func:`speechbrain_s4m.recipe.run_recipe`), the
+hparams loading (:mod:`speechbrain_s4m.config`) and the training curves
+(:mod:`speechbrain_s4m.training_curve`) live in their own modules; their
+names stay importable from here for existing code.
 
 Differences from SpeechBrain's own separation recipes (on purpose):
 
 * the forward pass goes through ``self.modules.*`` (the DDP-wrapped
   modules), so that multi-GPU replicas really synchronise;
+* the data pipeline crops the training signals (``training_signal_len``)
+  and provides the noise of noisy mixtures (``noise_sig``), so the Brain
+  does neither;
 * nothing calls ``reset_parameters()`` on the modules before training (the
   modules' own initialisation, e.g. S4's, is kept);
 * the training loss masks the padding of batches (SI-SNR over the real
@@ -29,90 +36,66 @@ Authors
 """
 
 import csv
+import importlib
 import logging
 import math
 import os
-import re
-import sys
 
 import numpy as np
-import ruamel.yaml
 import speechbrain as sb
 import torch
-import torch.nn.functional as F
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.nnet.schedulers import ReduceLROnPlateau
 from speechbrain.utils.distributed import (
     if_main_process,
     is_distributed_initialized,
-    run_on_main,
 )
 from speechbrain.utils.logger import get_logger
 
+# Re-exported (``x as x``): these lived here before the split, and the old
+# import paths keep working
+from speechbrain_s4m.config import check_overrides as check_overrides
+from speechbrain_s4m.config import load_hparams as load_hparams
+from speechbrain_s4m.lobes.separator import Separator
+from speechbrain_s4m.lobes.separator import separate_batch as separate_batch
+from speechbrain_s4m.training_curve import parse_train_log as parse_train_log
+from speechbrain_s4m.training_curve import (
+    plot_training_curve as plot_training_curve,
+)
+
 logger = get_logger(__name__)
+
+__all__ = [
+    "NoCheckpointError",
+    "RESULT_COLUMNS",
+    "Separation",
+    "scale_learning_rates",
+]
+
+#: Names of :mod:`speechbrain_s4m.recipe` still importable from here. The
+#: recipe runner imports this module, so they are looked up on first use
+#: (module ``__getattr__``) rather than imported at load time.
+_RECIPE_NAMES = (
+    "PREPARE_KEYS",
+    "dynamic_mixing_train_set",
+    "main",
+    "prepare_data",
+    "run_recipe",
+)
+
+
+def __getattr__(name):
+    """The recipe runner's names, for imports written before the split."""
+    if name in _RECIPE_NAMES:
+        recipe = importlib.import_module("speechbrain_s4m.recipe")
+        return getattr(recipe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 RESULT_COLUMNS = ["snt_id", "sdr", "sdr_i", "si-snr", "si-snr_i"]
 
 
 class NoCheckpointError(FileNotFoundError):
     """Raised when evaluation finds no checkpoint to load."""
-
-
-def separate_batch(mix, encoder, masknet, decoder, num_spks):
-    """Separates a batch of mixtures with an encoder/masknet/decoder model.
-
-    SpeechBrain's forward: ``mix_w = encoder(mix)``, masks from the masking
-    network, each source's masked representation decoded by the (shared)
-    decoder, and the output padded or cropped to the mixture's length. The
-    sources are decoded in one call (folded into the batch), which gives
-    the same result as one decoder call per source.
-
-    Arguments
-    ---------
-    mix : torch.Tensor
-        Mixtures, `[batch, time]`.
-    encoder : torch.nn.Module
-        `[batch, time]` -> `[batch, channels, frames]`.
-    masknet : torch.nn.Module
-        `[batch, channels, frames]` -> `[num_spks, batch, channels, frames]`.
-    decoder : torch.nn.Module
-        `[batch, channels, frames]` -> `[batch, time']`.
-    num_spks : int
-        Number of sources the masking network estimates.
-
-    Returns
-    -------
-    torch.Tensor
-        Estimated sources, `[batch, time, num_spks]`.
-
-    Example
-    -------
-    >>> from speechbrain.lobes.models.dual_path import Decoder, Encoder
-    >>> enc = Encoder(kernel_size=16, out_channels=8)
-    >>> dec = Decoder(8, 1, kernel_size=16, stride=8, bias=False)
-    >>> masknet = lambda w: torch.stack([torch.sigmoid(w)] * 2)
-    >>> separate_batch(torch.randn(3, 1000), enc, masknet, dec, 2).shape
-    torch.Size([3, 1000, 2])
-    """
-    mix_w = encoder(mix)  # [batch, channels, frames]
-    est_mask = masknet(mix_w)  # [spks, batch, channels, frames]
-    if est_mask.shape[0] != num_spks:
-        raise ValueError(
-            f"The masking network returned {est_mask.shape[0]} masks but "
-            f"num_spks is {num_spks}."
-        )
-    sep_h = mix_w.unsqueeze(0) * est_mask  # [spks, batch, channels, frames]
-    spks, batch = sep_h.shape[:2]
-    est = decoder(sep_h.reshape(spks * batch, *sep_h.shape[2:]))
-    est = est.reshape(spks, batch, -1).permute(1, 2, 0)  # [batch, time', spks]
-
-    # The decoder output may be shorter or longer than the mixture
-    T_origin, T_est = mix.shape[-1], est.shape[1]
-    if T_origin > T_est:
-        est = F.pad(est, (0, 0, 0, T_origin - T_est))
-    else:
-        est = est[:, :T_origin, :]
-    return est
 
 
 class Separation(sb.Brain):
@@ -127,8 +110,10 @@ class Separation(sb.Brain):
     ``lr_scheduler``, ``epoch_counter``, ``train_logger``,
     ``output_folder``, ``save_folder``, ``sample_rate``; optionally
     ``save_audio`` and ``n_audio_to_save``. Batches carry ``id``,
-    ``mix_sig``, ``s1_sig`` ... ``s<num_spks>_sig`` and optionally
-    ``noise_sig`` (used to re-mix after speed perturbation).
+    ``mix_sig``, ``s1_sig`` ... ``s<num_spks>_sig``, already cropped for
+    training by the data pipeline, and ``noise_sig`` when the mixtures are
+    noisy (the manifest has ``noise_wav``; used to re-mix after speed
+    perturbation).
 
     Example
     -------
@@ -164,6 +149,24 @@ class Separation(sb.Brain):
     # ------------------------------------------------------------------
     # Forward
     # ------------------------------------------------------------------
+    @property
+    def separator(self):
+        """The :class:`Separator` over ``self.modules``.
+
+        Built over the modules the Brain holds now: SpeechBrain replaces
+        them when it compiles them or wraps them for DDP (in
+        ``on_fit_start``), and the separator is then rebuilt over the
+        wrapped ones, so that the replicas' gradients are synchronised.
+        """
+        sep = self.__dict__.get("_separator")
+        if sep is None or any(
+            getattr(sep, key) is not self.modules[key]
+            for key in ("encoder", "masknet", "decoder")
+        ):
+            sep = Separator.from_modules(self.modules, self.hparams.num_spks)
+            self._separator = sep
+        return sep
+
     def separate(self, mix):
         """Separates mixtures `[batch, time]` -> `[batch, time, num_spks]`,
         through ``self.modules`` (the DDP-wrapped modules when distributed).
@@ -178,13 +181,7 @@ class Separation(sb.Brain):
         torch.Tensor
             Estimated sources, `[batch, time, num_spks]`.
         """
-        return separate_batch(
-            mix,
-            self.modules.encoder,
-            self.modules.masknet,
-            self.modules.decoder,
-            self.hparams.num_spks,
-        )
+        return self.separator(mix)
 
     def compute_forward(self, mix, targets, stage, noise=None):
         """Forward computations from the mixture to the separated signals.
@@ -197,8 +194,8 @@ class Separation(sb.Brain):
         targets : list
             One ``(wavs, lengths)`` per source (``batch.s1_sig``, ...).
         stage : sb.Stage
-            With ``Stage.TRAIN`` the training-time distortions are applied
-            (speed perturbation and re-mixing, signal-length limit).
+            With ``Stage.TRAIN`` the training-time distortion is applied
+            (speed perturbation and re-mixing, with ``use_speedperturb``).
         noise : tuple, None
             ``batch.noise_sig`` for noisy datasets: added back to the
             re-mixed sources after speed perturbation.
@@ -218,14 +215,13 @@ class Separation(sb.Brain):
             [t[0] for t in targets[: self.hparams.num_spks]], dim=-1
         ).to(self.device)  # [batch, time, spks]
 
-        if stage == sb.Stage.TRAIN:
+        # The training signals come cropped (training_signal_len) from the
+        # data pipeline
+        if stage == sb.Stage.TRAIN and getattr(
+            self.hparams, "use_speedperturb", False
+        ):
             with torch.no_grad():
-                if getattr(self.hparams, "use_speedperturb", False):
-                    mix, targets = self.add_speed_perturb(targets, noise)
-                if getattr(self.hparams, "limit_training_signal_len", False):
-                    mix, targets, lengths = self.cut_signals(
-                        mix, targets, lengths
-                    )
+                mix, targets = self.add_speed_perturb(targets, noise)
 
         est_source = self.separate(mix)
         return est_source, targets, lengths
@@ -384,7 +380,9 @@ class Separation(sb.Brain):
         (``hparams.speed_perturb``, a
         :class:`speechbrain.augment.time_domain.SpeedPerturb`), the sources
         are cut to the shortest one and summed, and for noisy datasets the
-        noise is added back.
+        noise is added back. A slower source is longer: the sources are also
+        cut to the batch's length, so that the perturbation never lengthens
+        the (cropped) training signals.
 
         Arguments
         ---------
@@ -404,7 +402,7 @@ class Separation(sb.Brain):
             self.hparams.speed_perturb(targets[:, :, i])
             for i in range(targets.shape[-1])
         ]
-        min_len = min(t.shape[-1] for t in new)
+        min_len = min([targets.shape[1]] + [t.shape[-1] for t in new])
         targets = torch.stack([t[:, :min_len] for t in new], dim=-1)
         mix = targets.sum(-1)
         if noise is not None:
@@ -413,35 +411,6 @@ class Separation(sb.Brain):
             mix = mix[:, :min_len] + noise[:, :min_len]
             targets = targets[:, :min_len]
         return mix, targets
-
-    def cut_signals(self, mix, targets, lengths):
-        """Selects a random segment of ``training_signal_len`` samples.
-
-        Arguments
-        ---------
-        mix : torch.Tensor
-            `[batch, time]`.
-        targets : torch.Tensor
-            `[batch, time, spks]`.
-        lengths : torch.Tensor
-            `[batch]` relative lengths.
-
-        Returns
-        -------
-        mix, targets, lengths
-            The cut signals and their new relative lengths.
-        """
-        seg = int(self.hparams.training_signal_len)
-        T = mix.shape[1]
-        if T <= seg:
-            return mix, targets, lengths
-        # Start inside the shortest utterance so that no item is all padding
-        shortest = int(torch.min(lengths).item() * T)
-        start = int(torch.randint(0, 1 + max(0, shortest - seg), (1,)))
-        mix = mix[:, start : start + seg]
-        targets = targets[:, start : start + seg]
-        valid = (lengths * T - start).clamp(min=1, max=mix.shape[1])
-        return mix, targets, valid / mix.shape[1]
 
     # ------------------------------------------------------------------
     # Evaluation
@@ -625,7 +594,11 @@ class Separation(sb.Brain):
             getattr(batch, f"s{i + 1}_sig")
             for i in range(self.hparams.num_spks)
         ]
-        return batch.mix_sig, targets, getattr(batch, "noise_sig", None)
+        # The datasets provide noise_sig exactly when the mixtures are noisy
+        # (manifest column noise_wav, or a dynamic-mixing noise folder);
+        # PaddedBatch has no membership test, hence hasattr
+        noise = batch.noise_sig if hasattr(batch, "noise_sig") else None
+        return batch.mix_sig, targets, noise
 
 
 def scale_learning_rates(optimizer, factor):
@@ -652,420 +625,3 @@ def scale_learning_rates(optimizer, factor):
         return
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * factor
-
-
-# ----------------------------------------------------------------------
-# Recipes
-# ----------------------------------------------------------------------
-#: hparams passed to each dataset's preparation function (when present).
-PREPARE_KEYS = {
-    "wsj0mix": ("num_spks", "sample_rate", "mode"),
-    "librimix": ("num_spks", "sample_rate", "mode", "mixture", "train_set"),
-    "wham": ("num_spks", "sample_rate", "mode", "mixture"),
-}
-
-
-def prepare_data(hparams, dataset):
-    """Checks ``data_folder`` and writes the manifests (main process only).
-
-    Arguments
-    ---------
-    hparams : dict
-        The recipe's hyperparameters (``data_folder``, ``save_folder``,
-        ``skip_prep`` and the dataset's options).
-    dataset : str
-        ``wsj0mix``, ``librimix`` or ``wham``.
-    """
-    from speechbrain_s4m.data import prepare_dataset
-
-    if hparams.get("skip_prep", False):
-        return
-    kwargs = {k: hparams[k] for k in PREPARE_KEYS[dataset] if k in hparams}
-    run_on_main(
-        prepare_dataset,
-        args=[dataset, hparams["data_folder"], hparams["save_folder"]],
-        kwargs=kwargs,
-    )
-
-
-def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
-    """Runs a separation recipe: what every recipe's ``train.py`` does.
-
-    1. parse ``argv`` (``hparams.yaml --key value ...`` plus SpeechBrain's
-       run options: ``--device``, ``--precision``, ``--test_only``,
-       ``--distributed_backend``, ``--debug`` ...) and load the hparams
-       (override keys are checked, also inside included model fragments);
-    2. initialise DDP when launched with ``torchrun``;
-    3. create the output folder (``hyperparams.yaml``, ``log.txt``);
-    4. check the dataset folder and write the manifests (main process);
-    5. build the datasets (static or dynamic mixing);
-    6. train (unless ``--test_only``), resuming from the last checkpoint;
-    7. evaluate the best checkpoint (``min_key="si-snr"``) on the test set,
-       writing ``test_results.csv``, and plot ``training_curve.png``;
-    8. under DDP, end the process group (all ranks together).
-
-    Arguments
-    ---------
-    argv : list of str, None
-        Command-line arguments (default ``sys.argv[1:]``).
-    dataset : str, None
-        ``wsj0mix``, ``librimix`` or ``wham``; default: the hparams key
-        ``dataset``.
-    before_prepare : callable, None
-        Called as ``before_prepare(hparams)`` on the main process before
-        data preparation (the SynthMix recipe writes its data there).
-    brain_class : type, None
-        A subclass of :class:`Separation` to use instead.
-
-    Returns
-    -------
-    Separation
-        The brain, with ``test_summary`` (the ``avg`` row of the results)
-        and ``datasets`` (``{"train": ..., "valid": ..., "test": ...}``).
-    """
-    from speechbrain_s4m.data.dataio import datasets_from_hparams
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    hparams = load_hparams(hparams_file, overrides)
-    dataset = dataset or hparams.get("dataset")
-    if dataset not in PREPARE_KEYS:
-        raise ValueError(
-            f"unknown dataset {dataset!r}; choose one of "
-            + ", ".join(PREPARE_KEYS)
-        )
-    if hparams.get("dataset", dataset) != dataset:
-        raise ValueError(
-            f"{hparams_file} is for dataset {hparams['dataset']!r}, but this "
-            f"recipe is for {dataset!r}: use the hparams of this recipe."
-        )
-    # Speed perturbation re-mixes the sources: noisy mixtures need the noise
-    if hparams.get("use_speedperturb") and _noisy(hparams):
-        hparams["use_wham_noise"] = True
-
-    sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
-    _resolve_precision(hparams, run_opts)
-
-    if hparams.get("dynamic_mixing", False):
-        _check_dynamic_mixing_folders(hparams)
-
-    if before_prepare is not None:
-        run_on_main(before_prepare, args=[hparams])
-    prepare_data(hparams, dataset)
-    train_data, valid_data, test_data = datasets_from_hparams(hparams)
-    if hparams.get("dynamic_mixing", False):
-        train_data = dynamic_mixing_train_set(hparams, dataset, len(train_data))
-
-    brain = (brain_class or Separation)(
-        modules=hparams["modules"],
-        opt_class=hparams["optimizer"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    brain.datasets = {
-        "train": train_data,
-        "valid": valid_data,
-        "test": test_data,
-    }
-    loader_opts = dict(hparams["dataloader_opts"])
-    train_opts = dict(loader_opts)
-    if hparams.get("sorting", "random") == "random" and not isinstance(
-        train_data, torch.utils.data.IterableDataset
-    ):
-        train_opts["shuffle"] = True
-    brain.fit(
-        brain.hparams.epoch_counter,
-        train_data,
-        valid_data,
-        train_loader_kwargs=train_opts,
-        valid_loader_kwargs=loader_opts,
-    )
-    test_opts = dict(hparams.get("test_dataloader_opts", loader_opts))
-    brain.evaluate(test_data, min_key="si-snr", test_loader_kwargs=test_opts)
-
-    if if_main_process():
-        png = plot_training_curve(
-            hparams["train_log"],
-            os.path.join(hparams["output_folder"], "training_curve.png"),
-            title=hparams.get("experiment_name"),
-        )
-        if png:
-            logger.info("Training curve: %s", png)
-    if is_distributed_initialized():
-        # Leave together; exiting with a live gloo group can abort a rank
-        sb.utils.distributed.ddp_barrier()
-        torch.distributed.destroy_process_group()
-    return brain
-
-
-def _noisy(hparams):
-    """Whether the mixtures hold noise (WHAM!/LibriMix ``both``/``single``)."""
-    return hparams.get("mixture") in ("both", "single")
-
-
-def _check_dynamic_mixing_folders(hparams):
-    """Fails before any work if a dynamic-mixing folder is missing."""
-    from speechbrain_s4m.data import DatasetLayoutError
-
-    needed = {"base_folder_dm": "the single-speaker source folder"}
-    if _noisy(hparams):
-        needed["noise_folder_dm"] = "the noise folder (noisy mixtures)"
-    for key, what in needed.items():
-        folder = hparams.get(key)
-        if not folder or not os.path.isdir(folder):
-            raise DatasetLayoutError(
-                f"--dynamic_mixing needs --{key} pointing at {what}; got "
-                f"{folder!r}, which is not a folder."
-            )
-
-
-def dynamic_mixing_train_set(hparams, dataset, num_mixtures):
-    """The training set of dynamic mixing: new mixtures every epoch from the
-    single-speaker sources in ``base_folder_dm`` (wsj0 ``si_tr_s`` for
-    WSJ0-mix and WHAM!, LibriSpeech for LibriMix), plus noise from
-    ``noise_folder_dm`` for noisy mixtures.
-
-    Arguments
-    ---------
-    hparams : dict
-        The recipe's hyperparameters.
-    dataset : str
-        ``wsj0mix``, ``librimix`` or ``wham``.
-    num_mixtures : int
-        Mixtures per epoch (the size of the static training set).
-
-    Returns
-    -------
-    DynamicItemDataset
-        Items ``{"id", "mix_sig", "s1_sig", ...[, "noise_sig"]}``.
-    """
-    from speechbrain_s4m.data.dataio import dynamic_mixing_dataset
-
-    crop = None
-    if hparams.get("limit_training_signal_len", False):
-        crop = int(hparams["training_signal_len"])
-    return dynamic_mixing_dataset(
-        hparams["base_folder_dm"],
-        num_spks=hparams["num_spks"],
-        sample_rate=hparams["sample_rate"],
-        training_signal_len=crop,
-        source_format="librispeech" if dataset == "librimix" else "wsj0",
-        noise_folder=hparams.get("noise_folder_dm")
-        if _noisy(hparams)
-        else None,
-        num_mixtures=num_mixtures,
-    )
-
-
-def main(dataset=None, argv=None, before_prepare=None):
-    """Command-line entry of the recipes: :func:`run_recipe`, with a one-line
-    error (exit status 2) for a wrong dataset folder or a missing
-    checkpoint instead of a traceback.
-
-    Arguments
-    ---------
-    dataset : str, None
-        See :func:`run_recipe`.
-    argv : list of str, None
-        See :func:`run_recipe`.
-    before_prepare : callable, None
-        See :func:`run_recipe`.
-
-    Returns
-    -------
-    Separation
-        The brain.
-    """
-    from speechbrain_s4m.data import DatasetLayoutError
-
-    try:
-        return run_recipe(argv, dataset, before_prepare)
-    except (DatasetLayoutError, NoCheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _resolve_precision(hparams, run_opts):
-    """fp16 on a CPU becomes bf16 (as in SpeechBrain's recipes)."""
-    device = run_opts.get("device") or sb.utils.distributed.infer_device()
-    on_cli = "precision" in run_opts.overridden_args
-    precision = run_opts.precision if on_cli else hparams.get("precision")
-    if str(device).startswith("cpu") and precision == "fp16":
-        logger.warning("fp16 is not supported on CPU: using bf16 instead.")
-        hparams["precision"] = "bf16"
-        if on_cli:
-            run_opts.precision = "bf16"
-
-
-# ----------------------------------------------------------------------
-# Hyperparameters
-# ----------------------------------------------------------------------
-def load_hparams(hparams_file, overrides=None):
-    """Loads a recipe's hparams file with overrides, checking every
-    override key (nested ones too) against the file.
-
-    Model fragments are included with ``!include:`` (e.g. ``model:
-    !include:.../s4m_tiny.yaml``); an override such as ``--model
-    "{num_iterations: 1}"`` is passed into the included file and its keys
-    are checked against that file. HyperPyYAML alone would accept a
-    misspelt nested key silently.
-
-    Arguments
-    ---------
-    hparams_file : str
-        Path of the yaml file.
-    overrides : str, dict, None
-        Overrides (a yaml string as returned by ``sb.parse_arguments``).
-
-    Returns
-    -------
-    dict
-        The loaded hyperparameters.
-    """
-    parsed = overrides
-    if isinstance(overrides, str):
-        parsed = ruamel.yaml.YAML().load(overrides)
-    check_overrides(hparams_file, parsed or {})
-    with open(hparams_file, encoding="utf-8") as fin:
-        return load_hyperpyyaml(fin, overrides, overrides_must_match=False)
-
-
-def check_overrides(yaml_file, overrides):
-    """Raises ``KeyError`` naming any override key absent from ``yaml_file``
-    (following ``!include:`` tags into the included files).
-
-    Arguments
-    ---------
-    yaml_file : str
-        The yaml file the overrides apply to.
-    overrides : dict
-        The overrides.
-    """
-    with open(yaml_file, encoding="utf-8") as f:
-        tree = ruamel.yaml.YAML().load(f)
-    _check_keys(tree, overrides, "", yaml_file)
-
-
-def _check_keys(node, overrides, prefix, yaml_file):
-    for key, value in overrides.items():
-        if not isinstance(node, dict) or key not in node:
-            known = ", ".join(str(k) for k in node) if node else ""
-            raise KeyError(
-                f"Override '{prefix}{key}' does not match any key of "
-                f"{yaml_file}" + (f" (keys: {known})" if known else "")
-            )
-        sub = node[key]
-        if not isinstance(value, dict):
-            continue
-        tag = getattr(getattr(sub, "tag", None), "value", None) or ""
-        if tag.startswith("!include:"):
-            included = os.path.normpath(
-                os.path.join(
-                    os.path.dirname(os.path.realpath(yaml_file)),
-                    tag[len("!include:") :],
-                )
-            )
-            with open(included, encoding="utf-8") as f:
-                inc_tree = ruamel.yaml.YAML().load(f)
-            _check_keys(inc_tree, value, f"{prefix}{key}.", included)
-        elif isinstance(sub, dict):
-            _check_keys(sub, value, f"{prefix}{key}.", yaml_file)
-
-
-# ----------------------------------------------------------------------
-# Training curve
-# ----------------------------------------------------------------------
-_NUMBER = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?|nan|inf)"
-
-
-def parse_train_log(train_log):
-    """Reads the per-epoch losses from a SpeechBrain ``train_log.txt``.
-
-    Arguments
-    ---------
-    train_log : str
-        Path of the log written by ``FileTrainLogger``.
-
-    Returns
-    -------
-    dict
-        ``{"epoch": [...], "lr": [...], "train": [...], "valid": [...]}``
-        (losses are negative SI-SNR in dB), the last line of each epoch
-        winning (a resumed epoch is logged again).
-
-    Example
-    -------
-    >>> import tempfile
-    >>> log = os.path.join(tempfile.mkdtemp(), "train_log.txt")
-    >>> with open(log, "w") as f:
-    ...     for epoch, loss in [(1, 2.5), (2, -2.0)]:
-    ...         _ = f.write(
-    ...             f"epoch: {epoch}, lr: 1.00e-03 - train si-snr: 3.10"
-    ...             f" - valid si-snr: {loss}\\n"
-    ...         )
-    >>> parse_train_log(log)["valid"]
-    [2.5, -2.0]
-    """
-    rows = {}
-    pattern = re.compile(
-        rf"epoch: (\d+), lr: {_NUMBER} - train si-snr: {_NUMBER}"
-        rf" - valid si-snr: {_NUMBER}"
-    )
-    with open(train_log, encoding="utf-8") as f:
-        for line in f:
-            m = pattern.search(line)
-            if m:
-                rows[int(m.group(1))] = [float(g) for g in m.groups()[1:]]
-    epochs = sorted(rows)
-    return {
-        "epoch": epochs,
-        "lr": [rows[e][0] for e in epochs],
-        "train": [rows[e][1] for e in epochs],
-        "valid": [rows[e][2] for e in epochs],
-    }
-
-
-def plot_training_curve(train_log, png_path, title=None):
-    """Plots train/valid loss (negative SI-SNR, dB) per epoch to a PNG.
-
-    Arguments
-    ---------
-    train_log : str
-        The recipe's ``train_log.txt``.
-    png_path : str
-        Where to write the figure.
-    title : str, None
-        Figure title.
-
-    Returns
-    -------
-    str, None
-        ``png_path``, or None when the log holds no epoch yet.
-    """
-    curve = parse_train_log(train_log)
-    if not curve["epoch"]:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(curve["epoch"], curve["train"], "o-", label="train")
-    ax.plot(curve["epoch"], curve["valid"], "s-", label="valid")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss = negative SI-SNR (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return png_path

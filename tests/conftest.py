@@ -13,7 +13,7 @@ tiny_recipe_output
     ``test_results.csv``, ``train_log.txt``. The model it trained is
     ``load_hparams(out / "hyperparams.yaml")`` + the checkpoint files
     ``encoder.ckpt``, ``masknet.ckpt``, ``decoder.ckpt``; it separates as
-    :func:`speechbrain_s4m.separation.separate_batch`.
+    :class:`speechbrain_s4m.lobes.separator.Separator`.
 """
 
 import os
@@ -25,14 +25,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
-
-#: The dataset each recipe prepares.
-DATASET_OF = {
-    "WSJ0Mix": "wsj0mix",
-    "LibriMix": "librimix",
-    "WHAM": "wham",
-    "SynthMix": "wsj0mix",
-}
 
 #: Model overrides (``--model "{...}"``) that make each model tiny and fast.
 _S4M_TINY = (
@@ -91,10 +83,10 @@ def recipe_args(recipe, model, data_folder, output_folder, *extra):
 
 def run_recipe_inprocess(recipe, model, data_folder, output_folder, *extra):
     """Runs a tiny recipe in this process; returns the Brain."""
-    from speechbrain_s4m.separation import run_recipe
+    from speechbrain_s4m.recipe import run_recipe
 
     args = recipe_args(recipe, model, data_folder, output_folder, *extra)
-    return run_recipe(args, dataset=DATASET_OF[recipe])
+    return run_recipe(args)
 
 
 def write_tiny_datasets(root):

@@ -4,12 +4,13 @@ import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_s4m.lobes import (
-    S4MMaskNet,
+from speechbrain_s4m.config import (
     list_model_configs,
     load_model_config,
     model_config_path,
 )
+from speechbrain_s4m.lobes import S4MMaskNet
+from speechbrain_s4m.lobes.separator import Separator
 
 FRAGMENTS = ["s4m_tiny", "s4m", "sepformer", "convtasnet"]
 
@@ -108,6 +109,66 @@ def test_s4m_encoder_is_4ms(sample_rate, kernel, stride, channels):
     masknet = hp["MaskNet"]
     assert isinstance(masknet, S4MMaskNet)
     assert masknet.in_channels == channels
+
+
+@pytest.mark.parametrize("name", ["s4m_tiny", "sepformer"])
+def test_separator_matches_per_source_reference(name):
+    """The Separator (sources folded into the decoder's batch) equals the
+    recipes' forward with one decoder call per source."""
+    overrides = {"s4m_tiny": {"num_iterations": 1, "hidden_channels": 16}}
+    hp = load_model_config(name, overrides=overrides.get(name))
+    sep = Separator.from_modules(
+        {
+            "encoder": hp["Encoder"],
+            "masknet": hp["MaskNet"],
+            "decoder": hp["Decoder"],
+        },
+        num_spks=2,
+    )
+    mix = torch.randn(2, 803)
+    with torch.no_grad():
+        est, ref = sep(mix), _separate(hp, mix, 2)
+    assert est.shape == (2, 803, 2)
+    n = min(803, ref.shape[1])
+    torch.testing.assert_close(est[:, :n], ref[:, :n], rtol=1e-5, atol=1e-6)
+    assert (est[:, n:] == 0).all()  # padded to the mixture's length
+
+
+def test_old_import_paths():
+    """Names that moved out of lobes and separation stay importable."""
+    from speechbrain_s4m import (
+        config,
+        lobes,
+        recipe,
+        separation,
+        training_curve,
+    )
+    from speechbrain_s4m.benchmark import models
+    from speechbrain_s4m.lobes import separator
+
+    for name in (
+        "MODEL_CONFIG_DIR",
+        "list_model_configs",
+        "load_model_config",
+        "model_config_path",
+    ):
+        assert getattr(lobes, name) is getattr(config, name)
+    for name in ("load_hparams", "check_overrides"):
+        assert getattr(separation, name) is getattr(config, name)
+    for name in ("parse_train_log", "plot_training_curve"):
+        assert getattr(separation, name) is getattr(training_curve, name)
+    for name in (
+        "run_recipe",
+        "main",
+        "prepare_data",
+        "dynamic_mixing_train_set",
+        "PREPARE_KEYS",
+    ):
+        assert getattr(separation, name) is getattr(recipe, name)
+    assert separation.separate_batch is separator.separate_batch
+    assert models.Separator is separator.Separator
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = separation.no_such_name
 
 
 def test_s4m_tiny_matches_published_structure(built):

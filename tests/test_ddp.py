@@ -24,7 +24,8 @@ DRIVER = textwrap.dedent(
     import torch
     import speechbrain as sb
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from speechbrain_s4m.separation import Separation, run_recipe
+    from speechbrain_s4m.recipe import run_recipe
+    from speechbrain_s4m.separation import Separation
 
     OUT = os.environ["S4M_TEST_DDP_OUT"]
     RANK = int(os.environ["RANK"])
@@ -45,6 +46,14 @@ DRIVER = textwrap.dedent(
             dump(self, "init")
 
         def fit_batch(self, batch):
+            # the forward runs through the DDP-wrapped modules
+            sep = self.separator
+            assert all(
+                getattr(sep, k) is self.modules[k] and isinstance(
+                    getattr(sep, k), DDP
+                )
+                for k in ("encoder", "masknet", "decoder")
+            )
             self.seen_ids.extend(batch.id)
             return super().fit_batch(batch)
 
@@ -53,7 +62,7 @@ DRIVER = textwrap.dedent(
                 dump(self, f"epoch{epoch}")
             super().on_stage_end(stage, stage_loss, epoch)
 
-    brain = run_recipe(sys.argv[1:], dataset="wsj0mix", brain_class=Recorder)
+    brain = run_recipe(sys.argv[1:], brain_class=Recorder)
     with open(os.path.join(OUT, f"ids_rank{RANK}.json"), "w") as f:
         json.dump(brain.seen_ids, f)
     """

@@ -89,8 +89,10 @@ def test_recipe_end_to_end(recipe, model, tiny_datasets, tmp_path):
     # The sepformer hparams speed-perturb (and re-add the noise of the
     # noisy datasets); the S4M hparams crop to training_signal_len
     assert brain.hparams.use_speedperturb == (model == "sepformer")
-    if model == "sepformer" and recipe != "WSJ0Mix":
-        assert brain.hparams.use_wham_noise
+    # The noise comes with every noisy dataset (its manifest has noise_wav)
+    for split in ("train", "valid", "test"):
+        item = brain.datasets[split][0]
+        assert ("noise_sig" in item) == (recipe != "WSJ0Mix"), split
 
 
 def test_three_speakers_16k_max(tmp_path):
@@ -140,7 +142,7 @@ def test_librimix_mixtures(mixture, tiny_datasets, tmp_path):
         "True",
     )
     check_finished_run(out, num_spks=int(spks))
-    noise = getattr(brain.hparams, "use_wham_noise", False)
+    noise = "noise_sig" in brain.datasets["train"][0]
     assert noise == (mixture == "single")  # to re-mix after speed change
     manifest = (out / "save" / "train.csv").read_text()
     header = manifest.splitlines()[0]
@@ -170,15 +172,15 @@ def test_synthmix_recipe(model, tmp_path):
     )
     ns = {"__name__": "synthmix_train"}
     exec(compile(script.read_text(), str(script), "exec"), ns)
-    from speechbrain_s4m.separation import run_recipe
+    from speechbrain_s4m.recipe import run_recipe
 
-    run_recipe(args, dataset="wsj0mix", before_prepare=ns["write_synthmix"])
+    run_recipe(args, before_prepare=ns["write_synthmix"])
     check_finished_run(tmp_path / "out")
     assert (tmp_path / "data" / "wav8k" / "min" / "tt" / "mix").is_dir()
     marker = tmp_path / "data" / "synthmix.json"
     stamp = marker.stat().st_mtime_ns
     # A second run reuses the data (same options) and trains no more epochs
-    run_recipe(args, dataset="wsj0mix", before_prepare=ns["write_synthmix"])
+    run_recipe(args, before_prepare=ns["write_synthmix"])
     assert marker.stat().st_mtime_ns == stamp
     assert epoch_lines(tmp_path / "out") == [1]
 
@@ -203,7 +205,7 @@ def test_test_only_reevaluates_without_training(tiny_datasets, tmp_path):
 def test_test_only_without_checkpoint_fails_clearly(
     tiny_datasets, tmp_path, capsys
 ):
-    from speechbrain_s4m.separation import main
+    from speechbrain_s4m.recipe import main
 
     args = recipe_args(
         "WSJ0Mix",
@@ -224,7 +226,7 @@ def test_test_only_without_checkpoint_fails_clearly(
 def test_wrong_data_folder_fails_before_training(
     recipe, tiny_datasets, tmp_path, capsys
 ):
-    from speechbrain_s4m.separation import main
+    from speechbrain_s4m.recipe import main
 
     # A real folder, but of another dataset (WSJ0-2mix has no mix_both;
     # LibriMix has no tr/cv/tt)
@@ -594,3 +596,124 @@ def test_gradient_accumulation():
     brain.fit_batch(_batch())
     assert all(_changed(before, brain))
     assert all(p.grad is None for p in brain.modules.parameters())
+
+
+# ----------------------------------------------------------------------
+# One source for each fact: the dataset (the hparams file), the noise (the
+# manifest), the training crop (the data pipeline)
+# ----------------------------------------------------------------------
+def test_the_hparams_file_names_the_dataset(tiny_datasets, tmp_path):
+    from speechbrain_s4m.recipe import run_recipe
+
+    out = tmp_path / "out"
+    args = recipe_args("WSJ0Mix", "s4m_tiny", tiny_datasets["wsj0mix"], out)
+    # a caller naming another dataset than the file: an error, before work
+    with pytest.raises(ValueError, match="is for dataset 'wsj0mix'"):
+        run_recipe(args, dataset="librimix")
+    # a file that names no dataset
+    with pytest.raises(ValueError, match="must name its dataset"):
+        run_recipe(args + ["--dataset", "null"])
+    # loading the hparams makes the save folder; nothing else was written
+    assert [p.name for p in out.rglob("*")] == ["save"]
+
+
+def test_noise_and_crop_come_from_the_data_pipeline(tiny_datasets, tmp_path):
+    """noise_sig whenever the manifest has noise_wav (every split); only the
+    training items are cropped, to training_signal_len."""
+    from speechbrain_s4m.data import prepare_librimix, prepare_wsj0mix
+    from speechbrain_s4m.data.dataio import datasets_from_hparams
+
+    def hparams(csvs, **extra):
+        return {
+            "train_data": csvs["train"],
+            "valid_data": csvs["valid"],
+            "test_data": csvs["test"],
+            **extra,
+        }
+
+    libri = prepare_librimix(tiny_datasets["librimix"], tmp_path / "libri")
+    sets = datasets_from_hparams(
+        hparams(libri, limit_training_signal_len=True, training_signal_len=999)
+    )
+    for data in sets:
+        item = data[0]
+        assert list(item)[-1] == "noise_sig"
+        n = item["mix_sig"].shape[0]
+        assert all(v.shape == (n,) for k, v in item.items() if k != "id")
+    assert sets[0][0]["mix_sig"].shape == (999,)  # 0.5 s items, cropped
+    assert sets[1][0]["mix_sig"].shape == (4000,)  # valid: whole
+    # clean mixtures have no noise; no limit, no crop
+    wsj = prepare_wsj0mix(tiny_datasets["wsj0mix"], tmp_path / "wsj")
+    train = datasets_from_hparams(
+        hparams(wsj, limit_training_signal_len=False, training_signal_len=9)
+    )[0]
+    assert list(train[0]) == ["id", "mix_sig", "s1_sig", "s2_sig"]
+    assert train[0]["mix_sig"].shape == (4000,)
+
+
+def _noisy_batch(n=(800, 600)):
+    """Items with sources, noise and mix = s1 + s2 + noise."""
+    from speechbrain.dataio.batch import PaddedBatch
+
+    g = torch.Generator().manual_seed(2)
+    items = []
+    for i, length in enumerate(n):
+        s1, s2, noise = torch.randn(3, length, generator=g)
+        items.append(
+            {
+                "id": str(i),
+                "mix_sig": s1 + s2 + noise,
+                "s1_sig": s1,
+                "s2_sig": s2,
+                "noise_sig": noise,
+            }
+        )
+    return PaddedBatch(items)
+
+
+def test_brain_does_not_crop():
+    """The crop keys are the data pipeline's: the Brain keeps the batch."""
+    from speechbrain_s4m.metrics import pit_si_snr_loss
+
+    brain = _tiny_brain(
+        pit_si_snr_loss, limit_training_signal_len=True, training_signal_len=64
+    )
+    batch = _batch()
+    with torch.no_grad():
+        est, targets, lengths = brain.compute_forward(
+            batch.mix_sig, [batch.s1_sig, batch.s2_sig], sb.Stage.TRAIN
+        )
+    assert est.shape == targets.shape == (2, 800, 2)
+    assert lengths.tolist() == pytest.approx([1.0, 0.75])
+
+
+@pytest.mark.parametrize("speed", [90, 110])
+def test_speed_perturbation_remixes_with_the_noise(speed):
+    """Slower (longer) or faster sources: the batch never gets longer than
+    the data pipeline made it, and mix = sum of sources + noise."""
+    from speechbrain.augment.time_domain import SpeedPerturb
+
+    from speechbrain_s4m.metrics import pit_si_snr_loss
+
+    brain = _tiny_brain(
+        pit_si_snr_loss,
+        use_speedperturb=True,
+        speed_perturb=SpeedPerturb(8000, speeds=[speed]),
+    )
+    batch = _noisy_batch()
+    mix, targets, noise = brain._unpack(batch)
+    assert noise is batch.noise_sig
+    with torch.no_grad():
+        est, new_targets, _ = brain.compute_forward(
+            mix, targets, sb.Stage.TRAIN, noise
+        )
+    expected = round(800 * 100 / speed) if speed > 100 else 800
+    assert abs(new_targets.shape[1] - expected) <= 1
+    assert est.shape == new_targets.shape
+    # the re-mix the brain separated: rebuild it from the perturbed sources
+    n = new_targets.shape[1]
+    remix = new_targets.sum(-1) + batch.noise_sig.data[:, :n]
+    with torch.no_grad():
+        torch.testing.assert_close(brain.separate(remix), est)
+    # and no noise_sig for clean batches
+    assert brain._unpack(_batch())[2] is None

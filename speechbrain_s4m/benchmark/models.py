@@ -31,48 +31,15 @@ import time
 
 import torch
 
-from speechbrain_s4m.lobes import load_model_config
-from speechbrain_s4m.separation import separate_batch
+from speechbrain_s4m.config import load_model_config
+
+# The model the recipes train and inference runs; also importable from here
+from speechbrain_s4m.lobes.separator import Separator as Separator
 
 DEFAULT_MODELS = ("s4m_tiny", "s4m", "sepformer", "convtasnet")
 REFERENCE = "sepformer"
 
 aten = torch.ops.aten
-
-
-class Separator(torch.nn.Module):
-    """Encoder -> MaskNet -> masking -> Decoder, as the training recipes
-    (:func:`speechbrain_s4m.separation.separate_batch`).
-
-    Arguments
-    ---------
-    encoder, masknet, decoder : torch.nn.Module
-        The fragment's ``Encoder``, ``MaskNet`` and ``Decoder``.
-    num_spks : int
-        Number of sources.
-
-    Example
-    -------
-    >>> hp = load_model_config(
-    ...     "s4m_tiny", overrides={"num_iterations": 1, "hidden_channels": 8}
-    ... )
-    >>> sep = Separator(hp["Encoder"], hp["MaskNet"], hp["Decoder"], 2)
-    >>> sep(torch.randn(1, 100)).shape
-    torch.Size([1, 100, 2])
-    """
-
-    def __init__(self, encoder, masknet, decoder, num_spks):
-        super().__init__()
-        self.encoder = encoder
-        self.masknet = masknet
-        self.decoder = decoder
-        self.num_spks = num_spks
-
-    def forward(self, mix):
-        """Separate ``[batch, time]`` into ``[batch, time, num_spks]``."""
-        return separate_batch(
-            mix, self.encoder, self.masknet, self.decoder, self.num_spks
-        )
 
 
 def build_model(name, sample_rate=8000, num_spks=2, overrides=None):
@@ -92,6 +59,16 @@ def build_model(name, sample_rate=8000, num_spks=2, overrides=None):
     Returns
     -------
     Separator
+        :class:`speechbrain_s4m.lobes.separator.Separator`, the model of the
+        training recipes and of inference.
+
+    Example
+    -------
+    >>> sep = build_model(
+    ...     "s4m_tiny", overrides={"num_iterations": 1, "hidden_channels": 8}
+    ... )
+    >>> sep(torch.randn(1, 100)).shape
+    torch.Size([1, 100, 2])
     """
     hp = load_model_config(name, sample_rate, num_spks, overrides)
     return Separator(hp["Encoder"], hp["MaskNet"], hp["Decoder"], num_spks)

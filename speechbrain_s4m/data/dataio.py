@@ -8,6 +8,11 @@ relative lengths). ``dynamic_mixing_dataset`` (from
 :mod:`speechbrain_s4m.data.dynamic_mixing`) gives the same keys from new
 mixtures drawn at every access.
 
+The data pipeline is the one place that crops training signals
+(:func:`training_crop_len` reads ``limit_training_signal_len`` and
+``training_signal_len``), and a dataset provides ``noise_sig`` whenever its
+manifest has a ``noise_wav`` column: the Brain neither crops nor guesses.
+
 Authors
  * speechbrain-s4m contributors 2026
 """
@@ -18,7 +23,7 @@ import logging
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from speechbrain_s4m.data.audio import (
+from speechbrain_s4m.audio import (
     AudioFormatError,
     audio_frames,
     read_audio,
@@ -31,6 +36,8 @@ __all__ = [
     "AudioFormatError",
     "read_audio",
     "signal_keys",
+    "has_noise",
+    "training_crop_len",
     "make_dataset",
     "make_datasets",
     "datasets_from_hparams",
@@ -63,9 +70,68 @@ def signal_keys(num_spks=2, noise=False):
     return keys + (["noise_sig"] if noise else [])
 
 
-def _check_columns(csv_path, columns):
+def _header(csv_path):
+    """Column names of a manifest."""
     with open(csv_path, newline="") as f:
-        header = next(csv.reader(f), [])
+        return next(csv.reader(f), [])
+
+
+def has_noise(csv_path):
+    """Whether a manifest has a ``noise_wav`` column (noisy mixtures).
+
+    Arguments
+    ---------
+    csv_path : str
+        Manifest written by :mod:`speechbrain_s4m.data.prepare`.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> csv_path = getfixture("tmp_path") / "m.csv"
+    >>> _ = csv_path.write_text("ID,duration,mix_wav,s1_wav,noise_wav\\n")
+    >>> has_noise(csv_path)
+    True
+    """
+    return "noise_wav" in _header(csv_path)
+
+
+def training_crop_len(hparams):
+    """Length of the random training crops, from the recipe hparams.
+
+    The one reader of ``limit_training_signal_len`` and
+    ``training_signal_len``: static and dynamic-mixing training sets crop
+    to this length, nothing else crops.
+
+    Arguments
+    ---------
+    hparams : dict
+        Recipe hyperparameters.
+
+    Returns
+    -------
+    int or None
+        ``training_signal_len`` (samples) when ``limit_training_signal_len``
+        is set, else None (whole utterances).
+
+    Example
+    -------
+    >>> training_crop_len(
+    ...     {"limit_training_signal_len": True, "training_signal_len": 8000.0}
+    ... )
+    8000
+    >>> training_crop_len({"training_signal_len": 8000}) is None
+    True
+    """
+    if not hparams.get("limit_training_signal_len", False):
+        return None
+    return int(hparams.get("training_signal_len", 32000))
+
+
+def _check_columns(csv_path, columns):
+    header = _header(csv_path)
     lacking = [c for c in ["ID", "duration"] + columns if c not in header]
     if lacking:
         raise ValueError(
@@ -117,8 +183,9 @@ def make_dataset(
         Number of target sources (``s1_wav`` ... ``s<num_spks>_wav``).
     sample_rate : int
         Expected sample rate; other rates raise :class:`AudioFormatError`.
-    noise : bool
-        Also provide ``noise_sig`` (needs a ``noise_wav`` column).
+    noise : bool or None
+        Also provide ``noise_sig``: True needs a ``noise_wav`` column;
+        None: whenever the manifest has one (see :func:`has_noise`).
     crop_len : int or None
         If set, longer items give a random crop of ``crop_len`` samples, at
         the same offset in the mixture and every source.
@@ -146,6 +213,8 @@ def make_dataset(
     """
     if sorting not in SORTINGS:
         raise ValueError(f"sorting must be one of {SORTINGS}, got {sorting!r}")
+    if noise is None:
+        noise = has_noise(csv_path)
     columns = ["mix_wav"] + [f"s{i + 1}_wav" for i in range(num_spks)]
     columns += ["noise_wav"] if noise else []
     _check_columns(csv_path, columns)
@@ -199,8 +268,9 @@ def make_datasets(
         Number of target sources.
     sample_rate : int
         Expected sample rate of every file.
-    noise : bool
-        Provide ``noise_sig`` too (manifests need ``noise_wav``).
+    noise : bool or None
+        Provide ``noise_sig`` too: True needs ``noise_wav`` in the
+        manifests; None: for each manifest that has it.
     sorting : str
         ``ascending``, ``descending`` or ``random`` (sorted sets must not
         be shuffled by the dataloader).
@@ -247,9 +317,10 @@ def datasets_from_hparams(hparams):
     """``make_datasets`` with the usual recipe hparams keys.
 
     Reads ``train_data``, ``valid_data``, ``test_data``, ``num_spks``,
-    ``sample_rate`` and the optional ``use_wham_noise`` (-> ``noise``),
-    ``sorting``, ``limit_training_signal_len``, ``training_signal_len`` and
-    ``max_duration``.
+    ``sample_rate`` and the optional ``sorting``,
+    ``limit_training_signal_len`` and ``training_signal_len`` (see
+    :func:`training_crop_len`) and ``max_duration``. Items have
+    ``noise_sig`` whenever the manifests have ``noise_wav``.
 
     Arguments
     ---------
@@ -270,17 +341,16 @@ def datasets_from_hparams(hparams):
     for key in ("train_data", "valid_data"):
         if key not in hparams:
             raise KeyError(f"hparams lack {key!r} (a manifest path)")
+    crop = training_crop_len(hparams)
     return make_datasets(
         hparams["train_data"],
         hparams["valid_data"],
         hparams.get("test_data"),
         num_spks=hparams.get("num_spks", 2),
         sample_rate=hparams.get("sample_rate", 8000),
-        noise=bool(hparams.get("use_wham_noise", False)),
+        noise=None,
         sorting=hparams.get("sorting", "random"),
-        limit_training_signal_len=hparams.get(
-            "limit_training_signal_len", False
-        ),
-        training_signal_len=hparams.get("training_signal_len", 32000),
+        limit_training_signal_len=crop is not None,
+        training_signal_len=crop,
         max_duration=hparams.get("max_duration"),
     )

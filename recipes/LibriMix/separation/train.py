@@ -12,10 +12,11 @@ The model is chosen by the hparams file (one flag apart)::
 Multi-GPU (DDP): ``torchrun --nproc_per_node=4 train.py hparams/s4m.yaml
 --data_folder ...``. Evaluate a trained experiment again: add ``--test_only``.
 The shared logic (data preparation, training, evaluation) is
-:func:`speechbrain_s4m.separation.run_recipe`.
+:func:`speechbrain_s4m.recipe.run_recipe`; the dataset is the one the
+hparams file names (its ``dataset`` key).
 """
 
-from speechbrain_s4m.separation import main
+from speechbrain_s4m.recipe import main
 
 if __name__ == "__main__":
-    main(dataset="librimix")
+    main()

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from speechbrain_s4m.data.synthetic import write_wsj0mix
-from speechbrain_s4m.separation import main
+from speechbrain_s4m.recipe import main
 
 
 def write_synthmix(hparams):
@@ -39,4 +39,4 @@ def write_synthmix(hparams):
 
 
 if __name__ == "__main__":
-    main(dataset="wsj0mix", before_prepare=write_synthmix)
+    main(before_prepare=write_synthmix)

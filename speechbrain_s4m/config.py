@@ -1,0 +1,199 @@
+"""Hyperparameters: loading recipe hparams with checked overrides, and the
+registry of the model fragments shipped in ``speechbrain_s4m/hparams/models``.
+
+* :func:`load_hparams` loads a recipe's hparams file; every override key,
+  also the nested ones passed into an ``!include:``-d model fragment, must
+  exist in the file (:func:`check_overrides`), where HyperPyYAML alone would
+  accept a misspelt nested key silently.
+* :func:`load_model_config` builds one of the model fragments (``s4m_tiny``,
+  ``s4m``, ``sepformer``, ``convtasnet``); each defines ``Encoder``,
+  ``MaskNet`` and ``Decoder``. :func:`list_model_configs` names them and
+  :func:`model_config_path` finds their files.
+
+Authors
+ * speechbrain-s4m contributors 2026
+"""
+
+import os
+from pathlib import Path
+
+import ruamel.yaml
+from hyperpyyaml import load_hyperpyyaml
+
+__all__ = [
+    "MODEL_CONFIG_DIR",
+    "check_overrides",
+    "list_model_configs",
+    "load_hparams",
+    "load_model_config",
+    "model_config_path",
+]
+
+#: Folder of the shipped model fragments.
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "hparams" / "models"
+
+
+# ----------------------------------------------------------------------
+# Recipe hparams
+# ----------------------------------------------------------------------
+def load_hparams(hparams_file, overrides=None):
+    """Loads a recipe's hparams file with overrides, checking every
+    override key (nested ones too) against the file.
+
+    Model fragments are included with ``!include:`` (e.g. ``model:
+    !include:.../s4m_tiny.yaml``); an override such as ``--model
+    "{num_iterations: 1}"`` is passed into the included file and its keys
+    are checked against that file. HyperPyYAML alone would accept a
+    misspelt nested key silently.
+
+    Arguments
+    ---------
+    hparams_file : str
+        Path of the yaml file.
+    overrides : str, dict, None
+        Overrides (a yaml string as returned by ``sb.parse_arguments``).
+
+    Returns
+    -------
+    dict
+        The loaded hyperparameters.
+
+    Example
+    -------
+    >>> yaml_file = getfixture("tmp_path") / "hparams.yaml"
+    >>> _ = yaml_file.write_text("lr: 0.1\\noptim: {betas: [0.9, 0.99]}\\n")
+    >>> load_hparams(yaml_file, "lr: 0.2")["lr"]
+    0.2
+    >>> try:  # a misspelt nested key
+    ...     load_hparams(yaml_file, {"optim": {"beta": 1}})
+    ... except KeyError as e:
+    ...     print(e.args[0].split(" of ")[0])
+    Override 'optim.beta' does not match any key
+    """
+    parsed = overrides
+    if isinstance(overrides, str):
+        parsed = ruamel.yaml.YAML().load(overrides)
+    check_overrides(hparams_file, parsed or {})
+    with open(hparams_file, encoding="utf-8") as fin:
+        return load_hyperpyyaml(fin, overrides, overrides_must_match=False)
+
+
+def check_overrides(yaml_file, overrides):
+    """Raises ``KeyError`` naming any override key absent from ``yaml_file``
+    (following ``!include:`` tags into the included files).
+
+    Arguments
+    ---------
+    yaml_file : str
+        The yaml file the overrides apply to.
+    overrides : dict
+        The overrides.
+    """
+    with open(yaml_file, encoding="utf-8") as f:
+        tree = ruamel.yaml.YAML().load(f)
+    _check_keys(tree, overrides, "", yaml_file)
+
+
+def _check_keys(node, overrides, prefix, yaml_file):
+    """Checks ``overrides`` against the yaml ``node`` (recursively)."""
+    for key, value in overrides.items():
+        if not isinstance(node, dict) or key not in node:
+            known = ", ".join(str(k) for k in node) if node else ""
+            raise KeyError(
+                f"Override '{prefix}{key}' does not match any key of "
+                f"{yaml_file}" + (f" (keys: {known})" if known else "")
+            )
+        sub = node[key]
+        if not isinstance(value, dict):
+            continue
+        tag = getattr(getattr(sub, "tag", None), "value", None) or ""
+        if tag.startswith("!include:"):
+            included = os.path.normpath(
+                os.path.join(
+                    os.path.dirname(os.path.realpath(yaml_file)),
+                    tag[len("!include:") :],
+                )
+            )
+            with open(included, encoding="utf-8") as f:
+                inc_tree = ruamel.yaml.YAML().load(f)
+            _check_keys(inc_tree, value, f"{prefix}{key}.", included)
+        elif isinstance(sub, dict):
+            _check_keys(sub, value, f"{prefix}{key}.", yaml_file)
+
+
+# ----------------------------------------------------------------------
+# Model fragments
+# ----------------------------------------------------------------------
+def list_model_configs():
+    """Names of the shipped model fragments.
+
+    Returns
+    -------
+    list of str
+        E.g. ``["convtasnet", "s4m", "s4m_tiny", "sepformer"]``.
+
+    Example
+    -------
+    >>> "s4m_tiny" in list_model_configs()
+    True
+    """
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
+
+
+def model_config_path(name):
+    """Path of a model fragment given its name (or a path to a yaml file).
+
+    Arguments
+    ---------
+    name : str or pathlib.Path
+        ``"s4m_tiny"``, ``"s4m"``, ``"sepformer"``, ``"convtasnet"`` or a path.
+
+    Returns
+    -------
+    pathlib.Path
+        The yaml file.
+    """
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    path = MODEL_CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(
+            f"unknown model config {name!r}; "
+            f"available: {', '.join(list_model_configs())}"
+        )
+    return path
+
+
+def load_model_config(name, sample_rate=8000, num_spks=2, overrides=None):
+    """Build a model fragment with HyperPyYAML.
+
+    Arguments
+    ---------
+    name : str or pathlib.Path
+        Fragment name (see :func:`list_model_configs`) or yaml path.
+    sample_rate : int
+        Sampling rate in Hz (sets the encoder kernel of the S4M configs).
+    num_spks : int
+        Number of sources.
+    overrides : dict, optional
+        Further overrides of keys defined in the fragment.
+
+    Returns
+    -------
+    dict
+        The loaded hparams, with at least ``Encoder``, ``MaskNet``,
+        ``Decoder``, ``kernel_size``, ``kernel_stride`` and ``N_encoder_out``.
+
+    Example
+    -------
+    >>> hp = load_model_config(
+    ...     "s4m_tiny", overrides={"num_iterations": 1, "hidden_channels": 16}
+    ... )
+    >>> hp["kernel_size"], hp["kernel_stride"], hp["N_encoder_out"]
+    (32, 8, 17)
+    """
+    all_overrides = {"sample_rate": sample_rate, "num_spks": num_spks}
+    all_overrides.update(overrides or {})
+    with open(model_config_path(name), encoding="utf-8") as fin:
+        return load_hyperpyyaml(fin, all_overrides)
