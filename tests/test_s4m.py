@@ -17,21 +17,50 @@ TINY = {
 }
 
 
+# ----------------------------------------------------------------------
+# Independent reference: the spec written out with plain torch ops, at the
+# exact length (no padding), using only the modules' parameter tensors.
+# ----------------------------------------------------------------------
 def _gln(x, norm):
-    """Global layer norm written out (reference)."""
+    """Global layer norm: statistics over channels and time, per utterance."""
     mean = x.mean(dim=(1, 2), keepdim=True)
     var = ((x - mean) ** 2).mean(dim=(1, 2), keepdim=True)
     y = (x - mean) / torch.sqrt(var + norm.eps)
     return y * norm.weight.reshape(1, -1, 1) + norm.bias.reshape(1, -1, 1)
 
 
+def _frame_ln(x, norm):
+    """LayerNorm over the channels of each frame."""
+    mean = x.mean(dim=1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=1, keepdim=True)
+    y = (x - mean) / torch.sqrt(var + norm.eps)
+    return y * norm.weight.reshape(1, -1, 1) + norm.bias.reshape(1, -1, 1)
+
+
+def _conv(x, conv):
+    """``conv`` applied with "same"-style padding (k - 1) // 2."""
+    k = conv.weight.shape[-1]
+    return F.conv1d(
+        x,
+        conv.weight,
+        conv.bias,
+        stride=conv.stride[0],
+        padding=(k - 1) // 2,
+        groups=conv.groups,
+    )
+
+
+def _prelu(x, act):
+    return torch.where(x >= 0, x, act.weight * x)
+
+
 def _conv_norm(x, cn):
-    """gLN(conv(x)) with the module's parameters, written out."""
-    return _gln(cn.conv._conv_forward(x, cn.conv.weight, cn.conv.bias), cn.norm)
+    """gLN(conv(x)) with the module's parameters."""
+    return _gln(_conv(x, cn.conv), cn.norm)
 
 
 def _fusion(local, glob, fu):
-    """The fusion formula of the spec with F.interpolate (reference)."""
+    """``gLN(dw(l)) * up(sigmoid(gLN(dw'(g)))) + up(gLN(dw''(g)))``."""
     t = local.shape[-1]
     loc = _conv_norm(local, fu.local_embedding)
     gate = torch.sigmoid(_conv_norm(glob, fu.global_gate))
@@ -41,16 +70,48 @@ def _fusion(local, glob, fu):
     return loc * gate + emb
 
 
+def _s4_layer(u, s4):
+    """S4 layer with the kernel applied as a dense Toeplitz matrix.
+
+    ``y_t = sum_{s<=t} K0[t-s] u_s + sum_{s>t} K1[s-t-1] u_s + D u_t``,
+    then GELU, 1x1 conv H -> 2H and GLU.
+    """
+    L = u.shape[-1]
+    k = s4.kernel(L)
+    if k.dim() == 2:
+        k = torch.stack([k, torch.zeros_like(k)])
+    t = torch.arange(L)
+    lag = t[:, None] - t[None, :]  # [t, s]
+    fwd = k[0][:, lag.clamp(min=0)] * (lag >= 0)  # [H, t, s]
+    bwd = k[1][:, (-lag - 1).clamp(min=0)] * (lag < 0)
+    y = torch.einsum("hts,bhs->bht", fwd + bwd, u)
+    y = F.gelu(y + s4.D.reshape(1, -1, 1) * u)
+    lin = s4.output_linear
+    y = F.conv1d(y, lin.weight, lin.bias)
+    return y[:, : u.shape[1]] * torch.sigmoid(y[:, u.shape[1] :])
+
+
+def _ffn(x, ff):
+    h = F.gelu(
+        F.conv1d(_frame_ln(x, ff.norm), ff.linear1.weight, ff.linear1.bias)
+    )
+    return x + F.conv1d(h, ff.linear2.weight, ff.linear2.bias)
+
+
 def _block(x, blk, quirk):
     """Literal multi-scale block: fusion at every scale, authors' merge."""
-    y = F.prelu(_gln(blk.proj(x), blk.proj_norm), blk.proj_act.weight)
+    y = _prelu(
+        _gln(F.conv1d(x, blk.proj.weight, blk.proj.bias), blk.proj_norm),
+        blk.proj_act,
+    )
     scales = []
     for layer in blk.pyramid:
         y = _conv_norm(y, layer)
         scales.append(y)
     t_c = scales[-1].shape[-1]
     glob = sum(F.adaptive_avg_pool1d(s, t_c) for s in scales)
-    glob = blk.ffn(blk.s4(glob))  # S4 kernel recomputed, as the authors do
+    glob = glob + _s4_layer(_frame_ln(glob, blk.s4.norm), blk.s4.s4)
+    glob = _ffn(glob, blk.ffn)
     depth = len(scales)
     fused = [
         _fusion(scales[k], glob, blk.fuse[str(k)])
@@ -66,20 +127,31 @@ def _block(x, blk, quirk):
             expanded = _fusion(fused[i], partner, blk.merge[i])
         else:
             expanded = _fusion(fused[i], expanded, blk.merge[i])
-    return blk.res_conv(expanded) + x
+    res = blk.res_conv
+    return F.conv1d(expanded, res.weight, res.bias) + x
 
 
-def _reference_masknet(net, x, quirk):
-    """Slow, literal S4M masknet from the spec, using ``net``'s parameters."""
+def _reference_masknet(net, x, quirk, pad_to=1):
+    """Slow, literal S4M masknet from the spec, using ``net``'s parameters.
+
+    ``pad_to > 1`` zero-pads the frames to a multiple of it first and crops
+    the masks (the old, padding-dependent computation).
+    """
     frames = x.shape[-1]
-    mult = 2 ** (net.block.depth - 1)
-    x = F.pad(x, (0, (-frames) % mult))
-    x0 = net.bottleneck(_gln(x, net.norm))
+    x = F.pad(x, (0, (-frames) % pad_to))
+    bn = net.bottleneck
+    x0 = F.conv1d(_gln(x, net.norm), bn.weight, bn.bias)
     h = x0
     for r in range(net.num_iterations):
-        inp = x0 if r == 0 else net.iter_act(net.iter_conv(x0 + h))
+        if r == 0:
+            inp = x0
+        else:
+            ic = net.iter_conv
+            inp = F.conv1d(x0 + h, ic.weight, ic.bias, groups=ic.groups)
+            inp = _prelu(inp, net.iter_act)
         h = _block(inp, net.block, quirk)
-    m = F.relu(net.mask_conv(net.mask_act(h)))
+    mc = net.mask_conv
+    m = F.relu(F.conv1d(_prelu(h, net.mask_act), mc.weight, mc.bias))
     m = m.view(x.shape[0], net.num_spks, net.in_channels, -1)[..., :frames]
     return m.transpose(0, 1)
 
@@ -93,7 +165,7 @@ def _randomise(net):
 
 
 @pytest.mark.parametrize("quirk", [True, False])
-@pytest.mark.parametrize("frames", [37, 64])
+@pytest.mark.parametrize("frames", [1, 37, 64, 1001, 1007])
 def test_masknet_matches_reference(quirk, frames):
     """Fused implementation == literal spec (float64), quirk on and off."""
     torch.manual_seed(0)
@@ -105,6 +177,42 @@ def test_masknet_matches_reference(quirk, frames):
         ref = _reference_masknet(net, x, quirk)
     assert out.shape == (2, 2, 17, frames)
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
+
+
+def test_masknet_does_not_pad():
+    """At 1001 frames the masks are those of the exact-length computation,
+    not those of the input zero-padded to a multiple of 8 (which differ:
+    padded zeros enter gLN statistics, convolutions and S4's context)."""
+    torch.manual_seed(1)
+    net = S4MMaskNet(17, **TINY).double()
+    _randomise(net)
+    x = torch.rand(2, 17, 1001, dtype=torch.float64)
+    with torch.no_grad():
+        out = net(x)
+        exact = _reference_masknet(net, x, True)
+        padded = _reference_masknet(net, x, True, pad_to=8)
+    torch.testing.assert_close(out, exact, rtol=1e-9, atol=1e-10)
+    rel = (padded - exact).norm() / exact.norm()
+    assert rel > 1e-3, rel.item()
+    # the first frames of a longer input are not the masks of a shorter one
+    # (global norms see the whole utterance), but each length is exact
+    with torch.no_grad():
+        out_short = net(x[..., :1000])
+    torch.testing.assert_close(
+        out_short, _reference_masknet(net, x[..., :1000], True)
+    )
+
+
+@pytest.mark.parametrize(
+    "name, expected", [("s4m_tiny", 1_822_727), ("s4m", 3_605_767)]
+)
+def test_parameter_counts(name, expected):
+    """Encoder + masknet + decoder parameters of the shipped fragments."""
+    from speechbrain_s4m.lobes import load_model_config
+
+    hp = load_model_config(name)
+    mods = (hp["Encoder"], hp["MaskNet"], hp["Decoder"])
+    assert sum(p.numel() for m in mods for p in m.parameters()) == expected
 
 
 def test_quirk_builds_no_unused_layer():

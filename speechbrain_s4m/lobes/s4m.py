@@ -416,8 +416,14 @@ class S4MMaskNet(nn.Module):
     gLN + 1x1 conv E -> C bottleneck; ONE :class:`S4MBlock` applied
     ``num_iterations`` times with shared weights (iteration 1 takes the
     bottleneck output ``x0``, later ones ``PReLU(dw1x1(x0 + x_prev))``); mask
-    head PReLU, 1x1 conv C -> num_spks * E, ReLU. Inputs of any length are
-    padded to a multiple of ``2 ** (depth - 1)`` and the masks cropped back.
+    head PReLU, 1x1 conv C -> num_spks * E, ReLU.
+
+    Every length is computed exactly, without padding (as in the authors'
+    code): the stride-2 pyramid gives ``ceil(T / 2)`` frames per scale, the
+    global features are average-pooled adaptively to the coarsest length and
+    the fusions resize by nearest interpolation to each scale's length. When
+    the lengths are exact multiples these become a reshape-mean and a
+    broadcast (same values, faster).
 
     Arguments
     ---------
@@ -485,7 +491,6 @@ class S4MMaskNet(nn.Module):
         self.num_spks = num_spks
         self.num_iterations = num_iterations
         self.share_kernel = share_kernel
-        self.multiple = 2 ** (depth - 1)
         self.norm = GlobalLayerNorm(in_channels)
         self.bottleneck = nn.Conv1d(in_channels, out_channels, 1)
         self.block = S4MBlock(
@@ -524,10 +529,7 @@ class S4MMaskNet(nn.Module):
             ReLU masks ``[num_spks, batch, in_channels, frames]``.
         """
         bsz, _, frames = x.shape
-        pad = (-frames) % self.multiple
-        if pad:
-            x = F.pad(x, (0, pad))
-        x0 = self.bottleneck(self.norm(x))  # [batch, C, time]
+        x0 = self.bottleneck(self.norm(x))  # [batch, C, frames]
         kernel = None
         if self.share_kernel:
             t_c = self.block.coarsest_length(x0.shape[-1])
@@ -536,8 +538,8 @@ class S4MMaskNet(nn.Module):
         for _ in range(self.num_iterations - 1):
             h = self.block(self.iter_act(self.iter_conv(x0 + h)), kernel=kernel)
         masks = F.relu(self.mask_conv(self.mask_act(h)))
-        masks = masks.view(bsz, self.num_spks, self.in_channels, -1)
-        return masks[..., :frames].transpose(0, 1)
+        masks = masks.view(bsz, self.num_spks, self.in_channels, frames)
+        return masks.transpose(0, 1)
 
 
 class S4MEncoder(nn.Module):
