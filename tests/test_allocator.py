@@ -1,0 +1,58 @@
+"""keep_freed_memory: large temporaries stop costing page faults."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from speechbrain_s4m.allocator import _glibc
+
+pytestmark = pytest.mark.skipif(_glibc() is None, reason="glibc only")
+
+# Allocates and frees a 64 MiB tensor (filled, so every page is touched)
+# 22 times and prints the minor page faults of the last six rounds (the
+# first rounds grow and fragment the heap until freed blocks fit the next
+# request: up to ~8 rounds here).
+_PROBE = textwrap.dedent(
+    """
+    import resource, sys
+    import torch
+    from speechbrain_s4m.allocator import keep_freed_memory, allocator_mode
+    if sys.argv[1] == "keep":
+        assert keep_freed_memory()
+    n = 16 * 2**20  # float32 -> 64 MiB
+
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    for _ in range(16):
+        torch.ones(n).sum()
+    before = faults()
+    for _ in range(6):
+        torch.ones(n).sum()
+    print(faults() - before, allocator_mode())
+    """
+)
+
+
+def _faults(mode):
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split(maxsplit=1)
+    return int(out[0]), out[1].strip()
+
+
+def test_freed_memory_is_reused_without_page_faults():
+    pages = 16 * 2**20 * 4 // 4096  # pages of one 64 MiB tensor
+    default, default_mode = _faults("default")
+    kept, kept_mode = _faults("keep")
+    assert default_mode == "glibc, default"
+    assert kept_mode == "glibc, freed memory kept"
+    # by default each round maps the tensor afresh: a fault per page
+    assert default > 5 * pages  # 6 rounds
+    # kept: the pages of the first rounds are reused, (almost) no new faults
+    assert kept < pages / 4
