@@ -18,8 +18,20 @@ import pathlib
 import sys
 import traceback
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
+
+
+def __getattr__(name):
+    """``AUDIO_EXTENSIONS`` (now in :mod:`speechbrain_s4m.audio`) on demand.
+
+    The package modules import torch; importing them only when used keeps
+    ``--help`` and argument errors instant.
+    """
+    if name == "AUDIO_EXTENSIONS":
+        from speechbrain_s4m.audio import AUDIO_EXTENSIONS
+
+        return AUDIO_EXTENSIONS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _one_line(err):
@@ -65,6 +77,8 @@ def collect_inputs(paths, recursive=False):
     problems : list of str
         One message per path that does not exist or holds no audio.
     """
+    from speechbrain_s4m.audio import AUDIO_EXTENSIONS, is_audio_file
+
     files, problems = [], []
     for given in paths:
         path = pathlib.Path(given).expanduser()
@@ -73,7 +87,7 @@ def collect_inputs(paths, recursive=False):
             found = sorted(
                 p
                 for p in path.glob(pattern)
-                if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                if p.is_file() and is_audio_file(p)
             )
             if not found:
                 problems.append(
@@ -232,7 +246,7 @@ def separate_main(argv=None):
             savedir=args.savedir,
             run_opts={"device": device},
         )
-        model._chunk_sizes(args.chunk_seconds, args.overlap_seconds)
+        model.chunk_sizes(args.chunk_seconds, args.overlap_seconds)
     except Exception as err:
         _report(prog, err, args.traceback)
         return EXIT_USAGE

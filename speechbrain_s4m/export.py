@@ -33,11 +33,11 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from speechbrain.utils.checkpoints import METAFNAME
 
-from speechbrain_s4m.inference import (
+from speechbrain_s4m.inference import S4MSeparation
+from speechbrain_s4m.inference.loading import (
     MODULE_KEYS,
     ModelFolderError,
     ModelNotFoundError,
-    S4MSeparation,
 )
 
 # Keys of the pretrained file whose nodes come from the recipe.

@@ -4,6 +4,8 @@ import io
 import itertools
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from hyperpyyaml import load_hyperpyyaml, resolve_references
 from speechbrain.lobes.models.dual_path import Decoder, Encoder
 from speechbrain.utils.checkpoints import Checkpointer
 
+from speechbrain_s4m import audio as s4m_audio
 from speechbrain_s4m import inference
 from speechbrain_s4m.export import (
     export_pretrained,
@@ -26,6 +29,7 @@ from speechbrain_s4m.inference import (
     ModelNotFoundError,
     OverlapAddSeparator,
     S4MSeparation,
+    loading,
 )
 from speechbrain_s4m.lobes import model_config_path
 
@@ -144,6 +148,25 @@ def exported(recipe_folder, tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(exported):
     return S4MSeparation.from_hparams(exported, run_opts={"device": "cpu"})
+
+
+def test_inference_imports_no_training_module():
+    """The pretrained interface runs the separator from ``lobes``: loading
+    it pulls in neither the Brain nor the recipe runner."""
+    code = (
+        "import sys, speechbrain_s4m.inference; "
+        "print(sorted(m for m in sys.modules "
+        "if m.startswith('speechbrain_s4m')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "speechbrain_s4m.lobes.separator" in out
+    for training in ("separation", "recipe", "training_curve"):
+        assert f"'speechbrain_s4m.{training}'" not in out
 
 
 # --------------------------------------------------------------------------
@@ -302,9 +325,67 @@ def test_mistyped_local_path_is_file_not_found(source, monkeypatch):
     def no_hub(*args, **kwargs):
         raise AssertionError("the hub must not be contacted")
 
-    monkeypatch.setattr(inference, "fetch", no_hub)
+    monkeypatch.setattr(loading, "fetch", no_hub)
     with pytest.raises(FileNotFoundError, match="model folder not found"):
         S4MSeparation.from_hparams(source)
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [
+        "owner/name",
+        "owner",
+        "a/b/c",
+        "a/b/c/d",
+        "./owner/name",
+        "/abs/path",
+        "~/models",
+        "owner/name/",
+    ],
+)
+def test_one_rule_for_hub_models_and_hub_files(folder):
+    """A file is fetched exactly when its folder would be a hub model."""
+    path = f"{folder.rstrip('/')}/mix.wav"
+    assert loading.looks_like_hub_file(path) == (
+        not loading.looks_like_local_path(folder.rstrip("/"))
+    )
+
+
+def test_audio_path_with_several_folders_is_local(model, monkeypatch):
+    """``a/b/c/mix.wav`` was sent to the hub as repository ``a/b/c`` (two or
+    more slashes counted as hub); under the model-source rule ``a/b/c`` is a
+    local path, so a missing file is reported as such, without the hub."""
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub must not be contacted")
+
+    monkeypatch.setattr(loading, "fetch", no_hub)
+    assert not loading.looks_like_hub_file("no/such/dir/mix.wav")
+    with pytest.raises(AudioInputError, match="no such file"):
+        model.separate_file("no/such/dir/mix.wav")
+    # owner/name/file still means a file of hub repository owner/name
+    calls = []
+
+    def fake_fetch(filename, source, savedir, **kwargs):
+        calls.append((source, filename))
+        raise FileNotFoundError("not on the hub")
+
+    monkeypatch.setattr(loading, "fetch", fake_fetch)
+    with pytest.raises(AudioInputError, match="fetching it failed"):
+        model.separate_file("owner/name/mix.wav")
+    assert calls == [("owner/name", "mix.wav")]
+
+
+def test_one_audio_error_family(tmp_path):
+    assert issubclass(s4m_audio.AudioInputError, s4m_audio.AudioError)
+    assert issubclass(s4m_audio.AudioFormatError, s4m_audio.AudioError)
+    assert issubclass(s4m_audio.AudioError, ValueError)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.zeros((800, 2), "float32"), SR)
+    with pytest.raises(s4m_audio.AudioError, match="2 channels"):
+        s4m_audio.read_audio(path, SR)
+    with pytest.raises(s4m_audio.AudioError, match="silent"):
+        s4m_audio.check_audio_file(path)
 
 
 def test_model_folder_errors(exported, tmp_path):
@@ -351,7 +432,7 @@ def test_hub_savedir_is_not_reused_for_another_source(
         shutil.copy(repos[source] / filename, dst)
         return dst
 
-    monkeypatch.setattr(inference, "fetch", fake_fetch)
+    monkeypatch.setattr(loading, "fetch", fake_fetch)
     savedir = tmp_path / "savedir"
     a = S4MSeparation.from_hparams("owner/a", savedir=savedir)
     with pytest.raises(ModelFolderError, match="another source"):
@@ -529,10 +610,10 @@ def test_streaming_file_is_bounded(model, tmp_path, monkeypatch):
     rate = 16000
     audio = speechlike(12.0, rate=rate, seed=8)
     sf.write(tmp_path / "long.wav", audio[0].numpy(), rate, subtype="FLOAT")
-    monkeypatch.setattr(inference, "READ_BLOCK_SECONDS", 0.5)
+    monkeypatch.setattr(s4m_audio, "READ_BLOCK_SECONDS", 0.5)
     seen = {"model": 0, "read": 0}
     real_separate = model.separate_batch
-    real_blocks = inference.iter_audio_blocks
+    real_blocks = s4m_audio.iter_audio_blocks
 
     def spy_separate(mix):
         seen["model"] = max(seen["model"], mix.shape[-1])
@@ -544,7 +625,7 @@ def test_streaming_file_is_bounded(model, tmp_path, monkeypatch):
             yield block
 
     monkeypatch.setattr(model, "separate_batch", spy_separate)
-    monkeypatch.setattr(inference, "iter_audio_blocks", spy_blocks)
+    monkeypatch.setattr(s4m_audio, "iter_audio_blocks", spy_blocks)
     paths = model.separate_file_to_folder(
         str(tmp_path / "long.wav"),
         tmp_path / "out",

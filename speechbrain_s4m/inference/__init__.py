@@ -1,0 +1,76 @@
+"""Ready-to-use separation with pretrained models.
+
+``from speechbrain_s4m.inference import S4MSeparation`` is the entry point.
+The package has one module per role:
+
+* :mod:`~speechbrain_s4m.inference.loading`: model sources (local folder or
+  hub id), hub fetching, strict loading, folder errors;
+* :mod:`~speechbrain_s4m.inference.streaming`: block-wise resampling,
+  speaker-order alignment and overlap-add over chunks;
+* :mod:`~speechbrain_s4m.inference.interface`: ``S4MSeparation``.
+
+Audio reading and checks are in :mod:`speechbrain_s4m.audio`. The names
+that ``speechbrain_s4m.inference`` held when it was one module are
+re-exported here.
+
+Authors
+ * speechbrain-s4m contributors 2026
+"""
+
+from speechbrain_s4m.audio import (
+    READ_BLOCK_SECONDS,
+    AudioError,
+    AudioInputError,
+    audio_info,
+    check_audio_file,
+    check_audio_tensor,
+    iter_audio_blocks,
+)
+from speechbrain_s4m.inference.interface import (
+    DEFAULT_CHUNK_SECONDS,
+    DEFAULT_OVERLAP_SECONDS,
+    S4MSeparation,
+)
+from speechbrain_s4m.inference.loading import (
+    MODULE_KEYS,
+    SOURCE_MARKER,
+    ModelFolderError,
+    ModelNotFoundError,
+    load_model_folder,
+    load_state_dict_strict,
+    looks_like_hub_file,
+    looks_like_local_path,
+    resolve_model_folder,
+)
+from speechbrain_s4m.inference.streaming import (
+    OverlapAddSeparator,
+    StreamingResampler,
+    align_to_reference,
+    separate_stream,
+)
+
+__all__ = [
+    "DEFAULT_CHUNK_SECONDS",
+    "DEFAULT_OVERLAP_SECONDS",
+    "MODULE_KEYS",
+    "READ_BLOCK_SECONDS",
+    "SOURCE_MARKER",
+    "AudioError",
+    "AudioInputError",
+    "ModelFolderError",
+    "ModelNotFoundError",
+    "OverlapAddSeparator",
+    "S4MSeparation",
+    "StreamingResampler",
+    "align_to_reference",
+    "audio_info",
+    "check_audio_file",
+    "check_audio_tensor",
+    "iter_audio_blocks",
+    "load_model_folder",
+    "load_state_dict_strict",
+    "looks_like_hub_file",
+    "looks_like_local_path",
+    "resolve_model_folder",
+    "separate_stream",
+]

@@ -1,0 +1,495 @@
+"""The pretrained separation interface: ``S4MSeparation``.
+
+One role: what a user calls to separate audio with a pretrained model.
+``S4MSeparation`` follows SpeechBrain's ``SepformerSeparation`` interface
+(``from_hparams``, ``separate_batch``, ``separate_file``); the work is done
+elsewhere: loading in :mod:`speechbrain_s4m.inference.loading`, the forward
+in :class:`speechbrain_s4m.lobes.separator.Separator` (the same module the
+training Brain runs), chunking in :mod:`speechbrain_s4m.inference.streaming`
+and audio checks in :mod:`speechbrain_s4m.audio`.
+
+Deliberate differences from SpeechBrain's ``SepformerSeparation``:
+
+* strict loading: a mistyped local path is a ``FileNotFoundError``, a
+  checkpoint with missing or unexpected keys is an error (not a warning), and
+  a ``savedir`` filled from another source is never reused silently;
+* audio files at any rate and channel count (downmixed, then resampled to
+  the model's rate), results at the model's or at the input's rate, not
+  peak-normalised unless asked;
+* ``separate_long``: overlap-add over chunks with the speaker order of each
+  chunk aligned to the previous one on their overlap, and a streaming file
+  path (``separate_file_to_folder``) whose memory does not grow with the file;
+* clear errors (``AudioInputError``, ``ModelFolderError``) naming the file,
+  and outputs written to a temporary name first (never a partial file).
+
+Authors
+ * speechbrain-s4m contributors 2026
+"""
+
+import os
+import pathlib
+import tempfile
+from contextlib import ExitStack
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from speechbrain.inference.interfaces import Pretrained
+
+from speechbrain_s4m import audio
+from speechbrain_s4m.inference.loading import (
+    MODULE_KEYS,
+    load_model_folder,
+    local_audio_file,
+    resolve_model_folder,
+)
+from speechbrain_s4m.inference.streaming import (
+    OverlapAddSeparator,
+    cat_outputs,
+    separate_stream,
+)
+from speechbrain_s4m.lobes.separator import Separator
+
+DEFAULT_CHUNK_SECONDS = 30.0
+DEFAULT_OVERLAP_SECONDS = 2.0
+
+
+def _default_file_mode():
+    """Permissions of a new file under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+class S4MSeparation(Pretrained):
+    """A ready-to-use speech separation model (S4M or any masknet).
+
+    Drop-in for SpeechBrain's ``SepformerSeparation`` with strict loading,
+    any-rate / any-channel files, long-audio separation and clear errors.
+
+    Arguments
+    ---------
+    *args, **kwargs
+        As ``speechbrain.inference.interfaces.Pretrained``; usually built by
+        ``S4MSeparation.from_hparams(source=folder_or_hub_id)``.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models import dual_path as dp
+    >>> enc = dp.Encoder(kernel_size=8, out_channels=8)
+    >>> blk = dp.SBTransformerBlock(1, 8, 2, d_ffn=16)
+    >>> mask = dp.Dual_Path_Model(8, 8, blk, blk, num_layers=1, K=10)
+    >>> dec = dp.Decoder(8, 1, kernel_size=8, stride=4, bias=False)
+    >>> model = S4MSeparation(
+    ...     modules={"encoder": enc, "masknet": mask, "decoder": dec},
+    ...     hparams={"sample_rate": 8000, "num_spks": 2},
+    ...     run_opts={"device": "cpu"},
+    ... )
+    >>> model.separate_batch(torch.randn(1, 800)).shape
+    torch.Size([1, 800, 2])
+    """
+
+    MODULES_NEEDED = list(MODULE_KEYS)
+    HPARAMS_NEEDED = ["sample_rate", "num_spks"]
+    #: Shortest input accepted (seconds); shorter audio is an AudioInputError.
+    min_seconds = 0.1
+
+    @classmethod
+    def from_hparams(
+        cls,
+        source,
+        hparams_file="hyperparams.yaml",
+        savedir=None,
+        overrides=None,
+        run_opts=None,
+        overwrite=False,
+        fetch_config=None,
+        overrides_must_match=True,
+        download_only=False,
+        local_strategy=None,
+        **kwargs,
+    ):
+        """Loads a pretrained folder (local, offline) or a hub repository.
+
+        Arguments
+        ---------
+        source : str or pathlib.Path
+            A local folder (as written by ``s4m-export``) or a hub id
+            ``owner/name``. Something that looks like a path and does not
+            exist raises ``ModelNotFoundError`` (a ``FileNotFoundError``):
+            it is never sent to the hub.
+        hparams_file : str
+            Hyperparameter file name in the folder.
+        savedir : str or pathlib.Path, optional
+            Hub sources only: where to put the fetched files (a local folder
+            is read in place). A savedir filled from another source is
+            refused unless ``overwrite=True``.
+        overrides : dict, optional
+            Overrides for the hyperparameter file.
+        run_opts : dict, optional
+            e.g. ``{"device": "cuda:0"}``.
+        overwrite : bool
+            Re-fetch hub files into ``savedir`` even when present.
+        fetch_config : speechbrain.utils.fetching.FetchConfig, optional
+            Hub fetching options (revision, token, ...).
+        overrides_must_match : bool
+            As SpeechBrain: an override of a key absent from the file is an
+            error.
+        download_only : bool
+            Fetch the hub files only; returns None.
+        local_strategy : None
+            Accepted for compatibility with SpeechBrain and ignored: local
+            folders are read in place, hub files are copied into savedir.
+        **kwargs
+            Passed to the class (e.g. ``freeze_params``).
+
+        Returns
+        -------
+        S4MSeparation
+        """
+        folder = resolve_model_folder(
+            source, hparams_file, savedir, overrides, overwrite, fetch_config
+        )
+        if download_only:
+            return None
+        hparams = load_model_folder(
+            folder, hparams_file, overrides, overrides_must_match
+        )
+        hparams["savedir"] = str(folder)
+        hparams["source"] = str(source)
+        return cls(
+            modules=hparams["modules"],
+            hparams=hparams,
+            run_opts=run_opts,
+            **kwargs,
+        )
+
+    @property
+    def sample_rate(self):
+        """The model's sample rate (Hz)."""
+        return int(self.hparams.sample_rate)
+
+    @property
+    def num_spks(self):
+        """Number of separated sources."""
+        return int(self.hparams.num_spks)
+
+    def separate_batch(self, mix):
+        """Separates a batch of mixtures at the model's sample rate.
+
+        Same computation as the training Brain's forward.
+
+        Arguments
+        ---------
+        mix : torch.Tensor
+            ``[batch, time]`` (or ``[time]``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, time, num_spks]``.
+        """
+        if mix.dim() == 1:
+            mix = mix.unsqueeze(0)
+        # Built per call over the current ``mods`` (cheap, shares the
+        # modules): a module swapped in ``mods`` is always the one that runs.
+        separator = Separator.from_modules(self.mods, self.num_spks)
+        with torch.no_grad():
+            return separator(mix.to(self.device))
+
+    def forward(self, mix):
+        """Runs ``separate_batch``."""
+        return self.separate_batch(mix)
+
+    def chunk_sizes(self, chunk_seconds=None, overlap_seconds=None):
+        """Chunk and overlap lengths in samples at the model's rate.
+
+        Also the check of the two lengths (the command line calls it before
+        reading any file, so that bad values fail once, not per file).
+
+        Arguments
+        ---------
+        chunk_seconds : float, optional
+            Chunk length (default ``DEFAULT_CHUNK_SECONDS``).
+        overlap_seconds : float, optional
+            Overlap between chunks (default ``DEFAULT_OVERLAP_SECONDS``).
+
+        Returns
+        -------
+        chunk : int
+            Samples per chunk.
+        overlap : int
+            Samples of overlap, ``0 < overlap < chunk``.
+
+        Example
+        -------
+        >>> model = S4MSeparation(
+        ...     modules={}, hparams={"sample_rate": 8000, "num_spks": 2}
+        ... )
+        >>> model.chunk_sizes(), model.chunk_sizes(1.0, 0.25)
+        ((240000, 16000), (8000, 2000))
+        >>> model.chunk_sizes(1.0, 1.0)
+        Traceback (most recent call last):
+          ...
+        ValueError: need 0 < overlap_seconds < chunk_seconds, ...
+        """
+        chunk_seconds = (
+            DEFAULT_CHUNK_SECONDS if chunk_seconds is None else chunk_seconds
+        )
+        overlap_seconds = (
+            DEFAULT_OVERLAP_SECONDS
+            if overlap_seconds is None
+            else overlap_seconds
+        )
+        chunk = int(round(chunk_seconds * self.sample_rate))
+        overlap = int(round(overlap_seconds * self.sample_rate))
+        if overlap <= 0 or overlap >= chunk:
+            raise ValueError(
+                "need 0 < overlap_seconds < chunk_seconds, got "
+                f"overlap_seconds={overlap_seconds}, "
+                f"chunk_seconds={chunk_seconds}"
+            )
+        return chunk, overlap
+
+    def separate_long(
+        self,
+        mix,
+        chunk_seconds=None,
+        overlap_seconds=None,
+        sample_rate=None,
+    ):
+        """Separates long mixtures chunk by chunk (overlap-add).
+
+        Input that fits in one chunk is separated in one pass (identical to
+        ``separate_batch``).
+
+        Arguments
+        ---------
+        mix : torch.Tensor
+            ``[batch, time]`` or ``[time]``.
+        chunk_seconds : float
+            Chunk length (default ``DEFAULT_CHUNK_SECONDS``).
+        overlap_seconds : float
+            Overlap between chunks (default ``DEFAULT_OVERLAP_SECONDS``);
+            it is used to align the speaker order and is cross-faded.
+        sample_rate : int, optional
+            Rate of ``mix`` if not the model's (it is resampled first).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, time, num_spks]`` at the model's sample rate.
+        """
+        if mix.dim() == 1:
+            mix = mix.unsqueeze(0)
+        rate = self.sample_rate if sample_rate is None else int(sample_rate)
+        audio.check_audio_tensor(mix, rate, self.min_seconds)
+        mix = mix.float().cpu()
+        if rate != self.sample_rate:
+            mix = torchaudio.functional.resample(mix, rate, self.sample_rate)
+        chunk, overlap = self.chunk_sizes(chunk_seconds, overlap_seconds)
+        sep = OverlapAddSeparator(self.separate_batch, chunk, overlap)
+        parts = [sep.push(b) for b in mix.split(chunk, dim=-1)]
+        parts.append(sep.flush())
+        return cat_outputs(parts)
+
+    # -- files ------------------------------------------------------------
+    def _stream_file(self, path, chunk_seconds, overlap_seconds, out_rate):
+        """Yields output blocks ``[spks, n]`` at ``out_rate`` for a file.
+
+        Reads the file in blocks, downmixes, resamples to the model's rate,
+        separates chunk by chunk and resamples back: memory is bounded by
+        the chunk length, whatever the file's length.
+        """
+        info, _ = audio.check_audio_file(path, self.min_seconds)
+        rate_in = info.samplerate
+        chunk, overlap = self.chunk_sizes(chunk_seconds, overlap_seconds)
+        block_frames = max(1, int(audio.READ_BLOCK_SECONDS * rate_in))
+        yield from separate_stream(
+            audio.iter_audio_blocks(path, block_frames),
+            self.separate_batch,
+            rate_in,
+            self.sample_rate,
+            out_rate,
+            chunk,
+            overlap,
+        )
+
+    def _output_rate(self, output_sample_rate, path):
+        if output_sample_rate is None or output_sample_rate == "model":
+            return self.sample_rate
+        if output_sample_rate == "input":
+            return audio.audio_info(path).samplerate
+        rate = int(output_sample_rate)
+        if rate <= 0:
+            raise ValueError(f"invalid output_sample_rate {output_sample_rate}")
+        return rate
+
+    def separate_file(
+        self,
+        path,
+        savedir=None,
+        output_sample_rate=None,
+        normalize=False,
+        chunk_seconds=None,
+        overlap_seconds=None,
+    ):
+        """Separates an audio file (any rate, any number of channels).
+
+        The channels are averaged, the result resampled to the model's rate
+        and separated; files longer than ``chunk_seconds`` are separated
+        chunk by chunk (``separate_long``).
+
+        Arguments
+        ---------
+        path : str
+            Local file (or URL / ``owner/repo/file.wav`` hub path, fetched
+            afresh into a new temporary folder every time).
+        savedir : str, optional
+            Parent folder for such fetched files (default: system temp).
+        output_sample_rate : None, "model", "input" or int
+            Rate of the result: the model's (default, like SpeechBrain), the
+            input file's, or a given rate.
+        normalize : bool
+            Scale each source so that its peak is 1 (SpeechBrain's
+            ``separate_file`` always does this; here it is opt-in so that
+            the sources keep their relative levels).
+        chunk_seconds, overlap_seconds : float, optional
+            Long-audio chunking (see ``separate_long``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[1, time, num_spks]``.
+        """
+        with local_audio_file(path, savedir) as local:
+            out_rate = self._output_rate(output_sample_rate, local)
+            blocks = list(
+                self._stream_file(
+                    local, chunk_seconds, overlap_seconds, out_rate
+                )
+            )
+        est = torch.cat(blocks, dim=-1).t().unsqueeze(0)  # [1, time, spks]
+        if normalize:
+            est = est / est.abs().amax(dim=1, keepdim=True).clamp_min(1e-8)
+        return est
+
+    def separate_file_to_folder(
+        self,
+        path,
+        output_folder,
+        output_sample_rate="input",
+        normalize=False,
+        chunk_seconds=None,
+        overlap_seconds=None,
+        subtype="FLOAT",
+        name=None,
+    ):
+        """Separates a file into ``<name>_s1.wav``, ``<name>_s2.wav``, ...
+
+        Streaming: the input is read and the outputs written block by block,
+        so memory stays flat however long the file is. Outputs go to
+        temporary files in ``output_folder`` and are renamed only once
+        complete: an error never leaves a partial output file.
+
+        Arguments
+        ---------
+        path : str
+            The mixture file.
+        output_folder : str
+            Where to write (created if needed).
+        output_sample_rate : "input", "model" or int
+            Rate of the written files (default: the input's rate).
+        normalize : bool
+            Peak-normalise each output to 1 (second pass over the temporary
+            file, still in blocks).
+        chunk_seconds, overlap_seconds : float, optional
+            Long-audio chunking (see ``separate_long``).
+        subtype : str
+            soundfile subtype, e.g. ``"FLOAT"`` or ``"PCM_16"``.
+        name : str, optional
+            Output base name (default: the input's name without extension).
+
+        Returns
+        -------
+        list of pathlib.Path
+            The written files, one per source.
+        """
+        path = str(path)
+        out_rate = self._output_rate(output_sample_rate, path)
+        output_folder = pathlib.Path(output_folder)
+        output_folder.mkdir(parents=True, exist_ok=True)
+        name = name or pathlib.Path(path).stem
+        finals = [
+            output_folder / f"{name}_s{i + 1}.wav" for i in range(self.num_spks)
+        ]
+        temps = []
+        try:
+            with ExitStack() as stack:
+                handles = []
+                for final in finals:
+                    fd, tmp = tempfile.mkstemp(
+                        prefix=f".{final.stem}.",
+                        suffix=".part.wav",
+                        dir=output_folder,
+                    )
+                    os.close(fd)
+                    temps.append(pathlib.Path(tmp))
+                    handles.append(
+                        stack.enter_context(
+                            sf.SoundFile(
+                                tmp,
+                                "w",
+                                samplerate=out_rate,
+                                channels=1,
+                                subtype="FLOAT" if normalize else subtype,
+                                format="WAV",
+                            )
+                        )
+                    )
+                peaks = np.zeros(self.num_spks)
+                for block in self._stream_file(
+                    path, chunk_seconds, overlap_seconds, out_rate
+                ):
+                    data = block.numpy()  # [spks, n]
+                    peaks = np.maximum(peaks, np.abs(data).max(axis=1))
+                    for i, handle in enumerate(handles):
+                        handle.write(data[i])
+            if normalize:
+                temps = self._normalize_files(temps, peaks, subtype, out_rate)
+            mode = _default_file_mode()
+            for tmp, final in zip(temps, finals):
+                os.chmod(tmp, mode)  # mkstemp makes 0600 files
+                os.replace(tmp, final)
+            temps = []
+        finally:
+            for tmp in temps:
+                pathlib.Path(tmp).unlink(missing_ok=True)
+        return finals
+
+    @staticmethod
+    def _normalize_files(temps, peaks, subtype, rate):
+        """Rewrites each temporary file scaled to peak 1 (in blocks)."""
+        new = []
+        try:
+            for tmp, peak in zip(temps, peaks):
+                scale = 1.0 / max(float(peak), 1e-8)
+                target = tmp.with_name(tmp.name.replace(".part", ".norm"))
+                new.append(target)
+                with sf.SoundFile(
+                    target,
+                    "w",
+                    samplerate=rate,
+                    channels=1,
+                    subtype=subtype,
+                    format="WAV",
+                ) as out:
+                    for block in audio.iter_audio_blocks(tmp, 1 << 16):
+                        out.write(block[:, 0] * scale)
+                tmp.unlink()
+        except BaseException:
+            for f in new:
+                f.unlink(missing_ok=True)
+            raise
+        return new
