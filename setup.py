@@ -29,11 +29,15 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.4"]},
+    extras_require={
+        "metrics": ["pesq", "pystoi"],
+        "test": ["pytest>=7", "ruff>=0.4", "mir_eval", "pesq", "pystoi"],
+    },
     entry_points={
         "console_scripts": [
             "s4m-separate=speechbrain_s4m.cli:separate_main",
             "s4m-export=speechbrain_s4m.cli:export_main",
+            "s4m-compare=speechbrain_s4m.compare:main",
         ]
     },
 )

@@ -1,0 +1,956 @@
+"""Recipe results side by side: accuracy with confidence intervals, paired
+differences on the same test utterances, training time and compute.
+
+::
+
+    python -m speechbrain_s4m.compare results/SynthMix/s4m_tiny/1234 \\
+        results/SynthMix/convtasnet/1234 \\
+        --benchmark docs/benchmarks/s4m_benchmark.json --out comparison
+
+Each RESULT_FOLDER is the ``output_folder`` of a recipe run: it holds
+``hyperparams.yaml``, ``test_results.csv`` (one row per test utterance and an
+``avg`` row) and ``train_log.txt``. For each folder the command reports the
+model, its parameters, the mean SI-SNRi and SDRi with 95% confidence
+intervals (Student's t), the test set size, the epochs and the training time
+from the log (when its epoch lines carry a ``time`` field, in seconds), and
+the GMAC per second of audio and the inference time from a benchmark JSON
+(``python -m speechbrain_s4m.benchmark --json ...``). For each pair of
+folders: the mean paired difference on the utterances both scored, its 95%
+confidence interval and the share of utterances each model wins.
+
+It prints a Markdown table and writes into ``--out``: ``comparison.md``,
+``comparison.json``, ``comparison.csv`` (one row per model),
+``comparison_pairs.csv``, one ``scatter_<a>_vs_<b>.png`` per pair
+(per-utterance SI-SNRi of one model against the other's) and
+``valid_vs_epoch.png`` / ``valid_vs_time.png`` (validation SI-SNR against
+epochs and against training time, the latter when the logs record times).
+
+Folders whose test utterances differ are refused unless ``--intersect`` is
+given (then the utterances common to all are kept, and the count is said).
+Existing output files are never overwritten without ``--overwrite``.
+
+Authors
+ * speechbrain-s4m contributors 2026
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+
+__all__ = [
+    "CompareError",
+    "load_result_folder",
+    "mean_ci",
+    "paired_comparison",
+    "compare_folders",
+    "main",
+]
+
+#: Metrics compared for every model (columns of ``test_results.csv``).
+MAIN_METRICS = ("si-snr_i", "sdr_i")
+#: Optional columns reported when every folder has them.
+OPTIONAL_METRICS = ("si-snr", "sdr", "pesq", "pesq_i", "stoi", "stoi_i")
+#: Benchmark duration (seconds of audio) used by default.
+DEFAULT_BENCH_SECONDS = 4.0
+
+
+class CompareError(Exception):
+    """A problem with the inputs, reported in one line (exit code 2)."""
+
+
+# ----------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------
+def mean_ci(values, confidence=0.95):
+    """Mean and its confidence interval from Student's t distribution.
+
+    Arguments
+    ---------
+    values : sequence of float
+        The per-utterance values (NaN values are ignored).
+    confidence : float
+        Coverage of the interval.
+
+    Returns
+    -------
+    dict
+        ``{"mean", "ci_low", "ci_high", "n"}``; the bounds are NaN for fewer
+        than two values, everything is NaN for none.
+
+    Example
+    -------
+    >>> r = mean_ci([1.0, 2.0, 3.0])
+    >>> r["mean"], round(r["ci_low"], 4), round(r["ci_high"], 4), r["n"]
+    (2.0, -0.4841, 4.4841, 3)
+    """
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = int(x.size)
+    if n == 0:
+        return {
+            "mean": math.nan,
+            "ci_low": math.nan,
+            "ci_high": math.nan,
+            "n": 0,
+        }
+    mean = float(x.mean())
+    if n < 2:
+        return {"mean": mean, "ci_low": math.nan, "ci_high": math.nan, "n": 1}
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1)
+    half = float(half / math.sqrt(n))
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def paired_comparison(a, b, confidence=0.95):
+    """Paired difference ``a - b`` over the items both scored.
+
+    Arguments
+    ---------
+    a : sequence of float
+        Per-utterance scores of model A (NaN where unscored).
+    b : sequence of float
+        Per-utterance scores of model B, same utterance order.
+    confidence : float
+        Coverage of the interval.
+
+    Returns
+    -------
+    dict
+        ``{"mean", "ci_low", "ci_high", "n"}`` of the differences, and
+        ``a_wins``, ``b_wins``, ``ties``: shares of the ``n`` utterances on
+        which A scores higher, B scores higher, both the same.
+
+    Example
+    -------
+    >>> r = paired_comparison([3.0, 5.0, 4.0, 1.0], [1.0, 4.0, 4.0, 2.0])
+    >>> r["mean"], r["n"], r["a_wins"], r["b_wins"], r["ties"]
+    (0.5, 4, 0.5, 0.25, 0.25)
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    diff = a[keep] - b[keep]
+    out = mean_ci(diff, confidence)
+    n = max(out["n"], 1)
+    out["a_wins"] = float(np.sum(diff > 0) / n) if diff.size else math.nan
+    out["b_wins"] = float(np.sum(diff < 0) / n) if diff.size else math.nan
+    out["ties"] = float(np.sum(diff == 0) / n) if diff.size else math.nan
+    return out
+
+
+# ----------------------------------------------------------------------
+# Reading a result folder
+# ----------------------------------------------------------------------
+def _float_cell(text):
+    """A CSV cell as a float; an empty cell (unscored) is NaN."""
+    text = (text or "").strip()
+    if not text:
+        return math.nan
+    return float(text)
+
+
+def read_test_results(path):
+    """Reads ``test_results.csv``: ``(ids, {column: [float]})`` without the
+    ``avg`` row; empty cells are NaN, non-numeric columns are left out."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if r.get("snt_id") != "avg"]
+    if "snt_id" not in fields or "si-snr_i" not in fields:
+        raise CompareError(
+            f"{path}: not a test_results.csv (needs the columns snt_id and "
+            f"si-snr_i; has {', '.join(fields) or 'none'})"
+        )
+    if not rows:
+        raise CompareError(f"{path}: no test utterance (only a header)")
+    ids = [r["snt_id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise CompareError(f"{path}: repeated utterance ids")
+    columns = {}
+    for key in fields:
+        if key == "snt_id":
+            continue
+        try:
+            columns[key] = [_float_cell(r.get(key)) for r in rows]
+        except ValueError:
+            continue  # a text column (e.g. notes)
+    return ids, columns
+
+
+def _log_fields(line):
+    """``{key: float}`` of a FileTrainLogger line (``"epoch: 1, lr: 1.00e-03
+    - train si-snr: 3.10 - valid si-snr: 2.50"``); the keys keep their
+    ``train`` / ``valid`` prefix; non-numeric values are left out.
+
+    Example
+    -------
+    >>> _log_fields("epoch: 2, lr: 1.00e-03, time: 12.5 - train si-snr: 3.1")
+    {'epoch': 2.0, 'lr': 0.001, 'time': 12.5, 'train si-snr': 3.1}
+    """
+    fields = {}
+    for group in line.strip().split(" - "):
+        for item in group.split(", "):
+            key, sep, value = item.rpartition(":")
+            if not sep:
+                continue
+            value = value.strip()
+            if value.endswith("s") and value[:-1]:
+                value = value[:-1]  # "12.5s"
+            try:
+                fields[key.strip()] = float(value)
+            except ValueError:
+                continue
+    return fields
+
+
+#: Keys of an epoch line that hold the epoch's wall-clock time in seconds.
+TIME_KEYS = ("time", "train time", "epoch_time", "time_s", "train time_s")
+
+
+def read_train_log(path):
+    """Per-epoch validation SI-SNR and wall-clock time from a train log.
+
+    The losses come from
+    :func:`speechbrain_s4m.training_curve.parse_train_log`; the time of an
+    epoch from a ``time`` field of its line (see ``TIME_KEYS``), when the
+    log records one.
+
+    Arguments
+    ---------
+    path : str
+        The ``train_log.txt``.
+
+    Returns
+    -------
+    dict
+        ``{"epoch": [int], "valid_si_snr": [float], "time": [float] or
+        None}`` (validation SI-SNR in dB, i.e. minus the logged loss; time
+        None unless every epoch line has it).
+    """
+    curve = _parse_train_log()(path)
+    epochs = list(curve["epoch"])
+    valid = [-v for v in curve["valid"]]
+    times = curve.get("time")
+    # Read the fields of each epoch line ourselves too: the time fields, and
+    # the losses of lines whose layout parse_train_log does not know
+    by_epoch = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("epoch:"):
+                fields = _log_fields(line)
+                if "epoch" in fields:
+                    by_epoch[int(fields["epoch"])] = fields
+    own = sorted(e for e, f in by_epoch.items() if "valid si-snr" in f)
+    if len(own) > len(epochs):
+        epochs = own
+        valid = [-by_epoch[e]["valid si-snr"] for e in own]
+        times = None
+    if not times or len(times) != len(epochs):
+        times = []
+        for e in epochs:
+            fields = by_epoch.get(e, {})
+            times.append(
+                next((fields[k] for k in TIME_KEYS if k in fields), None)
+            )
+        if not epochs or any(t is None for t in times):
+            times = None
+    return {"epoch": epochs, "valid_si_snr": valid, "time": times}
+
+
+def _parse_train_log():
+    """``parse_train_log`` from wherever it lives now."""
+    try:
+        from speechbrain_s4m.training_curve import parse_train_log
+    except ImportError:  # before the training_curve module
+        from speechbrain_s4m.separation import parse_train_log
+    return parse_train_log
+
+
+def _yaml_value(text, key):
+    """The scalar value of a top-level ``key:`` line of a yaml text."""
+    m = re.search(
+        rf"^{re.escape(key)}:[ \t]*([^\n#&!]+?)[ \t]*(?:#.*)?$", text, re.M
+    )
+    return m.group(1).strip().strip("'\"") if m else None
+
+
+def model_description(hparams_text):
+    """Model name from a saved ``hyperparams.yaml`` text: the recipe's
+    hparams file (from the header SpeechBrain writes) and the masknet class.
+
+    Arguments
+    ---------
+    hparams_text : str
+        Content of ``hyperparams.yaml``.
+
+    Returns
+    -------
+    dict
+        ``{"hparams": stem or None, "masknet": class name or None,
+        "experiment_name": str or None}``.
+
+    Example
+    -------
+    >>> text = (
+    ...     "# Generated 2026-11-30 from:\\n"
+    ...     "# /x/recipes/WSJ0Mix/separation/hparams/dprnn.yaml\\n"
+    ...     "experiment_name: dprnn\\n"
+    ...     "MaskNet: &id3 !new:speechbrain.lobes.models.dual_path."
+    ...     "Dual_Path_Model\\n"
+    ... )
+    >>> model_description(text)["masknet"], model_description(text)["hparams"]
+    ('Dual_Path_Model', 'dprnn')
+    """
+    m = re.search(
+        r"^# Generated .* from:\s*\n#\s*(\S+\.ya?ml)", hparams_text, re.M
+    )
+    stem = os.path.splitext(os.path.basename(m.group(1)))[0] if m else None
+    m = re.search(r"\bMaskNet:\s*(?:&\w+\s+)?!new:([\w.]+)", hparams_text)
+    masknet = m.group(1).rsplit(".", 1)[-1] if m else None
+    return {
+        "hparams": stem,
+        "masknet": masknet,
+        "experiment_name": _yaml_value(hparams_text, "experiment_name"),
+    }
+
+
+def count_parameters(hparams_file):
+    """Parameters of the model a saved ``hyperparams.yaml`` builds.
+
+    Loads the file (without its checkpointer and train logger, which would
+    touch the folders it names) and counts the distinct parameters of its
+    ``modules`` (or of ``Encoder``, ``MaskNet`` and ``Decoder``).
+
+    Arguments
+    ---------
+    hparams_file : str
+        Path of the file.
+
+    Returns
+    -------
+    int
+    """
+    import torch
+    from hyperpyyaml import load_hyperpyyaml
+
+    with open(hparams_file, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(
+            f,
+            {"checkpointer": None, "train_logger": None},
+            overrides_must_match=False,
+        )
+    modules = hparams.get("modules") or {
+        k: hparams[k] for k in ("Encoder", "MaskNet", "Decoder") if k in hparams
+    }
+    seen, total = set(), 0
+    for module in modules.values():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
+
+
+def _recorded_parameters(folder):
+    """The parameter count SpeechBrain logged in ``log.txt`` (rounded,
+    e.g. ``1.8M``), or None."""
+    path = os.path.join(folder, "log.txt")
+    if not os.path.isfile(path):
+        return None
+    scale = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = re.search(
+                r"Total Number of Parameters: ([0-9.]+)\s*([kKMGB]?)", line
+            )
+            if m:
+                return int(round(float(m.group(1)) * scale[m.group(2)]))
+    return None
+
+
+def load_result_folder(folder):
+    """Reads one recipe output folder.
+
+    Arguments
+    ---------
+    folder : str
+        Holds ``test_results.csv`` and ``hyperparams.yaml`` (and usually
+        ``train_log.txt``).
+
+    Returns
+    -------
+    dict
+        ``folder``, ``ids``, ``scores`` (column -> per-utterance floats),
+        ``hparams`` / ``masknet`` / ``experiment_name`` (see
+        :func:`model_description`), ``params``, ``params_source``,
+        ``curve`` (see :func:`read_train_log`, or None without a log).
+
+    Raises
+    ------
+    CompareError
+        If the folder or its ``test_results.csv`` / ``hyperparams.yaml`` is
+        missing or malformed.
+    """
+    if not os.path.isdir(folder):
+        raise CompareError(f"{folder}: not a folder")
+    results = os.path.join(folder, "test_results.csv")
+    hparams_file = os.path.join(folder, "hyperparams.yaml")
+    for path in (results, hparams_file):
+        if not os.path.isfile(path):
+            raise CompareError(
+                f"{folder}: no {os.path.basename(path)} (expected a recipe "
+                "output folder: hyperparams.yaml, test_results.csv, "
+                "train_log.txt)"
+            )
+    try:
+        ids, scores = read_test_results(results)
+    except (ValueError, csv.Error) as err:
+        raise CompareError(f"{results}: {err}") from err
+    with open(hparams_file, encoding="utf-8") as f:
+        info = model_description(f.read())
+    log = os.path.join(folder, "train_log.txt")
+    return {
+        "folder": folder,
+        "ids": ids,
+        "scores": scores,
+        **info,
+        "log": log if os.path.isfile(log) else None,
+        "hparams_file": hparams_file,
+    }
+
+
+def _add_parameters(result):
+    """Fills ``params`` / ``params_source`` (loading the modules, else the
+    count SpeechBrain logged)."""
+    try:
+        result["params"] = count_parameters(result["hparams_file"])
+        result["params_source"] = "hyperparams.yaml"
+    except Exception as err:  # any failure to build the model
+        result["params"] = _recorded_parameters(result["folder"])
+        result["params_source"] = (
+            "log.txt (rounded)"
+            if result["params"] is not None
+            else f"n/a ({type(err).__name__})"
+        )
+
+
+# ----------------------------------------------------------------------
+# Benchmark
+# ----------------------------------------------------------------------
+def load_benchmark(path, seconds=DEFAULT_BENCH_SECONDS):
+    """GMAC per second of audio and inference time per model from a
+    benchmark JSON (``python -m speechbrain_s4m.benchmark --json``).
+
+    Arguments
+    ---------
+    path : str
+        The JSON file.
+    seconds : float
+        The input duration to read (the nearest one measured is used).
+
+    Returns
+    -------
+    dict
+        ``{model: {"params", "gmac_per_s", "infer_s", "seconds", "device",
+        "threads"}}`` (NaN where not measured).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            bench = json.load(f)
+        models = bench["models"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CompareError(
+            f"{path}: not a benchmark JSON ({type(err).__name__}: {err})"
+        ) from err
+    config = bench.get("config", {})
+    out = {}
+    for name, entry in models.items():
+        measured = sorted(
+            set(entry.get("macs", {})) | set(entry.get("infer", {})),
+            key=lambda d: abs(float(d) - seconds),
+        )
+        if not measured:
+            continue
+        d = measured[0]
+        macs = entry.get("macs", {}).get(d, {}).get("total")
+        infer = entry.get("infer", {}).get(d, {}).get("median")
+        out[name] = {
+            "params": entry.get("params"),
+            "seconds": float(d),
+            "gmac_per_s": macs / float(d) / 1e9 if macs else math.nan,
+            "infer_s": float(infer) if infer is not None else math.nan,
+            "device": config.get("device"),
+            "threads": config.get("threads"),
+        }
+    return out
+
+
+# ----------------------------------------------------------------------
+# The comparison
+# ----------------------------------------------------------------------
+def _labels(results):
+    """A short unique label per folder: the experiment name (or folder
+    name), with the folder added where two are the same."""
+    base = [
+        r["experiment_name"] or os.path.basename(os.path.normpath(r["folder"]))
+        for r in results
+    ]
+    labels = []
+    for i, label in enumerate(base):
+        if base.count(label) > 1:
+            label = f"{label} ({os.path.normpath(results[i]['folder'])})"
+        labels.append(label)
+    if len(set(labels)) != len(labels):
+        raise CompareError("the same folder is given twice")
+    return labels
+
+
+def _align(results, intersect):
+    """Common utterance ids; refuses different test sets unless
+    ``intersect``. Returns ``(ids, note)``."""
+    first = results[0]["ids"]
+    sets = [set(r["ids"]) for r in results]
+    common = set.intersection(*sets)
+    if all(s == sets[0] for s in sets):
+        return list(first), None
+    if not intersect:
+        other = next(r for r, s in zip(results, sets) if s != sets[0])
+        raise CompareError(
+            f"different test utterances: {results[0]['folder']} has "
+            f"{len(sets[0])}, {other['folder']} has {len(set(other['ids']))}, "
+            f"{len(common)} in common (use --intersect to compare those)"
+        )
+    if not common:
+        raise CompareError("no test utterance is common to all folders")
+    ids = [i for i in first if i in common]
+    union = set.union(*sets)
+    note = (
+        f"--intersect: kept {len(ids)} utterances common to all folders "
+        f"(of {len(union)} in any)"
+    )
+    return ids, note
+
+
+def compare_folders(
+    folders,
+    benchmark=None,
+    intersect=False,
+    bench_seconds=DEFAULT_BENCH_SECONDS,
+):
+    """Compares recipe output folders (see the module docstring).
+
+    Arguments
+    ---------
+    folders : list of str
+        Recipe output folders.
+    benchmark : str or None
+        A benchmark JSON.
+    intersect : bool
+        Compare on the utterances common to all folders when they differ.
+    bench_seconds : float
+        Input duration of the benchmark figures.
+
+    Returns
+    -------
+    dict
+        ``{"models": [...], "pairs": [...], "n_utterances", "note",
+        "metrics"}``, ready for :func:`write_outputs`; each model also keeps
+        its aligned ``per_utterance`` scores and ``curve``.
+    """
+    results = [load_result_folder(f) for f in folders]
+    bench = load_benchmark(benchmark, bench_seconds) if benchmark else None
+    labels = _labels(results)
+    ids, note = _align(results, intersect)
+    extra = [
+        m for m in OPTIONAL_METRICS if all(m in r["scores"] for r in results)
+    ]
+    metrics = list(MAIN_METRICS) + extra
+    models = []
+    for label, r in zip(labels, results):
+        index = {snt: i for i, snt in enumerate(r["ids"])}
+        rows = [index[i] for i in ids]
+        per_utt = {
+            m: [r["scores"].get(m, [math.nan] * len(r["ids"]))[i] for i in rows]
+            for m in metrics
+        }
+        _add_parameters(r)
+        curve = read_train_log(r["log"]) if r["log"] else None
+        times = curve["time"] if curve else None
+        model = {
+            "label": label,
+            "folder": r["folder"],
+            "hparams": r["hparams"],
+            "masknet": r["masknet"],
+            "params": r["params"],
+            "params_source": r["params_source"],
+            "n_test": len(ids),
+            "epochs": curve["epoch"][-1] if curve and curve["epoch"] else None,
+            "train_time_s": float(sum(times)) if times else None,
+            "stats": {m: mean_ci(per_utt[m]) for m in metrics},
+            "bench": None,
+            "per_utterance": per_utt,
+            "curve": curve,
+        }
+        if bench is not None and r["hparams"] in bench:
+            model["bench"] = {"model": r["hparams"], **bench[r["hparams"]]}
+        models.append(model)
+    pairs = []
+    for i in range(len(models)):
+        for j in range(i + 1, len(models)):
+            a, b = models[i], models[j]
+            pairs.append(
+                {
+                    "a": a["label"],
+                    "b": b["label"],
+                    "n": len(ids),
+                    "diff": {
+                        m: paired_comparison(
+                            a["per_utterance"][m], b["per_utterance"][m]
+                        )
+                        for m in MAIN_METRICS
+                    },
+                }
+            )
+    return {
+        "ids": ids,
+        "n_utterances": len(ids),
+        "note": note,
+        "metrics": metrics,
+        "models": models,
+        "pairs": pairs,
+    }
+
+
+# ----------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------
+def _fmt(value, digits=2):
+    """A number for the table, ``n/a`` when missing."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _fmt_ci(stat):
+    """``mean [low, high]``."""
+    if not math.isfinite(stat["mean"]):
+        return "n/a"
+    if not math.isfinite(stat["ci_low"]):
+        return f"{stat['mean']:.2f}"
+    return f"{stat['mean']:.2f} [{stat['ci_low']:.2f}, {stat['ci_high']:.2f}]"
+
+
+def _fmt_params(n):
+    """``1.82M``."""
+    if n is None:
+        return "n/a"
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def _fmt_time(seconds):
+    """``1 h 02 min`` / ``12.3 min`` / ``45 s``."""
+    if seconds is None:
+        return "n/a"
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s"
+
+
+def markdown_table(comparison):
+    """The comparison as Markdown: one table of models, one of pairs."""
+    metrics = [m for m in comparison["metrics"] if m not in ("si-snr", "sdr")]
+    names = {"si-snr_i": "SI-SNRi (dB)", "sdr_i": "SDRi (dB)"}
+    head = ["model", "masknet", "params", "test utts"]
+    head += [names.get(m, m) + " [95% CI]" for m in metrics]
+    head += ["epochs", "train time"]
+    has_bench = any(m["bench"] for m in comparison["models"])
+    if has_bench:
+        head += ["GMAC/s", "inference (s)"]
+    lines = ["| " + " | ".join(head) + " |"]
+    lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+    for m in comparison["models"]:
+        cells = [
+            m["label"],
+            m["masknet"] or "n/a",
+            _fmt_params(m["params"]),
+            str(m["n_test"]),
+        ]
+        cells += [_fmt_ci(m["stats"][k]) for k in metrics]
+        cells += [
+            str(m["epochs"]) if m["epochs"] is not None else "n/a",
+            _fmt_time(m["train_time_s"]),
+        ]
+        if has_bench:
+            b = m["bench"] or {}
+            cells += [
+                _fmt(b.get("gmac_per_s"), 1),
+                _fmt(b.get("infer_s"), 3),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    out = "\n".join(lines)
+    if has_bench:
+        b = next(m["bench"] for m in comparison["models"] if m["bench"])
+        out += (
+            f"\n\nGMAC per second of audio and median inference time for "
+            f"{b['seconds']:g} s of audio ({b['device']}, {b['threads']} "
+            "threads) from the benchmark JSON, for each model fragment as "
+            "shipped."
+        )
+    if comparison["pairs"]:
+        head = ["A", "B", "utts"]
+        for k in MAIN_METRICS:
+            head += [f"{names[k]} A - B [95% CI]", "A wins", "B wins"]
+        lines = ["| " + " | ".join(head) + " |"]
+        lines.append("|---|---|" + "|".join(["---:"] * (len(head) - 2)) + "|")
+        for p in comparison["pairs"]:
+            cells = [p["a"], p["b"], str(p["diff"][MAIN_METRICS[0]]["n"])]
+            for k in MAIN_METRICS:
+                d = p["diff"][k]
+                cells += [
+                    _fmt_ci(d),
+                    _fmt(100 * d["a_wins"], 0) + "%",
+                    _fmt(100 * d["b_wins"], 0) + "%",
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+        out += "\n\nPaired, on the same test utterances:\n\n" + "\n".join(lines)
+    if comparison["note"]:
+        out += f"\n\n{comparison['note']}"
+    return out + "\n"
+
+
+def _slug(label):
+    """A file-name-safe version of a label."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "model"
+
+
+def output_files(comparison_labels, has_pairs=True):
+    """Names of the files written for models with these labels."""
+    names = [
+        "comparison.md",
+        "comparison.json",
+        "comparison.csv",
+        "comparison_pairs.csv",
+        "valid_vs_epoch.png",
+        "valid_vs_time.png",
+    ]
+    for i, a in enumerate(comparison_labels):
+        for b in comparison_labels[i + 1 :]:
+            names.append(f"scatter_{_slug(a)}_vs_{_slug(b)}.png")
+    return names
+
+
+def _json_ready(value):
+    """NaN -> None, recursively (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def write_outputs(comparison, out_dir):
+    """Writes the Markdown, JSON, CSV and PNG files; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+
+    def path(name):
+        p = os.path.join(out_dir, name)
+        written.append(p)
+        return p
+
+    with open(path("comparison.md"), "w", encoding="utf-8") as f:
+        f.write(markdown_table(comparison))
+    with open(path("comparison.json"), "w", encoding="utf-8") as f:
+        json.dump(_json_ready(comparison), f, indent=2)
+        f.write("\n")
+    metrics = comparison["metrics"]
+    with open(path("comparison.csv"), "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        header = ["model", "folder", "hparams", "masknet", "params", "n_test"]
+        for k in metrics:
+            header += [k, f"{k}_ci_low", f"{k}_ci_high", f"{k}_n"]
+        header += ["epochs", "train_time_s", "gmac_per_s", "infer_s"]
+        w.writerow(header)
+        for m in comparison["models"]:
+            row = [m["label"], m["folder"], m["hparams"], m["masknet"]]
+            row += [m["params"], m["n_test"]]
+            for k in metrics:
+                s = m["stats"][k]
+                row += [s["mean"], s["ci_low"], s["ci_high"], s["n"]]
+            b = m["bench"] or {}
+            row += [m["epochs"], m["train_time_s"]]
+            row += [b.get("gmac_per_s"), b.get("infer_s")]
+            w.writerow(["" if v is None else v for v in row])
+    with open(
+        path("comparison_pairs.csv"), "w", newline="", encoding="utf-8"
+    ) as f:
+        w = csv.writer(f)
+        header = ["a", "b", "metric", "n", "mean_diff", "ci_low", "ci_high"]
+        w.writerow(header + ["a_wins", "b_wins", "ties"])
+        for p in comparison["pairs"]:
+            for k, d in p["diff"].items():
+                w.writerow(
+                    [p["a"], p["b"], k, d["n"], d["mean"], d["ci_low"]]
+                    + [d["ci_high"], d["a_wins"], d["b_wins"], d["ties"]]
+                )
+
+    models = comparison["models"]
+    for i, a in enumerate(models):
+        for b in models[i + 1 :]:
+            xa = np.asarray(a["per_utterance"]["si-snr_i"])
+            xb = np.asarray(b["per_utterance"]["si-snr_i"])
+            fig, ax = plt.subplots(figsize=(5, 5))
+            ax.scatter(xb, xa, s=12, alpha=0.7)
+            both = np.concatenate([xa, xb])
+            both = both[np.isfinite(both)]
+            if both.size:
+                lo, hi = both.min() - 1, both.max() + 1
+                ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="equal")
+                ax.legend(loc="upper left")
+            ax.set_xlabel(f"{b['label']} SI-SNRi (dB)")
+            ax.set_ylabel(f"{a['label']} SI-SNRi (dB)")
+            ax.set_title("Per test utterance")
+            fig.tight_layout()
+            name = f"scatter_{_slug(a['label'])}_vs_{_slug(b['label'])}.png"
+            fig.savefig(path(name), dpi=100)
+            plt.close(fig)
+    for axis, name in (("epoch", "valid_vs_epoch"), ("time", "valid_vs_time")):
+        curves = [
+            m
+            for m in models
+            if m["curve"]
+            and m["curve"]["epoch"]
+            and (axis == "epoch" or m["curve"]["time"])
+        ]
+        if not curves:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in curves:
+            c = m["curve"]
+            x = c["epoch"] if axis == "epoch" else np.cumsum(c["time"]) / 60
+            ax.plot(x, c["valid_si_snr"], "o-", ms=3, label=m["label"])
+        ax.set_xlabel("epoch" if axis == "epoch" else "training time (min)")
+        ax.set_ylabel("validation SI-SNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path(f"{name}.png"), dpi=100)
+        plt.close(fig)
+    return written
+
+
+# ----------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------
+def parser(prog="s4m-compare"):
+    """The command-line parser."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Compare recipe output folders: SI-SNRi / SDRi with 95% "
+            "confidence intervals, paired differences on the same test "
+            "utterances, training time, parameters and compute."
+        ),
+    )
+    p.add_argument("folders", nargs="+", metavar="RESULT_FOLDER")
+    p.add_argument(
+        "--benchmark",
+        metavar="JSON",
+        help="benchmark JSON (python -m speechbrain_s4m.benchmark --json)",
+    )
+    p.add_argument(
+        "--bench-seconds",
+        type=float,
+        default=DEFAULT_BENCH_SECONDS,
+        help="input duration of the benchmark figures (default %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        default="comparison",
+        metavar="DIR",
+        help="output folder (default: %(default)s)",
+    )
+    p.add_argument(
+        "--intersect",
+        action="store_true",
+        help="compare on the utterances common to all folders",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files",
+    )
+    return p
+
+
+def main(argv=None, prog="s4m-compare"):
+    """Entry point of ``s4m-compare`` / ``python -m speechbrain_s4m.compare``.
+
+    Arguments
+    ---------
+    argv : list of str or None
+        Command-line arguments (default: ``sys.argv[1:]``).
+    prog : str
+        Program name in messages.
+
+    Returns
+    -------
+    int
+        0 on success, 2 on a problem with the inputs (one line on stderr).
+    """
+    try:
+        args = parser(prog).parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        results = [load_result_folder(f) for f in args.folders]
+        if args.benchmark:
+            load_benchmark(args.benchmark, args.bench_seconds)
+        labels = _labels(results)
+        _align(results, args.intersect)
+        existing = [
+            os.path.join(args.out, name)
+            for name in output_files(labels)
+            if os.path.exists(os.path.join(args.out, name))
+        ]
+        if existing and not args.overwrite:
+            raise CompareError(
+                f"{existing[0]} exists (use --overwrite to replace the "
+                "outputs, or another --out)"
+            )
+        comparison = compare_folders(
+            args.folders, args.benchmark, args.intersect, args.bench_seconds
+        )
+    except CompareError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    for stale in existing:  # --overwrite: no output left from a former run
+        os.remove(stale)
+    text = markdown_table(comparison)
+    print(text, end="")
+    written = write_outputs(comparison, args.out)
+    print(f"\nWrote {len(written)} files to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m speechbrain_s4m.compare"))
