@@ -378,3 +378,52 @@ def test_s4m_tiny_overfits_one_mixture():
     finally:
         torch.set_num_threads(threads)
     assert best > 20, best
+
+
+def test_checkpoint_iterations_same_outputs_and_gradients():
+    """Activation checkpointing changes neither outputs nor gradients."""
+    from speechbrain_s4m.lobes import load_model_config
+
+    torch.manual_seed(0)
+    net = S4MMaskNet(17, dropout=0.1, **TINY).double()
+    _randomise(net)
+    x = torch.rand(2, 17, 45, dtype=torch.float64)
+    results = []
+    for flag in (False, True):
+        net.checkpoint_iterations = flag
+        net.zero_grad()
+        xg = x.clone().requires_grad_()
+        torch.manual_seed(1)  # same dropout masks
+        out = net(xg)
+        (out * torch.linspace(0, 1, 45, dtype=out.dtype)).sum().backward()
+        grads = [p.grad.clone() for p in net.parameters()]
+        results.append((out.detach(), xg.grad, grads))
+    (o1, gx1, g1), (o2, gx2, g2) = results
+    torch.testing.assert_close(o1, o2, rtol=0, atol=0)
+    torch.testing.assert_close(gx1, gx2, rtol=1e-12, atol=1e-14)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    # checkpointing is active only with gradients (it saves less)
+    net.checkpoint_iterations = True
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x.clone().requires_grad_())
+    n_ckpt = sum(saved)
+    net.checkpoint_iterations = False
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x.clone().requires_grad_())
+    assert n_ckpt < sum(saved) / 2
+    # the fragments expose the option as an override
+    hp = load_model_config(
+        "s4m_tiny",
+        overrides={"checkpoint_iterations": True, "hidden_channels": 16},
+    )
+    assert hp["MaskNet"].checkpoint_iterations
+    hp = load_model_config("s4m_tiny", overrides={"hidden_channels": 16})
+    assert not hp["MaskNet"].checkpoint_iterations
