@@ -1,8 +1,8 @@
-"""Folder layouts of the official datasets, defined once.
+"""Folder layouts of the official datasets, defined once, and their checks.
 
-Preparation (:mod:`speechbrain_s4m.data.prepare`) checks and reads these
-layouts; the synthetic writers (:mod:`speechbrain_s4m.data.synthetic`)
-produce them. Both take every folder and file name from this module.
+Preparation (:mod:`speechbrain_s4m.data.prepare`) reads these layouts; the
+synthetic writers (:mod:`speechbrain_s4m.data.synthetic`) produce them. Both
+take every folder and file name from this module.
 
 All three datasets share the top of the tree,
 ``<data_folder>/wav8k|wav16k/min|max/<split>/<folder>/<mixture>.wav``, where
@@ -29,9 +29,21 @@ split. Below that:
 Every dataset is written as 16-bit PCM with mixtures at most
 :data:`PEAK` of full scale, as the generation scripts scale them.
 
+:class:`ExpectedLayout` checks a folder against one of these layouts and
+raises :class:`DatasetLayoutError` naming what is missing and what was
+expected.
+
 Authors
  * speechbrain-s4m contributors 2026
 """
+
+import os
+from pathlib import Path
+from types import MappingProxyType
+
+import soundfile as sf
+
+from speechbrain_s4m.audio import DATASET_EXTENSIONS as _AUDIO_EXT
 
 __all__ = [
     "PEAK",
@@ -53,6 +65,8 @@ __all__ = [
     "mixture_parts",
     "metadata_file",
     "metadata_columns",
+    "DatasetLayoutError",
+    "ExpectedLayout",
 ]
 
 #: Peak level of the written mixtures and sources (fraction of full scale).
@@ -63,7 +77,7 @@ SAMPLE_RATES = (8000, 16000)
 MODES = ("min", "max")
 
 #: WSJ0-2mix/3mix: manifest split -> split folder.
-WSJ0MIX_SPLITS = {"train": "tr", "valid": "cv", "test": "tt"}
+WSJ0MIX_SPLITS = MappingProxyType({"train": "tr", "valid": "cv", "test": "tt"})
 #: WSJ0-2mix/3mix: folder of the mixtures.
 WSJ0MIX_MIX = "mix"
 #: WHAM!: manifest split -> split folder (those of wsj0-2mix).
@@ -251,3 +265,248 @@ def metadata_columns(mix_folder, sources, noise):
     if noise:
         columns[noise] = "noise_path"
     return columns
+
+
+# ---------------------------------------------------------------------------
+# checking a folder against a layout
+# ---------------------------------------------------------------------------
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The data folder does not have the expected dataset layout.
+
+    The message names what is missing (folders, files, metadata columns) and
+    the layout that was expected.
+    """
+
+
+def _listing(folder):
+    """Short description of the entries of ``folder`` for error messages."""
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError:
+        return "(unreadable)"
+    if not entries:
+        return "(empty)"
+    shown = ", ".join(entries[:10])
+    more = f", ... ({len(entries)} entries)" if len(entries) > 10 else ""
+    return shown + more
+
+
+def _audio_names(folder):
+    """Sorted audio file names (with extension) directly in ``folder``."""
+    with os.scandir(folder) as it:
+        return sorted(
+            e.name
+            for e in it
+            if e.is_file() and e.name.lower().endswith(_AUDIO_EXT)
+        )
+
+
+class ExpectedLayout:
+    """Expected on-disk layout of one dataset (used for checks & messages).
+
+    Arguments
+    ---------
+    name : str
+        Dataset name used in messages.
+    data_folder : str or Path
+        The folder given by the user (``--data_folder``).
+    sample_rate : int
+        8000 or 16000.
+    mode : str
+        ``min`` or ``max``.
+    split_dirs : dict
+        Manifest split -> folder name (e.g. ``{"train": "tr", ...}``).
+    mix_dir : str
+        Folder of the mixtures (``mix``, ``mix_both``, ...).
+    source_dirs : list of str
+        Folders of the target sources (``s1``, ``s2``, ...).
+    noise_dir : str or None
+        Folder of the noise, when the manifest gets a ``noise_wav`` column.
+    hint : str
+        What ``--data_folder`` should point at.
+
+    Example
+    -------
+    >>> layout = ExpectedLayout(
+    ...     "WSJ0-2mix",
+    ...     "/nowhere",
+    ...     8000,
+    ...     "min",
+    ...     WSJ0MIX_SPLITS,
+    ...     WSJ0MIX_MIX,
+    ...     source_folders(2),
+    ...     None,
+    ...     "pass --data_folder .../wsj0-mix/2speakers",
+    ... )
+    >>> layout.base.as_posix(), layout.subdirs
+    ('/nowhere/wav8k/min', ['mix', 's1', 's2'])
+    >>> try:
+    ...     layout.check_dirs()
+    ... except DatasetLayoutError as err:
+    ...     print(str(err).splitlines()[0])
+    WSJ0-2mix: data_folder '/nowhere' does not exist
+    """
+
+    #: How many file names an error message lists at most.
+    max_listed = 5
+
+    def __init__(
+        self,
+        name,
+        data_folder,
+        sample_rate,
+        mode,
+        split_dirs,
+        mix_dir,
+        source_dirs,
+        noise_dir,
+        hint,
+    ):
+        self.name = name
+        self.data_folder = Path(data_folder).expanduser().absolute()
+        self.rate_dir = rate_folder(sample_rate)
+        self.sample_rate = sample_rate
+        self.mode = mode
+        self.split_dirs = dict(split_dirs)
+        self.mix_dir = mix_dir
+        self.source_dirs = list(source_dirs)
+        self.noise_dir = noise_dir
+        self.hint = hint
+
+    @property
+    def base(self):
+        """``<data_folder>/wavXk/<mode>``."""
+        return self.data_folder / self.rate_dir / self.mode
+
+    @property
+    def subdirs(self):
+        """All per-split folders the manifest needs, mixture first."""
+        subs = [self.mix_dir] + self.source_dirs
+        return subs + ([self.noise_dir] if self.noise_dir else [])
+
+    def expected(self):
+        """Human-readable expected layout."""
+        splits = ",".join(self.split_dirs.values())
+        subs = ",".join(self.subdirs)
+        return (
+            f"expected {self.name} layout: <data_folder>/{self.rate_dir}/"
+            f"{self.mode}/{{{splits}}}/{{{subs}}}/<mixture_name>.wav "
+            f"(same file names in every folder); {self.hint}"
+        )
+
+    def error(self, problem):
+        """A DatasetLayoutError with the problem and the expected layout."""
+        return DatasetLayoutError(
+            f"{self.name}: {problem}\n  data_folder: {self.data_folder}\n"
+            f"  {self.expected()}"
+        )
+
+    def check_base(self):
+        """Checks ``data_folder``, ``wavXk`` and ``mode`` folders."""
+        root = self.data_folder
+        if not root.is_dir():
+            raise self.error(f"data_folder '{root}' does not exist")
+        for sub in (self.rate_dir, self.mode):
+            parent = root
+            root = root / sub
+            if not root.is_dir():
+                problem = (
+                    f"missing folder '{root}' (found in '{parent}': "
+                    f"{_listing(parent)})"
+                )
+                inside = set(os.listdir(parent))
+                known = set(self.split_dirs.values()) | set(MODES)
+                if parent == self.data_folder and inside & known:
+                    problem += (
+                        "; data_folder seems to point inside the dataset: "
+                        f"pass the folder that contains '{self.rate_dir}'"
+                    )
+                raise self.error(problem)
+
+    def check_dirs(self, splits=None):
+        """Checks that every split and sub-folder exists (no file listing)."""
+        self.check_base()
+        missing = []
+        for split in splits or self.split_dirs:
+            split_dir = self.base / self.split_dirs[split]
+            if not split_dir.is_dir():
+                missing.append(f"'{split_dir}' ({split} split)")
+                continue
+            for sub in self.subdirs:
+                if not (split_dir / sub).is_dir():
+                    missing.append(
+                        f"'{split_dir / sub}' (found in '{split_dir}': "
+                        f"{_listing(split_dir)})"
+                    )
+        if missing:
+            raise self.error("missing folder(s): " + "; ".join(missing))
+
+    def scan(self, split):
+        """Lists and cross-checks the files of one split.
+
+        Returns
+        -------
+        names : list of str
+            Sorted mixture file names present in every sub-folder.
+        """
+        split_dir = self.base / self.split_dirs[split]
+        names = {sub: _audio_names(split_dir / sub) for sub in self.subdirs}
+        ref = names[self.mix_dir]
+        if not ref:
+            raise self.error(
+                f"no .wav/.flac files in '{split_dir / self.mix_dir}'"
+            )
+        problems = []
+        ref_set = set(ref)
+        for sub in self.subdirs[1:]:
+            other = set(names[sub])
+            if not other:
+                problems.append(f"no .wav/.flac files in '{split_dir / sub}'")
+                continue
+            lacking = sorted(ref_set - other)
+            extra = sorted(other - ref_set)
+            if lacking:
+                problems.append(
+                    f"{len(lacking)} file(s) of '{split_dir / self.mix_dir}' "
+                    f"missing in '{split_dir / sub}' (e.g. "
+                    f"{', '.join(lacking[: self.max_listed])})"
+                )
+            if extra:
+                problems.append(
+                    f"{len(extra)} file(s) in '{split_dir / sub}' without a "
+                    f"mixture in '{split_dir / self.mix_dir}' (e.g. "
+                    f"{', '.join(extra[: self.max_listed])})"
+                )
+        if problems:
+            raise self.error("mismatched file sets: " + "; ".join(problems))
+        return ref
+
+    def audio_info(self, path):
+        """Header of an audio file, checked: readable, rate, mono.
+
+        Arguments
+        ---------
+        path : str or Path
+            The file.
+
+        Returns
+        -------
+        info : soundfile.SoundFile info
+        """
+        try:
+            info = sf.info(str(path))
+        except (RuntimeError, sf.LibsndfileError) as err:
+            raise self.error(f"cannot read audio file '{path}': {err}") from err
+        if info.samplerate != self.sample_rate:
+            raise self.error(
+                f"'{path}' has a sample rate of {info.samplerate} Hz, but "
+                f"sample_rate={self.sample_rate} (folder '{self.rate_dir}') "
+                "was requested"
+            )
+        if info.channels != 1:
+            raise self.error(
+                f"'{path}' has {info.channels} channels; mono files expected"
+            )
+        return info

@@ -12,8 +12,9 @@ the ``length`` column of the LibriMix metadata).
 Preparation is skipped when the three manifests exist and the options saved
 beside them (``save_folder/prepare_options.json``) equal the requested ones.
 
-The folder and file names of the layouts come from
-:mod:`speechbrain_s4m.data.layouts` (shared with the synthetic writers).
+The layouts (folder and file names, shared with the synthetic writers) and
+the checks of a folder against them (:class:`ExpectedLayout`) live in
+:mod:`speechbrain_s4m.data.layouts`.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -23,9 +24,8 @@ import csv
 import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
-
-import soundfile as sf
 
 from speechbrain_s4m.data.layouts import (
     LIBRIMIX_TRAIN_SETS,
@@ -36,11 +36,12 @@ from speechbrain_s4m.data.layouts import (
     WHAM_SPLITS,
     WSJ0MIX_MIX,
     WSJ0MIX_SPLITS,
+    DatasetLayoutError,
+    ExpectedLayout,
     librimix_splits,
     metadata_columns,
     metadata_file,
     mixture_parts,
-    rate_folder,
     source_folders,
 )
 
@@ -62,16 +63,6 @@ SPLITS = ("train", "valid", "test")
 OPTIONS_FILE = "prepare_options.json"
 #: Bumped when the manifest format changes (forces re-preparation).
 MANIFEST_VERSION = 1
-_AUDIO_EXT = (".wav", ".flac")
-_MAX_LISTED = 5
-
-
-class DatasetLayoutError(FileNotFoundError):
-    """The data folder does not have the expected dataset layout.
-
-    The message names what is missing (folders, files, metadata columns) and
-    the layout that was expected.
-    """
 
 
 def _check_choice(name, value, choices):
@@ -79,240 +70,39 @@ def _check_choice(name, value, choices):
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _listing(folder):
-    """Short description of the entries of ``folder`` for error messages."""
-    try:
-        entries = sorted(os.listdir(folder))
-    except OSError:
-        return "(unreadable)"
-    if not entries:
-        return "(empty)"
-    shown = ", ".join(entries[:10])
-    more = f", ... ({len(entries)} entries)" if len(entries) > 10 else ""
-    return shown + more
+def _rows_from_folders(layout, split):
+    """Manifest rows of one split from the folder contents."""
+    split_dir = layout.base / layout.split_dirs[split]
+    rows = []
+    for name in layout.scan(split):
+        paths = {sub: split_dir / sub / name for sub in layout.subdirs}
+        rows.append({"ID": Path(name).stem, "duration": None, "paths": paths})
+    _fill_durations(layout, rows)
+    return rows
 
 
-def _audio_names(folder):
-    """Sorted audio file names (with extension) directly in ``folder``."""
-    with os.scandir(folder) as it:
-        return sorted(
-            e.name
-            for e in it
-            if e.is_file() and e.name.lower().endswith(_AUDIO_EXT)
-        )
+def _fill_durations(layout, rows):
+    """Reads mixture headers: real durations, sample rate, mono.
 
-
-class _Layout:
-    """Expected on-disk layout of one dataset (used for checks & messages).
-
-    Arguments
-    ---------
-    name : str
-        Dataset name used in messages.
-    data_folder : str or Path
-        The folder given by the user (``--data_folder``).
-    sample_rate : int
-        8000 or 16000.
-    mode : str
-        ``min`` or ``max``.
-    split_dirs : dict
-        Manifest split -> folder name (e.g. ``{"train": "tr", ...}``).
-    mix_dir : str
-        Folder of the mixtures (``mix``, ``mix_both``, ...).
-    source_dirs : list of str
-        Folders of the target sources (``s1``, ``s2``, ...).
-    noise_dir : str or None
-        Folder of the noise, when the manifest gets a ``noise_wav`` column.
-    hint : str
-        What ``--data_folder`` should point at.
+    The first row's sources are also checked (rate and length).
     """
-
-    def __init__(
-        self,
-        name,
-        data_folder,
-        sample_rate,
-        mode,
-        split_dirs,
-        mix_dir,
-        source_dirs,
-        noise_dir,
-        hint,
-    ):
-        self.name = name
-        self.data_folder = Path(data_folder).expanduser().absolute()
-        self.rate_dir = rate_folder(sample_rate)
-        self.sample_rate = sample_rate
-        self.mode = mode
-        self.split_dirs = dict(split_dirs)
-        self.mix_dir = mix_dir
-        self.source_dirs = list(source_dirs)
-        self.noise_dir = noise_dir
-        self.hint = hint
-
-    @property
-    def base(self):
-        """``<data_folder>/wavXk/<mode>``."""
-        return self.data_folder / self.rate_dir / self.mode
-
-    @property
-    def subdirs(self):
-        """All per-split folders the manifest needs, mixture first."""
-        subs = [self.mix_dir] + self.source_dirs
-        return subs + ([self.noise_dir] if self.noise_dir else [])
-
-    def expected(self):
-        """Human-readable expected layout."""
-        splits = ",".join(self.split_dirs.values())
-        subs = ",".join(self.subdirs)
-        return (
-            f"expected {self.name} layout: <data_folder>/{self.rate_dir}/"
-            f"{self.mode}/{{{splits}}}/{{{subs}}}/<mixture_name>.wav "
-            f"(same file names in every folder); {self.hint}"
-        )
-
-    def error(self, problem):
-        """A DatasetLayoutError with the problem and the expected layout."""
-        return DatasetLayoutError(
-            f"{self.name}: {problem}\n  data_folder: {self.data_folder}\n"
-            f"  {self.expected()}"
-        )
-
-    def check_base(self):
-        """Checks ``data_folder``, ``wavXk`` and ``mode`` folders."""
-        root = self.data_folder
-        if not root.is_dir():
-            raise self.error(f"data_folder '{root}' does not exist")
-        for sub in (self.rate_dir, self.mode):
-            parent = root
-            root = root / sub
-            if not root.is_dir():
-                problem = (
-                    f"missing folder '{root}' (found in '{parent}': "
-                    f"{_listing(parent)})"
-                )
-                inside = set(os.listdir(parent))
-                known = set(self.split_dirs.values()) | set(MODES)
-                if parent == self.data_folder and inside & known:
-                    problem += (
-                        "; data_folder seems to point inside the dataset: "
-                        f"pass the folder that contains '{self.rate_dir}'"
+    for i, row in enumerate(rows):
+        if row["duration"] is not None and i > 0:
+            continue
+        mix_path = row["paths"][layout.mix_dir]
+        info = layout.audio_info(mix_path)
+        if row["duration"] is None:
+            row["duration"] = info.frames / info.samplerate
+        if i == 0:
+            for sub in layout.subdirs[1:]:
+                src = layout.audio_info(row["paths"][sub])
+                if src.frames != info.frames:
+                    raise layout.error(
+                        f"'{row['paths'][sub]}' has {src.frames} "
+                        f"samples but its mixture '{mix_path}' has "
+                        f"{info.frames} (sources and mixture must have "
+                        "the same length)"
                     )
-                raise self.error(problem)
-
-    def check_dirs(self, splits=None):
-        """Checks that every split and sub-folder exists (no file listing)."""
-        self.check_base()
-        missing = []
-        for split in splits or self.split_dirs:
-            split_dir = self.base / self.split_dirs[split]
-            if not split_dir.is_dir():
-                missing.append(f"'{split_dir}' ({split} split)")
-                continue
-            for sub in self.subdirs:
-                if not (split_dir / sub).is_dir():
-                    missing.append(
-                        f"'{split_dir / sub}' (found in '{split_dir}': "
-                        f"{_listing(split_dir)})"
-                    )
-        if missing:
-            raise self.error("missing folder(s): " + "; ".join(missing))
-
-    def scan(self, split):
-        """Lists and cross-checks the files of one split.
-
-        Returns
-        -------
-        names : list of str
-            Sorted mixture file names present in every sub-folder.
-        """
-        split_dir = self.base / self.split_dirs[split]
-        names = {sub: _audio_names(split_dir / sub) for sub in self.subdirs}
-        ref = names[self.mix_dir]
-        if not ref:
-            raise self.error(
-                f"no .wav/.flac files in '{split_dir / self.mix_dir}'"
-            )
-        problems = []
-        ref_set = set(ref)
-        for sub in self.subdirs[1:]:
-            other = set(names[sub])
-            if not other:
-                problems.append(f"no .wav/.flac files in '{split_dir / sub}'")
-                continue
-            lacking = sorted(ref_set - other)
-            extra = sorted(other - ref_set)
-            if lacking:
-                problems.append(
-                    f"{len(lacking)} file(s) of '{split_dir / self.mix_dir}' "
-                    f"missing in '{split_dir / sub}' (e.g. "
-                    f"{', '.join(lacking[:_MAX_LISTED])})"
-                )
-            if extra:
-                problems.append(
-                    f"{len(extra)} file(s) in '{split_dir / sub}' without a "
-                    f"mixture in '{split_dir / self.mix_dir}' (e.g. "
-                    f"{', '.join(extra[:_MAX_LISTED])})"
-                )
-        if problems:
-            raise self.error("mismatched file sets: " + "; ".join(problems))
-        return ref
-
-    def rows_from_folders(self, split):
-        """Manifest rows of one split from the folder contents."""
-        split_dir = self.base / self.split_dirs[split]
-        rows = []
-        for name in self.scan(split):
-            paths = {sub: split_dir / sub / name for sub in self.subdirs}
-            rows.append(
-                {
-                    "ID": Path(name).stem,
-                    "duration": None,
-                    "paths": paths,
-                }
-            )
-        self.fill_durations(rows)
-        return rows
-
-    def fill_durations(self, rows):
-        """Reads mixture headers: real durations, sample rate, mono.
-
-        The first row's sources are also checked (rate and length).
-        """
-        for i, row in enumerate(rows):
-            if row["duration"] is not None and i > 0:
-                continue
-            mix_path = row["paths"][self.mix_dir]
-            info = self._info(mix_path)
-            if row["duration"] is None:
-                row["duration"] = info.frames / info.samplerate
-            if i == 0:
-                for sub in self.subdirs[1:]:
-                    src = self._info(row["paths"][sub])
-                    if src.frames != info.frames:
-                        raise self.error(
-                            f"'{row['paths'][sub]}' has {src.frames} "
-                            f"samples but its mixture '{mix_path}' has "
-                            f"{info.frames} (sources and mixture must have "
-                            "the same length)"
-                        )
-
-    def _info(self, path):
-        try:
-            info = sf.info(str(path))
-        except (RuntimeError, sf.LibsndfileError) as err:
-            raise self.error(f"cannot read audio file '{path}': {err}") from err
-        if info.samplerate != self.sample_rate:
-            raise self.error(
-                f"'{path}' has a sample rate of {info.samplerate} Hz, but "
-                f"sample_rate={self.sample_rate} (folder '{self.rate_dir}') "
-                "was requested"
-            )
-        if info.channels != 1:
-            raise self.error(
-                f"'{path}' has {info.channels} channels; mono files expected"
-            )
-        return info
 
 
 def _columns(layout):
@@ -442,7 +232,7 @@ def prepare_wsj0mix(
     """
     _check_choice("num_spks", num_spks, (2, 3))
     _check_choice("mode", mode, MODES)
-    layout = _Layout(
+    layout = ExpectedLayout(
         f"WSJ0-{num_spks}mix",
         data_folder,
         sample_rate,
@@ -461,7 +251,9 @@ def prepare_wsj0mix(
         "sample_rate": sample_rate,
         "mode": mode,
     }
-    return _run(layout, save_folder, options, layout.rows_from_folders)
+    return _run(
+        layout, save_folder, options, partial(_rows_from_folders, layout)
+    )
 
 
 def _wham_like_dirs(mixture, num_spks):
@@ -512,9 +304,9 @@ def _read_metadata(layout, split, meta_path):
         raise layout.error(
             f"{len(missing)} file(s) named in '{meta_path}' exist neither at "
             f"that path nor under '{split_dir}/<folder>/' (e.g. "
-            f"{', '.join(missing[:_MAX_LISTED])})"
+            f"{', '.join(missing[: layout.max_listed])})"
         )
-    layout.fill_durations(rows)
+    _fill_durations(layout, rows)
     return rows
 
 
@@ -597,7 +389,7 @@ def prepare_librimix(
     _check_choice("mode", mode, MODES)
     _check_choice("train_set", train_set, LIBRIMIX_TRAIN_SETS)
     mix_dir, sources, noise = _wham_like_dirs(mixture, num_spks)
-    layout = _Layout(
+    layout = ExpectedLayout(
         f"Libri{num_spks}Mix" if mixture != "single" else "LibriMix",
         data_folder,
         sample_rate,
@@ -629,7 +421,7 @@ def prepare_librimix(
     def rows_fn(split):
         if from_meta[split]:
             return _read_metadata(layout, split, meta[split])
-        return layout.rows_from_folders(split)
+        return _rows_from_folders(layout, split)
 
     options = {
         "dataset": "librimix",
@@ -693,7 +485,7 @@ def prepare_wham(
     _check_choice("mode", mode, MODES)
     _check_choice("num_spks", num_spks, (1, 2))
     mix_dir, sources, noise = _wham_like_dirs(mixture, num_spks)
-    layout = _Layout(
+    layout = ExpectedLayout(
         "WHAM!",
         data_folder,
         sample_rate,
@@ -712,7 +504,9 @@ def prepare_wham(
         "mode": mode,
         "mixture": mixture,
     }
-    return _run(layout, save_folder, options, layout.rows_from_folders)
+    return _run(
+        layout, save_folder, options, partial(_rows_from_folders, layout)
+    )
 
 
 _PREPARERS = {
