@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from speechbrain_s4m.data.audio import audio_frames, read_audio
+from speechbrain_s4m.audio import DATASET_EXTENSIONS, audio_frames, read_audio
 from speechbrain_s4m.data.layouts import PEAK as _PEAK
 from speechbrain_s4m.data.prepare import DatasetLayoutError
 
@@ -36,7 +36,7 @@ __all__ = [
     "dynamic_mixing_dataset",
 ]
 
-_AUDIO_GLOBS = ("*.wav", "*.flac")
+_AUDIO_GLOBS = tuple(f"*{ext}" for ext in DATASET_EXTENSIONS)
 
 #: How the speaker of an utterance is read from its file name.
 SOURCE_FORMATS = {
