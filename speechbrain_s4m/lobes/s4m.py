@@ -37,7 +37,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from speechbrain_s4m.nnet import FeedForwardBlock, GlobalLayerNorm, S4Block
+from speechbrain_s4m.nnet import (
+    CumulativeLayerNorm,
+    FeedForwardBlock,
+    GlobalLayerNorm,
+    S4Block,
+)
 from speechbrain_s4m.nnet.blocks import gln_statistics
 
 
@@ -97,6 +102,10 @@ def _gln_scale_shift(norm, y):
 class _ConvNorm(nn.Module):
     """Convolution followed by global layer norm (depthwise or full).
 
+    Causal: the input is left-padded by ``kernel_size - 1`` (output frame
+    ``j`` reads input frames ``stride*j - kernel_size + 1 .. stride*j``) and
+    the norm is cumulative (:class:`CumulativeLayerNorm`).
+
     Arguments
     ---------
     in_channels : int
@@ -111,6 +120,8 @@ class _ConvNorm(nn.Module):
         Use ``groups=in_channels``.
     bias : bool
         Convolution bias.
+    causal : bool
+        Left padding and cumulative layer norm.
     """
 
     def __init__(
@@ -121,18 +132,21 @@ class _ConvNorm(nn.Module):
         stride=1,
         depthwise=True,
         bias=True,
+        causal=False,
     ):
         super().__init__()
+        self.causal = causal
         self.conv = nn.Conv1d(
             in_channels,
             out_channels,
             kernel_size,
             stride=stride,
-            padding=(kernel_size - 1) // 2,
+            padding=0 if causal else (kernel_size - 1) // 2,
             groups=in_channels if depthwise else 1,
             bias=bias,
         )
-        self.norm = GlobalLayerNorm(out_channels)
+        norm = CumulativeLayerNorm if causal else GlobalLayerNorm
+        self.norm = norm(out_channels)
 
     def affine(self, x):
         """Return ``(y, scale, shift)`` with ``forward(x) = y*scale + shift``.
@@ -181,6 +195,9 @@ class _ConvNorm(nn.Module):
         torch.Tensor
             ``[batch, out_channels, time']``.
         """
+        if self.causal:
+            k = self.conv.kernel_size[0]
+            return self.norm(self.conv(F.pad(x, (k - 1, 0))))
         y, scale, shift = self.affine(x)
         return torch.addcmul(shift, y, scale)
 
@@ -201,6 +218,37 @@ def _pool(x, length):
     return F.adaptive_avg_pool1d(x, length)
 
 
+def _causal_pool(x, factor):
+    """Average of the ``factor`` frames ending at ``factor * j`` (zeros
+    before the start): ``[batch, channels, T]`` -> ``[..., ceil(T/factor)]``.
+
+    Coarse frame ``j`` reads fine frames ``factor*j - factor + 1 ..
+    factor*j`` only (causal alignment: coarse ``j`` sits at fine
+    ``factor * j``).
+    """
+    if factor == 1:
+        return x
+    bsz, ch, t = x.shape
+    t_c = -(-t // factor)
+    x = F.pad(x, (factor - 1, 0))[..., : t_c * factor]
+    return x.reshape(bsz, ch, t_c, factor).mean(dim=-1)
+
+
+def _causal_resize(x, shift, length):
+    """Nearest resize between scales of the causal pyramid.
+
+    ``shift`` = (scale of ``x``) - (target scale). Up-sampling by
+    ``r = 2**shift``: output ``i`` <- ``x[i // r]``; down-sampling by
+    ``r = 2**-shift``: output ``j`` <- ``x[r * j]``. Either way no output
+    frame reads a later input frame.
+    """
+    if shift > 0:
+        x = x.repeat_interleave(2**shift, dim=-1)
+    elif shift < 0:
+        x = x[..., :: 2**-shift]
+    return x[..., :length]
+
+
 class _Fusion(nn.Module):
     """Local/global fusion of TDANet/S4M.
 
@@ -214,21 +262,25 @@ class _Fusion(nn.Module):
         Channels of both inputs.
     kernel_size : int
         Kernel size of the three depthwise convolutions.
+    causal : bool
+        Causal convolutions and norms, and the causal resize
+        (:func:`_causal_resize`, which needs the scale difference).
     """
 
-    def __init__(self, channels, kernel_size=1):
+    def __init__(self, channels, kernel_size=1, causal=False):
         super().__init__()
+        self.causal = causal
         self.local_embedding = _ConvNorm(
-            channels, channels, kernel_size, bias=False
+            channels, channels, kernel_size, bias=False, causal=causal
         )
         self.global_gate = _ConvNorm(
-            channels, channels, kernel_size, bias=False
+            channels, channels, kernel_size, bias=False, causal=causal
         )
         self.global_embedding = _ConvNorm(
-            channels, channels, kernel_size, bias=False
+            channels, channels, kernel_size, bias=False, causal=causal
         )
 
-    def forward(self, local, glob):
+    def forward(self, local, glob, scale_shift=0):
         """Fuse.
 
         Arguments
@@ -237,12 +289,23 @@ class _Fusion(nn.Module):
             ``[batch, channels, time_l]``.
         glob : torch.Tensor
             ``[batch, channels, time_g]``.
+        scale_shift : int
+            (scale of ``glob``) - (scale of ``local``); used by the causal
+            resize only (the offline one resizes to the length).
 
         Returns
         -------
         torch.Tensor
             ``[batch, channels, time_l]``.
         """
+        if self.causal:
+            t_l = local.shape[-1]
+            loc = self.local_embedding(local)
+            gate = torch.sigmoid(self.global_gate(glob))
+            emb = self.global_embedding(glob)
+            gate = _causal_resize(gate, scale_shift, t_l)
+            emb = _causal_resize(emb, scale_shift, t_l)
+            return torch.addcmul(emb, loc, gate)
         y, scale, shift = self.local_embedding.affine(local)
         gate = torch.sigmoid(self.global_gate(glob))
         emb = self.global_embedding(glob)
@@ -287,8 +350,8 @@ class S4MBlock(nn.Module):
     ssm_mode : str
         S4 kernel parameterisation (``"nplr"`` or ``"s4d"``, see
         ``speechbrain_s4m.nnet.S4``).
-    bidirectional : bool
-        Bidirectional S4 kernel.
+    bidirectional : bool, optional
+        Bidirectional S4 kernel (default: ``not causal``).
     ffn_expansion : int
         Hidden size factor of the feed-forward layer.
     dropout : float
@@ -297,6 +360,10 @@ class S4MBlock(nn.Module):
         Reproduce the authors' merge (starts by fusing scale S-2 with scale
         S-3, so the coarsest fused scale is unused and its fusion layer is not
         built). ``False`` fuses scale S-2 with scale S-1 as intended.
+    causal : bool
+        Causal block (see :class:`S4MMaskNet`): left-padded convolutions,
+        cumulative layer norms, unidirectional S4, causal pooling and
+        resizing. Output frame ``t`` depends on input frames ``<= t`` only.
 
     Example
     -------
@@ -314,15 +381,21 @@ class S4MBlock(nn.Module):
         kernel_size=5,
         d_state=16,
         ssm_mode="nplr",
-        bidirectional=True,
+        bidirectional=None,
         ffn_expansion=2,
         dropout=0.0,
         fusion_index_quirk=True,
+        causal=False,
     ):
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be >= 2, got {depth}")
+        if bidirectional is None:
+            bidirectional = not causal
+        if causal and bidirectional:
+            raise ValueError("a causal block needs a unidirectional S4")
         self.depth = depth
+        self.causal = causal
         self.fusion_index_quirk = fusion_index_quirk
         # the authors index the first merge partner as (S-2)-1 in Python,
         # i.e. (S-3) mod S: the finer scale S-3 for S >= 3
@@ -334,7 +407,8 @@ class S4MBlock(nn.Module):
             set(range(depth - 1)) | {self.first_merge_source}
         )
         self.proj = nn.Conv1d(channels, hidden_channels, 1)
-        self.proj_norm = GlobalLayerNorm(hidden_channels)
+        norm = CumulativeLayerNorm if causal else GlobalLayerNorm
+        self.proj_norm = norm(hidden_channels)
         self.proj_act = nn.PReLU()
         self.pyramid = nn.ModuleList(
             _ConvNorm(
@@ -342,6 +416,7 @@ class S4MBlock(nn.Module):
                 hidden_channels,
                 kernel_size,
                 stride=1 if i == 0 else 2,
+                causal=causal,
             )
             for i in range(depth)
         )
@@ -357,10 +432,14 @@ class S4MBlock(nn.Module):
         )
         # local/global fusion, one per used scale (keys are scale indices)
         self.fuse = nn.ModuleDict(
-            {str(k): _Fusion(hidden_channels, 1) for k in self.used_scales}
+            {
+                str(k): _Fusion(hidden_channels, 1, causal=causal)
+                for k in self.used_scales
+            }
         )
         self.merge = nn.ModuleList(
-            _Fusion(hidden_channels, kernel_size) for _ in range(depth - 1)
+            _Fusion(hidden_channels, kernel_size, causal=causal)
+            for _ in range(depth - 1)
         )
         self.res_conv = nn.Conv1d(hidden_channels, channels, 1)
 
@@ -386,6 +465,8 @@ class S4MBlock(nn.Module):
         torch.Tensor
             ``[batch, channels, time]``.
         """
+        if self.causal:
+            return self._forward_causal(x, kernel)
         y = self.proj(x)
         scale, shift = _gln_scale_shift(self.proj_norm, y)
         y = self.proj_act(torch.addcmul(shift, y, scale))
@@ -408,6 +489,34 @@ class S4MBlock(nn.Module):
         out = self.merge[top](fused[top], fused[self.first_merge_source])
         for i in range(top - 1, -1, -1):
             out = self.merge[i](fused[i], out)
+        return self.res_conv(out) + x
+
+    def _forward_causal(self, x, kernel=None):
+        """The causal block (same structure, causal alignment).
+
+        Coarse frame ``j`` of scale ``k`` sits at frame ``2**k * j`` of
+        scale 0 and reads nothing later: strided convolutions are
+        left-padded, pooling averages the window ending at that frame, and
+        nearest up-sampling maps fine frame ``i`` to coarse ``i // r``.
+        """
+        y = self.proj_act(self.proj_norm(self.proj(x)))
+        scales = []
+        for layer in self.pyramid:
+            y = layer(y)
+            scales.append(y)
+        top_scale = self.depth - 1
+        glob = scales[-1]
+        for k, s in enumerate(scales[:-1]):
+            glob = glob + _causal_pool(s, 2 ** (top_scale - k))
+        glob = self.ffn(self.s4(glob, kernel=kernel))
+        fused = {
+            k: self.fuse[str(k)](scales[k], glob, top_scale - k)
+            for k in self.used_scales
+        }
+        top, src = self.depth - 2, self.first_merge_source
+        out = self.merge[top](fused[top], fused[src], src - top)
+        for i in range(top - 1, -1, -1):
+            out = self.merge[i](fused[i], out, 1)
         return self.res_conv(out) + x
 
 
@@ -449,8 +558,8 @@ class S4MMaskNet(nn.Module):
     fusion_index_quirk : bool
         Authors' merge indexing (default) or the fixed one; see
         :class:`S4MBlock`.
-    bidirectional : bool
-        Bidirectional S4 kernel.
+    bidirectional : bool, optional
+        Bidirectional S4 kernel (default: ``not causal``).
     ffn_expansion : int
         Hidden size factor of the feed-forward layer.
     dropout : float
@@ -465,6 +574,18 @@ class S4MMaskNet(nn.Module):
         enabled: the block's intermediate maps are recomputed in the
         backward pass instead of stored (less memory, ~1/3 more compute).
         Same outputs and gradients.
+    causal : bool
+        Causal masknet (default False, the offline model): every operation
+        reads only the current and past frames. Cumulative layer norm
+        (statistics over the channels of the past frames, per-channel
+        affine) replaces gLN; depthwise and strided convolutions are
+        left-padded; the S4 layer is unidirectional (convolution mode for
+        whole signals); coarse frame ``j`` of scale ``k`` sits at scale-0
+        frame ``2**k * j`` (pooling averages the window ending there,
+        nearest up-sampling maps fine ``i`` to coarse ``i // r``). Mask frame
+        ``t`` then depends on input frames ``<= t`` (``latency_frames`` = 0)
+        and a separator's output sample ``t`` on input samples ``<= t + K -
+        1`` (:meth:`latency_samples`; K = encoder kernel).
 
     Example
     -------
@@ -486,11 +607,12 @@ class S4MMaskNet(nn.Module):
         ssm_mode="nplr",
         kernel_size=5,
         fusion_index_quirk=True,
-        bidirectional=True,
+        bidirectional=None,
         ffn_expansion=2,
         dropout=0.0,
         share_kernel=True,
         checkpoint_iterations=False,
+        causal=False,
     ):
         super().__init__()
         if num_iterations < 1:
@@ -500,7 +622,10 @@ class S4MMaskNet(nn.Module):
         self.num_iterations = num_iterations
         self.share_kernel = share_kernel
         self.checkpoint_iterations = checkpoint_iterations
-        self.norm = GlobalLayerNorm(in_channels)
+        self.causal = causal
+        self.norm = (CumulativeLayerNorm if causal else GlobalLayerNorm)(
+            in_channels
+        )
         self.bottleneck = nn.Conv1d(in_channels, out_channels, 1)
         self.block = S4MBlock(
             out_channels,
@@ -513,6 +638,7 @@ class S4MMaskNet(nn.Module):
             ffn_expansion=ffn_expansion,
             dropout=dropout,
             fusion_index_quirk=fusion_index_quirk,
+            causal=causal,
         )
         # input of iterations 2..R: PReLU(depthwise 1x1 conv(x0 + x_prev));
         # not built for a single iteration (it would get no gradient)
@@ -523,6 +649,44 @@ class S4MMaskNet(nn.Module):
             self.iter_act = nn.PReLU()
         self.mask_act = nn.PReLU()
         self.mask_conv = nn.Conv1d(out_channels, num_spks * in_channels, 1)
+
+    @property
+    def latency_frames(self):
+        """Look-ahead in encoder frames: 0 for a causal masknet (mask frame
+        ``t`` reads input frames ``<= t``), ``None`` for the offline one
+        (every mask frame depends on the whole utterance)."""
+        return 0 if self.causal else None
+
+    def latency_samples(self, kernel_size, stride=None):
+        """Algorithmic latency of a separator built on this masknet.
+
+        With an encoder whose frame ``j`` covers samples ``[stride*j,
+        stride*j + kernel_size)`` and the overlap-add decoder, output sample
+        ``t`` of a causal separator depends on input samples ``<= t +
+        kernel_size - 1 + stride * latency_frames``: ``kernel_size - 1``
+        samples (31 = 3.9 ms for the 4 ms encoder at 8 kHz).
+
+        Arguments
+        ---------
+        kernel_size : int
+            Encoder/decoder kernel in samples.
+        stride : int, optional
+            Encoder hop (default ``kernel_size // 4``).
+
+        Returns
+        -------
+        int or None
+            Samples of look-ahead; ``None`` for an offline masknet.
+
+        Example
+        -------
+        >>> S4MMaskNet(17, 8, 16, causal=True).latency_samples(32)
+        31
+        """
+        if not self.causal:
+            return None
+        stride = stride if stride is not None else max(kernel_size // 4, 1)
+        return kernel_size - 1 + stride * self.latency_frames
 
     def _apply_block(self, x, kernel):
         """One application of the shared block (checkpointed if asked)."""

@@ -2,6 +2,7 @@
 
 from speechbrain_s4m.nnet.blocks import (
     ChannelLayerNorm,
+    CumulativeLayerNorm,
     FeedForwardBlock,
     GlobalLayerNorm,
     S4Block,
@@ -16,6 +17,7 @@ from speechbrain_s4m.nnet.ssm import (
 __all__ = [
     "S4",
     "ChannelLayerNorm",
+    "CumulativeLayerNorm",
     "FeedForwardBlock",
     "GlobalLayerNorm",
     "S4Block",

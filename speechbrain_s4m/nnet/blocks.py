@@ -13,9 +13,11 @@ from speechbrain_s4m.nnet.ssm import S4
 
 __all__ = [
     "ChannelLayerNorm",
+    "CumulativeLayerNorm",
     "FeedForwardBlock",
     "GlobalLayerNorm",
     "S4Block",
+    "cln_statistics",
     "gln_statistics",
 ]
 
@@ -291,3 +293,127 @@ class GlobalLayerNorm(nn.Module):
 
     def extra_repr(self):
         return f"{self.channels}, eps={self.eps}"
+
+
+def cln_statistics(x, state=None):
+    """Mean and variance over channels and all frames up to each frame.
+
+    The statistics of cumulative layer norm (cLN): for frame ``t``, over
+    the channels of frames ``0..t``, so that no frame reads a later one.
+    Numerically stable: each frame's channel mean ``m_t`` and centred sum
+    of squares ``M2_t`` (two passes over the channels), then running sums
+    in float64 (where the device has it) of ``M2_t``, ``m_t - k`` and
+    ``(m_t - k)^2`` with the shift ``k`` = the mean of the stream's first
+    frame: ``var_t = (sum M2 + C (sum (m - k)^2 - (sum (m - k))^2 / n))
+    / (C n)``.
+
+    A stream cut into consecutive chunks gives the same statistics as the
+    whole signal when ``state`` is carried from chunk to chunk.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        ``[batch, channels, time]``.
+    state : tuple of torch.Tensor, optional
+        Running sums returned by a previous call on the preceding frames
+        (``None``: start of the stream).
+
+    Returns
+    -------
+    var, mean : torch.Tensor
+        Both ``[batch, 1, time]`` in ``x``'s dtype (float32 at least).
+    state : tuple of torch.Tensor
+        Running sums after the last frame (``[batch]`` tensors: frames,
+        shift, sum of ``m - k``, sum of ``(m - k)^2``, sum of ``M2``).
+
+    Example
+    -------
+    >>> x = torch.randn(2, 3, 10)
+    >>> var, mean, state = cln_statistics(x)
+    >>> ref = x[..., :4].var((1, 2), unbiased=False)
+    >>> torch.allclose(var[:, 0, 3], ref)
+    True
+    >>> v1, _, s = cln_statistics(x[..., :6])
+    >>> v2, _, _ = cln_statistics(x[..., 6:], s)
+    >>> torch.allclose(torch.cat([v1, v2], -1), var)
+    True
+    """
+    acc = torch.promote_types(x.dtype, torch.float32)
+    comb = _combine_dtype(x.device)
+    channels, t = x.shape[1], x.shape[2]
+    xa = x if x.dtype == acc else x.to(acc)
+    m = xa.mean(dim=1, keepdim=True)  # [batch, 1, time]
+    m2 = (xa - m).square().sum(dim=1)  # [batch, time]
+    m = m.squeeze(1).to(comb)
+    m2 = m2.to(comb)
+    if t == 0:  # nothing new: the running sums are unchanged
+        empty = x.new_zeros(x.shape[0], 1, 0, dtype=acc)
+        return empty, empty, state
+    if state is None:
+        zero = m.new_zeros(m.shape[0])
+        state = (zero, m[:, 0], zero, zero, zero)
+    n0, k, s1_0, s2_0, w0 = state
+    d = m - k.unsqueeze(-1)
+    n = n0.unsqueeze(-1) + torch.arange(1, t + 1, device=x.device, dtype=comb)
+    s1 = s1_0.unsqueeze(-1) + d.cumsum(-1)
+    s2 = s2_0.unsqueeze(-1) + d.square().cumsum(-1)
+    w = w0.unsqueeze(-1) + m2.cumsum(-1)
+    mean = k.unsqueeze(-1) + s1 / n
+    var = (w + channels * (s2 - s1.square() / n)) / (channels * n)
+    var = var.clamp_min(0)
+    state = (n[:, -1], k, s1[:, -1], s2[:, -1], w[:, -1])
+    return var.to(acc).unsqueeze(1), mean.to(acc).unsqueeze(1), state
+
+
+class CumulativeLayerNorm(GlobalLayerNorm):
+    """Cumulative layer norm (cLN): the causal counterpart of gLN.
+
+    Frame ``t`` is normalised with the mean and variance over the channels
+    of frames ``0..t`` (:func:`cln_statistics`), then scaled and shifted per
+    channel. Same parameters as :class:`GlobalLayerNorm`.
+
+    Arguments
+    ---------
+    channels : int
+        Number of channels.
+    eps : float
+        Added to the variance.
+
+    Example
+    -------
+    >>> cln = CumulativeLayerNorm(4)
+    >>> x = torch.randn(2, 4, 6)
+    >>> y = cln(x)
+    >>> x2 = x.clone(); x2[..., 4:] = 0  # the future does not matter
+    >>> torch.equal(cln(x2)[..., :4], y[..., :4])
+    True
+    """
+
+    def forward(self, x):
+        """``[batch, channels, time]`` -> ``[batch, channels, time]``."""
+        return self.stream(x)[0]
+
+    def stream(self, x, state=None):
+        """Normalise the next frames of a stream.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, channels, time]``, the frames that follow those already
+            seen (``time`` may be 0).
+        state : tuple, optional
+            Running sums of the preceding frames (:func:`cln_statistics`);
+            ``None`` at the start of a stream.
+
+        Returns
+        -------
+        y : torch.Tensor
+            ``[batch, channels, time]``.
+        state : tuple
+            Running sums including ``x``.
+        """
+        var, mean, state = cln_statistics(x, state)  # [batch, 1, time]
+        scale = self.weight * torch.rsqrt(var + self.eps)  # [batch, C, time]
+        shift = self.bias - mean * scale
+        y = torch.addcmul(shift, x.to(scale.dtype), scale).to(x.dtype)
+        return y, state

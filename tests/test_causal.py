@@ -1,0 +1,198 @@
+"""Tests of the causal S4M (``S4MMaskNet(causal=True)``), its fragments and
+cumulative layer norm: causality is checked, not assumed."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from speechbrain_s4m.config import load_model_config
+from speechbrain_s4m.lobes import S4MMaskNet
+from speechbrain_s4m.lobes.separator import Separator
+from speechbrain_s4m.nnet import CumulativeLayerNorm
+from speechbrain_s4m.nnet.blocks import cln_statistics
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+SMALL = {
+    "out_channels": 8,
+    "hidden_channels": 16,
+    "num_iterations": 3,
+    "d_state": 4,
+}
+
+
+def _randomise(net):
+    """Non-trivial norm gains/biases (so that every path matters)."""
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(("norm.weight", "norm.bias")):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+
+
+def _max_change_before(f, x, t, n_out):
+    """Largest change of ``f(x)[..., :n_out]`` when ``x[..., t:]`` changes,
+    and the largest change of the rest."""
+    y = f(x)
+    x2 = x.clone()
+    x2[..., t:] = torch.randn_like(x2[..., t:])
+    y2 = f(x2)
+    before = (y2[..., :n_out] - y[..., :n_out]).abs().max().item()
+    after = (y2[..., n_out:] - y[..., n_out:]).abs().max().item()
+    return before, after
+
+
+@pytest.mark.parametrize("quirk", [True, False])
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_masknet_is_causal(depth, quirk):
+    """Changing input frames >= t leaves mask frames < t unchanged."""
+    torch.manual_seed(depth)
+    net = S4MMaskNet(
+        17, depth=depth, fusion_index_quirk=quirk, causal=True, **SMALL
+    ).double()
+    _randomise(net)
+    assert net.latency_frames == 0
+    x = torch.rand(2, 17, 1001, dtype=torch.float64)
+    with torch.no_grad():
+        for t in (1, 2, 7, 8, 9, 500, 777, 1000):
+            before, after = _max_change_before(net, x, t, t)
+            assert before < 1e-12, (t, before)
+            assert after > 1e-3, (t, after)  # the future does matter
+
+
+def test_offline_masknet_fails_the_causality_check():
+    """The check can fail: the offline masknet looks at the future."""
+    torch.manual_seed(0)
+    net = S4MMaskNet(17, depth=4, **SMALL).double()
+    assert net.latency_frames is None and net.latency_samples(32) is None
+    x = torch.rand(2, 17, 1001, dtype=torch.float64)
+    with torch.no_grad():
+        before, _ = _max_change_before(net, x, 777, 777)
+    assert before > 1e-3
+
+
+def _separator(name, **overrides):
+    hp = load_model_config(name, overrides={**SMALL, **overrides})
+    sep = Separator(hp["Encoder"], hp["MaskNet"], hp["Decoder"], 2)
+    _randomise(sep.masknet)
+    return sep.double().eval()
+
+
+@pytest.mark.parametrize("length", [2001, 2007])
+def test_separator_is_causal_with_latency(length):
+    """Encoder -> causal masknet -> decoder: output samples before
+    ``t - latency`` do not depend on input samples from ``t`` on."""
+    torch.manual_seed(1)
+    sep = _separator("s4m_tiny_causal")
+    enc = sep.encoder
+    latency = sep.masknet.latency_samples(enc.kernel_size, enc.stride)
+    assert latency == 31 == enc.kernel_size - 1
+    mix = torch.randn(2, length, dtype=torch.float64)
+
+    def run(x):
+        return sep(x).transpose(1, 2)  # [batch, spks, time]
+
+    with torch.no_grad():
+        for t in (40, 41, 1000, 1003, length - 1):
+            before, after = _max_change_before(run, mix, t, t - latency)
+            assert before < 1e-12, (t, before)
+            assert after > 1e-6, (t, after)
+        # the latency is tight: with t on a frame boundary, output sample
+        # t - latency reads input sample t
+        t = 1000
+        y, y2 = run(mix), None
+        x2 = mix.clone()
+        x2[..., t:] += 1.0
+        y2 = run(x2)
+        assert (y2[..., t - latency] - y[..., t - latency]).abs().max() > 0
+
+
+def test_offline_separator_fails_the_causality_check():
+    torch.manual_seed(2)
+    sep = _separator("s4m_tiny")
+    mix = torch.randn(1, 2001, dtype=torch.float64)
+    with torch.no_grad():
+        before, _ = _max_change_before(
+            lambda x: sep(x).transpose(1, 2), mix, 1000, 1000 - 31
+        )
+    assert before > 1e-3
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("s4m_tiny_causal", 1_814_535), ("s4m_causal", 3_593_991)],
+)
+def test_causal_fragments(name, expected):
+    """Parameter counts; causal modules; the offline fragment's sizes."""
+    hp = load_model_config(name)
+    mods = (hp["Encoder"], hp["MaskNet"], hp["Decoder"])
+    assert sum(p.numel() for m in mods for p in m.parameters()) == expected
+    net = hp["MaskNet"]
+    assert net.causal and not net.block.s4.s4.bidirectional
+    assert isinstance(net.norm, CumulativeLayerNorm)
+    offline = load_model_config(name.replace("_causal", ""))
+    for key in ("kernel_size", "out_channels", "hidden_channels", "depth"):
+        assert hp[key] == offline[key]
+
+
+@pytest.mark.parametrize("dataset", ["WSJ0Mix", "LibriMix", "WHAM", "SynthMix"])
+def test_recipe_causal_hparams_differ_only_in_the_model(dataset):
+    """The causal recipe hparams are the recipe's s4m_tiny.yaml with the
+    causal fragment (comments and the experiment name aside)."""
+    folder = RECIPES / dataset / "separation" / "hparams"
+
+    def settings(name):
+        lines = (folder / name).read_text().splitlines()
+        return [
+            line.replace("s4m_tiny_causal", "s4m_tiny")
+            for line in lines
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+
+    causal = settings("s4m_tiny_causal.yaml")
+    assert causal == settings("s4m_tiny.yaml")
+    text = (folder / "s4m_tiny_causal.yaml").read_text()
+    assert "hparams/models/s4m_tiny_causal.yaml" in text
+    assert "experiment_name: s4m_tiny_causal" in text
+
+
+# ----------------------------------------------------------------------
+# cumulative layer norm
+# ----------------------------------------------------------------------
+def test_cumulative_layer_norm_reference():
+    """cLN against the definition, frame by frame (float64)."""
+    torch.manual_seed(3)
+    cln = CumulativeLayerNorm(3).double()
+    with torch.no_grad():
+        cln.weight.copy_(torch.tensor([1.0, 2.0, -1.0]).view(1, 3, 1))
+        cln.bias.copy_(torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1))
+    x = 5 * torch.randn(2, 3, 11, dtype=torch.float64) + 2
+    y = cln(x)
+    for t in range(11):
+        past = x[..., : t + 1]
+        mu = past.mean(dim=(1, 2), keepdim=True)
+        var = past.var(dim=(1, 2), unbiased=False, keepdim=True)
+        ref = (x[..., t : t + 1] - mu) / torch.sqrt(var + cln.eps)
+        ref = ref * cln.weight + cln.bias
+        torch.testing.assert_close(y[..., t : t + 1], ref)
+
+
+def test_cln_statistics_stable_and_streamable():
+    """float32 at mean/std = 1000 against float64; chunks with state."""
+    torch.manual_seed(4)
+    x64 = 1000 + torch.randn(2, 64, 300, dtype=torch.float64)
+    var, mean, _ = cln_statistics(x64.float())
+    ref_var = torch.stack(
+        [x64[..., : t + 1].var(dim=(1, 2), unbiased=False) for t in range(300)],
+        dim=-1,
+    )
+    rel = ((var.squeeze(1).double() - ref_var) / ref_var).abs().max()
+    assert rel < 5e-5, rel.item()
+    # any chunking of the stream gives the statistics of the whole signal
+    x = torch.randn(2, 5, 40, dtype=torch.float64) + 3
+    whole = cln_statistics(x)[:2]
+    state, parts = None, []
+    for a, b in [(0, 1), (1, 8), (8, 8), (8, 23), (23, 40)]:
+        v, m, state = cln_statistics(x[..., a:b], state)
+        parts.append((v, m))
+    torch.testing.assert_close(torch.cat([p[0] for p in parts], -1), whole[0])
+    torch.testing.assert_close(torch.cat([p[1] for p in parts], -1), whole[1])
