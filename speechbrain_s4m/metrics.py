@@ -10,6 +10,14 @@ padded batch gives exactly the per-utterance values.
 SDR is BSS-eval v3 SDR (as ``mir_eval.separation.bss_eval_sources``, 512-tap
 distortion filter) computed with ``fast_bss_eval``.
 
+The test stage scores with :func:`score_test_batch`, which never fails on bad
+data: a metric that is undefined for an utterance (silent reference, too
+short, non-finite samples) is NaN with the reason, the others are scored.
+Optional metrics (``pip install speechbrain-s4m[metrics]``): PESQ (``pesq``
+package; narrow-band at 8 kHz, wide-band at 16 kHz) and STOI (``pystoi``),
+per estimated source after PIT matching, with their improvement over the
+mixture.
+
 Authors
  * speechbrain-s4m contributors 2026
 """
@@ -32,12 +40,19 @@ __all__ = [
     "score_test_batch",
     "average_scores",
     "extra_scores",
+    "write_test_results",
 ]
 
 #: BSS-eval distortion filter length (taps), as mir_eval / fast_bss_eval.
 BSS_EVAL_FILTER_LENGTH = 512
 #: RMS under which a reference source counts as silent (16-bit LSB ~ 3e-5).
 SILENCE_RMS = 1e-6
+#: Columns scored on every test utterance (after ``snt_id``).
+SCORE_NAMES = ("sdr", "sdr_i", "si-snr", "si-snr_i")
+#: Optional metrics: name -> (module to import, PyPI package).
+EXTRA_METRICS = {"pesq": ("pesq", "pesq"), "stoi": ("pystoi", "pystoi")}
+#: PESQ mode for each sample rate it is defined at (ITU-T P.862 / P.862.2).
+PESQ_MODES = {8000: "nb", 16000: "wb"}
 
 
 def _absolute_lengths(lengths, max_len, device=None):
@@ -337,12 +352,6 @@ def separation_scores(estimate, target, mixture, lengths=None, ids=None):
 # ----------------------------------------------------------------------
 # Test-stage scoring: whatever can be scored, with the reasons for the rest
 # ----------------------------------------------------------------------
-#: Columns scored on every test utterance (after ``snt_id``).
-SCORE_NAMES = ("sdr", "sdr_i", "si-snr", "si-snr_i")
-#: Optional metrics: name -> (module to import, PyPI package).
-EXTRA_METRICS = {"pesq": ("pesq", "pesq"), "stoi": ("pystoi", "pystoi")}
-#: PESQ mode for each sample rate it is defined at (ITU-T P.862 / P.862.2).
-PESQ_MODES = {8000: "nb", 16000: "wb"}
 
 
 def extra_metric_names(spec, sample_rate=None):
@@ -604,6 +613,75 @@ def average_scores(utterances, columns=None):
         n_scored[key] = len(values)
         avg[key] = float(np.mean(values)) if values else None
     return avg, n_scored
+
+
+#: Column added to ``test_results.csv`` when some utterance is not fully
+#: scored: the undefined metrics of each row, the count in the ``avg`` row.
+UNSCORED_COLUMN = "unscored"
+
+
+def write_test_results(path, utterances, extra_metrics=()):
+    """Writes ``test_results.csv``: one row per utterance, then ``avg``.
+
+    Undefined metrics are empty cells. When some utterance is not fully
+    scored, an ``unscored`` column names the undefined metrics of each row
+    and holds, in the ``avg`` row, the number of such utterances (each
+    average is over the utterances where the metric is defined).
+
+    Arguments
+    ---------
+    path : str
+        The CSV file to write.
+    utterances : list of UtteranceScores
+        From :func:`score_test_batch`.
+    extra_metrics : tuple of str
+        The optional metrics scored (see :func:`score_columns`).
+
+    Returns
+    -------
+    avg : dict
+        The ``avg`` row (None where no utterance was scored).
+    n_unscored : int
+        Number of utterances with at least one undefined metric.
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "test_results.csv")
+    >>> utts = [
+    ...     UtteranceScores("a", dict.fromkeys(SCORE_NAMES, 1.0), []),
+    ...     UtteranceScores("b", {"sdr": math.nan, "sdr_i": math.nan,
+    ...                           "si-snr": 3.0, "si-snr_i": 2.0}, ["short"]),
+    ... ]
+    >>> write_test_results(path, utts)[1]
+    1
+    >>> print(open(path).read().strip())
+    snt_id,sdr,sdr_i,si-snr,si-snr_i,unscored
+    a,1.0,1.0,1.0,1.0,
+    b,,,3.0,2.0,sdr sdr_i
+    avg,1.0,1.0,2.0,1.5,1
+    """
+    import csv
+
+    columns = score_columns(extra_metrics)
+    avg, _ = average_scores(utterances, columns)
+    incomplete = [u for u in utterances if not u.complete]
+    fields = ["snt_id"] + columns
+    if incomplete:
+        fields.append(UNSCORED_COLUMN)
+        avg[UNSCORED_COLUMN] = len(incomplete)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for u in utterances:
+            row = u.row()
+            if incomplete:
+                row[UNSCORED_COLUMN] = " ".join(
+                    k for k in columns if row.get(k) is None
+                )
+            writer.writerow({k: row.get(k) for k in fields})
+        writer.writerow(avg)
+    return avg, len(incomplete)
 
 
 def _utterances(estimate, target, mixture, lengths):

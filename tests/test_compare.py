@@ -290,3 +290,35 @@ def test_compare_real_recipe_output(tiny_recipe_output, tmp_path, capsys):
     )
     assert data["pairs"][0]["diff"]["si-snr_i"]["mean"] == 0
     assert data["pairs"][0]["diff"]["si-snr_i"]["ties"] == 1
+
+
+def test_recorded_parameters_and_extra_columns(tmp_path):
+    """A model that cannot be built here: the count SpeechBrain logged;
+    PESQ / STOI columns present in every folder are reported too."""
+    ids = ["u1", "u2", "u3"]
+    a = write_folder(tmp_path, "a", ids, [1.0, 2.0, 4.0], [1.0, 2.0, 3.0])
+    b = write_folder(tmp_path, "b", ids, [0.5, 2.5, 3.0], [1.0, 1.0, 1.0])
+    text = (a / "hyperparams.yaml").read_text()
+    (a / "hyperparams.yaml").write_text(
+        text.replace("torch.nn.Linear", "no_such_package.Model")
+    )
+    (a / "log.txt").write_text(
+        "* Total Number of Trainable Parameters: 1.8M\n"
+        "* Total Number of Parameters: 1.8M\n"
+    )
+    for folder, pesq in ((a, [2.0, 3.0, 4.0]), (b, [1.0, 2.0, 2.5])):
+        with open(folder / "test_results.csv", newline="") as f:
+            rows = list(csv.reader(f))
+        rows[0].append("pesq")
+        for row, value in zip(rows[1:], pesq + [0]):
+            row.append(value)
+        with open(folder / "test_results.csv", "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+    comparison = compare_folders([str(a), str(b)])
+    ma, mb = comparison["models"]
+    assert ma["params"] == 1_800_000 and ma["params_source"].startswith("log")
+    assert mb["params"] == 3 * 4 + 4
+    assert ma["stats"]["pesq"]["mean"] == pytest.approx(3.0)
+    out = tmp_path / "out"
+    assert main([str(a), str(b), "--out", str(out)]) == 0
+    assert "pesq [95% CI]" in (out / "comparison.md").read_text()

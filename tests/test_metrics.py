@@ -373,3 +373,37 @@ def test_extra_metrics_undefined_on_short_utterances():
     assert row["pesq"] is None and row["stoi"] is None
     assert any("PESQ undefined" in p and "1/4" in p for p in scored.problems)
     assert any("STOI undefined" in p for p in scored.problems)
+
+
+def test_write_test_results_empty_cells_and_count(tmp_path):
+    import csv
+
+    from speechbrain_s4m.compare import read_test_results
+    from speechbrain_s4m.metrics import score_test_batch, write_test_results
+
+    g = torch.Generator().manual_seed(10)
+    tgt = torch.randn(3, 1000, 2, generator=g)
+    est = tgt + 0.3 * torch.randn(3, 1000, 2, generator=g)
+    lengths = torch.tensor([1.0, 0.4, 1.0])  # 400 samples: no SDR
+    scored = score_test_batch(est, tgt, tgt.sum(-1), lengths, ["a", "b", "c"])
+    path = tmp_path / "test_results.csv"
+    avg, n_unscored = write_test_results(path, scored)
+    assert n_unscored == 1
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["snt_id"] for r in rows] == ["a", "b", "c", "avg"]
+    assert rows[1]["sdr"] == "" and rows[1]["unscored"] == "sdr sdr_i"
+    assert rows[0]["unscored"] == "" and rows[3]["unscored"] == "1"
+    sdr = [scored[0].scores["sdr"], scored[2].scores["sdr"]]
+    assert float(rows[3]["sdr"]) == pytest.approx(np.mean(sdr))
+    si = [u.scores["si-snr_i"] for u in scored]
+    assert float(rows[3]["si-snr_i"]) == pytest.approx(np.mean(si))
+    assert avg["si-snr_i"] == pytest.approx(np.mean(si))
+    # the comparison tool reads the empty cells as unscored
+    ids, columns = read_test_results(path)
+    assert ids == ["a", "b", "c"] and "unscored" not in columns
+    assert math.isnan(columns["sdr"][1])
+    # all scored: exactly the usual columns
+    write_test_results(path, [scored[0], scored[2]])
+    header = path.read_text().splitlines()[0]
+    assert header == "snt_id,sdr,sdr_i,si-snr,si-snr_i"
