@@ -794,12 +794,12 @@ def _stoi(reference, degraded, sample_rate):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         value = float(stoi(reference, degraded, int(sample_rate)))
-    for warning in caught:
-        if "STFT frames" in str(warning.message):
-            raise ValueError(
-                "too few speech frames (pystoi needs 30 after removing the "
-                "silent frames)"
-            )
+    too_short = any("STFT frames" in str(w.message) for w in caught)
+    if too_short or value == 1e-5:  # pystoi's placeholder value
+        raise ValueError(
+            "too few speech frames (pystoi needs 30 after removing the "
+            "silent frames)"
+        )
     return value
 
 
