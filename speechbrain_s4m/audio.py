@@ -9,7 +9,10 @@ is one error family and one list of audio file extensions:
   :class:`AudioFormatError` (a file at the wrong rate or channel count, or
   unreadable, when reading datasets) and :class:`AudioInputError` (an input
   that cannot be separated: unreadable, empty, too short, silent, non-finite,
-  unknown rate) are its two kinds. Each message names the file.
+  unknown rate, truncated) are its two kinds. Each message names the file.
+* :func:`check_audio_header` checks a file from its header alone (fast, no
+  decoding): readable, rate, channels, and for WAV the data size the header
+  declares against the bytes the file holds (a truncated file is corrupt).
 * :data:`AUDIO_EXTENSIONS` are the files the command line picks up in a
   folder; :data:`DATASET_EXTENSIONS` is the lossless subset that dataset
   layouts hold.
@@ -24,6 +27,7 @@ Authors
 """
 
 import os
+import struct
 
 import numpy as np
 import soundfile as sf
@@ -39,6 +43,7 @@ __all__ = [
     "audio_frames",
     "audio_info",
     "check_audio_file",
+    "check_audio_header",
     "check_audio_tensor",
     "is_audio_file",
     "iter_audio_blocks",
@@ -237,6 +242,117 @@ def audio_info(path):
         ) from err
     if not info.samplerate or info.samplerate <= 0:
         raise AudioInputError(f"{path}: unknown sample rate")
+    _check_wav_data_size(path, info)
+    return info
+
+
+def _wav_data_chunk(path):
+    """``(declared, available)`` bytes of a RIFF/WAVE file's data chunk.
+
+    Walks the RIFF chunks from the header (reads a few bytes per chunk,
+    never the samples). Returns None when the file is not a plain RIFF/RIFX
+    WAVE file, has no data chunk, or declares an unknown size (0xFFFFFFFF,
+    written by tools that stream to a pipe).
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[8:12] != b"WAVE":
+            return None
+        if head[:4] == b"RIFF":
+            fmt = "<I"
+        elif head[:4] == b"RIFX":
+            fmt = ">I"
+        else:  # RF64 and others: sizes live elsewhere
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return None
+            (length,) = struct.unpack(fmt, chunk[4:8])
+            if chunk[:4] == b"data":
+                if length == 0xFFFFFFFF:
+                    return None
+                return length, size - pos - 8
+            pos += 8 + length + (length & 1)  # chunks are word aligned
+    return None
+
+
+def _check_wav_data_size(path, info):
+    """Raises AudioInputError if a WAV file holds less data than declared."""
+    if info.format != "WAV":
+        return
+    sizes = _wav_data_chunk(path)
+    if sizes is None:
+        return
+    declared, available = sizes
+    if available < declared:
+        raise AudioInputError(
+            f"{path}: corrupt audio file (truncated: the header declares "
+            f"{declared} bytes of samples, the file holds {available})"
+        )
+
+
+def check_audio_header(path, sample_rate=None, channels=None):
+    """Checks an audio file from its header alone (no decoding; fast).
+
+    Checks that the file exists and opens, that its sample rate is known,
+    and, for WAV files, that the data size the header declares is present
+    (a file cut short is reported as corrupt). Optionally checks the rate
+    and channel count. Other formats (FLAC, ...) are checked as far as
+    their header allows; :func:`check_audio_file` decodes everything.
+
+    Arguments
+    ---------
+    path : str or pathlib.Path
+        The audio file.
+    sample_rate : int, optional
+        Expected sample rate; another rate raises :class:`AudioFormatError`.
+    channels : int, optional
+        Expected channel count; another count raises
+        :class:`AudioFormatError`.
+
+    Returns
+    -------
+    soundfile._SoundFileInfo
+        The header information (``samplerate``, ``channels``, ``frames``).
+
+    Raises
+    ------
+    AudioInputError
+        Missing, unreadable, headerless or truncated file.
+    AudioFormatError
+        Wrong sample rate or channel count.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> sf.write(tmp / "a.wav", np.zeros(800), 8000, subtype="PCM_16")
+    >>> check_audio_header(tmp / "a.wav", sample_rate=8000).frames
+    800
+    >>> data = (tmp / "a.wav").read_bytes()
+    >>> _ = (tmp / "cut.wav").write_bytes(data[:-400])
+    >>> check_audio_header(tmp / "cut.wav")
+    Traceback (most recent call last):
+      ...
+    speechbrain_s4m.audio.AudioInputError: ...cut.wav: corrupt audio file ...
+    >>> check_audio_header(tmp / "a.wav", channels=2)
+    Traceback (most recent call last):
+      ...
+    speechbrain_s4m.audio.AudioFormatError: ...has 1 channel(s); 2 expected
+    """
+    info = audio_info(path)
+    if sample_rate is not None and info.samplerate != int(sample_rate):
+        raise AudioFormatError(
+            f"{path} has a sample rate of {info.samplerate} Hz; "
+            f"{sample_rate} Hz is expected"
+        )
+    if channels is not None and info.channels != int(channels):
+        raise AudioFormatError(
+            f"{path} has {info.channels} channel(s); {channels} expected"
+        )
     return info
 
 
@@ -278,8 +394,9 @@ def iter_audio_blocks(path, block_frames):
 def check_audio_file(path, min_seconds=0.1, block_seconds=None):
     """Scans a file once (in blocks) and rejects what cannot be separated.
 
-    Checks: readable, known rate, not empty, at least ``min_seconds`` long,
-    only finite samples, not all zeros.
+    Checks: readable, known rate, not truncated (the header's length is
+    there: :func:`check_audio_header`, and every frame decodes), not empty,
+    at least ``min_seconds`` long, only finite samples, not all zeros.
 
     Arguments
     ---------
@@ -326,6 +443,11 @@ def check_audio_file(path, min_seconds=0.1, block_seconds=None):
             )
         nonzero = nonzero or bool(np.any(block != 0))
         frames += block.shape[0]
+    if frames < info.frames:
+        raise AudioInputError(
+            f"{path}: corrupt audio file (truncated: the header declares "
+            f"{info.frames} frames, only {frames} could be read)"
+        )
     _check_length(path, frames, info.samplerate, min_seconds)
     if not nonzero:
         raise AudioInputError(f"{path}: audio is silent (all samples zero)")

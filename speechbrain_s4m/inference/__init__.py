@@ -23,13 +23,18 @@ from speechbrain_s4m.audio import (
     AudioInputError,
     audio_info,
     check_audio_file,
+    check_audio_header,
     check_audio_tensor,
     iter_audio_blocks,
 )
 from speechbrain_s4m.inference.interface import (
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
+    OutputFolderError,
+    OutputScaleWarning,
     S4MSeparation,
+    check_output_folder,
+    remove_stale_temporaries,
 )
 from speechbrain_s4m.inference.loading import (
     MODULE_KEYS,
@@ -43,9 +48,12 @@ from speechbrain_s4m.inference.loading import (
     resolve_model_folder,
 )
 from speechbrain_s4m.inference.streaming import (
+    SCALE_MODES,
     OverlapAddSeparator,
     StreamingResampler,
     align_to_reference,
+    mixture_gains,
+    scale_to_mixture,
     separate_stream,
 )
 
@@ -59,18 +67,26 @@ __all__ = [
     "AudioInputError",
     "ModelFolderError",
     "ModelNotFoundError",
+    "OutputFolderError",
+    "OutputScaleWarning",
     "OverlapAddSeparator",
+    "SCALE_MODES",
     "S4MSeparation",
     "StreamingResampler",
     "align_to_reference",
     "audio_info",
     "check_audio_file",
+    "check_audio_header",
     "check_audio_tensor",
+    "check_output_folder",
     "iter_audio_blocks",
     "load_model_folder",
     "load_state_dict_strict",
     "looks_like_hub_file",
     "looks_like_local_path",
+    "mixture_gains",
+    "remove_stale_temporaries",
     "resolve_model_folder",
+    "scale_to_mixture",
     "separate_stream",
 ]

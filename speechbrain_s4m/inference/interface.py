@@ -19,8 +19,11 @@ Deliberate differences from SpeechBrain's ``SepformerSeparation``:
 * ``separate_long``: overlap-add over chunks with the speaker order of each
   chunk aligned to the previous one on their overlap, and a streaming file
   path (``separate_file_to_folder``) whose memory does not grow with the file;
-* clear errors (``AudioInputError``, ``ModelFolderError``) naming the file,
-  and outputs written to a temporary name first (never a partial file).
+* outputs at a meaningful scale: by default the sources are scaled so that
+  they sum to the mixture (least squares), and never clipped;
+* clear errors (``AudioInputError``, ``ModelFolderError``) naming the file;
+  outputs written to a temporary name first (never a partial file), never
+  over an existing file without ``overwrite=True``.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -28,7 +31,9 @@ Authors
 
 import os
 import pathlib
+import re
 import tempfile
+import warnings
 from contextlib import ExitStack
 
 import numpy as np
@@ -258,11 +263,12 @@ class S4MSeparation(Pretrained):
         chunk_seconds=None,
         overlap_seconds=None,
         sample_rate=None,
+        scale="mixture",
     ):
         """Separates long mixtures chunk by chunk (overlap-add).
 
-        Input that fits in one chunk is separated in one pass (identical to
-        ``separate_batch``).
+        Input that fits in one chunk is separated in one pass (with
+        ``scale="none"``, identical to ``separate_batch``).
 
         Arguments
         ---------
@@ -275,6 +281,10 @@ class S4MSeparation(Pretrained):
             it is used to align the speaker order and is cross-faded.
         sample_rate : int, optional
             Rate of ``mix`` if not the model's (it is resampled first).
+        scale : str
+            ``"mixture"`` (default): nonnegative least-squares gains per
+            chunk so that the sources sum to the mixture; ``"none"``: the
+            model's own (arbitrary) scale. See ``OverlapAddSeparator``.
 
         Returns
         -------
@@ -289,13 +299,17 @@ class S4MSeparation(Pretrained):
         if rate != self.sample_rate:
             mix = torchaudio.functional.resample(mix, rate, self.sample_rate)
         chunk, overlap = self.chunk_sizes(chunk_seconds, overlap_seconds)
-        sep = OverlapAddSeparator(self.separate_batch, chunk, overlap)
+        sep = OverlapAddSeparator(
+            self.separate_batch, chunk, overlap, scale=scale
+        )
         parts = [sep.push(b) for b in mix.split(chunk, dim=-1)]
         parts.append(sep.flush())
         return cat_outputs(parts)
 
     # -- files ------------------------------------------------------------
-    def _stream_file(self, path, chunk_seconds, overlap_seconds, out_rate):
+    def _stream_file(
+        self, path, chunk_seconds, overlap_seconds, out_rate, scale="mixture"
+    ):
         """Yields output blocks ``[spks, n]`` at ``out_rate`` for a file.
 
         Reads the file in blocks, downmixes, resamples to the model's rate,
@@ -314,6 +328,7 @@ class S4MSeparation(Pretrained):
             out_rate,
             chunk,
             overlap,
+            scale=scale,
         )
 
     def _output_rate(self, output_sample_rate, path):
@@ -334,12 +349,13 @@ class S4MSeparation(Pretrained):
         normalize=False,
         chunk_seconds=None,
         overlap_seconds=None,
+        scale="mixture",
     ):
         """Separates an audio file (any rate, any number of channels).
 
         The channels are averaged, the result resampled to the model's rate
         and separated; files longer than ``chunk_seconds`` are separated
-        chunk by chunk (``separate_long``).
+        chunk by chunk (``separate_long``). Nothing is written.
 
         Arguments
         ---------
@@ -357,6 +373,12 @@ class S4MSeparation(Pretrained):
             the sources keep their relative levels).
         chunk_seconds, overlap_seconds : float, optional
             Long-audio chunking (see ``separate_long``).
+        scale : str
+            ``"mixture"`` (default): each source gets the nonnegative gain
+            that makes the sources sum to the mixture in the least-squares
+            sense (per chunk; see ``OverlapAddSeparator``), so a mixture
+            within full scale gives sources at its level. ``"none"``: the
+            model's own scale, which SI-SNR training leaves arbitrary.
 
         Returns
         -------
@@ -367,13 +389,39 @@ class S4MSeparation(Pretrained):
             out_rate = self._output_rate(output_sample_rate, local)
             blocks = list(
                 self._stream_file(
-                    local, chunk_seconds, overlap_seconds, out_rate
+                    local, chunk_seconds, overlap_seconds, out_rate, scale
                 )
             )
         est = torch.cat(blocks, dim=-1).t().unsqueeze(0)  # [1, time, spks]
         if normalize:
             est = est / est.abs().amax(dim=1, keepdim=True).clamp_min(1e-8)
         return est
+
+    def output_paths(self, output_folder, name):
+        """The files ``separate_file_to_folder`` writes for ``name``.
+
+        Arguments
+        ---------
+        output_folder : str or pathlib.Path
+            The output folder.
+        name : str
+            Output base name.
+
+        Returns
+        -------
+        list of pathlib.Path
+            ``<output_folder>/<name>_s1.wav``, ... one per source.
+
+        Example
+        -------
+        >>> model = S4MSeparation(
+        ...     modules={}, hparams={"sample_rate": 8000, "num_spks": 2}
+        ... )
+        >>> [p.name for p in model.output_paths("out", "mix")]
+        ['mix_s1.wav', 'mix_s2.wav']
+        """
+        folder = pathlib.Path(output_folder)
+        return [folder / f"{name}_s{i + 1}.wav" for i in range(self.num_spks)]
 
     def separate_file_to_folder(
         self,
@@ -385,13 +433,26 @@ class S4MSeparation(Pretrained):
         overlap_seconds=None,
         subtype="FLOAT",
         name=None,
+        overwrite=False,
+        scale="mixture",
     ):
         """Separates a file into ``<name>_s1.wav``, ``<name>_s2.wav``, ...
 
         Streaming: the input is read and the outputs written block by block,
-        so memory stays flat however long the file is. Outputs go to
-        temporary files in ``output_folder`` and are renamed only once
-        complete: an error never leaves a partial output file.
+        so memory stays flat however long the file is. Outputs go to hidden
+        temporary files (``.<name>_s1.<pid>.*.part.wav``) in
+        ``output_folder`` and are renamed only once complete: an error never
+        leaves a partial output file; temporary files of the same outputs
+        left by a killed run are removed. The folder is created only when
+        the input passed its checks.
+
+        Scale and clipping: with ``scale="mixture"`` (default) the sources
+        sum to the mixture in the least-squares sense (see
+        ``separate_file``). Values are never clipped: FLOAT keeps them as
+        they are; for an integer subtype (``PCM_*``) whose range the sources
+        exceed (|x| > 1), all sources of the file are scaled by one factor
+        (relative levels kept) and an :class:`OutputScaleWarning` names the
+        file and the factor.
 
         Arguments
         ---------
@@ -410,6 +471,12 @@ class S4MSeparation(Pretrained):
             soundfile subtype, e.g. ``"FLOAT"`` or ``"PCM_16"``.
         name : str, optional
             Output base name (default: the input's name without extension).
+        overwrite : bool
+            Replace existing outputs. Without it, existing outputs raise
+            ``FileExistsError`` naming them, before any work. The input
+            itself is never overwritten.
+        scale : str
+            ``"mixture"`` or ``"none"`` (see ``separate_file``).
 
         Returns
         -------
@@ -417,47 +484,53 @@ class S4MSeparation(Pretrained):
             The written files, one per source.
         """
         path = str(path)
-        out_rate = self._output_rate(output_sample_rate, path)
         output_folder = pathlib.Path(output_folder)
-        output_folder.mkdir(parents=True, exist_ok=True)
         name = name or pathlib.Path(path).stem
-        finals = [
-            output_folder / f"{name}_s{i + 1}.wav" for i in range(self.num_spks)
-        ]
+        finals = self.output_paths(output_folder, name)
+        check_output_folder(output_folder)
+        clashes = [f for f in finals if _same_file(f, path)]
+        if clashes:
+            raise ValueError(
+                f"{path}: writing {clashes[0]} would overwrite the input "
+                "itself; choose another output folder or name"
+            )
+        existing = [f for f in finals if os.path.lexists(f)]
+        if existing and not overwrite:
+            raise FileExistsError(_exists_message(existing))
+        if output_folder.is_dir():
+            remove_stale_temporaries(finals)
+        out_rate = self._output_rate(output_sample_rate, path)
         temps = []
         try:
             with ExitStack() as stack:
                 handles = []
-                for final in finals:
-                    fd, tmp = tempfile.mkstemp(
-                        prefix=f".{final.stem}.",
-                        suffix=".part.wav",
-                        dir=output_folder,
-                    )
-                    os.close(fd)
-                    temps.append(pathlib.Path(tmp))
-                    handles.append(
-                        stack.enter_context(
-                            sf.SoundFile(
-                                tmp,
-                                "w",
-                                samplerate=out_rate,
-                                channels=1,
-                                subtype="FLOAT" if normalize else subtype,
-                                format="WAV",
-                            )
-                        )
-                    )
                 peaks = np.zeros(self.num_spks)
                 for block in self._stream_file(
-                    path, chunk_seconds, overlap_seconds, out_rate
+                    path, chunk_seconds, overlap_seconds, out_rate, scale
                 ):
+                    if not handles:  # the input passed its checks
+                        output_folder.mkdir(parents=True, exist_ok=True)
+                        for final in finals:
+                            temps.append(_temporary(final))
+                            handles.append(
+                                stack.enter_context(
+                                    sf.SoundFile(
+                                        temps[-1],
+                                        "w",
+                                        samplerate=out_rate,
+                                        channels=1,
+                                        subtype="FLOAT",
+                                        format="WAV",
+                                    )
+                                )
+                            )
                     data = block.numpy()  # [spks, n]
                     peaks = np.maximum(peaks, np.abs(data).max(axis=1))
                     for i, handle in enumerate(handles):
                         handle.write(data[i])
-            if normalize:
-                temps = self._normalize_files(temps, peaks, subtype, out_rate)
+            gains = self._output_gains(path, peaks, normalize, subtype)
+            if subtype != "FLOAT" or normalize:
+                temps = self._rewrite_files(temps, gains, subtype, out_rate)
             mode = _default_file_mode()
             for tmp, final in zip(temps, finals):
                 os.chmod(tmp, mode)  # mkstemp makes 0600 files
@@ -469,12 +542,30 @@ class S4MSeparation(Pretrained):
         return finals
 
     @staticmethod
-    def _normalize_files(temps, peaks, subtype, rate):
-        """Rewrites each temporary file scaled to peak 1 (in blocks)."""
+    def _output_gains(path, peaks, normalize, subtype):
+        """Per-source factors applied when writing the final files."""
+        if normalize:
+            return 1.0 / np.maximum(peaks, 1e-8)
+        gains = np.ones_like(peaks)
+        peak = float(peaks.max())
+        if subtype.startswith("PCM") and peak > 1.0:
+            factor = 1.0 / peak
+            warnings.warn(
+                f"{path}: the separated sources peak at {peak:.3g}, beyond "
+                f"{subtype} full scale; all sources scaled by {factor:.3g} "
+                "(not clipped; FLOAT output keeps the values)",
+                OutputScaleWarning,
+                stacklevel=3,
+            )
+            gains *= factor
+        return gains
+
+    @staticmethod
+    def _rewrite_files(temps, gains, subtype, rate):
+        """Rewrites each temporary file scaled by its gain (in blocks)."""
         new = []
         try:
-            for tmp, peak in zip(temps, peaks):
-                scale = 1.0 / max(float(peak), 1e-8)
+            for tmp, gain in zip(temps, gains):
                 target = tmp.with_name(tmp.name.replace(".part", ".norm"))
                 new.append(target)
                 with sf.SoundFile(
@@ -486,10 +577,157 @@ class S4MSeparation(Pretrained):
                     format="WAV",
                 ) as out:
                     for block in audio.iter_audio_blocks(tmp, 1 << 16):
-                        out.write(block[:, 0] * scale)
+                        out.write(block[:, 0] * float(gain))
                 tmp.unlink()
         except BaseException:
             for f in new:
                 f.unlink(missing_ok=True)
             raise
         return new
+
+
+class OutputScaleWarning(UserWarning):
+    """Outputs were scaled down to fit an integer sample format."""
+
+
+class OutputFolderError(ValueError):
+    """An output folder that cannot be written (names it and why)."""
+
+
+def check_output_folder(folder):
+    """Checks that outputs can be written in ``folder`` (creates nothing).
+
+    The folder must be a writable folder, or not exist yet with a writable
+    folder as its nearest existing ancestor.
+
+    Arguments
+    ---------
+    folder : str or pathlib.Path
+        The output folder.
+
+    Raises
+    ------
+    OutputFolderError
+        The folder is a file, an ancestor is a file, or it is not writable.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> check_output_folder(tmp / "new" / "out")
+    >>> _ = (tmp / "f").write_text("x")
+    >>> check_output_folder(tmp / "f" / "out")
+    Traceback (most recent call last):
+      ...
+    speechbrain_s4m.inference.interface.OutputFolderError: ...
+    """
+    folder = pathlib.Path(folder)
+    if folder.exists():
+        if not folder.is_dir():
+            raise OutputFolderError(
+                f"output folder {folder} exists and is not a folder"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputFolderError(f"output folder {folder} is not writable")
+        return
+    parent = folder.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputFolderError(
+            f"output folder {folder} cannot be created: {parent} is a file, "
+            "not a folder"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputFolderError(
+            f"output folder {folder} cannot be created: {parent} is not "
+            "writable"
+        )
+
+
+def remove_stale_temporaries(finals):
+    """Removes temporary files of ``finals`` left by runs no longer alive.
+
+    Temporary names are ``.<stem>.<pid>.<random>.part.wav`` (or
+    ``.norm.wav``); those of a process still running are kept.
+
+    Arguments
+    ---------
+    finals : list of pathlib.Path
+        Output files.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The removed files.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / ".a_s1.999999999.x1.part.wav").write_bytes(b"")
+    >>> _ = (tmp / f".a_s1.{os.getpid()}.x2.part.wav").write_bytes(b"")
+    >>> [p.name for p in remove_stale_temporaries([tmp / "a_s1.wav"])]
+    ['.a_s1.999999999.x1.part.wav']
+    """
+    removed = []
+    for final in finals:
+        final = pathlib.Path(final)
+        stem = re.escape(final.stem)
+        pattern = re.compile(
+            rf"^\.{stem}\.(?:(\d+)\.)?\w+\.(?:part|norm)\.wav$"
+        )
+        if not final.parent.is_dir():
+            continue
+        for candidate in final.parent.iterdir():
+            match = pattern.match(candidate.name)
+            if not match:
+                continue
+            pid = match.group(1)
+            if pid is not None and _process_alive(int(pid)):
+                continue
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid):
+    """Whether a process with this id runs (on this machine)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, run by another user
+        return True
+    except (OverflowError, ValueError):  # not a process id at all
+        return False
+    return True
+
+
+def _temporary(final):
+    """A new hidden temporary file beside ``final`` (its name holds our
+    process id so that another run can tell it is stale)."""
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{final.stem}.{os.getpid()}.",
+        suffix=".part.wav",
+        dir=final.parent,
+    )
+    os.close(fd)
+    return pathlib.Path(tmp)
+
+
+def _same_file(a, b):
+    """Whether two paths name the same existing file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _exists_message(existing):
+    """One line naming existing outputs."""
+    names = ", ".join(str(p) for p in existing)
+    return (
+        f"output file(s) already exist: {names} (overwrite=True, or "
+        "--overwrite on the command line, replaces them)"
+    )

@@ -128,11 +128,17 @@ def looks_like_hub_file(path):
     return not looks_like_local_path(path.rsplit("/", 1)[0])
 
 
-def _describe_error(err, limit=200):
-    """``TypeName: first line of the message`` (cut to ``limit`` chars)."""
-    text = str(err)
-    first = text.splitlines()[0][:limit] if text else ""
-    return f"{type(err).__name__}: {first}"
+def _describe_error(err):
+    """``TypeName: message`` on one line, whole (whitespace collapsed).
+
+    Example
+    -------
+    >>> text = _describe_error(ValueError("a  b " + "c" * 300))
+    >>> len(text), text[:16]
+    (316, 'ValueError: a b ')
+    """
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}"
 
 
 # ---------------------------------------------------------------------------
@@ -244,7 +250,7 @@ def load_model_folder(
             )
     except Exception as err:
         raise ModelFolderError(
-            f"{hparams_path}: cannot load ({_describe_error(err, 300)})"
+            f"{hparams_path}: cannot load ({_describe_error(err)})"
         ) from err
     for key in ("modules", "sample_rate", "num_spks"):
         if key not in hparams:

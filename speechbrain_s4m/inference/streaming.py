@@ -8,7 +8,10 @@ block by block, a live stream):
   whole signal;
 * :func:`align_to_reference`: the speaker order of one chunk matched to the
   previous chunk on their overlap;
-* :class:`OverlapAddSeparator`: chunking, alignment and cross-fading;
+* :func:`mixture_gains` / :func:`scale_to_mixture`: a meaningful output
+  scale (nonnegative least-squares gains so the sources sum to the mixture);
+* :class:`OverlapAddSeparator`: chunking, scaling, alignment (kept across a
+  silent overlap) and cross-fading;
 * :func:`separate_stream`: blocks of a mixture at any rate and channel count
   in, separated blocks at any rate out (the file path of
   ``S4MSeparation``).
@@ -150,19 +153,150 @@ def align_to_reference(estimate, reference, eps=1e-8):
     >>> torch.equal(align_to_reference(est, ref)[:, :100], ref)
     True
     """
+    perm = permutation_to_reference(estimate, reference, eps)
+    return torch.stack([estimate[b][:, p] for b, p in enumerate(perm)])
+
+
+def permutation_to_reference(estimate, reference, eps=1e-8):
+    """The source order of :func:`align_to_reference`, ``[batch, spks]``.
+
+    Arguments
+    ---------
+    estimate : torch.Tensor
+        ``[batch, time, spks]``.
+    reference : torch.Tensor
+        ``[batch, overlap, spks]``.
+    eps : float
+        Avoids division by zero on silent sources.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, spks]`` long: output source ``i`` is estimate source
+        ``perm[b, i]``.
+
+    Example
+    -------
+    >>> ref = torch.randn(1, 100, 3)
+    >>> permutation_to_reference(ref[..., [2, 0, 1]], ref)
+    tensor([[1, 2, 0]])
+    """
     n = reference.shape[1]
     head = estimate[:, :n]
     head = head / (head.norm(dim=1, keepdim=True) + eps)
     ref = reference / (reference.norm(dim=1, keepdim=True) + eps)
     # score[b, i, j] = corr(reference source i, estimate source j)
     score = torch.einsum("bti,btj->bij", ref.double(), head.double())
-    out = []
+    perms = []
     for b in range(estimate.shape[0]):
         rows, cols = linear_sum_assignment(
             score[b].cpu().numpy(), maximize=True
         )
-        out.append(estimate[b][:, torch.as_tensor(cols[np.argsort(rows)])])
-    return torch.stack(out)
+        perms.append(torch.as_tensor(cols[np.argsort(rows)]))
+    return torch.stack(perms)
+
+
+#: Scalings of the estimates: ``"mixture"`` (least-squares gains, see
+#: :func:`scale_to_mixture`) or ``"none"`` (the model's own scale).
+SCALE_MODES = ("mixture", "none")
+
+
+def mixture_gains(estimate, mix, eps=1e-10):
+    """Nonnegative per-source gains that make the sources sum to the mixture.
+
+    Solves ``min_g ||mix - sum_k g_k s_k||^2`` subject to ``g >= 0`` (per
+    batch item, in float64). Sources whose energy is below ``eps`` times
+    the mixture's get gain 1 (they are silent anyway). When the problem is
+    degenerate (the remaining sources are linearly dependent, or the
+    optimum would silence a source that is not silent: gain 0), all sources
+    get one common gain instead, which gives them together the mixture's
+    energy (their relative levels stay as the model gave them). A silent
+    mixture gives zero gains (silent sources).
+
+    Arguments
+    ---------
+    estimate : torch.Tensor
+        ``[batch, time, spks]`` separated sources (any scale).
+    mix : torch.Tensor
+        ``[batch, time]`` the mixture they were separated from.
+    eps : float
+        Relative energy under which a source counts as silent.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, spks]`` float64 gains.
+
+    Example
+    -------
+    >>> s = torch.randn(1, 1000, 2)
+    >>> mix = 0.5 * s[..., 0] + 2.0 * s[..., 1]
+    >>> mixture_gains(s * 10, mix).mul(10).round(decimals=6)
+    tensor([[0.5000, 2.0000]], dtype=torch.float64)
+    """
+    from scipy.optimize import nnls
+
+    est = estimate.detach().double().cpu()
+    mix = mix.detach().double().cpu()
+    gains = torch.ones(est.shape[0], est.shape[2], dtype=torch.float64)
+    for b in range(est.shape[0]):
+        y = mix[b]
+        mix_energy = float(y.square().sum())
+        if mix_energy == 0.0:
+            gains[b] = 0.0
+            continue
+        energy = est[b].square().sum(dim=0)  # [spks]
+        active = (energy > eps * mix_energy).nonzero()[:, 0]
+        if active.numel() == 0:
+            continue
+        a = est[b][:, active]  # [time, active]
+        gram = a.t() @ a
+        corr = a.t() @ y
+        try:
+            chol = torch.linalg.cholesky(gram)
+            cond = torch.linalg.cond(gram)
+        except RuntimeError:
+            chol, cond = None, float("inf")
+        g = None
+        if chol is not None and float(cond) < 1e10:
+            # ||L^T g - L^-1 c||^2 = g^T G g - 2 c^T g + const
+            rhs = torch.linalg.solve_triangular(
+                chol, corr[:, None], upper=False
+            )[:, 0]
+            g, _ = nnls(chol.t().numpy(), rhs.numpy())
+            g = torch.from_numpy(g)
+            if not bool((g > 0).all()):
+                g = None
+        if g is None:  # degenerate: the mixture's level, one common gain
+            g = (mix_energy / energy[active].sum()).sqrt().expand(len(active))
+        gains[b, active] = g
+    return gains
+
+
+def scale_to_mixture(estimate, mix):
+    """Scales each source with :func:`mixture_gains`.
+
+    Arguments
+    ---------
+    estimate : torch.Tensor
+        ``[batch, time, spks]``.
+    mix : torch.Tensor
+        ``[batch, time]``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, time, spks]``, same dtype as ``estimate``.
+
+    Example
+    -------
+    >>> s = torch.randn(2, 800, 2)
+    >>> out = scale_to_mixture(s * 30, s.sum(-1))
+    >>> bool(torch.allclose(out, s, atol=1e-5))
+    True
+    """
+    gains = mixture_gains(estimate, mix).to(estimate.dtype)
+    return estimate * gains[:, None, :].to(estimate.device)
 
 
 class OverlapAddSeparator:
@@ -175,6 +309,22 @@ class OverlapAddSeparator:
     is released as soon as no later chunk can change it, so only one chunk
     is held at a time.
 
+    Scale: with ``scale="mixture"`` each chunk's sources are first scaled
+    by :func:`mixture_gains` against that chunk's mixture, so that they sum
+    to it in the least-squares sense. The gains are computed per chunk, not
+    once per file, because each chunk is a separate forward pass whose
+    output scale the (scale-invariant) training leaves free; chunks are
+    long (30 s by default) so the gains are well determined, and the
+    cross-fade makes the change between chunks smooth. ``"none"`` keeps the
+    model's own scale.
+
+    Speaker order: decided on the overlap only when it carries enough
+    energy: its mean power, in the previous chunk's tail and in the new
+    chunk's head, must be at least ``min_overlap_power`` (default 1e-3,
+    -30 dB) times the new chunk's mean power. Otherwise the correlation
+    would pick an arbitrary order, and the permutation of the previous
+    chunk is kept.
+
     Arguments
     ---------
     separate_fn : callable
@@ -184,6 +334,12 @@ class OverlapAddSeparator:
     overlap : int
         Overlap between consecutive chunks in samples (``0 < overlap <
         chunk``).
+    scale : str
+        ``"none"`` (default here: the output of ``separate_fn``) or
+        ``"mixture"``.
+    min_overlap_power : float
+        Relative power of the overlap under which the speaker order is not
+        re-decided (see above).
 
     Example
     -------
@@ -195,13 +351,22 @@ class OverlapAddSeparator:
     (torch.Size([1, 1000, 2]), True)
     """
 
-    def __init__(self, separate_fn, chunk, overlap):
+    def __init__(
+        self, separate_fn, chunk, overlap, scale="none", min_overlap_power=1e-3
+    ):
         chunk, overlap = int(chunk), int(overlap)
         if overlap <= 0 or overlap >= chunk:
             raise ValueError(
                 f"need 0 < overlap < chunk, got overlap={overlap} samples "
                 f"and chunk={chunk} samples"
             )
+        if scale not in SCALE_MODES:
+            raise ValueError(
+                f"scale must be one of {', '.join(SCALE_MODES)}, got {scale!r}"
+            )
+        self.scale = scale
+        self.min_overlap_power = float(min_overlap_power)
+        self._perm = None  # [batch, spks] permutation of the last chunk
         self.separate_fn = separate_fn
         self.chunk = chunk
         self.overlap = overlap
@@ -230,10 +395,14 @@ class OverlapAddSeparator:
 
     def _process(self, x, final):
         est = self.separate_fn(x).detach().to("cpu", torch.float32)
+        if self.scale == "mixture":
+            est = scale_to_mixture(est, x.detach().to("cpu", torch.float32))
         ov = self.overlap
-        if self._tail is not None:
+        if self._tail is None:  # first chunk: its order is the reference
+            self._perm = torch.arange(est.shape[2]).repeat(est.shape[0], 1)
+        else:
             n = min(ov, est.shape[1])
-            est = align_to_reference(est, self._tail[:, :n])
+            est = self._align(est, self._tail[:, :n])
             fade_in = self.fade_in[:n].to(est.dtype)[None, :, None]
             fade_out = self.fade_out[:n].to(est.dtype)[None, :, None]
             est = est.clone()
@@ -244,6 +413,24 @@ class OverlapAddSeparator:
             return est
         self._tail = est[:, -ov:]
         return est[:, :-ov]
+
+    def _align(self, est, tail):
+        """Orders the sources of ``est`` like ``tail`` (or like the last
+        chunk when the overlap is too quiet to decide)."""
+        n = tail.shape[1]
+        chunk_power = est.double().square().mean(dim=(1, 2))  # [batch]
+        head_power = est[:, :n].double().square().mean(dim=(1, 2))
+        tail_power = tail.double().square().mean(dim=(1, 2))
+        floor = self.min_overlap_power * chunk_power
+        decide = (head_power >= floor) & (tail_power >= floor)
+        decide &= chunk_power > 0
+        out = []
+        for b in range(est.shape[0]):
+            if decide[b]:
+                perm = permutation_to_reference(est[b : b + 1], tail[b : b + 1])
+                self._perm[b] = perm[0]
+            out.append(est[b][:, self._perm[b]])
+        return torch.stack(out)
 
     def push(self, block):
         """Adds input ``[batch, n]``; returns final output ``[batch, m, spks]``.
@@ -296,7 +483,14 @@ def cat_outputs(parts):
 
 
 def separate_stream(
-    blocks, separate_fn, rate_in, model_rate, out_rate, chunk, overlap
+    blocks,
+    separate_fn,
+    rate_in,
+    model_rate,
+    out_rate,
+    chunk,
+    overlap,
+    scale="none",
 ):
     """Separates a stream of mixture blocks; yields separated blocks.
 
@@ -322,6 +516,8 @@ def separate_stream(
         Chunk length in samples at ``model_rate``.
     overlap : int
         Overlap between chunks in samples at ``model_rate``.
+    scale : str
+        ``"none"`` or ``"mixture"`` (see :class:`OverlapAddSeparator`).
 
     Yields
     ------
@@ -341,7 +537,7 @@ def separate_stream(
     """
     to_model = StreamingResampler(rate_in, model_rate)
     to_out = StreamingResampler(model_rate, out_rate)
-    sep = OverlapAddSeparator(separate_fn, chunk, overlap)
+    sep = OverlapAddSeparator(separate_fn, chunk, overlap, scale=scale)
 
     def emit(est):
         if est is None or est.shape[1] == 0:
