@@ -196,3 +196,69 @@ def test_cln_statistics_stable_and_streamable():
         parts.append((v, m))
     torch.testing.assert_close(torch.cat([p[0] for p in parts], -1), whole[0])
     torch.testing.assert_close(torch.cat([p[1] for p in parts], -1), whole[1])
+
+
+# ----------------------------------------------------------------------
+# streaming (model side): forward_stream == forward on the whole signal
+# ----------------------------------------------------------------------
+def _chunks(total, size, seed=0):
+    """Chunk sizes: a fixed size, or random sizes (0 included) if None."""
+    if size is not None:
+        return [min(size, total - a) for a in range(0, total, size)]
+    gen = torch.Generator().manual_seed(seed)
+    sizes, a = [], 0
+    while a < total:
+        n = min(int(torch.randint(0, 20, (1,), generator=gen)), total - a)
+        sizes.append(n)
+        a += n
+    return sizes
+
+
+def _stream(net, x, sizes):
+    state = net.init_stream_state(x.shape[0])
+    outs, a = [], 0
+    for n in sizes:
+        m, state = net.forward_stream(x[..., a : a + n], state)
+        assert m.shape[-1] == n
+        outs.append(m)
+        a += n
+    return torch.cat(outs, dim=-1), state
+
+
+@pytest.mark.parametrize("quirk", [True, False])
+@pytest.mark.parametrize("size", [1, 7, 8, 64, None])
+def test_forward_stream_equals_forward(size, quirk):
+    """Chunked streaming gives the whole-signal causal masks (float64)."""
+    torch.manual_seed(5)
+    net = S4MMaskNet(
+        17, depth=4, fusion_index_quirk=quirk, causal=True, **SMALL
+    ).double()
+    _randomise(net)
+    net.eval()
+    x = torch.rand(2, 17, 203, dtype=torch.float64)
+    with torch.no_grad():
+        ref = net(x)
+        out, state = _stream(net, x, _chunks(203, size))
+    assert state["frames"] == 203
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-11)
+
+
+def _state_elements(state):
+    if isinstance(state, dict):
+        return sum(_state_elements(v) for v in state.values())
+    if isinstance(state, (tuple, list)):
+        return sum(_state_elements(v) for v in state)
+    return state.numel() if torch.is_tensor(state) else 0
+
+
+def test_stream_state_does_not_grow():
+    """The state after 384 frames is as large as after 192."""
+    torch.manual_seed(6)
+    net = S4MMaskNet(17, depth=4, causal=True, **SMALL).eval()
+    x = torch.rand(1, 17, 384)
+    with torch.no_grad():
+        _, s1 = _stream(net, x[..., :192], [64] * 3)
+        _, s2 = _stream(net, x, [64] * 6)
+    assert _state_elements(s1) == _state_elements(s2) > 0
+    with pytest.raises(RuntimeError):
+        S4MMaskNet(17, **SMALL).init_stream_state()

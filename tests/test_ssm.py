@@ -208,6 +208,53 @@ def test_forward_equals_step_loop(mode, init):
         S4(5, bidirectional=True).step(x[:, :, 0], state)
 
 
+@pytest.mark.parametrize("mode,init", MODES)
+def test_forward_stream_chunks_equal_forward(mode, init):
+    """Recurrent mode over chunks (0 included) == convolution mode, float64."""
+    torch.manual_seed(3)
+    layer = S4(5, d_state=8, mode=mode, s4d_init=init).double()
+    layer = randomise(layer).eval()
+    x = torch.randn(2, 5, 53, dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(x)
+        state, outs, a = None, [], 0
+        for n in (1, 0, 7, 8, 20, 17):
+            out, state = layer.forward_stream(x[..., a : a + n], state)
+            outs.append(out)
+            a += n
+    torch.testing.assert_close(torch.cat(outs, -1), y, rtol=1e-10, atol=1e-12)
+
+
+def test_recurrence_discretisation_is_cached(monkeypatch):
+    """step() discretises once while the parameters stay the same, again
+    after they change, and never caches under autograd."""
+    torch.manual_seed(4)
+    layer = S4(4, d_state=4).eval()
+    calls = []
+    original = layer._discrete_recurrence
+
+    def counting():
+        calls.append(1)
+        return original()
+
+    monkeypatch.setattr(layer, "_discrete_recurrence", counting)
+    u, state = torch.randn(2, 4), layer.default_state(2)
+    with torch.no_grad():
+        y1, _ = layer.step(u, state)
+        for _ in range(5):
+            assert torch.equal(layer.step(u, state)[0], y1)
+        assert len(calls) == 1
+        layer.log_dt.add_(0.3)  # an optimizer step changes the version
+        y2, _ = layer.step(u, state)
+    assert len(calls) == 2 and not torch.allclose(y1, y2)
+    fresh = S4(4, d_state=4).eval()
+    fresh.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.step(u, state)[0], y2)
+    y3, _ = layer.step(u, state)  # with gradients: recomputed, not cached
+    assert len(calls) == 3 and y3.requires_grad
+
+
 @pytest.mark.parametrize("mode", ["s4d", "nplr"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_gradcheck(mode, bidirectional):

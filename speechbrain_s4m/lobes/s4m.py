@@ -201,6 +201,20 @@ class _ConvNorm(nn.Module):
         y, scale, shift = self.affine(x)
         return torch.addcmul(shift, y, scale)
 
+    def stream(self, x, st):
+        """Causal ``forward`` on the next frames of a stream (``st``: dict
+        state, updated in place); returns the new output frames."""
+        conv = self.conv
+        window, n_new = _stream_window(
+            x, st.setdefault("conv", {}), conv.kernel_size[0], conv.stride[0]
+        )
+        if window is None:
+            y = x.new_zeros(x.shape[0], conv.out_channels, 0)
+        else:
+            y = conv(window)
+        y, st["norm"] = self.norm.stream(y, st.get("norm"))
+        return y
+
 
 def _resize_nearest(x, length):
     """Nearest-neighbour resize of ``[batch, channels, time]`` to ``length``."""
@@ -247,6 +261,81 @@ def _causal_resize(x, shift, length):
     elif shift < 0:
         x = x[..., :: 2**-shift]
     return x[..., :length]
+
+
+# ----------------------------------------------------------------------
+# Streaming helpers. Streaming state is a nested dict of tensors and ints,
+# updated in place; buffers are created from the first chunk's shapes.
+# ----------------------------------------------------------------------
+def _stream_window(x, st, kernel, stride):
+    """Input window of a causal strided convolution for the next outputs.
+
+    The convolution (kernel ``kernel``, stride ``stride``, no padding) of
+    the returned window gives the outputs that the frames seen so far make
+    available (output ``j`` reads inputs ``stride*j - kernel + 1 ..
+    stride*j``, zeros before the start). ``st`` keeps the input tail.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        New input frames ``[batch, channels, n]``.
+    st : dict
+        Buffer state (empty at the start of a stream).
+    kernel, stride : int
+        Of the convolution.
+
+    Returns
+    -------
+    window : torch.Tensor or None
+        ``[batch, channels, stride * (n_new - 1) + kernel]``; None if no
+        new output is available.
+    n_new : int
+        Number of new outputs.
+    """
+    if "buf" not in st:
+        st["buf"] = x.new_zeros(x.shape[0], x.shape[1], kernel - 1)
+        st["start"], st["n_out"] = -(kernel - 1), 0
+    buf = torch.cat([st["buf"], x], dim=-1)
+    start, n_out = st["start"], st["n_out"]
+    n_total = -(-(start + buf.shape[-1]) // stride)  # ceil(T_in / stride)
+    n_new = n_total - n_out
+    window = None
+    if n_new > 0:
+        a = stride * n_out - (kernel - 1) - start
+        window = buf[..., a : stride * (n_total - 1) + 1 - start]
+    new_start = stride * n_total - (kernel - 1)
+    st["buf"] = buf[..., new_start - start :]
+    st["start"], st["n_out"] = new_start, n_total
+    return window, n_new
+
+
+def _stream_pool(x, st, factor):
+    """Streaming :func:`_causal_pool` (new fine frames -> new coarse)."""
+    if factor == 1:
+        return x
+    window, n_new = _stream_window(x, st, factor, factor)
+    if window is None:
+        return x[..., :0]
+    bsz, ch = x.shape[:2]
+    return window.reshape(bsz, ch, n_new, factor).mean(dim=-1)
+
+
+def _stream_resize(x, st, shift, n_out):
+    """Streaming :func:`_causal_resize`: the next ``n_out`` target frames
+    given the new source frames ``x``; ``st`` keeps the source frames that
+    later targets still read."""
+    if "buf" not in st:
+        st["buf"], st["start"], st["n_out"] = x[..., :0], 0, 0
+    buf = torch.cat([st["buf"], x], dim=-1)
+    start, first = st["start"], st["n_out"]
+    idx = torch.arange(first, first + n_out + 1, device=x.device)
+    src = idx // 2**shift if shift >= 0 else idx * 2**-shift
+    out = buf.index_select(-1, src[:-1] - start)
+    # the next target's source frame (it may not have arrived yet)
+    keep = min(int(src[-1]), start + buf.shape[-1])
+    st["buf"] = buf[..., keep - start :]
+    st["start"], st["n_out"] = keep, first + n_out
+    return out
 
 
 class _Fusion(nn.Module):
@@ -324,6 +413,19 @@ class _Fusion(nn.Module):
         y = y.view(bsz, ch, t_g, t_l // t_g)
         out = torch.addcmul(b.unsqueeze(-1), y, a.unsqueeze(-1))
         return out.view(bsz, ch, t_l)
+
+
+def _fusion_stream(fusion, local, glob, scale_shift, st):
+    """Causal :class:`_Fusion` on the next frames of both inputs."""
+    loc = fusion.local_embedding.stream(local, st.setdefault("local", {}))
+    gate = fusion.global_gate.stream(glob, st.setdefault("gate", {}))
+    emb = fusion.global_embedding.stream(glob, st.setdefault("emb", {}))
+    both = torch.cat([torch.sigmoid(gate), emb], dim=1)
+    both = _stream_resize(
+        both, st.setdefault("resize", {}), scale_shift, loc.shape[-1]
+    )
+    gate, emb = both.chunk(2, dim=1)
+    return torch.addcmul(emb, loc, gate)
 
 
 class S4MBlock(nn.Module):
@@ -519,6 +621,66 @@ class S4MBlock(nn.Module):
             out = self.merge[i](fused[i], out, 1)
         return self.res_conv(out) + x
 
+    def stream(self, x, st):
+        """The causal block on the next frames of a stream.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            New block input frames ``[batch, channels, n]`` (n >= 1).
+        st : dict
+            Streaming state of this block application (empty at the start
+            of a stream), updated in place: convolution input tails,
+            cumulative-norm sums, pooling and resizing buffers, the S4
+            recurrent state.
+
+        Returns
+        -------
+        torch.Tensor
+            The ``n`` new output frames ``[batch, channels, n]``.
+        """
+        if not self.causal:
+            raise RuntimeError("streaming needs a causal block")
+        y = self.proj(x)
+        y, st["proj_norm"] = self.proj_norm.stream(y, st.get("proj_norm"))
+        y = self.proj_act(y)
+        scales = []
+        for k, layer in enumerate(self.pyramid):
+            y = layer.stream(y, st.setdefault(f"pyramid{k}", {}))
+            scales.append(y)
+        top_scale = self.depth - 1
+        glob = scales[-1]
+        for k, s in enumerate(scales[:-1]):
+            pool_st = st.setdefault(f"pool{k}", {})
+            glob = glob + _stream_pool(s, pool_st, 2 ** (top_scale - k))
+        if glob.shape[-1]:
+            s4 = self.s4
+            h, st["s4"] = s4.s4.forward_stream(s4.norm(glob), st.get("s4"))
+            glob = self.ffn(glob + h)
+        fused = {
+            k: _fusion_stream(
+                self.fuse[str(k)],
+                scales[k],
+                glob,
+                top_scale - k,
+                st.setdefault(f"fuse{k}", {}),
+            )
+            for k in self.used_scales
+        }
+        top, src = self.depth - 2, self.first_merge_source
+        out = _fusion_stream(
+            self.merge[top],
+            fused[top],
+            fused[src],
+            src - top,
+            st.setdefault(f"merge{top}", {}),
+        )
+        for i in range(top - 1, -1, -1):
+            out = _fusion_stream(
+                self.merge[i], fused[i], out, 1, st.setdefault(f"merge{i}", {})
+            )
+        return self.res_conv(out) + x
+
 
 class S4MMaskNet(nn.Module):
     """S4M mask network (SpeechBrain ``MaskNet`` contract).
@@ -687,6 +849,84 @@ class S4MMaskNet(nn.Module):
             return None
         stride = stride if stride is not None else max(kernel_size // 4, 1)
         return kernel_size - 1 + stride * self.latency_frames
+
+    def init_stream_state(self, batch_size=None):
+        """A fresh streaming state for :meth:`forward_stream`.
+
+        The state is a dict of buffers, created from the shapes of the first
+        chunk (so ``batch_size`` is not needed; it is accepted for
+        symmetry). Its size does not grow with the stream's length.
+
+        Arguments
+        ---------
+        batch_size : int, optional
+            Unused.
+
+        Returns
+        -------
+        dict
+            ``{"frames": 0}``: frames processed so far; the buffers follow.
+        """
+        if not self.causal:
+            raise RuntimeError("streaming needs a causal masknet (causal=True)")
+        return {"frames": 0}
+
+    def forward_stream(self, frames, state=None):
+        """Masks for the next encoder frames of a stream.
+
+        Feeding a signal's encoder frames in consecutive chunks of any sizes
+        (0 included) gives, concatenated, the masks of :meth:`forward` on
+        the whole signal: cumulative norms carry their running sums, the
+        convolutions their left context, pooling and resizing their partial
+        windows, and the S4 layer of each iteration its recurrent state
+        (:meth:`speechbrain_s4m.nnet.S4.forward_stream`). Mask frame ``t``
+        is returned as soon as encoder frame ``t`` is given (no look-ahead).
+        Use in ``eval()`` mode (dropout would make chunks differ).
+
+        Arguments
+        ---------
+        frames : torch.Tensor
+            New encoder frames ``[batch, in_channels, n]``.
+        state : dict, optional
+            From :meth:`init_stream_state` or the previous call (``None``:
+            a new stream). Updated in place and returned.
+
+        Returns
+        -------
+        masks : torch.Tensor
+            ``[num_spks, batch, in_channels, n]``.
+        state : dict
+            The updated state.
+
+        Example
+        -------
+        >>> net = S4MMaskNet(17, 8, 16, num_iterations=2, causal=True).eval()
+        >>> x = torch.rand(1, 17, 30)
+        >>> state = net.init_stream_state()
+        >>> m1, state = net.forward_stream(x[..., :13], state)
+        >>> m2, state = net.forward_stream(x[..., 13:], state)
+        >>> state["frames"]
+        30
+        >>> torch.allclose(torch.cat([m1, m2], -1), net(x), atol=1e-5)
+        True
+        """
+        if state is None:
+            state = self.init_stream_state()
+        bsz, _, n = frames.shape
+        if n == 0:
+            return frames.new_zeros(self.num_spks, bsz, self.in_channels, 0), (
+                state
+            )
+        x, state["norm"] = self.norm.stream(frames, state.get("norm"))
+        x0 = self.bottleneck(x)  # [batch, C, n]
+        h = self.block.stream(x0, state.setdefault("iteration0", {}))
+        for r in range(1, self.num_iterations):
+            h = self.iter_act(self.iter_conv(x0 + h))
+            h = self.block.stream(h, state.setdefault(f"iteration{r}", {}))
+        masks = F.relu(self.mask_conv(self.mask_act(h)))
+        masks = masks.view(bsz, self.num_spks, self.in_channels, n)
+        state["frames"] += n
+        return masks.transpose(0, 1), state
 
     def _apply_block(self, x, kernel):
         """One application of the shared block (checkpointed if asked)."""

@@ -742,6 +742,31 @@ class S4(nn.Module):
         N2 = A.shape[-1]
         return A_bar[:, :N2, :], B_bar[:, :N2], C
 
+    def _recurrence(self):
+        """:meth:`_discrete_recurrence`, cached while the parameters do not
+        change (by version counter) and no gradient is being recorded.
+
+        The discretisation (a batched N x N solve for NPLR) would otherwise
+        be recomputed at every :meth:`step`.
+        """
+        params = [self.log_dt, self.log_A_real, self.A_imag, self.B, self.C]
+        if self.mode == "nplr":
+            params.append(self.P)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self._discrete_recurrence()
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        cache = getattr(self, "_recurrence_cache", None)
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = (key, self._discrete_recurrence())
+            self._recurrence_cache = cache
+        return cache[1]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_recurrence_cache", None)  # not part of a copy/pickle
+        return state
+
     def default_state(self, batch_size):
         """Zero initial state for :meth:`step`.
 
@@ -799,20 +824,91 @@ class S4(nn.Module):
         """
         if self.bidirectional:
             raise RuntimeError("step() needs a causal (bidirectional=False) S4")
-        with torch.autocast(u.device.type, enabled=False):
-            A_bar, B_bar, C = self._discrete_recurrence()
-            ctype = _real_dtype(self.D.dtype)
-            uc = u.to(ctype)
-            if self.mode == "s4d":
-                state = A_bar * state + B_bar * uc.unsqueeze(-1)
-            else:
-                full = torch.cat([state, state.conj()], dim=-1)  # [B, H, N]
-                state = torch.einsum("hnm,bhm->bhn", A_bar, full)
-                state = state + B_bar * uc.unsqueeze(-1)
-            y = 2 * (C * state).sum(-1).real + self.D.to(ctype) * uc
-        y = self.dropout(self.activation(y.to(u.dtype)))
+        y, state = self._ssm_recurrence(u.unsqueeze(-1), state)
+        y = self.dropout(self.activation(y[..., 0]))
         w = self.output_linear.weight[:, :, 0]
         return F.glu(F.linear(y, w, self.output_linear.bias), dim=-1), state
+
+    def _ssm_recurrence(self, u, state):
+        """``y_k = C x_k + D u_k``, ``x_k = Ā x_{k-1} + B̄ u_k`` over frames.
+
+        Arguments
+        ---------
+        u : torch.Tensor
+            ``[batch, d_model, time]``.
+        state : torch.Tensor
+            ``[batch, d_model, d_state // 2]`` (complex).
+
+        Returns
+        -------
+        y : torch.Tensor
+            ``[batch, d_model, time]`` in ``u``'s dtype.
+        state : torch.Tensor
+            State after the last frame.
+        """
+        with torch.autocast(u.device.type, enabled=False):
+            A_bar, B_bar, C = self._recurrence()
+            ctype = _real_dtype(self.D.dtype)
+            uc = u.to(ctype)
+            bu = B_bar.unsqueeze(-1) * uc.unsqueeze(-2)  # [B, H, N/2, time]
+            states = []
+            for k in range(uc.shape[-1]):
+                if self.mode == "s4d":
+                    state = A_bar * state + bu[..., k]
+                else:
+                    full = torch.cat([state, state.conj()], dim=-1)
+                    state = torch.einsum("hnm,bhm->bhn", A_bar, full)
+                    state = state + bu[..., k]
+                states.append(state)
+            if states:
+                xs = torch.stack(states, dim=-1)  # [B, H, N/2, time]
+                y = 2 * torch.einsum("hn,bhnt->bht", C, xs).real
+            else:
+                y = uc.new_zeros(uc.shape)
+            y = y + self.D.to(ctype)[:, None] * uc
+        return y.to(u.dtype), state
+
+    def forward_stream(self, x, state=None):
+        """Apply a causal layer to the next frames of a stream.
+
+        The recurrent mode over a chunk of any length (0 included): the
+        concatenated outputs of consecutive chunks equal :meth:`forward` on
+        the whole sequence. The discretisation is cached between calls.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, d_model, time]``.
+        state : torch.Tensor, optional
+            From the previous call (default: :meth:`default_state`).
+
+        Returns
+        -------
+        y : torch.Tensor
+            ``[batch, d_model, time]``.
+        state : torch.Tensor
+            State after the last frame.
+
+        Example
+        -------
+        >>> layer = S4(4, d_state=4).eval()
+        >>> x = torch.randn(2, 4, 9)
+        >>> y1, state = layer.forward_stream(x[..., :5])
+        >>> y2, state = layer.forward_stream(x[..., 5:], state)
+        >>> torch.allclose(torch.cat([y1, y2], -1), layer(x), atol=1e-5)
+        True
+        """
+        if self.bidirectional:
+            raise RuntimeError(
+                "streaming needs a causal (bidirectional=False) S4"
+            )
+        if state is None:
+            state = self.default_state(x.shape[0])
+        y, state = self._ssm_recurrence(x, state)
+        if y.shape[-1] == 0:
+            return x.new_zeros(x.shape), state
+        y = self.dropout(self.activation(y))
+        return F.glu(self.output_linear(y), dim=1), state
 
     def extra_repr(self):
         return (
