@@ -2,7 +2,9 @@
 
 ``s4m-separate`` separates files (or every audio file of a folder) with a
 pretrained model folder or hub id and writes ``<name>_s1.wav``,
-``<name>_s2.wav``, ... Long files are streamed chunk by chunk.
+``<name>_s2.wav``, ... Long files are streamed chunk by chunk. The output
+folder, the inputs (never overwritten) and existing outputs (replaced only
+with ``--overwrite``) are checked before any file is separated.
 ``s4m-export`` turns a recipe output folder into a pretrained folder.
 
 Both print one line per problem (no traceback) and return a non-zero exit
@@ -17,6 +19,7 @@ import argparse
 import pathlib
 import sys
 import traceback
+import warnings
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 
@@ -173,6 +176,14 @@ def separate_parser(prog="s4m-separate"):
         help="sample rate of the outputs: 'input' (default), 'model' or Hz",
     )
     parser.add_argument(
+        "--scale",
+        default="mixture",
+        choices=["mixture", "none"],
+        help="output scale: 'mixture' (default) scales each source so that "
+        "the sources sum to the mixture (least squares, per chunk); 'none' "
+        "keeps the model's own scale, which SI-SNR training leaves arbitrary",
+    )
+    parser.add_argument(
         "--normalize",
         action="store_true",
         help="peak-normalise each output to 1 (like SpeechBrain)",
@@ -181,7 +192,15 @@ def separate_parser(prog="s4m-separate"):
         "--subtype",
         default="FLOAT",
         choices=["FLOAT", "PCM_16", "PCM_24", "PCM_32"],
-        help="WAV sample format (default: FLOAT, no clipping)",
+        help="WAV sample format (default: FLOAT, values kept as they are). "
+        "Never clipped: with PCM_*, sources beyond full scale are scaled "
+        "down by one factor per file, with a warning",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (without it, existing outputs are "
+        "named and nothing is done); inputs are never overwritten",
     )
     parser.add_argument(
         "--recursive",
@@ -196,6 +215,34 @@ def separate_parser(prog="s4m-separate"):
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_traceback_option(parser)
     return parser
+
+
+def _output_problem(model, files, output_folder, overwrite):
+    """One line if the outputs of ``files`` would replace an input, or an
+    existing file without ``overwrite``; None when writing is safe."""
+    import os
+
+    inputs = {os.path.realpath(p) for p in files}
+    clashes, existing = [], []
+    for path in files:
+        for out in model.output_paths(output_folder, path.stem):
+            if os.path.realpath(out) in inputs:
+                clashes.append(f"{out} (output of {path})")
+            elif os.path.lexists(out):
+                existing.append(str(out))
+    if clashes:
+        return (
+            "refusing to overwrite input file(s): "
+            + ", ".join(clashes)
+            + "; choose another --output-folder"
+        )
+    if existing and not overwrite:
+        return (
+            "output file(s) already exist: "
+            + ", ".join(existing)
+            + " (--overwrite replaces them)"
+        )
+    return None
 
 
 def separate_main(argv=None):
@@ -237,7 +284,18 @@ def separate_main(argv=None):
     import torch
     from tqdm import tqdm
 
-    from speechbrain_s4m.inference import S4MSeparation
+    from speechbrain_s4m.inference import (
+        OutputFolderError,
+        OutputScaleWarning,
+        S4MSeparation,
+        check_output_folder,
+    )
+
+    try:
+        check_output_folder(args.output_folder)
+    except OutputFolderError as err:
+        _error(prog, _one_line(err))
+        return EXIT_USAGE
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -251,6 +309,11 @@ def separate_main(argv=None):
         _report(prog, err, args.traceback)
         return EXIT_USAGE
 
+    problem = _output_problem(model, files, args.output_folder, args.overwrite)
+    if problem:
+        _error(prog, problem)
+        return EXIT_USAGE
+
     failed = 0
     progress = tqdm(
         files,
@@ -261,15 +324,32 @@ def separate_main(argv=None):
     for path in progress:
         progress.set_postfix_str(path.name, refresh=False)
         try:
-            model.separate_file_to_folder(
-                str(path),
-                args.output_folder,
-                output_sample_rate=args.output_rate,
-                normalize=args.normalize,
-                chunk_seconds=args.chunk_seconds,
-                overlap_seconds=args.overlap_seconds,
-                subtype=args.subtype,
-            )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", OutputScaleWarning)
+                model.separate_file_to_folder(
+                    str(path),
+                    args.output_folder,
+                    output_sample_rate=args.output_rate,
+                    normalize=args.normalize,
+                    chunk_seconds=args.chunk_seconds,
+                    overlap_seconds=args.overlap_seconds,
+                    subtype=args.subtype,
+                    overwrite=args.overwrite,
+                    scale=args.scale,
+                )
+            for warning in caught:
+                if issubclass(warning.category, OutputScaleWarning):
+                    tqdm.write(
+                        f"{prog}: warning: {_one_line(warning.message)}",
+                        file=sys.stderr,
+                    )
+                else:
+                    warnings.showwarning(
+                        warning.message,
+                        warning.category,
+                        warning.filename,
+                        warning.lineno,
+                    )
         except KeyboardInterrupt:
             _error(prog, "interrupted")
             return 130

@@ -170,3 +170,139 @@ def test_module_entry_point_subprocess(model_dir, inputs, tmp_path):
     assert "Traceback" not in bad.stderr
     errors = [x for x in bad.stderr.splitlines() if "error" in x]
     assert len(errors) == 1 and "bad.wav" in errors[0]
+
+
+# --------------------------------------------------------------------------
+# Issue 9 items 1-7: inputs and results are never lost, nothing is silent
+# --------------------------------------------------------------------------
+def _run(model_dir, *args):
+    return separate_main(list(args) + ["--model", str(model_dir), "--quiet"])
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_inputs_are_never_overwritten(model_dir, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "a.wav", speechlike(1.0, seed=1)[0].numpy(), 8000)
+    sf.write(folder / "a_s1.wav", speechlike(1.0, seed=2)[0].numpy(), 8000)
+    before = _snapshot(folder)
+    for extra in ([], ["--overwrite"]):
+        rc = _run(
+            model_dir, str(folder), "--output-folder", str(folder), *extra
+        )
+        assert rc == 2
+        lines = _stderr_lines(capsys)
+        assert len(lines) == 1 and "a_s1.wav" in lines[0], lines
+        assert "input" in lines[0]
+        assert _snapshot(folder) == before
+
+
+def test_existing_outputs_need_overwrite(model_dir, inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert (
+        _run(model_dir, str(inputs / "a.wav"), "--output-folder", str(out)) == 0
+    )
+    before = _snapshot(out)
+    capsys.readouterr()
+    sf.write(inputs / "a.wav", speechlike(1.0, seed=7)[0].numpy(), 8000)
+    rc = _run(model_dir, str(inputs / "a.wav"), "--output-folder", str(out))
+    assert rc == 2
+    lines = _stderr_lines(capsys)
+    assert len(lines) == 1 and "--overwrite" in lines[0]
+    assert "a_s1.wav" in lines[0] and "a_s2.wav" in lines[0]
+    assert _snapshot(out) == before
+    rc = _run(
+        model_dir,
+        str(inputs / "a.wav"),
+        "--output-folder",
+        str(out),
+        "--overwrite",
+    )
+    assert rc == 0 and _snapshot(out) != before
+
+
+@pytest.mark.parametrize("kind", ["file", "parent_file"])
+def test_output_folder_checked_before_the_model_loads(
+    model_dir, inputs, tmp_path, capsys, monkeypatch, kind
+):
+    from speechbrain_s4m.inference import S4MSeparation
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(S4MSeparation, "from_hparams", no_loading)
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" if kind == "file" else tmp_path / "f" / "sub"
+    rc = _run(model_dir, str(inputs), "--output-folder", str(out))
+    assert rc == 2
+    lines = _stderr_lines(capsys)
+    assert len(lines) == 1 and str(out) in lines[0], lines
+
+
+def test_no_folder_left_when_the_only_input_fails(model_dir, tmp_path, capsys):
+    sf.write(tmp_path / "silent.wav", np.zeros(8000, "float32"), 8000)
+    out = tmp_path / "out"
+    assert (
+        _run(
+            model_dir, str(tmp_path / "silent.wav"), "--output-folder", str(out)
+        )
+        == 1
+    )
+    assert not out.exists()
+    assert "silent" in _stderr_lines(capsys)[0]
+
+
+def test_truncated_wav_is_reported_corrupt(model_dir, tmp_path, capsys):
+    sf.write(tmp_path / "full.wav", speechlike(2.0)[0].numpy(), 8000, "PCM_16")
+    data = (tmp_path / "full.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    assert (
+        _run(model_dir, str(tmp_path / "cut.wav"), "--output-folder", str(out))
+        == 1
+    )
+    lines = _stderr_lines(capsys)
+    assert len(lines) == 1 and "cut.wav" in lines[0] and "corrupt" in lines[0]
+    assert not out.exists()
+
+
+def test_output_scale_and_integer_formats(model_dir, tmp_path, capsys):
+    """A model whose raw outputs exceed full scale (as SI-SNR training
+    allows): by default the sources are scaled to the mixture, and PCM
+    output is never clipped (scaled down with a warning)."""
+    import torch
+
+    loud = tmp_path / "loud"
+    shutil.copytree(model_dir, loud)
+    state = torch.load(loud / "decoder.ckpt")
+    torch.save({k: v * 300 for k, v in state.items()}, loud / "decoder.ckpt")
+    mix = speechlike(1.0, seed=4)[0].numpy()
+    sf.write(tmp_path / "m.wav", 0.9 * mix / np.abs(mix).max(), 8000)
+    raw = tmp_path / "raw"
+    args = [str(tmp_path / "m.wav"), "--subtype", "PCM_16"]
+    assert (
+        _run(loud, *args, "--scale", "none", "--output-folder", str(raw)) == 0
+    )
+    err = capsys.readouterr().err
+    warns = [x for x in err.splitlines() if "warning" in x]
+    assert len(warns) == 1 and "m.wav" in warns[0] and "scaled by" in warns[0]
+    peaks = [np.abs(sf.read(raw / f"m_s{i}.wav")[0]).max() for i in (1, 2)]
+    assert max(peaks) == pytest.approx(1.0, abs=1e-3)  # scaled, not clipped
+    for i in (1, 2):
+        data = sf.read(raw / f"m_s{i}.wav")[0]
+        assert np.mean(np.abs(data) > 0.999) < 0.001
+    out = tmp_path / "out"
+    assert _run(loud, *args, "--output-folder", str(out)) == 0
+    assert "warning" not in capsys.readouterr().err
+    for i in (1, 2):
+        assert np.abs(sf.read(out / f"m_s{i}.wav")[0]).max() <= 1.0
+
+
+def test_help_documents_scale_and_overwrite(capsys):
+    assert separate_main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--overwrite" in text and "--scale" in text
+    assert "sum to the mixture" in text and "Never clipped" in text

@@ -210,8 +210,9 @@ def mixture_gains(estimate, mix, eps=1e-10):
     degenerate (the remaining sources are linearly dependent, or the
     optimum would silence a source that is not silent: gain 0), all sources
     get one common gain instead, which gives them together the mixture's
-    energy (their relative levels stay as the model gave them). A silent
-    mixture gives zero gains (silent sources).
+    energy, lowered if needed so that no source peaks above the mixture
+    (their relative levels stay as the model gave them). A silent mixture
+    gives zero gains (silent sources).
 
     Arguments
     ---------
@@ -268,7 +269,9 @@ def mixture_gains(estimate, mix, eps=1e-10):
             if not bool((g > 0).all()):
                 g = None
         if g is None:  # degenerate: the mixture's level, one common gain
-            g = (mix_energy / energy[active].sum()).sqrt().expand(len(active))
+            level = (mix_energy / energy[active].sum()).sqrt()
+            peak = y.abs().max() / a.abs().max()
+            g = torch.minimum(level, peak).expand(len(active))
         gains[b, active] = g
     return gains
 
