@@ -67,6 +67,9 @@ def _add_traceback_option(parser):
 def collect_inputs(paths, recursive=False):
     """Expands files and folders into a sorted list of audio files.
 
+    Hidden files (``.name``, such as the temporary ``.part.wav`` files of an
+    interrupted run) in folders are skipped.
+
     Arguments
     ---------
     paths : list of str
@@ -90,7 +93,9 @@ def collect_inputs(paths, recursive=False):
             found = sorted(
                 p
                 for p in path.glob(pattern)
-                if p.is_file() and is_audio_file(p)
+                if p.is_file()
+                and is_audio_file(p)
+                and not p.name.startswith(".")  # e.g. our .part.wav files
             )
             if not found:
                 problems.append(

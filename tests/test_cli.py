@@ -306,3 +306,20 @@ def test_help_documents_scale_and_overwrite(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--overwrite" in text and "--scale" in text
     assert "sum to the mixture" in text and "Never clipped" in text
+
+
+def test_hidden_temporaries_are_not_inputs(model_dir, tmp_path, capsys):
+    """A killed run's hidden .part.wav files in an input folder are neither
+    separated nor reported; the next run writing the same outputs removes
+    them."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "a.wav", speechlike(1.0, seed=1)[0].numpy(), 8000)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".a_s1.999999999.abcd.part.wav"
+    stale.write_bytes(b"RIFF partial")
+    (folder / ".b_s1.999999999.ef.part.wav").write_bytes(b"RIFF partial")
+    rc = _run(model_dir, str(folder), "--output-folder", str(out))
+    assert rc == 0, _stderr_lines(capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["a_s1.wav", "a_s2.wav"]

@@ -251,8 +251,13 @@ def mixture_gains(estimate, mix, eps=1e-10):
         if active.numel() == 0:
             continue
         a = est[b][:, active]  # [time, active]
-        gram = a.t() @ a
-        corr = a.t() @ y
+        norms = energy[active].sqrt()
+        # Unit-norm columns: the Gram matrix is then the sources'
+        # correlation matrix, whose condition measures linear dependence
+        # only (not the sources' very different raw scales).
+        unit = a / norms
+        gram = unit.t() @ unit
+        corr = unit.t() @ y
         try:
             chol = torch.linalg.cholesky(gram)
             cond = torch.linalg.cond(gram)
@@ -265,7 +270,7 @@ def mixture_gains(estimate, mix, eps=1e-10):
                 chol, corr[:, None], upper=False
             )[:, 0]
             g, _ = nnls(chol.t().numpy(), rhs.numpy())
-            g = torch.from_numpy(g)
+            g = torch.from_numpy(g) / norms
             if not bool((g > 0).all()):
                 g = None
         if g is None:  # degenerate: the mixture's level, one common gain
