@@ -248,10 +248,15 @@ def read_train_log(path):
                 fields = _log_fields(line)
                 if "epoch" in fields:
                     by_epoch[int(fields["epoch"])] = fields
-    own = sorted(e for e, f in by_epoch.items() if "valid si-snr" in f)
+    # The loss is "valid loss" (named "valid si-snr" in older logs)
+    key = {
+        e: "valid loss" if "valid loss" in f else "valid si-snr"
+        for e, f in by_epoch.items()
+    }
+    own = sorted(e for e, f in by_epoch.items() if key[e] in f)
     if len(own) > len(epochs):
         epochs = own
-        valid = [-by_epoch[e]["valid si-snr"] for e in own]
+        valid = [-by_epoch[e][key[e]] for e in own]
         times = None
     if not times or len(times) != len(epochs):
         times = []

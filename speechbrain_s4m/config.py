@@ -32,6 +32,11 @@ __all__ = [
 #: Folder of the shipped model fragments.
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "hparams" / "models"
 
+#: Top-level keys that the recipe code reads with a default (the Brain's
+#: ``extra_metrics``, e.g. ``--extra_metrics pesq,stoi``): accepted as
+#: overrides even where a recipe's hparams file does not define them.
+OPTIONAL_KEYS = ("extra_metrics",)
+
 
 # ----------------------------------------------------------------------
 # Recipe hparams
@@ -91,6 +96,7 @@ def check_overrides(yaml_file, overrides):
     """
     with open(yaml_file, encoding="utf-8") as f:
         tree = ruamel.yaml.YAML().load(f)
+    overrides = {k: v for k, v in overrides.items() if k not in OPTIONAL_KEYS}
     _check_keys(tree, overrides, "", yaml_file)
 
 

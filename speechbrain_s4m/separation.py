@@ -40,10 +40,12 @@ import importlib
 import logging
 import math
 import os
+import time
 
 import numpy as np
 import speechbrain as sb
 import torch
+import yaml
 from speechbrain.nnet.schedulers import ReduceLROnPlateau
 from speechbrain.utils.distributed import (
     if_main_process,
@@ -66,8 +68,10 @@ logger = get_logger(__name__)
 
 __all__ = [
     "NoCheckpointError",
+    "NonFiniteLossError",
     "RESULT_COLUMNS",
     "Separation",
+    "learning_rates",
     "scale_learning_rates",
 ]
 
@@ -91,13 +95,24 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+#: The first columns of ``test_results.csv``; ``--extra_metrics`` adds
+#: ``<name>, <name>_i`` pairs after them, and ``notes`` comes last (why a
+#: cell is empty).
 RESULT_COLUMNS = ["snt_id", "sdr", "sdr_i", "si-snr", "si-snr_i"]
+
+#: The skip reason of a batch whose loss is not finite.
+NONFINITE_LOSS = "non-finite loss"
 
 
 class NoCheckpointError(FileNotFoundError):
     """Raised when evaluation finds no checkpoint to load."""
 
 
+class NonFiniteLossError(RuntimeError):
+    """Raised when too many consecutive training batches are non-finite."""
+
+
+@sb.utils.checkpoints.register_checkpoint_hooks
 class Separation(sb.Brain):
     """Brain for time-domain masking separators (S4M, Sepformer, ...).
 
@@ -144,7 +159,12 @@ class Separation(sb.Brain):
 
     skipped_batches = 0  # training batches skipped in the current epoch
     nonfinite_count = 0  # of which non-finite losses or gradients
+    nonfinite_streak = 0  # consecutive non-finite training batches
+    counted_batches = 0  # training batches in the epoch's mean loss
+    train_samples = 0  # training mixtures seen in the current epoch
     _audio_left = 0  # test utterances whose audio is still to be saved
+    _stage = None  # the current stage (set by on_stage_start)
+    _epoch_start = None  # time.perf_counter() at the training stage start
 
     # ------------------------------------------------------------------
     # Forward
@@ -221,7 +241,9 @@ class Separation(sb.Brain):
             self.hparams, "use_speedperturb", False
         ):
             with torch.no_grad():
-                mix, targets = self.add_speed_perturb(targets, noise)
+                mix, targets, lengths = self.add_speed_perturb(
+                    targets, noise, lengths
+                )
 
         est_source = self.separate(mix)
         return est_source, targets, lengths
@@ -260,6 +282,21 @@ class Separation(sb.Brain):
         DDP the decision is shared: if one replica skips, all do, so the
         gradient all-reduce never waits for a replica that left.
 
+        With gradient accumulation, the micro-batches before the one that
+        steps run under ``no_sync``: their gradients are all-reduced by the
+        backward of the stepping micro-batch. When that one is skipped no
+        backward runs, so the accumulated gradients are all-reduced here
+        explicitly (:meth:`_sync_accumulated_gradients`) before the step:
+        every replica then applies the same update, the one DDP would have
+        applied had the skipped micro-batch contributed a zero gradient, and
+        the work of the earlier micro-batches is kept (discarding it would
+        also keep the replicas equal, but throws away good gradients).
+
+        After more than ``nonfinite_patience`` (SpeechBrain's run option:
+        ``--nonfinite_patience`` or the hparams key, default 3) consecutive
+        batches with a non-finite loss or gradient, training stops with
+        :class:`NonFiniteLossError`, on every replica at once.
+
         Arguments
         ---------
         batch : PaddedBatch
@@ -269,10 +306,11 @@ class Separation(sb.Brain):
         -------
         torch.Tensor
             The training loss of the batch (NaN if the batch was skipped,
-            which keeps it out of the running average).
+            which keeps it out of the epoch's average).
         """
         mix, targets, noise = self._unpack(batch)
         should_step = self.step % self.grad_accumulation_factor == 0
+        self.train_samples += len(batch.id)
 
         with self.no_sync(not should_step):
             with self.training_ctx:
@@ -281,30 +319,64 @@ class Separation(sb.Brain):
                 )
             loss = self.compute_objectives(est, targets, lengths)  # [batch]
             loss, reason = self._select_loss(loss)
-            skip = self._any_replica(reason is not None)
+            skip, nonfinite = self._any_replica(
+                reason is not None, reason == NONFINITE_LOSS
+            )
             if skip:
-                if reason == "non-finite loss":
-                    self.nonfinite_count += 1
-                self.skipped_batches += 1
-                # Thresholded batches are routine late in training
-                routine = reason is not None and "threshold" in reason
-                logger.log(
-                    logging.INFO if routine else logging.WARNING,
-                    "Skipping a training batch (%s); %d skipped this epoch.",
-                    reason or "skipped on another replica",
-                    self.skipped_batches,
-                )
+                self._log_skip(reason, nonfinite)
             else:
                 self.scaler.scale(
                     loss / self.grad_accumulation_factor
                 ).backward()
 
         if should_step:
-            self._optimizer_step()
+            if skip:
+                self._sync_accumulated_gradients()
+            if self._optimizer_step() == "non-finite gradient":
+                nonfinite = True
+        self._check_nonfinite_patience(nonfinite, skip)
 
         if skip:
             return torch.tensor(float("nan"))
         return loss.detach().cpu()
+
+    def _log_skip(self, reason, nonfinite):
+        """Counts and logs a skipped training batch."""
+        self.skipped_batches += 1
+        if nonfinite:
+            self.nonfinite_count += 1
+        # Thresholded batches are routine late in training
+        routine = reason is not None and "threshold" in reason
+        logger.log(
+            logging.INFO if routine else logging.WARNING,
+            "Skipping a training batch (%s); %d skipped this epoch.",
+            reason or "skipped on another replica",
+            self.skipped_batches,
+        )
+
+    def _check_nonfinite_patience(self, nonfinite, skipped):
+        """Counts consecutive non-finite batches; raises past the patience.
+
+        A batch that trained normally resets the count; a thresholded batch
+        leaves it as it is. The flags are the same on every replica (shared
+        by :meth:`_any_replica`, or computed from all-reduced gradients), so
+        the replicas stop together.
+        """
+        if nonfinite:
+            self.nonfinite_streak += 1
+        elif not skipped:
+            self.nonfinite_streak = 0
+        patience = getattr(self, "nonfinite_patience", 3)
+        if self.nonfinite_streak > patience:
+            raise NonFiniteLossError(
+                f"Training stopped: {self.nonfinite_streak} consecutive "
+                "training batches gave a non-finite loss or gradient "
+                f"(nonfinite_patience = {patience}; set it with "
+                "--nonfinite_patience N or the hparams key "
+                "nonfinite_patience). The model produces NaN/inf: lower "
+                "the learning rate, train in fp32, or check the data for "
+                "NaN, silent or empty files."
+            )
 
     def _select_loss(self, loss):
         """Applies loss thresholding and the sanity limits.
@@ -313,7 +385,7 @@ class Separation(sb.Brain):
         (None when the batch is used).
         """
         if not torch.isfinite(loss).all():
-            return loss.mean(), "non-finite loss"
+            return loss.mean(), NONFINITE_LOSS
         if getattr(self.hparams, "threshold_byloss", False):
             # Keep only the utterances not yet separated well enough
             loss = loss[loss > self.hparams.threshold]
@@ -325,13 +397,69 @@ class Separation(sb.Brain):
             return loss, f"loss {loss.item():.3g} >= loss_upper_lim {upper}"
         return loss, None
 
-    def _any_replica(self, flag):
-        """True if ``flag`` is True on any DDP replica (``flag`` otherwise)."""
+    def _any_replica(self, *flags):
+        """Whether each flag is True on any DDP replica.
+
+        Arguments
+        ---------
+        *flags : bool
+            This replica's flags.
+
+        Returns
+        -------
+        bool or tuple of bool
+            One value per flag (a bool for a single flag), the same on every
+            replica; the flags themselves when not distributed.
+        """
+        out = tuple(bool(f) for f in flags)
+        if is_distributed_initialized():
+            t = torch.tensor([float(f) for f in out], device=self.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            out = tuple(bool(v > 0) for v in t.tolist())
+        return out[0] if len(out) == 1 else out
+
+    def _sync_accumulated_gradients(self):
+        """Averages the gradients accumulated under ``no_sync`` over the DDP
+        replicas (what the backward of a stepping micro-batch does).
+
+        Called when the micro-batch that steps was skipped on every replica.
+        A gradient that exists on some replicas only counts as zero on the
+        others. Nothing to do without DDP.
+        """
         if not is_distributed_initialized():
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item() > 0)
+            return
+        world = torch.distributed.get_world_size()
+        params = [
+            p
+            for group in self.optimizer.param_groups
+            for p in group["params"]
+            if p.requires_grad
+        ]
+        if not params:
+            return
+        has_grad = torch.tensor(
+            [float(p.grad is not None) for p in params], device=self.device
+        )
+        torch.distributed.all_reduce(
+            has_grad, op=torch.distributed.ReduceOp.MAX
+        )
+        synced = [p for p, h in zip(params, has_grad.tolist()) if h > 0]
+        for p in synced:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        # One all-reduce per dtype over the flattened gradients
+        by_dtype = {}
+        for p in synced:
+            by_dtype.setdefault(p.grad.dtype, []).append(p)
+        for group in by_dtype.values():
+            flat = torch.cat([p.grad.reshape(-1) for p in group])
+            torch.distributed.all_reduce(flat)
+            flat /= world
+            offset = 0
+            for p in group:
+                n = p.grad.numel()
+                p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+                offset += n
 
     def _optimizer_step(self):
         """Unscales, clips (all parameter groups) and steps the optimizer.
@@ -340,6 +468,13 @@ class Separation(sb.Brain):
         the GradScaler does it and lowers its scale; otherwise we do), so
         the weights are never corrupted. After a DDP all-reduce the
         gradients, hence the decision, are identical on all replicas.
+
+        Returns
+        -------
+        str
+            ``"stepped"``, ``"no gradient"`` (every micro-batch since the
+            last step was skipped), ``"non-finite gradient"`` (update
+            skipped) or ``"scaler"`` (fp16: the GradScaler decides).
         """
         params = [
             p
@@ -349,7 +484,7 @@ class Separation(sb.Brain):
         ]
         if not params:  # every micro-batch since the last step was skipped
             self.optimizer.zero_grad(set_to_none=True)
-            return
+            return "no gradient"
         self.scaler.unscale_(self.optimizer)
         max_norm = getattr(self.hparams, "clip_grad_norm", None)
         if max_norm is None:
@@ -358,31 +493,99 @@ class Separation(sb.Brain):
             max_norm = float("inf")  # only measure the norm
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         finite = bool(torch.isfinite(norm))
+        status = "stepped"
         if finite or self.scaler.is_enabled():
             # With fp16 the scaler skips non-finite steps and lowers its scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
         if finite:
             self.optimizer_step += 1
-        elif not self.scaler.is_enabled():
+        elif self.scaler.is_enabled():
+            status = "scaler"
+        else:
+            status = "non-finite gradient"
             self.nonfinite_count += 1
             self.skipped_batches += 1
             logger.warning(
-                "Non-finite gradient norm: update skipped (%d so far).",
+                "Non-finite gradient norm: update skipped (%d skipped this "
+                "epoch).",
                 self.skipped_batches,
             )
         self.optimizer.zero_grad(set_to_none=True)
+        return status
 
-    def add_speed_perturb(self, targets, noise=None):
+    def update_average(self, loss, avg_loss):
+        """Running mean of the training loss over the batches that counted.
+
+        Skipped batches (NaN loss) are left out of the mean and of its
+        count, so they do not pull it towards zero; an epoch in which every
+        batch was skipped averages to NaN (not 0). Validation and test use
+        SpeechBrain's running mean.
+
+        Arguments
+        ---------
+        loss : torch.Tensor
+            The batch loss (a scalar, NaN when skipped).
+        avg_loss : float
+            The running mean so far.
+
+        Returns
+        -------
+        float
+            The updated mean.
+        """
+        if self._stage != sb.Stage.TRAIN:
+            return super().update_average(loss, avg_loss)
+        if not torch.isfinite(loss):
+            return avg_loss if self.counted_batches else math.nan
+        self.counted_batches += 1
+        if self.counted_batches == 1:
+            return float(loss)
+        return avg_loss + (float(loss) - avg_loss) / self.counted_batches
+
+    @sb.utils.checkpoints.mark_as_saver
+    def _save(self, path):
+        """Saves SpeechBrain's Brain state plus this epoch's counters (an
+        intra-epoch checkpoint resumes the epoch's mean loss correctly)."""
+        super()._save(path)
+        with open(path, encoding="utf-8") as f:
+            state = yaml.safe_load(f) or {}
+        state.update(
+            counted_batches=self.counted_batches,
+            skipped_batches=self.skipped_batches,
+            train_samples=self.train_samples,
+        )
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(state, f)
+
+    @sb.utils.checkpoints.mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        """Loads what :meth:`_save` saved (older checkpoints too)."""
+        super()._recover(path, end_of_epoch)
+        with open(path, encoding="utf-8") as f:
+            state = yaml.safe_load(f) or {}
+        # Without the count, the saved mean weighs as the batches so far
+        self.counted_batches = state.get("counted_batches", self.step)
+        self.skipped_batches = state.get("skipped_batches", 0)
+        self.train_samples = state.get("train_samples", 0)
+
+    def add_speed_perturb(self, targets, noise=None, lengths=None):
         """Speed-perturbs each source independently and re-mixes them.
 
         As in SpeechBrain's recipes: each source gets its own random speed
         (``hparams.speed_perturb``, a
-        :class:`speechbrain.augment.time_domain.SpeedPerturb`), the sources
-        are cut to the shortest one and summed, and for noisy datasets the
-        noise is added back. A slower source is longer: the sources are also
-        cut to the batch's length, so that the perturbation never lengthens
-        the (cropped) training signals.
+        :class:`speechbrain.augment.time_domain.SpeedPerturb`, one speed per
+        call for the whole batch), the sources are cut to the shortest one
+        and summed, and for noisy datasets the noise is added back. A slower
+        source is longer: the sources are also cut to the batch's length, so
+        that the perturbation never lengthens the (cropped) training
+        signals.
+
+        The relative lengths follow: a padded utterance of relative length
+        ``l`` in a source resampled from ``T`` to ``T'`` samples ends at
+        ``l * T'``; the mixture holds speech up to the longest of its
+        sources (and its noise), which is its new length relative to the
+        cut batch (at most 1).
 
         Arguments
         ---------
@@ -390,6 +593,8 @@ class Separation(sb.Brain):
             `[batch, time, spks]`.
         noise : tuple, None
             ``(noise [batch, time], lengths)``.
+        lengths : torch.Tensor, None
+            `[batch]` relative lengths of the utterances (default: all 1).
 
         Returns
         -------
@@ -397,20 +602,32 @@ class Separation(sb.Brain):
             `[batch, time']`.
         targets : torch.Tensor
             `[batch, time', spks]`.
+        lengths : torch.Tensor
+            `[batch]` relative lengths in the new, cut signals.
         """
+        batch = targets.shape[0]
+        if lengths is None:
+            lengths = torch.ones(batch, device=targets.device)
+        lengths = lengths.to(targets.device).double()
         new = [
             self.hparams.speed_perturb(targets[:, :, i])
             for i in range(targets.shape[-1])
         ]
         min_len = min([targets.shape[1]] + [t.shape[-1] for t in new])
+        # Absolute end of each utterance's signal: [batch]
+        end = torch.stack([lengths * t.shape[-1] for t in new]).amax(0)
         targets = torch.stack([t[:, :min_len] for t in new], dim=-1)
         mix = targets.sum(-1)
         if noise is not None:
-            noise = noise[0].to(self.device)
+            noise, noise_lengths = noise
+            noise = noise.to(self.device)
+            noise_end = noise_lengths.to(end.device).double() * noise.shape[-1]
+            end = torch.maximum(end, noise_end)
             min_len = min(min_len, noise.shape[-1])
             mix = mix[:, :min_len] + noise[:, :min_len]
             targets = targets[:, :min_len]
-        return mix, targets
+        new_lengths = (end.ceil() / min_len).clamp(max=1.0)
+        return mix, targets, new_lengths.float()
 
     # ------------------------------------------------------------------
     # Evaluation
@@ -439,22 +656,77 @@ class Separation(sb.Brain):
             self._score_test_batch(batch.id, mix[0], est, targets, lengths)
         return loss.mean().detach().cpu()
 
+    @property
+    def extra_metrics(self):
+        """The optional test metrics (hparams key ``extra_metrics``, e.g.
+        ``--extra_metrics pesq,stoi``; default none), checked: a name that
+        is unknown, a package that is missing or PESQ at a rate other than
+        8 or 16 kHz is an error.
+
+        Returns
+        -------
+        tuple of str
+            E.g. ``("pesq", "stoi")``.
+        """
+        from speechbrain_s4m.metrics import extra_metric_names
+
+        spec = getattr(self.hparams, "extra_metrics", None)
+        rate = getattr(self.hparams, "sample_rate", None)
+        return extra_metric_names(spec or None, rate)
+
+    @property
+    def result_columns(self):
+        """Columns of ``test_results.csv``: ``snt_id``, the scores (with
+        the extra metrics) and ``notes``."""
+        from speechbrain_s4m.metrics import score_columns
+
+        return ["snt_id"] + score_columns(self.extra_metrics) + ["notes"]
+
     def _score_test_batch(self, ids, mix, est, targets, lengths):
-        """Per-utterance SDR(i), SI-SNR(i); saves the first audio files."""
-        from speechbrain_s4m.metrics import separation_scores
+        """Per-utterance scores; saves the first audio files.
+
+        Never fails on a bad utterance (silent reference, too short for
+        SDR, PESQ or STOI): the metrics that are defined are kept, the
+        others left empty with the reason in ``notes``, and a warning names
+        the utterance.
+        """
+        from speechbrain_s4m.metrics import score_test_batch
 
         T = est.shape[1]
         mix = mix.to(est.device).float()
-        scores = separation_scores(est, targets.float(), mix, lengths, ids)
-        for i, snt_id in enumerate(ids):
-            row = {"snt_id": snt_id}
-            for key in RESULT_COLUMNS[1:]:
-                row[key] = float(scores[key][i])
-            self.test_rows.append(row)
+        scored = score_test_batch(
+            est,
+            targets.float(),
+            mix,
+            lengths,
+            ids,
+            sample_rate=getattr(self.hparams, "sample_rate", 8000),
+            extra_metrics=self._extra_metrics,
+        )
+        for i, utt in enumerate(scored):
+            self.test_scores.append(utt)
+            if not utt.complete:
+                logger.warning(
+                    "Test utterance %s: some metrics are undefined (%s); "
+                    "its row of test_results.csv has empty cells there.",
+                    utt.snt_id,
+                    "; ".join(utt.problems) or "non-finite value",
+                )
             if self._audio_left > 0:
                 n = max(1, int(round(float(lengths[i]) * T)))
-                self.save_audio(snt_id, mix[i, :n], targets[i, :n], est[i, :n])
+                self.save_audio(ids[i], mix[i, :n], targets[i, :n], est[i, :n])
                 self._audio_left -= 1
+
+    @property
+    def test_rows(self):
+        """The rows of ``test_results.csv`` scored so far (without ``avg``):
+        ``snt_id``, the scores (None where undefined) and ``notes``."""
+        rows = []
+        for utt in self.test_scores:
+            row = utt.row()
+            row["notes"] = "; ".join(utt.problems)
+            rows.append(row)
+        return rows
 
     def save_audio(self, snt_id, mix, targets, predictions):
         """Saves a test mixture, its sources and the estimates (peak-normalised)
@@ -491,12 +763,24 @@ class Separation(sb.Brain):
             write(f"item{snt_id}_source{ns + 1}.wav", targets[:, ns])
         write(f"item{snt_id}_mix.wav", mix)
 
+    def on_fit_start(self):
+        """SpeechBrain's set-up; checks ``extra_metrics`` before training
+        (a missing package fails now, not after the last epoch)."""
+        super().on_fit_start()
+        _ = self.extra_metrics
+
     def on_stage_start(self, stage, epoch=None):
         """Resets the per-stage counters and the test results."""
+        self._stage = stage
         if stage == sb.Stage.TRAIN:
-            self.skipped_batches = 0
+            if self.step == 0:  # not resuming inside the epoch
+                self.skipped_batches = 0
+                self.counted_batches = 0
+                self.train_samples = 0
+            self._epoch_start = time.perf_counter()
         if stage == sb.Stage.TEST:
-            self.test_rows = []
+            self.test_scores = []
+            self._extra_metrics = self.extra_metrics
             self._audio_left = 0
             if getattr(self.hparams, "save_audio", False):
                 self._audio_left = getattr(
@@ -504,19 +788,52 @@ class Separation(sb.Brain):
                 )
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs, anneals the learning rate, checkpoints, writes results."""
-        stage_stats = {"si-snr": stage_loss}
+        """Logs, anneals the learning rate, checkpoints, writes results.
+
+        The logged quantity is ``loss``: the training objective, i.e. the
+        negative SI-SNR in dB (``valid loss: -12.3`` is an SI-SNR of 12.3
+        dB). Each epoch line also has the learning rates (``lr`` of the
+        main group, ``lr_ssm`` of the S4 parameters when it differs), the
+        training batches skipped, the epoch's training time in seconds and
+        the training mixtures per second. The checkpoints keep the meta key
+        ``si-snr`` (the same negative SI-SNR, best = min) that the recipe,
+        ``s4m-export`` and older checkpoints use.
+        """
+        stage_stats = {"loss": stage_loss}
         if stage == sb.Stage.TRAIN:
+            elapsed = time.perf_counter() - (
+                self._epoch_start or time.perf_counter()
+            )
+            samples = self.train_samples
+            if is_distributed_initialized():
+                t = torch.tensor([float(samples)], device=self.device)
+                torch.distributed.all_reduce(t)
+                samples = int(t.item())
+            stage_stats["skipped"] = self.skipped_batches
+            stage_stats["time"] = elapsed
+            stage_stats["samples_per_s"] = (
+                samples / elapsed if elapsed > 0 else math.nan
+            )
             self.train_stats = stage_stats
-            if self.skipped_batches:
+            if self.skipped_batches and self.counted_batches:
                 logger.warning(
-                    "Epoch %s: %d training batches skipped.",
+                    "Epoch %s: %d training batches skipped; the train loss "
+                    "is the mean over the %d that counted.",
+                    epoch,
+                    self.skipped_batches,
+                    self.counted_batches,
+                )
+            elif self.skipped_batches:
+                logger.warning(
+                    "Epoch %s: every training batch (%d) was skipped; the "
+                    "train loss is undefined (logged as nan) and the weights "
+                    "did not change.",
                     epoch,
                     self.skipped_batches,
                 )
 
         elif stage == sb.Stage.VALID:
-            current_lr = self.optimizer.param_groups[0]["lr"]
+            rates = learning_rates(self.optimizer)
             scheduler = getattr(self.hparams, "lr_scheduler", None)
             if isinstance(scheduler, ReduceLROnPlateau):
                 current_lr, next_lr = scheduler(
@@ -524,13 +841,14 @@ class Separation(sb.Brain):
                 )
                 scale_learning_rates(self.optimizer, next_lr / current_lr)
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": current_lr},
+                stats_meta={"epoch": epoch, **rates},
                 train_stats=getattr(self, "train_stats", None),
                 valid_stats=stage_stats,
             )
-            self.checkpointer.save_and_keep_only(
-                meta={"si-snr": stage_loss}, min_keys=["si-snr"]
-            )
+            if self.checkpointer is not None:
+                self.checkpointer.save_and_keep_only(
+                    meta={"si-snr": stage_loss}, min_keys=["si-snr"]
+                )
 
         elif stage == sb.Stage.TEST:
             summary = self.write_results()
@@ -544,33 +862,78 @@ class Separation(sb.Brain):
         """Writes ``<output_folder>/test_results.csv`` (one row per test
         utterance and an ``avg`` row) and logs the averages.
 
+        A metric undefined for an utterance is an empty cell (the reason in
+        ``notes``); each column of the ``avg`` row is the mean over the
+        utterances where it is defined, and its ``notes`` say how many
+        utterances were not fully scored.
+
         Returns
         -------
         dict
-            The ``avg`` row: mean ``sdr``, ``sdr_i``, ``si-snr``, ``si-snr_i``.
+            The ``avg`` row: the mean of each score column (NaN where no
+            utterance was scored), ``n`` (test utterances) and
+            ``n_incomplete`` (utterances with an undefined metric).
         """
-        avg = {"snt_id": "avg"}
-        for key in RESULT_COLUMNS[1:]:
-            values = [row[key] for row in self.test_rows]
-            avg[key] = float(np.mean(values)) if values else float("nan")
+        from speechbrain_s4m.metrics import average_scores
+
+        columns = self.result_columns
+        scores = columns[1:-1]
+        avg, n_scored = average_scores(self.test_scores, scores)
+        n = len(self.test_scores)
+        incomplete = [u.snt_id for u in self.test_scores if not u.complete]
+        note = "mean over the utterances where each metric is defined"
+        if incomplete:
+            note += f"; {len(incomplete)} of {n} utterances not fully scored"
+        avg["notes"] = note
         if if_main_process():
             path = os.path.join(self.hparams.output_folder, "test_results.csv")
             with open(path, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+                writer = csv.DictWriter(f, fieldnames=columns)
                 writer.writeheader()
                 writer.writerows(self.test_rows)
                 writer.writerow(avg)
             logger.info("Test results written to %s", path)
-        logger.info(
-            "Test (%d utterances): SI-SNR %.2f dB, SI-SNRi %.2f dB, "
-            "SDR %.2f dB, SDRi %.2f dB",
-            len(self.test_rows),
-            avg["si-snr"],
-            avg["si-snr_i"],
-            avg["sdr"],
-            avg["sdr_i"],
+
+        def fmt(key, unit=" dB"):
+            value = avg.get(key)
+            return "n/a" if value is None else f"{value:.2f}{unit}"
+
+        text = (
+            f"SI-SNR {fmt('si-snr')}, SI-SNRi {fmt('si-snr_i')}, "
+            f"SDR {fmt('sdr')}, SDRi {fmt('sdr_i')}"
         )
-        return avg
+        for name in self._extra_metrics_or_none():
+            text += f", {name.upper()} {fmt(name, '')}"
+            text += f" ({name.upper()}i {fmt(name + '_i', '')})"
+        logger.info("Test (%d utterances): %s", n, text)
+        if incomplete:
+            shown = ", ".join(incomplete[:10])
+            more = (
+                f" and {len(incomplete) - 10} more"
+                if len(incomplete) > 10
+                else ""
+            )
+            logger.warning(
+                "%d of %d test utterances could not be scored on every "
+                "metric (%s%s): their empty cells are left out of the "
+                "averages (scored per metric: %s).",
+                len(incomplete),
+                n,
+                shown,
+                more,
+                ", ".join(f"{k} {v}" for k, v in n_scored.items()),
+            )
+        summary = {
+            k: (math.nan if v is None else v)
+            for k, v in avg.items()
+            if k in scores
+        }
+        summary.update(n=n, n_incomplete=len(incomplete))
+        return summary
+
+    def _extra_metrics_or_none(self):
+        """The extra metrics of this test run (empty before one)."""
+        return getattr(self, "_extra_metrics", ())
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Loads the best checkpoint; fails clearly if there is none."""
@@ -599,6 +962,50 @@ class Separation(sb.Brain):
         # PaddedBatch has no membership test, hence hasattr
         noise = batch.noise_sig if hasattr(batch, "noise_sig") else None
         return batch.mix_sig, targets, noise
+
+
+def learning_rates(optimizer):
+    """The learning rates to log: ``lr`` of the main parameter group and,
+    when the S4 parameters (marked ``_ssm_param``) have their own group with
+    another learning rate, ``lr_ssm``.
+
+    Arguments
+    ---------
+    optimizer : torch.optim.Optimizer
+        The optimizer.
+
+    Returns
+    -------
+    dict
+        ``{"lr": float}`` or ``{"lr": float, "lr_ssm": float}``.
+
+    Example
+    -------
+    >>> p, q = torch.ones(1).requires_grad_(), torch.ones(1).requires_grad_()
+    >>> q._ssm_param = True
+    >>> groups = [{"params": [q], "lr": 4e-4}, {"params": [p]}]
+    >>> opt = torch.optim.Adam(groups, lr=1e-3)
+    >>> learning_rates(opt)
+    {'lr': 0.001, 'lr_ssm': 0.0004}
+    >>> learning_rates(torch.optim.Adam([p, q], lr=1e-3))
+    {'lr': 0.001}
+    """
+    main, ssm = None, None
+    for group in optimizer.param_groups:
+        params = group["params"]
+        is_ssm = bool(params) and all(
+            getattr(p, "_ssm_param", False) for p in params
+        )
+        if is_ssm and ssm is None:
+            ssm = group["lr"]
+        elif not is_ssm and main is None:
+            main = group["lr"]
+    if main is None:  # only S4 parameters
+        main, ssm = ssm, None
+    rates = {"lr": main}
+    if ssm is not None and ssm != main:
+        rates["lr_ssm"] = ssm
+    return rates
 
 
 def scale_learning_rates(optimizer, factor):

@@ -5,15 +5,47 @@ Authors
  * speechbrain-s4m contributors 2026
 """
 
-import re
-
 __all__ = ["parse_train_log", "plot_training_curve"]
 
-_NUMBER = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?|nan|inf)"
+#: Names of the per-epoch losses in the logs: ``loss`` (negative SI-SNR in
+#: dB), or ``si-snr`` in logs written before it was renamed (same value).
+_LOSS_KEYS = ("loss", "si-snr")
+
+
+def _fields(line):
+    """``{key: value}`` of a ``FileTrainLogger`` line; values are floats
+    where they parse as numbers (``nan`` too), strings otherwise."""
+    fields = {}
+    for group in line.strip().split(" - "):
+        for item in group.split(", "):
+            key, sep, value = item.partition(": ")
+            if not sep:
+                continue
+            try:
+                fields[key.strip()] = float(value)
+            except ValueError:
+                fields[key.strip()] = value.strip()
+    return fields
+
+
+def _loss(fields, stage):
+    """The ``stage`` (train / valid) loss of an epoch line, or None."""
+    for key in _LOSS_KEYS:
+        value = fields.get(f"{stage} {key}")
+        if isinstance(value, float):
+            return value
+    return None
 
 
 def parse_train_log(train_log):
-    """Reads the per-epoch losses from a SpeechBrain ``train_log.txt``.
+    """Reads the per-epoch losses, learning rates and times from a
+    SpeechBrain ``train_log.txt``.
+
+    Reads the epoch lines the recipes write (``epoch: 3, lr: 1.00e-03,
+    lr_ssm: 4.00e-04 - train loss: -5.1, train skipped: 0, train time:
+    12.3, train samples_per_s: 45.6 - valid loss: -4.2``) and those of
+    older logs (``train si-snr`` / ``valid si-snr`` for the loss, no
+    times).
 
     Arguments
     ---------
@@ -23,9 +55,13 @@ def parse_train_log(train_log):
     Returns
     -------
     dict
-        ``{"epoch": [...], "lr": [...], "train": [...], "valid": [...]}``
-        (losses are negative SI-SNR in dB), the last line of each epoch
-        winning (a resumed epoch is logged again).
+        ``"epoch"``, ``"lr"``, ``"lr_ssm"`` (the S4 parameters' learning
+        rate; ``lr`` where the log has no ``lr_ssm``), ``"train"`` and
+        ``"valid"`` (losses: negative SI-SNR in dB), lists over the epochs;
+        ``"time"`` (training seconds per epoch), ``"samples_per_s"`` and
+        ``"skipped"`` (training batches skipped), lists too when every
+        epoch line records them, else None. The last line of each epoch
+        wins (a resumed epoch is logged again).
 
     Example
     -------
@@ -35,29 +71,47 @@ def parse_train_log(train_log):
     >>> with open(log, "w") as f:
     ...     for epoch, loss in [(1, 2.5), (2, -2.0)]:
     ...         _ = f.write(
-    ...             f"epoch: {epoch}, lr: 1.00e-03 - train si-snr: 3.10"
-    ...             f" - valid si-snr: {loss}\\n"
+    ...             f"epoch: {epoch}, lr: 1.00e-03, lr_ssm: 4.00e-04 - "
+    ...             f"train loss: 3.10, train skipped: 0, train time: 12.50, "
+    ...             f"train samples_per_s: 8.00 - valid loss: {loss}\\n"
     ...         )
-    >>> parse_train_log(log)["valid"]
-    [2.5, -2.0]
+    >>> curve = parse_train_log(log)
+    >>> curve["valid"], curve["time"], curve["lr_ssm"]
+    ([2.5, -2.0], [12.5, 12.5], [0.0004, 0.0004])
     """
     rows = {}
-    pattern = re.compile(
-        rf"epoch: (\d+), lr: {_NUMBER} - train si-snr: {_NUMBER}"
-        rf" - valid si-snr: {_NUMBER}"
-    )
     with open(train_log, encoding="utf-8") as f:
         for line in f:
-            m = pattern.search(line)
-            if m:
-                rows[int(m.group(1))] = [float(g) for g in m.groups()[1:]]
+            if not line.startswith("epoch: "):
+                continue
+            fields = _fields(line)
+            train, valid = _loss(fields, "train"), _loss(fields, "valid")
+            epoch, lr = fields.get("epoch"), fields.get("lr")
+            if None in (train, valid) or not isinstance(epoch, float):
+                continue
+            if not isinstance(lr, float):
+                continue
+            lr_ssm = fields.get("lr_ssm")
+            rows[int(epoch)] = {
+                "lr": lr,
+                "lr_ssm": lr_ssm if isinstance(lr_ssm, float) else lr,
+                "train": train,
+                "valid": valid,
+                "time": fields.get("train time"),
+                "samples_per_s": fields.get("train samples_per_s"),
+                "skipped": fields.get("train skipped"),
+            }
     epochs = sorted(rows)
-    return {
-        "epoch": epochs,
-        "lr": [rows[e][0] for e in epochs],
-        "train": [rows[e][1] for e in epochs],
-        "valid": [rows[e][2] for e in epochs],
-    }
+    curve = {"epoch": epochs}
+    for key in ("lr", "lr_ssm", "train", "valid"):
+        curve[key] = [rows[e][key] for e in epochs]
+    for key in ("time", "samples_per_s", "skipped"):
+        values = [rows[e][key] for e in epochs]
+        every = epochs and all(isinstance(v, float) for v in values)
+        curve[key] = values if every else None
+    if curve["skipped"] is not None:
+        curve["skipped"] = [int(v) for v in curve["skipped"]]
+    return curve
 
 
 def plot_training_curve(train_log, png_path, title=None):

@@ -9,6 +9,7 @@ hold identical parameters which differ from the initial ones.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -139,3 +140,145 @@ def test_ddp_replicas_stay_identical(model, tmp_path):
     # The main process wrote the results; the run finished normally
     rows = (tmp_path / "out" / "test_results.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[-1].startswith("avg,")
+
+
+ACCUMULATION_DRIVER = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    import speechbrain as sb
+    from speechbrain_s4m.recipe import run_recipe
+    from speechbrain_s4m.separation import Separation
+
+    OUT = os.environ["S4M_TEST_DDP_OUT"]
+    RANK = int(os.environ["RANK"])
+
+    def grads(brain):
+        return {
+            n: p.grad.detach().double().cpu().clone()
+            for n, p in brain.modules.named_parameters()
+            if p.grad is not None
+        }
+
+    def params(brain):
+        return {
+            n: p.detach().double().cpu().clone()
+            for n, p in brain.modules.named_parameters()
+        }
+
+    class ForcedSkip(Separation):
+        '''Rank 1 gets a non-finite loss on micro-batch 2 (the one that
+        steps, with accumulation 2); rank 0 must skip it too.'''
+
+        record = {"skipped": [], "steps": 0}
+
+        def on_fit_start(self):
+            super().on_fit_start()
+            torch.save(params(self), os.path.join(OUT, f"init{RANK}.pt"))
+
+        def fit_batch(self, batch):
+            self._force = RANK == 1 and self.step == 2
+            if self.step == 2:  # local gradients of micro-batch 1 (no_sync)
+                torch.save(grads(self), os.path.join(OUT, f"local{RANK}.pt"))
+            out = super().fit_batch(batch)
+            self._force = False
+            self.record["skipped"].append(self.skipped_batches)
+            return out
+
+        def compute_objectives(self, predictions, targets, lengths=None):
+            loss = super().compute_objectives(predictions, targets, lengths)
+            if getattr(self, "_force", False):
+                loss = loss + float("nan")
+            return loss
+
+        def _optimizer_step(self):
+            torch.save(grads(self), os.path.join(OUT, f"stepgrad{RANK}.pt"))
+            self.record["steps"] += 1
+            return super()._optimizer_step()
+
+        def on_stage_end(self, stage, stage_loss, epoch=None):
+            if stage == sb.Stage.TRAIN:
+                torch.save(params(self), os.path.join(OUT, f"after{RANK}.pt"))
+                self.record["train_loss"] = stage_loss
+            super().on_stage_end(stage, stage_loss, epoch)
+
+    brain = run_recipe(sys.argv[1:], brain_class=ForcedSkip)
+    with open(os.path.join(OUT, f"record{RANK}.json"), "w") as f:
+        json.dump(brain.record, f)
+    """
+)
+
+
+def test_ddp_accumulation_with_skipped_stepping_batch(tmp_path):
+    """Accumulation 2, thresholding on, a non-finite loss on one replica's
+    stepping micro-batch: both replicas skip it (``_any_replica`` under a
+    real process group), the gradients accumulated under ``no_sync`` are
+    averaged over the replicas, and the replicas stay bit-identical."""
+    from speechbrain_s4m.data.synthetic import write_wsj0mix
+
+    data = write_wsj0mix(
+        tmp_path / "2speakers",
+        sizes={"tr": 4, "cv": 1, "tt": 1},
+        duration=(0.5, 0.5),
+    )
+    driver = tmp_path / "driver.py"
+    driver.write_text(ACCUMULATION_DRIVER)
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    args = recipe_args(
+        "WSJ0Mix",
+        "s4m_tiny",
+        data,
+        tmp_path / "out",
+        "--distributed_backend",
+        "gloo",
+        "--grad_accumulation_factor",
+        "2",
+        "--threshold_byloss",
+        "True",
+        "--save_audio",
+        "False",
+    )
+    env = dict(os.environ, S4M_TEST_DDP_OUT=str(dumps), OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(driver),
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+    records = [
+        json.loads((dumps / f"record{r}.json").read_text()) for r in (0, 1)
+    ]
+    # Both replicas skipped micro-batch 2 (rank 0 because rank 1 did), and
+    # the train loss is the one of micro-batch 1, not halved by the skip
+    for rec in records:
+        assert rec["skipped"] == [0, 1]
+        assert rec["steps"] == 1
+        assert math.isfinite(rec["train_loss"])
+
+    # The step used the replicas' mean of the accumulated gradients
+    local = [torch.load(dumps / f"local{r}.pt") for r in (0, 1)]
+    step = [torch.load(dumps / f"stepgrad{r}.pt") for r in (0, 1)]
+    assert local[0].keys() == step[0].keys() == step[1].keys()
+    differ = 0
+    for key in local[0]:
+        assert torch.equal(step[0][key], step[1][key]), key
+        mean = (local[0][key] + local[1][key]) / 2
+        torch.testing.assert_close(step[0][key], mean, rtol=1e-6, atol=1e-9)
+        differ += not torch.equal(local[0][key], local[1][key])
+    assert differ > len(local[0]) // 2  # the replicas saw different data
+
+    # ... so the replicas hold bit-identical parameters, which moved
+    init = torch.load(dumps / "init0.pt")
+    after = [torch.load(dumps / f"after{r}.pt") for r in (0, 1)]
+    for key in after[0]:
+        assert torch.equal(after[0][key], after[1][key]), key
+    assert sum(not torch.equal(after[0][k], init[k]) for k in init) > 0
