@@ -8,6 +8,7 @@ import torch
 
 from speechbrain_s4m.config import load_model_config
 from speechbrain_s4m.lobes import S4MMaskNet
+from speechbrain_s4m.lobes.s4m import decode_flush, decode_stream
 from speechbrain_s4m.lobes.separator import Separator
 from speechbrain_s4m.nnet import CumulativeLayerNorm
 from speechbrain_s4m.nnet.blocks import cln_statistics
@@ -201,14 +202,15 @@ def test_cln_statistics_stable_and_streamable():
 # ----------------------------------------------------------------------
 # streaming (model side): forward_stream == forward on the whole signal
 # ----------------------------------------------------------------------
-def _chunks(total, size, seed=0):
+def _chunks(total, size, seed=0, largest=20):
     """Chunk sizes: a fixed size, or random sizes (0 included) if None."""
     if size is not None:
         return [min(size, total - a) for a in range(0, total, size)]
     gen = torch.Generator().manual_seed(seed)
     sizes, a = [], 0
     while a < total:
-        n = min(int(torch.randint(0, 20, (1,), generator=gen)), total - a)
+        n = int(torch.randint(0, largest, (1,), generator=gen))
+        n = min(n, total - a)
         sizes.append(n)
         a += n
     return sizes
@@ -428,3 +430,55 @@ def test_causal_masknet_gradients():
     assert not missing
     x = (2 + torch.randn(2, 3, 6, dtype=torch.float64)).requires_grad_()
     torch.autograd.gradcheck(lambda v: cln_statistics(v)[:2], (x,))
+
+
+def _stream_separator(sep, mix, sizes):
+    """Encoder, masknet and decoder streamed chunk by chunk (the recipe a
+    streamer follows); returns ``[batch, time, spks]`` and the number of
+    finished samples after each chunk."""
+    enc, net, dec = sep.encoder, sep.masknet, sep.decoder
+    enc_state, dec_state = None, None
+    mask_state = net.init_stream_state(mix.shape[0])
+    outs, ready = [], []
+
+    def separate(frames):
+        nonlocal mask_state, dec_state
+        masks, mask_state = net.forward_stream(frames, mask_state)
+        sep_h = frames.unsqueeze(0) * masks  # [spks, batch, E, m]
+        sep_h = sep_h.reshape(sep_h.shape[0] * sep_h.shape[1], *sep_h.shape[2:])
+        y, dec_state = decode_stream(dec, sep_h, dec_state)
+        outs.append(y)
+
+    a = 0
+    for n in sizes:
+        frames, enc_state = enc.forward_stream(mix[:, a : a + n], enc_state)
+        separate(frames)
+        a += n
+        ready.append(sum(o.shape[-1] for o in outs))
+    separate(enc.flush_stream(enc_state))
+    outs.append(decode_flush(dec, dec_state))
+    est = torch.cat(outs, dim=-1)[:, : mix.shape[-1]]
+    est = est.reshape(2, mix.shape[0], -1).permute(1, 2, 0)
+    return est, ready
+
+
+@pytest.mark.parametrize("size", [1, 80, 256, None])
+def test_streamed_separator_equals_whole_signal(size):
+    """Encoder/masknet/decoder streaming == Separator on the whole signal
+    (float64), and after n input samples at least n - latency output
+    samples are finished."""
+    torch.manual_seed(9)
+    sep = _separator("s4m_tiny_causal", num_iterations=2)
+    enc = sep.encoder
+    latency = sep.masknet.latency_samples(enc.kernel_size, enc.stride)
+    mix = torch.randn(2, 1003, dtype=torch.float64)
+    sizes = _chunks(1003, size, seed=3, largest=140)
+    with torch.no_grad():
+        ref = sep(mix)
+        est, ready = _stream_separator(sep, mix, sizes)
+    torch.testing.assert_close(est, ref, rtol=1e-10, atol=1e-11)
+    seen = 0
+    for n, r in zip(sizes, ready):
+        seen += n
+        assert r >= seen - latency, (seen, r)
+        assert r <= seen  # nothing is emitted before its input arrived

@@ -1018,3 +1018,155 @@ class S4MEncoder(nn.Module):
         if padded > length:
             x = F.pad(x, (0, padded - length))
         return self.conv1d(x)
+
+    def forward_stream(self, x, state=None):
+        """Encode the next samples of a stream.
+
+        Frame ``j`` covers samples ``[stride*j, stride*j + kernel_size)``
+        and is returned as soon as its last sample has arrived. The frames
+        of all calls followed by :meth:`flush_stream` are those of
+        :meth:`forward` on the whole signal.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            New samples ``[batch, n]`` (n >= 0).
+        state : dict, optional
+            From the previous call (``None``: a new stream); updated in
+            place.
+
+        Returns
+        -------
+        frames : torch.Tensor
+            The new frames ``[batch, out_channels, m]``.
+        state : dict
+            ``{"samples": samples seen, "frames": frames returned, ...}``.
+
+        Example
+        -------
+        >>> enc = S4MEncoder(kernel_size=32, out_channels=17)
+        >>> x = torch.randn(1, 1001)
+        >>> f1, state = enc.forward_stream(x[:, :500])
+        >>> f2, state = enc.forward_stream(x[:, 500:], state)
+        >>> f3 = enc.flush_stream(state)
+        >>> f1.shape[-1], f2.shape[-1], f3.shape[-1]
+        (59, 63, 1)
+        >>> torch.allclose(torch.cat([f1, f2, f3], -1), enc(x), atol=1e-6)
+        True
+        """
+        if state is None:
+            state = {"samples": 0, "frames": 0, "buf": x[:, :0]}
+        k, s = self.kernel_size, self.stride
+        buf = torch.cat([state["buf"], x], dim=-1)
+        state["samples"] += x.shape[-1]
+        available = max(0, (state["samples"] - k) // s + 1)
+        n_new = available - state["frames"]
+        if n_new <= 0:
+            state["buf"] = buf
+            return buf.new_zeros(buf.shape[0], self.conv1d.out_channels, 0), (
+                state
+            )
+        frames = self.conv1d(buf[:, None, : s * (n_new - 1) + k])
+        state["buf"] = buf[:, s * n_new :]
+        state["frames"] = available
+        return frames, state
+
+    def flush_stream(self, state):
+        """The last frames of a stream: those that :meth:`forward` obtains
+        by zero-padding the end of the signal.
+
+        Arguments
+        ---------
+        state : dict
+            From :meth:`forward_stream`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, out_channels, m]``.
+        """
+        k, s = self.kernel_size, self.stride
+        n_new = self.num_frames(state["samples"]) - state["frames"]
+        buf = state["buf"]
+        if n_new <= 0:
+            return buf.new_zeros(buf.shape[0], self.conv1d.out_channels, 0)
+        need = s * (n_new - 1) + k
+        buf = F.pad(buf, (0, need - buf.shape[-1]))
+        state["frames"] += n_new
+        state["buf"] = buf[:, s * n_new :]
+        return self.conv1d(buf[:, None, :need])
+
+
+def decode_stream(decoder, frames, state=None):
+    """Overlap-add decoding of the next frames of a stream.
+
+    ``decoder`` is a transposed convolution (SpeechBrain's
+    ``dual_path.Decoder``: kernel K, stride s, one output channel): frame
+    ``j`` adds K samples at ``s*j``. Samples before ``s * (frames so far)``
+    receive nothing from later frames and are returned; the last ``K - s``
+    stay pending (:func:`decode_flush` returns them at the end). All
+    returned samples, concatenated, are ``decoder(all frames)``.
+
+    Arguments
+    ---------
+    decoder : torch.nn.ConvTranspose1d
+        The decoder (bias, if any, is added once per sample).
+    frames : torch.Tensor
+        ``[batch, channels, m]`` masked encoder frames.
+    state : dict, optional
+        From the previous call (``None``: a new stream).
+
+    Returns
+    -------
+    samples : torch.Tensor
+        ``[batch, s * m]`` finished samples.
+    state : dict
+        Pending overlap ``[batch, K - s]``, updated in place.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.dual_path import Decoder
+    >>> dec = Decoder(17, 1, kernel_size=32, stride=8, bias=False)
+    >>> w = torch.randn(2, 17, 20)
+    >>> y1, state = decode_stream(dec, w[..., :7])
+    >>> y2, state = decode_stream(dec, w[..., 7:], state)
+    >>> y = torch.cat([y1, y2, decode_flush(dec, state)], -1)
+    >>> y.shape, torch.allclose(y, dec(w), atol=1e-6)
+    (torch.Size([2, 184]), True)
+    """
+    k, s = decoder.kernel_size[0], decoder.stride[0]
+    bsz, m = frames.shape[0], frames.shape[-1]
+    if state is None:
+        state = {"pending": frames.new_zeros(bsz, k - s)}
+    if m == 0:
+        return frames.new_zeros(bsz, 0), state
+    y = F.conv_transpose1d(frames, decoder.weight, None, stride=s)[:, 0]
+    y = torch.cat([y[:, : k - s] + state["pending"], y[:, k - s :]], dim=-1)
+    state["pending"] = y[:, s * m :]
+    out = y[:, : s * m]
+    if decoder.bias is not None:
+        out = out + decoder.bias
+    return out, state
+
+
+def decode_flush(decoder, state):
+    """The pending ``K - s`` samples at the end of a stream
+    (see :func:`decode_stream`).
+
+    Arguments
+    ---------
+    decoder : torch.nn.ConvTranspose1d
+        The decoder.
+    state : dict
+        From :func:`decode_stream`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, K - s]``.
+    """
+    out = state["pending"]
+    state["pending"] = out[:, :0]
+    if decoder.bias is not None:
+        out = out + decoder.bias
+    return out
