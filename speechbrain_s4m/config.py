@@ -14,7 +14,10 @@ Authors
  * speechbrain-s4m contributors 2026
 """
 
+import difflib
+import logging
 import os
+import sys
 from pathlib import Path
 
 import ruamel.yaml
@@ -22,6 +25,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 __all__ = [
     "MODEL_CONFIG_DIR",
+    "UnknownOverrideError",
     "check_overrides",
     "list_model_configs",
     "load_hparams",
@@ -41,6 +45,51 @@ OPTIONAL_KEYS = ("extra_metrics",)
 # ----------------------------------------------------------------------
 # Recipe hparams
 # ----------------------------------------------------------------------
+class UnknownOverrideError(KeyError):
+    """An override key (``--key value``) that the hparams file lacks.
+
+    The message is one line: the key, the file and the closest existing
+    key (a ``KeyError``, printed without the quotes ``KeyError`` adds).
+    """
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self.prefix)
+
+
+def _import_train_logger_quietly():
+    """Imports ``speechbrain.utils.train_logger`` without its warning
+    ``torchvision is not available - cannot save figures``.
+
+    The recipes' ``train_logger`` (``FileTrainLogger``) lives in that
+    module; at import, its ``ProgressSampleLogger`` (image samples of
+    generative recipes, unused here) looks for torchvision and warns on
+    every run without it. The training curve does not need torchvision
+    (matplotlib draws it), so that warning misleads; every other record of
+    the module still gets through.
+    """
+    name = "speechbrain.utils.train_logger"
+    if name in sys.modules:
+        return
+    log = logging.getLogger(name)
+    quiet = _DropMessage("torchvision is not available")
+    log.addFilter(quiet)
+    try:
+        __import__(name)
+    finally:
+        log.removeFilter(quiet)
+
+
 def load_hparams(hparams_file, overrides=None):
     """Loads a recipe's hparams file with overrides, checking every
     override key (nested ones too) against the file.
@@ -72,20 +121,22 @@ def load_hparams(hparams_file, overrides=None):
     >>> try:  # a misspelt nested key
     ...     load_hparams(yaml_file, {"optim": {"beta": 1}})
     ... except KeyError as e:
-    ...     print(e.args[0].split(" of ")[0])
-    Override 'optim.beta' does not match any key
+    ...     print(str(e).split(" of ")[0], "/", str(e).split("; ")[-1])
+    Override 'optim.beta' does not match any key / did you mean 'betas'?
     """
     parsed = overrides
     if isinstance(overrides, str):
         parsed = ruamel.yaml.YAML().load(overrides)
     check_overrides(hparams_file, parsed or {})
+    _import_train_logger_quietly()
     with open(hparams_file, encoding="utf-8") as fin:
         return load_hyperpyyaml(fin, overrides, overrides_must_match=False)
 
 
 def check_overrides(yaml_file, overrides):
-    """Raises ``KeyError`` naming any override key absent from ``yaml_file``
-    (following ``!include:`` tags into the included files).
+    """Raises :class:`UnknownOverrideError` (a ``KeyError``) naming any
+    override key absent from ``yaml_file`` (following ``!include:`` tags
+    into the included files), with the closest existing key.
 
     Arguments
     ---------
@@ -93,6 +144,17 @@ def check_overrides(yaml_file, overrides):
         The yaml file the overrides apply to.
     overrides : dict
         The overrides.
+
+    Example
+    -------
+    >>> yaml_file = getfixture("tmp_path") / "hparams.yaml"
+    >>> _ = yaml_file.write_text("N_epochs: 10\\nlr: 0.1\\n")
+    >>> check_overrides(yaml_file, {"N_epochs": 1})
+    >>> try:
+    ...     check_overrides(yaml_file, {"N_epoch": 1})
+    ... except UnknownOverrideError as e:
+    ...     print(str(e).split("; ")[-1])
+    did you mean 'N_epochs'?
     """
     with open(yaml_file, encoding="utf-8") as f:
         tree = ruamel.yaml.YAML().load(f)
@@ -104,10 +166,16 @@ def _check_keys(node, overrides, prefix, yaml_file):
     """Checks ``overrides`` against the yaml ``node`` (recursively)."""
     for key, value in overrides.items():
         if not isinstance(node, dict) or key not in node:
-            known = ", ".join(str(k) for k in node) if node else ""
-            raise KeyError(
+            known = [str(k) for k in node] if isinstance(node, dict) else []
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = (
+                f"did you mean '{close[0]}'?"
+                if close
+                else f"the file has {len(known)} keys"
+            )
+            raise UnknownOverrideError(
                 f"Override '{prefix}{key}' does not match any key of "
-                f"{yaml_file}" + (f" (keys: {known})" if known else "")
+                f"{yaml_file}; {hint}"
             )
         sub = node[key]
         if not isinstance(value, dict):

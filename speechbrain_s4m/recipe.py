@@ -12,9 +12,14 @@ Authors
  * speechbrain-s4m contributors 2026
 """
 
+import dataclasses
+import glob
+import math
 import os
 import sys
+import time
 
+import ruamel.yaml
 import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import (
@@ -24,7 +29,7 @@ from speechbrain.utils.distributed import (
 )
 from speechbrain.utils.logger import get_logger
 
-from speechbrain_s4m.config import load_hparams
+from speechbrain_s4m.config import UnknownOverrideError, load_hparams
 from speechbrain_s4m.separation import NoCheckpointError, Separation
 from speechbrain_s4m.training_curve import plot_training_curve
 
@@ -32,11 +37,23 @@ logger = get_logger(__name__)
 
 __all__ = [
     "PREPARE_KEYS",
+    "CheckpointMismatchError",
+    "ProgressReport",
+    "check_model_matches_checkpoint",
+    "cpu_has_native_bf16",
+    "cpu_precision",
     "dynamic_mixing_train_set",
+    "latest_checkpoint",
     "main",
     "prepare_data",
     "run_recipe",
 ]
+
+
+class CheckpointMismatchError(ValueError):
+    """The model of this run does not fit the checkpoints in its output
+    folder (another model trained there)."""
+
 
 #: hparams passed to each dataset's preparation function (when present).
 PREPARE_KEYS = {
@@ -99,10 +116,16 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
        ``--distributed_backend``, ``--debug`` ...) and load the hparams
        (override keys are checked, also inside included model fragments);
     2. initialise DDP when launched with ``torchrun``;
-    3. create the output folder (``hyperparams.yaml``, ``log.txt``);
+    3. if the output folder holds checkpoints (``--test_only``, resumed
+       run), check that this run's model matches them
+       (:class:`CheckpointMismatchError` otherwise) and keep the trained
+       run's ``hyperparams.yaml``; else create the output folder
+       (``hyperparams.yaml``, ``log.txt``); on a CPU, mixed precision is
+       bf16 where native, else fp32 (:func:`cpu_precision`);
     4. check the dataset folder and write the manifests (main process);
     5. build the datasets (static or dynamic mixing);
-    6. train (unless ``--test_only``), resuming from the last checkpoint;
+    6. train (unless ``--test_only``), resuming from the last checkpoint,
+       logging speed and ETA (:class:`ProgressReport`);
     7. evaluate the best checkpoint (``min_key="si-snr"``) on the test set,
        writing ``test_results.csv``, and plot ``training_curve.png``;
     8. under DDP, end the process group (all ranks together).
@@ -132,14 +155,36 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     hparams = load_hparams(hparams_file, overrides)
     dataset = _dataset_of(hparams, hparams_file, dataset)
+    _one_checkpoint_interval(hparams, run_opts)
 
     sb.utils.distributed.ddp_init_group(run_opts)
+    # A trained (or resumed) run in this folder: its model must be this
+    # one, and its record (hyperparams.yaml) stays as it is
+    ckpt = latest_checkpoint(hparams["save_folder"])
+    record = os.path.join(hparams["output_folder"], "hyperparams.yaml")
+    if ckpt is not None:
+        check_model_matches_checkpoint(hparams, ckpt, record)
+    elif _run_option(hparams, run_opts, "test_only"):
+        raise NoCheckpointError(
+            f"No checkpoint to evaluate in '{hparams['save_folder']}': "
+            "train first (without --test_only), or point --output_folder "
+            "at a trained experiment."
+        )
+    keep_record = ckpt is not None and os.path.isfile(record)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
+        hyperparams_to_save=None if keep_record else hparams_file,
         overrides=overrides,
     )
-    _resolve_precision(hparams, run_opts)
+    if keep_record:
+        logger.info(
+            "Trained run found (%s): keeping its record %s; this run's "
+            "overrides: %s",
+            ckpt,
+            record,
+            " ".join(overrides.split("\n")) if overrides else "none",
+        )
+    run_opts = _resolve_precision(hparams, run_opts)
 
     if hparams.get("dynamic_mixing", False):
         _check_dynamic_mixing_folders(hparams)
@@ -151,7 +196,7 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
     if hparams.get("dynamic_mixing", False):
         train_data = dynamic_mixing_train_set(hparams, dataset, len(train_data))
 
-    brain = (brain_class or Separation)(
+    brain = _with_progress(brain_class or Separation)(
         modules=hparams["modules"],
         opt_class=hparams["optimizer"],
         hparams=hparams,
@@ -164,6 +209,12 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
         "test": test_data,
     }
     loader_opts = dict(hparams["dataloader_opts"])
+    brain.validates = valid_data is not None
+    brain.batches_per_epoch = math.ceil(
+        len(train_data)
+        / loader_opts.get("batch_size", 1)
+        / max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    )
     train_opts = dict(loader_opts)
     if hparams.get("sorting", "random") == "random" and not isinstance(
         train_data, torch.utils.data.IterableDataset
@@ -259,8 +310,10 @@ def dynamic_mixing_train_set(hparams, dataset=None, num_mixtures=None):
 
 def main(dataset=None, argv=None, before_prepare=None, brain_class=None):
     """Command-line entry of the recipes: :func:`run_recipe`, with a one-line
-    error (exit status 2) for a wrong dataset folder or a missing
-    checkpoint instead of a traceback.
+    error (exit status 2) instead of a traceback for a wrong dataset folder
+    or bad audio in it, a missing checkpoint, a model that does not match
+    the checkpoints of the output folder, or a misspelt override key
+    (``--N_epoch``: the closest key is suggested).
 
     Arguments
     ---------
@@ -282,18 +335,422 @@ def main(dataset=None, argv=None, before_prepare=None, brain_class=None):
 
     try:
         return run_recipe(argv, dataset, before_prepare, brain_class)
-    except (DatasetLayoutError, NoCheckpointError) as e:
+    except (
+        DatasetLayoutError,
+        NoCheckpointError,
+        UnknownOverrideError,
+        CheckpointMismatchError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
+def _run_option(hparams, run_opts, key):
+    """A run option as the Brain sees it: command line > hparams > default."""
+    if key in run_opts.overridden_args:
+        return run_opts[key]
+    return hparams.get(key, run_opts.get(key))
+
+
+def _one_checkpoint_interval(hparams, run_opts):
+    """``--ckpt_interval_steps N`` alone replaces the yaml's
+    ``ckpt_interval_minutes`` (and ``--ckpt_interval_minutes M`` alone the
+    yaml's ``ckpt_interval_steps``): SpeechBrain accepts only one of the two,
+    and the flag given on the command line wins over the file's other one.
+    """
+    keys = ("ckpt_interval_minutes", "ckpt_interval_steps")
+    given = [k for k in keys if k in run_opts.overridden_args]
+    if len(given) != 1 or not run_opts[given[0]] > 0:
+        return
+    other = keys[1 - keys.index(given[0])]
+    if hparams.get(other, 0) > 0:
+        logger.info(
+            "--%s %s given: the hparams' %s (%s) is not used.",
+            given[0],
+            run_opts[given[0]],
+            other,
+            hparams[other],
+        )
+    hparams[other] = 0
+
+
+def latest_checkpoint(save_folder):
+    """The newest ``CKPT+*`` folder in ``save_folder`` (None if none).
+
+    Arguments
+    ---------
+    save_folder : str
+        The run's ``save_folder``.
+
+    Returns
+    -------
+    str or None
+        The checkpoint folder.
+
+    Example
+    -------
+    >>> latest_checkpoint(getfixture("tmp_path")) is None
+    True
+    """
+    found = glob.glob(os.path.join(glob.escape(str(save_folder)), "CKPT+*"))
+    found = [f for f in found if os.path.isfile(os.path.join(f, "CKPT.yaml"))]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def check_model_matches_checkpoint(hparams, ckpt, record=None):
+    """Raises :class:`CheckpointMismatchError` (one line) if the modules
+    of ``hparams`` cannot load the checkpoint ``ckpt``.
+
+    Compares, for each ``torch.nn.Module`` among the checkpointer's
+    recoverables, the names and shapes of its state with the saved file
+    (``<ckpt>/<name>.ckpt``). Only the tensors' headers are compared
+    (memory-mapped): fast, before any data preparation or training.
+
+    Arguments
+    ---------
+    hparams : dict
+        The run's hparams (``checkpointer``, or ``modules``).
+    ckpt : str
+        A ``CKPT+*`` folder.
+    record : str, None
+        The trained run's ``hyperparams.yaml`` (named in the message).
+
+    Example
+    -------
+    >>> import torch
+    >>> ckpt = getfixture("tmp_path")
+    >>> torch.save(torch.nn.Linear(4, 2).state_dict(), ckpt / "net.ckpt")
+    >>> check_model_matches_checkpoint(
+    ...     {"modules": {"net": torch.nn.Linear(4, 2)}}, ckpt
+    ... )
+    >>> try:
+    ...     check_model_matches_checkpoint(
+    ...         {"modules": {"net": torch.nn.Linear(8, 2)}}, ckpt
+    ...     )
+    ... except CheckpointMismatchError as e:
+    ...     print(str(e).split(": ", 1)[1][:60])
+    net: 'weight' is [2, 4] in the checkpoint, [2, 8] in this mo
+    """
+    checkpointer = hparams.get("checkpointer")
+    modules = getattr(checkpointer, "recoverables", None) or hparams.get(
+        "modules", {}
+    )
+    problems = []
+    for name, module in modules.items():
+        path = os.path.join(ckpt, f"{name}.ckpt")
+        if not isinstance(module, torch.nn.Module) or not os.path.isfile(path):
+            continue
+        saved = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=True
+        )
+        own = module.state_dict()
+        shapes = {k: list(v.shape) for k, v in saved.items()}
+        diff = [
+            f"'{k}' is {shapes[k]} in the checkpoint, {list(v.shape)} in "
+            "this model"
+            for k, v in own.items()
+            if k in shapes and shapes[k] != list(v.shape)
+        ]
+        missing = [k for k in own if k not in shapes]
+        unexpected = [k for k in shapes if k not in own]
+        if missing:
+            diff.append(f"{len(missing)} tensor(s) not in the checkpoint")
+        if unexpected:
+            diff.append(f"{len(unexpected)} checkpoint tensor(s) not here")
+        if diff:
+            more = f" (+{len(diff) - 2} more)" if len(diff) > 2 else ""
+            problems.append(f"{name}: " + "; ".join(diff[:2]) + more)
+    if not problems and record and os.path.isfile(record):
+        problems = _model_settings_differ(record, hparams.get("model"))
+    if problems:
+        where = (
+            f" (its model is recorded in {record})"
+            if record and os.path.isfile(record)
+            else ""
+        )
+        raise CheckpointMismatchError(
+            f"this run's model does not match the checkpoint {ckpt}"
+            f"{where}: "
+            + " | ".join(problems)
+            + ". Use the trained run's model options, or another "
+            "--output_folder."
+        )
+
+
+#: Model keys that change how a model trains, not the trained function.
+TRAINING_ONLY_MODEL_KEYS = ("checkpoint_iterations", "dropout")
+
+
+def _model_settings_differ(record, model):
+    """Differences between the plain settings (numbers, strings) of the
+    ``model`` fragment recorded in ``record`` and this run's ``model``
+    (e.g. ``num_iterations``, which shares weights and so keeps the
+    shapes). Returns a list with at most one message."""
+    if not isinstance(model, dict):
+        return []
+    try:
+        with open(record, encoding="utf-8") as f:
+            recorded = ruamel.yaml.YAML().load(f).get("model")
+    except Exception:  # an unreadable record: the shapes decided
+        return []
+    if not isinstance(recorded, dict):
+        return []
+    plain = (bool, int, float, str)
+    diff = [
+        f"{key}: {recorded[key]} in the trained run, {value} here"
+        for key, value in model.items()
+        if key in recorded
+        and key not in TRAINING_ONLY_MODEL_KEYS
+        and isinstance(value, plain)
+        and isinstance(recorded[key], plain)
+        and recorded[key] != value
+    ]
+    return ["model " + ", ".join(diff)] if diff else []
+
+
+# ----------------------------------------------------------------------
+# Precision on CPUs
+# ----------------------------------------------------------------------
+#: CPU feature flags (``/proc/cpuinfo``) of native bf16 arithmetic.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU has native bf16 instructions.
+
+    ``torch.backends.cpu.get_cpu_capability()`` names the vector ISA
+    (``AVX2``, ``AVX512``) but not bf16 support, so the CPU flags are read:
+    ``avx512_bf16`` or ``amx_bf16`` (x86), ``bf16`` (Arm ``Features``).
+    Without them, bf16 autocast emulates bf16 and its matmuls run several
+    times slower than fp32.
+
+    Arguments
+    ---------
+    cpuinfo : str
+        The file to read (``/proc/cpuinfo``); unreadable (e.g. macOS): False.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> info = getfixture("tmp_path") / "cpuinfo"
+    >>> _ = info.write_text("flags\\t: fpu sse avx2 avx512f\\n")
+    >>> cpu_has_native_bf16(info)
+    False
+    >>> _ = info.write_text("flags\\t: fpu avx2 avx512f avx512_bf16\\n")
+    >>> cpu_has_native_bf16(info)
+    True
+    """
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def cpu_precision(requested, native_bf16):
+    """The precision to train with on a CPU, and why it differs (or None).
+
+    fp16 autocast does not exist on CPUs: it becomes bf16 where the CPU has
+    native bf16, else fp32; bf16 is kept where native, else fp32 (emulated
+    bf16 is several times slower than fp32).
+
+    Arguments
+    ---------
+    requested : str
+        ``fp32``, ``fp16`` or ``bf16``.
+    native_bf16 : bool
+        See :func:`cpu_has_native_bf16`.
+
+    Returns
+    -------
+    precision : str
+        ``fp32`` or ``bf16``.
+    reason : str or None
+        One line saying why the request was changed (None if it was not).
+
+    Example
+    -------
+    >>> cpu_precision("bf16", native_bf16=True)
+    ('bf16', None)
+    >>> cpu_precision("fp16", native_bf16=True)[0]
+    'bf16'
+    >>> precision, reason = cpu_precision("bf16", native_bf16=False)
+    >>> precision, reason.split(" (")[0]
+    ('fp32', 'bf16 requested on a CPU without native bf16')
+    """
+    if requested not in ("fp16", "bf16"):
+        return requested, None
+    if native_bf16:
+        if requested == "fp16":
+            return "bf16", (
+                "fp16 requested on a CPU: fp16 autocast does not run on "
+                "CPUs; using bf16 (this CPU has native bf16)."
+            )
+        return "bf16", None
+    return "fp32", (
+        f"{requested} requested on a CPU without native bf16 (no "
+        "avx512_bf16/amx_bf16): using fp32, as emulated bf16 matmuls run "
+        "several times slower than fp32."
+    )
+
+
 def _resolve_precision(hparams, run_opts):
-    """fp16 on a CPU becomes bf16 (as in SpeechBrain's recipes)."""
+    """Mixed precision on a CPU: bf16 where native, else fp32 (one-line
+    warning); see :func:`cpu_precision`. Returns the run options (a new
+    object when changed: SpeechBrain's are frozen)."""
     device = run_opts.get("device") or sb.utils.distributed.infer_device()
-    on_cli = "precision" in run_opts.overridden_args
-    precision = run_opts.precision if on_cli else hparams.get("precision")
-    if str(device).startswith("cpu") and precision == "fp16":
-        logger.warning("fp16 is not supported on CPU: using bf16 instead.")
-        hparams["precision"] = "bf16"
+    if not str(device).startswith("cpu"):
+        return run_opts
+    native = None
+    for key in ("precision", "eval_precision"):
+        on_cli = key in run_opts.overridden_args
+        requested = run_opts[key] if on_cli else hparams.get(key)
+        if requested not in ("fp16", "bf16"):
+            continue
+        if native is None:
+            native = cpu_has_native_bf16()
+        chosen, reason = cpu_precision(requested, native)
+        if reason:
+            logger.warning("--%s: %s", key, reason)
+        hparams[key] = chosen
         if on_cli:
-            run_opts.precision = "bf16"
+            run_opts = dataclasses.replace(run_opts, **{key: chosen})
+    return run_opts
+
+
+# ----------------------------------------------------------------------
+# Progress and expected time
+# ----------------------------------------------------------------------
+def _duration(seconds):
+    """``"42 s"``, ``"12 min"`` or ``"3.5 h"``.
+
+    Example
+    -------
+    >>> _duration(42.2), _duration(725), _duration(12600)
+    ('42 s', '12 min', '3.5 h')
+    """
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 3 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class ProgressReport:
+    """Brain mix-in: logs the training speed and the expected time.
+
+    During an epoch, every ``progress_interval_s`` seconds::
+
+        epoch 1/10: 120/250 batches, 3.1 batches/s, epoch ETA 42 s
+
+    and at the end of each epoch (after validation)::
+
+        epoch 1/10 done: 250 batches in 80 s (3.1 batches/s), epoch with
+        validation 95 s; ETA 14 min (9 epochs left)
+
+    (one line). ``batches_per_epoch`` (set by :func:`run_recipe`) gives the
+    epoch ETA; the run ETA is the mean epoch time of this process times
+    the epochs left. :func:`run_recipe` adds it to the Brain it builds.
+    """
+
+    #: Seconds between two progress lines within an epoch.
+    progress_interval_s = 60.0
+    #: Training batches per epoch (per process), when known.
+    batches_per_epoch = None
+    #: Whether each epoch ends with a validation stage.
+    validates = True
+
+    def on_stage_start(self, stage, epoch=None):
+        """Starts the epoch clocks (training) before the Brain's own."""
+        super().on_stage_start(stage, epoch)
+        now = time.time()
+        if stage == sb.Stage.TRAIN:
+            self._epoch_clock = now
+            self._last_line = now
+            self._first_step = self.step  # > 0 when resumed mid-epoch
+            self._train_seconds = None
+
+    def fit_batch(self, batch):
+        """The Brain's training batch, then a progress line when due."""
+        loss = super().fit_batch(batch)
+        now = time.time()
+        if now - getattr(self, "_last_line", now) >= self.progress_interval_s:
+            self._last_line = now
+            logger.info(self._progress_line(now))
+        return loss
+
+    def _epochs(self):
+        counter = getattr(self.hparams, "epoch_counter", None)
+        current = getattr(counter, "current", 0)
+        return current, getattr(counter, "limit", None)
+
+    def _rate(self, now):
+        done = self.step - getattr(self, "_first_step", 0)
+        elapsed = now - getattr(self, "_epoch_clock", now)
+        return done, (done / elapsed if elapsed > 0 else float("nan"))
+
+    def _progress_line(self, now):
+        epoch, limit = self._epochs()
+        done, rate = self._rate(now)
+        total = self.batches_per_epoch
+        line = f"epoch {epoch}/{limit}: {self.step}"
+        line += f"/{total} batches" if total else " batches"
+        line += f", {rate:.2f} batches/s"
+        if total and rate > 0:
+            line += f", epoch ETA {_duration((total - self.step) / rate)}"
+        return line
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """The Brain's end of stage, then the epoch's speed and the ETA."""
+        now = time.time()
+        if stage == sb.Stage.TRAIN:
+            self._train_batches, self._train_rate = self._rate(now)
+            self._train_seconds = now - getattr(self, "_epoch_clock", now)
+        super().on_stage_end(stage, stage_loss, epoch)
+        if stage == sb.Stage.VALID or (
+            stage == sb.Stage.TRAIN and not self.validates
+        ):
+            self._epoch_line(time.time(), epoch)
+
+    def _epoch_line(self, now, epoch):
+        if getattr(self, "_train_seconds", None) is None:
+            return
+        _, limit = self._epochs()
+        spent = now - self._epoch_clock
+        self._epoch_times = getattr(self, "_epoch_times", []) + [spent]
+        mean = sum(self._epoch_times) / len(self._epoch_times)
+        left = max(0, (limit or epoch) - epoch)
+        logger.info(
+            "epoch %s/%s done: %d batches in %s (%.2f batches/s), epoch with "
+            "validation %s; ETA %s (%d epoch%s left)",
+            epoch,
+            limit,
+            self._train_batches,
+            _duration(self._train_seconds),
+            self._train_rate,
+            _duration(spent),
+            _duration(left * mean),
+            left,
+            "" if left == 1 else "s",
+        )
+        self._train_seconds = None
+
+
+def _with_progress(brain_class):
+    """``brain_class`` with :class:`ProgressReport` mixed in (once)."""
+    if issubclass(brain_class, ProgressReport):
+        return brain_class
+    return type(
+        brain_class.__name__,
+        (ProgressReport, brain_class),
+        {"__module__": brain_class.__module__, "__doc__": brain_class.__doc__},
+    )

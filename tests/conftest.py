@@ -53,10 +53,11 @@ def train_script(recipe):
     return RECIPES / recipe / "separation" / "train.py"
 
 
-def recipe_args(recipe, model, data_folder, output_folder, *extra):
+def recipe_args(recipe, model, data_folder, output_folder, *extra, drop=()):
     """Command line of a tiny, fast (CPU, fp32, 1 epoch) run of a recipe;
     ``extra`` options (``"--key", "value"`` pairs or flags) replace the
-    defaults."""
+    defaults; the default options named in ``drop`` (e.g.
+    ``"--ckpt_interval_minutes"``) are left out (the hparams decide)."""
     options = {
         "--data_folder": str(data_folder),
         "--output_folder": str(output_folder),
@@ -69,6 +70,8 @@ def recipe_args(recipe, model, data_folder, output_folder, *extra):
         "--ckpt_interval_minutes": "0",
         "--noprogressbar": None,
     }
+    for key in drop:
+        options.pop(key)
     extra = [str(e) for e in extra]
     i = 0
     while i < len(extra):
@@ -81,12 +84,17 @@ def recipe_args(recipe, model, data_folder, output_folder, *extra):
     return args
 
 
-def run_recipe_inprocess(recipe, model, data_folder, output_folder, *extra):
-    """Runs a tiny recipe in this process; returns the Brain."""
+def run_recipe_inprocess(
+    recipe, model, data_folder, output_folder, *extra, drop=(), **kwargs
+):
+    """Runs a tiny recipe in this process; returns the Brain. ``kwargs``
+    go to :func:`speechbrain_s4m.recipe.run_recipe` (``brain_class``)."""
     from speechbrain_s4m.recipe import run_recipe
 
-    args = recipe_args(recipe, model, data_folder, output_folder, *extra)
-    return run_recipe(args)
+    args = recipe_args(
+        recipe, model, data_folder, output_folder, *extra, drop=drop
+    )
+    return run_recipe(args, **kwargs)
 
 
 def write_tiny_datasets(root):
