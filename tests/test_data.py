@@ -4,6 +4,7 @@ layouts (3 mixtures per split, about 0.5 s at 8 kHz)."""
 
 import csv
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -665,3 +666,82 @@ def test_dynamic_mixing_errors(dm_sources, tmp_path):
         dynamic_mixing_dataset(tmp_path / "empty")
     with pytest.raises(ValueError, match="source_format"):
         dynamic_mixing_dataset(dm_sources["wsj"], source_format="timit")
+
+
+def _write_uneven_sources(root, rate=8000):
+    """wsj0-style sources (speaker = first 3 characters) whose level
+    changes along the utterance: 0.3 s steady ones, and 1 s ones that are
+    quiet (-40 dB) for 0.3 s and loud after, so a cut to the shortest
+    source changes a level set before the cut by far more than 5 dB."""
+    g = np.random.default_rng(0)
+    for spk in ("01a", "02b", "03c", "04d"):
+        for utt in range(2):
+            folder = Path(root) / spk
+            folder.mkdir(parents=True, exist_ok=True)
+            if (ord(spk[1]) + utt) % 2:
+                wav = 0.1 * g.standard_normal(int(0.3 * rate))
+            else:
+                wav = 0.3 * g.standard_normal(rate)
+                wav[: int(0.3 * rate)] *= 0.01
+            sf.write(folder / f"{spk}c020{utt}.wav", wav, rate)
+    return root
+
+
+def _level_db(x):
+    return 10 * math.log10(float(x.double().pow(2).mean()))
+
+
+@pytest.mark.parametrize("length", [None, 16000], ids=["whole", "crop-long"])
+@pytest.mark.parametrize("noisy", [False, True], ids=["clean", "noisy"])
+def test_dynamic_mixing_promises(length, noisy, dm_sources, tmp_path):
+    """What the docs promise of every drawn mixture: distinct speakers;
+    source levels in ``level_db`` (relative gain within +-5 dB) measured
+    on the mixed samples, also when whole utterances of different lengths
+    are cut to the shortest; noise SNR (loudest source) in ``snr_db``;
+    mix = sum; peak <= 0.9."""
+    from speechbrain_s4m.data.dynamic_mixing import DynamicMixer
+
+    root = _write_uneven_sources(tmp_path / "si_tr_s")
+    level_db, snr_db = (-27.5, -22.5), (-6.0, 3.0)
+    mixer = DynamicMixer(
+        root,
+        num_spks=2,
+        training_signal_len=length,
+        noise_folder=dm_sources["noise"] if noisy else None,
+        level_db=level_db,
+        snr_db=snr_db,
+    )
+    read = []
+    original = mixer._read_crop
+
+    def recording(path, *args, **kwargs):
+        read.append(Path(path).stem[:3])
+        return original(path, *args, **kwargs)
+
+    mixer._read_crop = recording
+    rng = np.random.default_rng(5)
+    cut = 0
+    for _ in range(60):
+        read.clear()
+        sigs = mixer.draw(rng)
+        speakers = read[:2]
+        assert len(set(speakers)) == 2, speakers  # distinct speakers
+        s1, s2 = sigs["s1_sig"], sigs["s2_sig"]
+        cut += s1.shape[0] < 8000
+        levels = [_level_db(s1), _level_db(s2)]
+        # relative gain within the width of level_db (+-5 dB)
+        assert abs(levels[0] - levels[1]) <= level_db[1] - level_db[0] + 1e-3
+        peak = max(float(v.abs().max()) for v in sigs.values())
+        assert peak <= 0.9 + 1e-6
+        # absolute levels in range, unless the whole mix was scaled down
+        scaled = abs(peak - 0.9) < 1e-4
+        for level in levels:
+            assert level <= level_db[1] + 1e-3
+            assert scaled or level >= level_db[0] - 1e-3
+        total = s1 + s2
+        if noisy:
+            snr = max(levels) - _level_db(sigs["noise_sig"])
+            assert snr_db[0] - 1e-3 <= snr <= snr_db[1] + 1e-3
+            total = total + sigs["noise_sig"]
+        assert (sigs["mix_sig"] - total).abs().max() < 1e-6
+    assert cut > 10  # the mixtures cut to a shorter source were tested

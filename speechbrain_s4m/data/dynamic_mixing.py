@@ -3,10 +3,12 @@
 Mixtures are made on the fly from single-speaker utterances (wsj0
 ``si_tr_s`` or LibriSpeech) and, for noisy variants, WHAM! noise files:
 ``num_spks`` distinct random speakers, one random utterance each, a random
-crop of ``training_signal_len`` samples, a random level per source (RMS in
-dBFS drawn uniformly in ``level_db``, so relative gains span +-5 dB as in
+crop of ``training_signal_len`` samples (all cut to the shortest), then a
+random level per source, set on the samples that are mixed (RMS in dBFS
+drawn uniformly in ``level_db``, so relative gains span +-5 dB as in
 wsj0-2mix), noise at a random SNR relative to the loudest source, and a
-rescale that keeps every signal under a 0.9 peak (no clipping). This is
+rescale that keeps every signal under a 0.9 peak (no clipping; relative
+levels and SNR unchanged). This is
 what SpeechBrain's Sepformer recipes call ``dynamic_mixing``, with RMS levels
 instead of pyloudnorm loudness.
 
@@ -248,10 +250,13 @@ class DynamicMixer:
         for s in spks:
             utts = self.speakers[self.speaker_ids[s]]
             path = utts[int(rng.integers(len(utts)))]
-            wav = self._read_crop(path, self.length, rng)
-            sources.append(self._set_level(wav, rng.uniform(*self.level_db)))
+            sources.append(self._read_crop(path, self.length, rng))
+        # Levels are set on what is mixed: after cutting to the shortest
+        # source (else the cut can move the relative gain out of range)
         n = min(w.shape[0] for w in sources)
-        sources = [w[:n] for w in sources]
+        sources = [
+            self._set_level(w[:n], rng.uniform(*self.level_db)) for w in sources
+        ]
         sigs = {f"s{i + 1}_sig": w for i, w in enumerate(sources)}
         mix = torch.stack(sources).sum(0)
         if self.noises is not None:
