@@ -110,6 +110,24 @@ def test_cli_json_structure_and_plot(tmp_path):
     # nothing overwritten without --overwrite
     with pytest.raises(SystemExit, match="exists"):
         ls.main(argv)
+    # re-plot without training: merged logs, one variant, gradient plot
+    merged = ls.main(
+        [
+            "--from-json",
+            str(tmp_path / "ls.json"),
+            "--only",
+            "b",
+            "--json",
+            str(tmp_path / "b.json"),
+            "--plot-grads",
+            str(tmp_path / "g.png"),
+        ]
+    )
+    assert [v["name"] for v in merged["variants"]] == ["b"]
+    assert json.loads((tmp_path / "b.json").read_text())["variants"] == [b]
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="in two logs"):
+        ls.merge_results([result, result])
 
 
 def test_loss_decreases_when_overfitting_one_mixture():

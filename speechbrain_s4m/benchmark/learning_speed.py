@@ -32,6 +32,10 @@ name:"{yaml}"`` overrides the fragment's keys and ``--set name:"{yaml}"`` the
 variant's optimiser settings (``lr``, ``ssm_lr``, ``warmup``, ``clip``,
 ``init``), which default to the command-line values.
 
+``--from-json A.json B.json --plot P.png --plot-grads G.png [--only ...]``
+merges logs of runs on the same data without training (to draw variants
+that ran in separate processes in one figure).
+
 ``init`` rescales parameters after construction (the model code is not
 touched): ``"prefix=factor[,prefix=factor...]"`` multiplies every parameter
 whose name starts with ``prefix`` by ``factor`` (e.g.
@@ -59,13 +63,16 @@ from speechbrain_s4m.metrics import pit_si_snr_loss, si_snr
 from speechbrain_s4m.nnet import ssm_aware_optimizer
 
 __all__ = [
+    "DATA_SETTINGS",
     "TRAIN_SETTINGS",
     "Variant",
     "apply_init",
     "grad_group",
     "grad_norms",
     "make_mixtures",
+    "merge_results",
     "plot_curves",
+    "plot_grad_norms",
     "run",
     "train_variant",
     "valid_si_snri",
@@ -547,7 +554,7 @@ def plot_curves(result, path):
     plt.close(fig)
 
 
-def run(variants, args):
+def run(variants, args, on_variant=None):
     """Trains every variant with every seed.
 
     Arguments
@@ -556,6 +563,9 @@ def run(variants, args):
         The set-ups.
     args : argparse.Namespace
         Settings (see :func:`parse_args`).
+    on_variant : callable, optional
+        Called with the result so far after each variant (e.g. to save a
+        partial log).
 
     Returns
     -------
@@ -609,6 +619,8 @@ def run(variants, args):
         entry["runs"] = runs
         entry["summary"] = summarise(runs)
         result["variants"].append(entry)
+        if on_variant is not None:
+            on_variant(result)
     return result
 
 
@@ -629,6 +641,168 @@ def format_table(result):
             f"{s['final_update']:>5} {rng:>28} {s['cpu_s_per_update']:>10.3f}"
         )
     return "\n".join(lines)
+
+
+#: Settings that must agree for logs to be merged into one comparison.
+DATA_SETTINGS = (
+    "segment",
+    "batch",
+    "sample_rate",
+    "train_mixtures",
+    "valid_mixtures",
+    "train_speakers",
+    "valid_speakers",
+    "data_seed",
+)
+
+
+def merge_results(results):
+    """Merges logs of runs on the same data into one result.
+
+    Arguments
+    ---------
+    results : list of dict
+        Results of :func:`run` (e.g. loaded from several ``--json`` files).
+
+    Returns
+    -------
+    dict
+        The first result's settings and data, every result's variants
+        (names must be unique); ``settings["updates"]`` is the largest.
+
+    Example
+    -------
+    >>> a = {"settings": {"segment": 0.5, "updates": 10}, "variants": [
+    ...     {"name": "x"}]}
+    >>> b = {"settings": {"segment": 0.5, "updates": 20}, "variants": [
+    ...     {"name": "y"}]}
+    >>> m = merge_results([a, b])
+    >>> [v["name"] for v in m["variants"]], m["settings"]["updates"]
+    (['x', 'y'], 20)
+    >>> b["settings"]["segment"] = 1.0
+    >>> merge_results([a, b])
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot merge logs with different segment: 0.5 vs 1.0
+    """
+    first = results[0]
+    merged = dict(first)
+    merged["settings"] = dict(first["settings"])
+    merged["variants"] = []
+    for res in results:
+        for key in DATA_SETTINGS:
+            a, b = first["settings"].get(key), res["settings"].get(key)
+            if a != b:
+                raise ValueError(
+                    f"cannot merge logs with different {key}: {a} vs {b}"
+                )
+        merged["settings"]["updates"] = max(
+            merged["settings"]["updates"], res["settings"]["updates"]
+        )
+        for v in res["variants"]:
+            if v["name"] in [w["name"] for w in merged["variants"]]:
+                raise ValueError(f"variant {v['name']!r} in two logs")
+            merged["variants"].append(v)
+    return merged
+
+
+def select_variants(result, names):
+    """The result with only the named variants, in the order given."""
+    by_name = {v["name"]: v for v in result["variants"]}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"no variant(s) {missing}; have {list(by_name)}")
+    return dict(result, variants=[by_name[n] for n in names])
+
+
+def mean_grad_norms(runs):
+    """Per group: mean gradient norm over the logged first updates and
+    the seeds; also the first update's (mean over seeds)."""
+    groups = {}
+    for r in runs:
+        for i, g in enumerate(r["grad_norms"]):
+            for k, v in g.items():
+                groups.setdefault(k, {"all": [], "first": []})
+                groups[k]["all"].append(v)
+                if i == 0:
+                    groups[k]["first"].append(v)
+    return {
+        k: (float(np.mean(d["all"])), float(np.mean(d["first"] or [0.0])))
+        for k, d in groups.items()
+    }
+
+
+def format_grad_table(result):
+    """Text table: gradient norm per module group, mean over the logged
+    first updates (and the first update's), per variant."""
+    lines = []
+    for v in result["variants"]:
+        stats = mean_grad_norms(v["runs"])
+        if not stats:
+            continue
+        n = len(v["runs"][0]["grad_norms"])
+        lines.append(
+            f"{v['name']}: gradient norm, mean of updates 1-{n} (update 1)"
+        )
+        for k in sorted(stats, key=lambda k: (k == "total", k)):
+            mean, first = stats[k]
+            lines.append(f"    {k:<26} {mean:10.4f} ({first:.4f})")
+    return "\n".join(lines)
+
+
+def plot_grad_norms(result, path):
+    """PNG of the gradient norm per module group over the first updates,
+    one panel per variant (mean over seeds), log scale.
+
+    Arguments
+    ---------
+    result : dict
+        As returned by :func:`run`.
+    path : str or pathlib.Path
+        Output file.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [v for v in result["variants"] if v["runs"][0]["grad_norms"]]
+    cols = min(3, max(len(variants), 1))
+    rows = max(1, math.ceil(len(variants) / cols))
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(5.2 * cols, 3.8 * rows),
+        squeeze=False,
+        sharey=True,
+    )
+    for ax, v in zip(axes.flat, variants):
+        n = min(len(r["grad_norms"]) for r in v["runs"])
+        keys = sorted(
+            {k for r in v["runs"] for g in r["grad_norms"] for k in g}
+        )
+        for c, k in enumerate(keys):
+            y = np.mean(
+                [
+                    [r["grad_norms"][i].get(k, np.nan) for i in range(n)]
+                    for r in v["runs"]
+                ],
+                axis=0,
+            )
+            style = {"color": plt.cm.tab20(c % 20), "lw": 1.1}
+            if k == "total":
+                style = {"color": "k", "lw": 2.2}
+            ax.semilogy(np.arange(1, n + 1), y, label=k, **style)
+        ax.set_title(v["name"], fontsize=10)
+        ax.set_xlabel("update")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6, ncol=2)
+    for ax in list(axes.flat)[len(variants) :]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("gradient L2 norm (before clipping)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------
@@ -716,27 +890,53 @@ def parse_args(argv=None):
     p.add_argument("--eval-batch", type=int, default=4)
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
+    p.add_argument("--plot-grads", default=None, help="PNG of grad norms")
+    p.add_argument(
+        "--from-json",
+        nargs="+",
+        default=None,
+        help="no training: merge these logs (same data settings) and "
+        "write the table, --json, --plot and --plot-grads",
+    )
+    p.add_argument(
+        "--only", nargs="+", default=None, help="keep these variants only"
+    )
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv=None):
-    """Runs the benchmark from the command line."""
+    """Runs the benchmark from the command line (or re-plots logs)."""
     args = parse_args(argv)
     if args.train_mixtures < args.batch:
         raise SystemExit("--train-mixtures must be >= --batch")
-    for path in (args.json, args.plot):
+    for path in (args.json, args.plot, args.plot_grads):
         if path and Path(path).exists() and not args.overwrite:
             raise SystemExit(f"{path} exists (use --overwrite)")
-    variants = build_variants(args)
-    result = run(variants, args)
+    if args.from_json:
+        result = merge_results(
+            [json.loads(Path(p).read_text()) for p in args.from_json]
+        )
+    else:
+
+        def save_partial(partial):
+            if args.json:  # the log so far, rewritten after each variant
+                Path(args.json).write_text(json.dumps(partial, indent=1))
+
+        result = run(build_variants(args), args, on_variant=save_partial)
+    if args.only:
+        result = select_variants(result, args.only)
     print(format_table(result))
+    print(format_grad_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")
     if args.plot:
         plot_curves(result, args.plot)
         print(f"wrote {args.plot}")
+    if args.plot_grads:
+        plot_grad_norms(result, args.plot_grads)
+        print(f"wrote {args.plot_grads}")
     return result
 
 
