@@ -20,16 +20,26 @@ Differences from SpeechBrain's own separation recipes (on purpose):
 * nothing calls ``reset_parameters()`` on the modules before training (the
   modules' own initialisation, e.g. S4's, is kept);
 * the training loss masks the padding of batches (SI-SNR over the real
-  length of each utterance), and training can skip a batch on every replica
-  at once (loss thresholding, ``loss_upper_lim``, non-finite losses or
-  gradients) without desynchronising DDP or touching the weights;
+  length of each utterance, kept right through speed perturbation), and
+  training can skip a batch on every replica at once (loss thresholding,
+  ``loss_upper_lim``, non-finite losses or gradients) without
+  desynchronising DDP, also with gradient accumulation, or touching the
+  weights; the train loss averages the batches that counted, and too many
+  consecutive non-finite batches stop training (``nonfinite_patience``);
 * gradient clipping covers every parameter group (the SSM parameters may sit
   in their own group with their own learning rate), and learning-rate
   annealing scales every group by the same factor;
-* the test set is read once: per-utterance SI-SNR(i) and SDR(i) are computed
-  while evaluating, written to ``<output_folder>/test_results.csv`` (with an
-  ``avg`` row), and the best checkpoint must exist (``--test_only`` on an
-  empty output folder is an error, not a score of random weights).
+* the test set is read once: per-utterance SI-SNR(i) and SDR(i) (and PESQ,
+  STOI with ``extra_metrics``) are computed while evaluating, written to
+  ``<output_folder>/test_results.csv`` (with an ``avg`` row); an utterance
+  that cannot be scored on some metric (silent source, too short) gets empty
+  cells and a warning instead of stopping the test stage; the best
+  checkpoint must exist (``--test_only`` on an empty output folder is an
+  error, not a score of random weights);
+* the logs name the logged quantity ``loss`` (the negative SI-SNR in dB),
+  and each epoch line has both learning rates (main and S4 groups), the
+  skipped batches, the training time and the training mixtures per
+  second.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -124,7 +134,10 @@ class Separation(sb.Brain):
     ``threshold``, ``use_speedperturb`` (+ ``speed_perturb``),
     ``lr_scheduler``, ``epoch_counter``, ``train_logger``,
     ``output_folder``, ``save_folder``, ``sample_rate``; optionally
-    ``save_audio`` and ``n_audio_to_save``. Batches carry ``id``,
+    ``save_audio``, ``n_audio_to_save``, ``extra_metrics`` (test metrics
+    beyond SI-SNR/SDR: ``"pesq,stoi"``; default none) and
+    ``nonfinite_patience`` (SpeechBrain's run option: consecutive
+    non-finite training batches tolerated; default 3). Batches carry ``id``,
     ``mix_sig``, ``s1_sig`` ... ``s<num_spks>_sig``, already cropped for
     training by the data pipeline, and ``noise_sig`` when the mixtures are
     noisy (the manifest has ``noise_wav``; used to re-mix after speed
@@ -227,7 +240,8 @@ class Separation(sb.Brain):
         targets : torch.Tensor
             `[batch, time, num_spks]`, the (possibly perturbed) sources.
         lengths : torch.Tensor
-            `[batch]`, relative lengths of the utterances.
+            `[batch]`, relative lengths of the utterances (in the perturbed
+            signals after speed perturbation).
         """
         mix, lengths = mix
         mix, lengths = mix.to(self.device), lengths.to(self.device)

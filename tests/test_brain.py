@@ -466,3 +466,32 @@ def test_recipe_test_only_with_a_silent_utterance_and_extra_metrics(tmp_path):
     assert brain.test_summary["n_incomplete"] == 1
     log = (out / "train_log.txt").read_text()
     assert "test loss: " in log and "train time: " in log
+
+
+def test_intra_epoch_checkpoint_keeps_the_epoch_counters(tmp_path):
+    """Resuming inside an epoch continues its mean loss and counts."""
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    def brain_with_checkpointer():
+        brain = make_brain(tmp_path)
+        brain.checkpointer = Checkpointer(tmp_path / "save")
+        brain.checkpointer.add_recoverable("brain", brain)
+        return brain
+
+    brain = brain_with_checkpointer()
+    brain.step, brain.avg_train_loss = 5, -3.5
+    brain.counted_batches, brain.skipped_batches = 4, 1
+    brain.train_samples = 10
+    brain.checkpointer.save_checkpoint(end_of_epoch=False)
+
+    resumed = brain_with_checkpointer()
+    resumed.checkpointer.recover_if_possible()
+    assert (resumed.step, resumed.avg_train_loss) == (5, -3.5)
+    assert (resumed.counted_batches, resumed.skipped_batches) == (4, 1)
+    assert resumed.train_samples == 10
+    # the epoch goes on: its counters are not reset, the mean continues
+    resumed.on_stage_start(sb.Stage.TRAIN, 1)
+    assert resumed.skipped_batches == 1
+    resumed.step += 1
+    mean = resumed.update_average(torch.tensor(-1.0), resumed.avg_train_loss)
+    assert mean == pytest.approx((4 * -3.5 - 1.0) / 5)
