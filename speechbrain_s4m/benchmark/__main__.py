@@ -4,18 +4,66 @@ Example::
 
     python -m speechbrain_s4m.benchmark --durations 1 4 16 60 --repeats 5 \\
         --threads 2 --json benchmark.json
+
+    # with and without activation checkpointing of the S4M iterations
+    python -m speechbrain_s4m.benchmark --models s4m_tiny \\
+        --checkpoint-iterations --durations 4 16 --json ckpt.json
+
+    # GPU, fp32 and fp16 autocast
+    python -m speechbrain_s4m.benchmark --device cuda --precision fp32 fp16
+
+    # tables and plot of an existing JSON, nothing measured
+    python -m speechbrain_s4m.benchmark --from-json benchmark.json
 """
 
 import argparse
 import json
+import os
+import re
 import sys
 
+import yaml
+
+from speechbrain_s4m.benchmark.measure import PRECISIONS
 from speechbrain_s4m.benchmark.models import (
     DEFAULT_MODELS,
+    checkpointing_variants,
     format_tables,
+    plot_results,
     run_benchmark,
     run_case,
 )
+
+
+def parse_model_overrides(items):
+    """``LABEL:YAML`` strings to ``{label: dict}``.
+
+    Arguments
+    ---------
+    items : list of str
+        E.g. ``['s4m_tiny:{checkpoint_iterations: True}']``.
+
+    Returns
+    -------
+    dict
+
+    Example
+    -------
+    >>> parse_model_overrides(["s4m_tiny:{checkpoint_iterations: True}"])
+    {'s4m_tiny': {'checkpoint_iterations': True}}
+    """
+    out = {}
+    for item in items or []:
+        label, sep, text = item.partition(":")
+        if not sep or not re.fullmatch(r"[\w.+-]+", label):
+            raise ValueError(f"--model-overrides {item!r}: expected LABEL:YAML")
+        value = yaml.safe_load(text)
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"--model-overrides {item!r}: the YAML is not a mapping"
+            )
+        out.setdefault(label, {}).update(value)
+    return out
 
 
 def parse_args(argv=None):
@@ -29,7 +77,21 @@ def parse_args(argv=None):
         "--models",
         nargs="+",
         default=list(DEFAULT_MODELS),
-        help="model fragments (default: %(default)s)",
+        help="model fragments, or LABEL=FRAGMENT to measure a fragment "
+        "under another name (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model-overrides",
+        nargs="+",
+        metavar="LABEL:YAML",
+        help="fragment overrides of one model, e.g. "
+        "'s4m_tiny:{checkpoint_iterations: True}'",
+    )
+    p.add_argument(
+        "--checkpoint-iterations",
+        action="store_true",
+        help="also measure each S4M model with activation checkpointing of "
+        "its iterations (label <model>+ckpt), beside the plain one",
     )
     p.add_argument(
         "--durations",
@@ -45,6 +107,14 @@ def parse_args(argv=None):
         help="timed runs up to 4 s inputs; half up to 16 s, 1 beyond",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=PRECISIONS,
+        help="fp32 and/or autocast fp16 / bf16, each measured "
+        "(default: %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--skip-train", action="store_true", help="inference only")
     p.add_argument(
@@ -61,7 +131,29 @@ def parse_args(argv=None):
     )
     p.add_argument("--sample-rate", type=int, default=8000)
     p.add_argument("--num-spks", type=int, default=2)
+    p.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave the C allocator as it is (default: every case process "
+        "keeps freed memory for reuse, all models alike)",
+    )
     p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument(
+        "--plot",
+        help="log-log plot (PNG) of time per second of audio; default: "
+        "the JSON's path with .png",
+    )
+    p.add_argument(
+        "--from-json",
+        metavar="JSON",
+        help="measure nothing: print the tables of this results file and "
+        "write its plot (--plot, default next to it)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing JSON / plot",
+    )
     p.add_argument(
         "--in-process",
         action="store_true",
@@ -71,34 +163,73 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _outputs(args):
+    """The (json, plot) paths this run writes."""
+    plot = args.plot
+    source = args.json or args.from_json
+    if plot is None and source:
+        plot = os.path.splitext(source)[0] + ".png"
+    return (None if args.from_json else args.json), plot
+
+
 def main(argv=None):
     """Run the benchmark (or one worker case)."""
     args = parse_args(argv)
     if args.worker:
         print(json.dumps(run_case(json.loads(args.worker))), flush=True)
         return 0
-    durations = [int(d) if float(d).is_integer() else d for d in args.durations]
-    results = run_benchmark(
-        models=args.models,
-        durations=durations,
-        repeats=args.repeats,
-        device=args.device,
-        threads=args.threads,
-        skip_train=args.skip_train,
-        max_seconds=args.max_seconds,
-        max_memory_gib=args.max_memory_gib,
-        sample_rate=args.sample_rate,
-        num_spks=args.num_spks,
-        in_process=args.in_process or args.device.startswith("cuda"),
-        log=lambda msg: print(msg, file=sys.stderr, flush=True),
-    )
-    results["config"]["command"] = "python -m speechbrain_s4m.benchmark " + (
-        " ".join(sys.argv[1:] if argv is None else argv)
-    )
+    json_path, plot_path = _outputs(args)
+    existing = [p for p in (json_path, plot_path) if p and os.path.exists(p)]
+    if existing and not args.overwrite:
+        print(
+            f"error: {', '.join(existing)} exist(s); pass --overwrite to "
+            "replace",
+            file=sys.stderr,
+        )
+        return 2
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as fin:
+            results = json.load(fin)
+    else:
+        try:
+            overrides = parse_model_overrides(args.model_overrides)
+            models = list(args.models)
+            if args.checkpoint_iterations:
+                models, overrides = checkpointing_variants(models, overrides)
+            durations = [
+                int(d) if float(d).is_integer() else d for d in args.durations
+            ]
+            results = run_benchmark(
+                models=models,
+                durations=durations,
+                repeats=args.repeats,
+                device=args.device,
+                threads=args.threads,
+                skip_train=args.skip_train,
+                max_seconds=args.max_seconds,
+                max_memory_gib=args.max_memory_gib,
+                sample_rate=args.sample_rate,
+                num_spks=args.num_spks,
+                in_process=args.in_process or args.device.startswith("cuda"),
+                log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                precisions=args.precision,
+                model_overrides=overrides,
+                default_allocator=args.default_allocator,
+            )
+        except (RuntimeError, ValueError, KeyError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        results["config"]["command"] = (
+            "python -m speechbrain_s4m.benchmark "
+            + " ".join(sys.argv[1:] if argv is None else argv)
+        )
     print(format_tables(results))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fout:
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as fout:
             json.dump(results, fout, indent=2)
+    if plot_path:
+        plot_results(results, plot_path)
+        print(f"plot: {plot_path}", file=sys.stderr)
     return 0
 
 

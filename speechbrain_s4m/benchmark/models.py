@@ -7,12 +7,22 @@ Measures, for each model fragment of ``speechbrain_s4m/hparams/models``:
   ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
   attention) extended by :func:`mac_counter` with the FFTs and the complex
   arithmetic of the S4 layers (which the stock counter does not see);
-* CPU (or GPU) wall time of inference and of one training step
-  (forward + PIT SI-SNR loss + backward + Adam step), median of repeats;
+* time of inference and of one training step (forward + PIT SI-SNR loss +
+  backward + Adam step), median of repeats: wall and process CPU time on
+  the CPU, CUDA-event time on a GPU (:mod:`.measure`), at fp32 and
+  optionally fp16/bf16 autocast;
 * peak memory: on CPU every (model, duration, mode) runs in its own
   subprocess and reports its peak resident set size (``ru_maxrss``) and the
   resident size just before the measured runs; on GPU
-  ``torch.cuda.max_memory_allocated``.
+  ``torch.cuda.max_memory_allocated`` after a reset per case.
+
+Every case process keeps freed memory for reuse
+(:func:`speechbrain_s4m.allocator.keep_freed_memory`, all models alike)
+unless ``default_allocator`` is set; the condition is recorded in the
+results and printed with the tables. Model labels may carry fragment
+overrides (``label=fragment``), e.g. an activation-checkpointing variant
+(:func:`checkpointing_variants`) measured beside the plain model.
+:func:`plot_results` draws time per second of audio against the length.
 
 Runs whose predicted wall time or memory (extrapolated from the shorter
 durations of the same model) exceed the budget are skipped and marked.
@@ -23,15 +33,26 @@ Authors: the speechbrain-s4m contributors
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
-from speechbrain_s4m.config import load_model_config
+from speechbrain_s4m.benchmark.measure import (
+    PRECISIONS,
+    PeakMemory,
+    StepTimer,
+    apply_allocator,
+    autocast_context,
+    check_device,
+    grad_scaler,
+)
+from speechbrain_s4m.config import (
+    check_overrides,
+    load_model_config,
+    model_config_path,
+)
 
 # The model the recipes train and inference runs; also importable from here
 from speechbrain_s4m.lobes.separator import Separator as Separator
@@ -207,49 +228,147 @@ def count_macs(model, mix):
     }
 
 
-# -------------------------------------------------------------- timing --
-def _rss_mib():
-    """Current resident set size of this process in MiB (Linux)."""
+# ------------------------------------------------------------ variants --
+def parse_model_spec(spec):
+    """Splits a ``--models`` entry into (label, fragment).
+
+    ``"s4m_tiny"`` measures the fragment under its own name;
+    ``"label=fragment"`` measures the fragment under another name, so that
+    one fragment can run with different overrides in the same run.
+
+    Arguments
+    ---------
+    spec : str
+        The entry.
+
+    Returns
+    -------
+    tuple of str
+        ``(label, fragment)``.
+
+    Example
+    -------
+    >>> parse_model_spec("s4m_tiny")
+    ('s4m_tiny', 's4m_tiny')
+    >>> parse_model_spec("tiny_ckpt=s4m_tiny")
+    ('tiny_ckpt', 's4m_tiny')
+    """
+    label, sep, fragment = spec.partition("=")
+    if not sep:
+        return spec, spec
+    if not label or not fragment:
+        raise ValueError(f"model {spec!r}: expected NAME or LABEL=FRAGMENT")
+    return label, fragment
+
+
+def fragment_has_key(fragment, key):
+    """Whether the model fragment defines the top-level ``key``.
+
+    Example
+    -------
+    >>> fragment_has_key("s4m_tiny", "checkpoint_iterations")
+    True
+    >>> fragment_has_key("sepformer", "checkpoint_iterations")
+    False
+    """
     try:
-        with open("/proc/self/statm") as fin:
-            pages = int(fin.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        return float("nan")
+        check_overrides(model_config_path(fragment), {key: None})
+    except KeyError:
+        return False
+    return True
 
 
-def _peak_rss_mib():
-    # ru_maxrss is in KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def checkpointing_variants(models, overrides=None):
+    """Adds an activation-checkpointing variant of every model that has one.
+
+    For each entry whose fragment defines ``checkpoint_iterations`` (the S4M
+    masknets), a variant ``<label>+ckpt`` with ``checkpoint_iterations:
+    True`` is inserted right after it, so that both run side by side.
+
+    Arguments
+    ---------
+    models : sequence of str
+        ``--models`` entries (``name`` or ``label=fragment``).
+    overrides : dict, optional
+        ``{label: {key: value}}``; the variant inherits its base's.
+
+    Returns
+    -------
+    tuple
+        ``(models, overrides)``, extended.
+
+    Example
+    -------
+    >>> m, o = checkpointing_variants(["s4m_tiny", "sepformer"])
+    >>> m
+    ['s4m_tiny', 's4m_tiny+ckpt=s4m_tiny', 'sepformer']
+    >>> o
+    {'s4m_tiny+ckpt': {'checkpoint_iterations': True}}
+    """
+    out_models, out_over = [], dict(overrides or {})
+    for spec in models:
+        out_models.append(spec)
+        label, fragment = parse_model_spec(spec)
+        if fragment_has_key(fragment, "checkpoint_iterations"):
+            variant = f"{label}+ckpt"
+            out_models.append(f"{variant}={fragment}")
+            out_over[variant] = {
+                **out_over.get(label, {}),
+                "checkpoint_iterations": True,
+            }
+    return out_models, out_over
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def mode_key(mode, precision):
+    """Results key of a mode at a precision: ``infer``/``train`` for fp32
+    (what :mod:`speechbrain_s4m.compare` reads), else ``infer_fp16`` etc.
+
+    Example
+    -------
+    >>> mode_key("infer", "fp32"), mode_key("train", "fp16")
+    ('infer', 'train_fp16')
+    """
+    return mode if precision == "fp32" else f"{mode}_{precision}"
 
 
+# -------------------------------------------------------------- timing --
 def run_case(spec):
-    """Measure one (model, duration, mode) case in this process.
+    """Measure one (model, duration, mode, precision) case in this process.
 
     Arguments
     ---------
     spec : dict
-        ``model``, ``seconds``, ``mode`` ("infer" or "train"), ``repeats``,
-        ``warmup``, ``device``, ``threads``, ``sample_rate``, ``num_spks``,
-        ``count_macs`` (bool).
+        ``model`` (fragment), ``seconds``, ``mode`` ("infer" or "train"),
+        ``repeats``, ``warmup``, ``device``, ``threads``, ``sample_rate``,
+        ``num_spks``, ``count_macs`` (bool); optional ``precision``
+        ("fp32" default, "fp16", "bf16": autocast), ``overrides`` (dict of
+        fragment keys) and ``default_allocator`` (bool: leave the C
+        allocator as it is instead of
+        :func:`speechbrain_s4m.allocator.keep_freed_memory`).
 
     Returns
     -------
     dict
-        ``times`` (wall, s), ``median`` (s), ``cpu_times`` / ``cpu_median``
-        (CPU time of the process, all threads; robust to other processes'
-        load when run with 1 thread), ``peak_mib`` (peak memory of the case),
-        ``base_mib`` (memory before the measured runs), optional ``macs``.
+        ``times`` (s) and ``median``: wall time on the CPU, CUDA-event time
+        on a GPU (``timing`` says which); ``wall_times`` / ``wall_median``,
+        ``cpu_times`` / ``cpu_median`` (CPU time of the process, all
+        threads; robust to other processes' load when run with 1 thread),
+        ``peak_mib`` (peak memory of the case: process RSS on the CPU,
+        ``torch.cuda.max_memory_allocated`` since a reset on a GPU),
+        ``base_mib`` (memory before the measured runs), ``allocator``,
+        ``precision``, optional ``macs``.
     """
+    allocator = apply_allocator(spec.get("default_allocator", False))
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    device = torch.device(spec["device"])
-    model = build_model(spec["model"], spec["sample_rate"], spec["num_spks"])
+    device = check_device(spec["device"])
+    precision = spec.get("precision", "fp32")
+    model = build_model(
+        spec["model"],
+        spec["sample_rate"],
+        spec["num_spks"],
+        spec.get("overrides"),
+    )
     model.to(device)
     length = int(round(spec["seconds"] * spec["sample_rate"]))
     mix = torch.randn(1, length, device=device)
@@ -257,17 +376,15 @@ def run_case(spec):
     if spec.get("count_macs"):
         model.eval()
         result["macs"] = count_macs(model, mix)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device) / 2**20
-    else:
-        base = _rss_mib()
+    memory = PeakMemory(device)
+    timer = StepTimer(device)
+    cast = autocast_context(device, precision)
 
     if spec["mode"] == "infer":
         model.eval()
 
         def step():
-            with torch.inference_mode():
+            with torch.inference_mode(), cast:
                 model(mix)
 
     else:
@@ -275,36 +392,47 @@ def run_case(spec):
 
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        scaler = grad_scaler(device, precision)
         sources = torch.randn(1, length, spec["num_spks"], device=device)
 
         def step():
             opt.zero_grad(set_to_none=True)
-            est = model(mix)
-            loss = get_si_snr_with_pitwrapper(sources, est).mean()
-            loss.backward()
-            opt.step()
+            with cast:
+                est = model(mix)
+            loss = get_si_snr_with_pitwrapper(sources, est.float()).mean()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
 
-    times, cpu_times = [], []
-    for i in range(spec["warmup"] + spec["repeats"]):
-        _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
+    base = memory.start()  # before the warm-up: the RSS stays at its peak
+    for _ in range(spec["warmup"]):
         step()
-        _sync(device)
-        if i >= spec["warmup"]:
-            times.append(time.perf_counter() - t0)
-            cpu_times.append(time.process_time() - c0)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak = _peak_rss_mib()
+    runs = [timer(step) for _ in range(spec["repeats"])]
+    peak = memory.peak()
+    wall = [r["wall_s"] for r in runs]
+    cpu = [r["cpu_s"] for r in runs]
+    gpu = [r["gpu_s"] for r in runs] if timer.is_cuda else None
+    times = gpu if gpu is not None else wall
     result.update(
         times=times,
         median=statistics.median(times),
-        cpu_times=cpu_times,
-        cpu_median=statistics.median(cpu_times),
+        timing="cuda_events" if gpu is not None else "wall",
+        wall_times=wall,
+        wall_median=statistics.median(wall),
+        cpu_times=cpu,
+        cpu_median=statistics.median(cpu),
         peak_mib=peak,
         base_mib=base,
+        allocator=allocator,
+        precision=precision,
     )
+    if timer.is_cuda:
+        del model, mix
+        torch.cuda.empty_cache()
     return result
 
 
@@ -373,13 +501,17 @@ def run_benchmark(
     num_spks=2,
     in_process=False,
     log=print,
+    precisions=("fp32",),
+    model_overrides=None,
+    default_allocator=False,
 ):
     """Run the whole benchmark.
 
     Arguments
     ---------
     models : sequence of str
-        Model fragments.
+        Model fragments, or ``label=fragment`` entries
+        (:func:`parse_model_spec`).
     durations : sequence of float
         Input durations in seconds.
     repeats : int
@@ -402,21 +534,53 @@ def run_benchmark(
         peak so far on CPU.
     log : callable
         Progress output.
+    precisions : sequence of str
+        ``fp32``, ``fp16``, ``bf16`` (autocast), each measured.
+    model_overrides : dict, optional
+        ``{label: {key: value}}``: fragment overrides per model label,
+        checked against the fragment before anything runs.
+    default_allocator : bool
+        Leave the C allocator as it is; by default every case process
+        calls :func:`speechbrain_s4m.allocator.keep_freed_memory` (all
+        models alike).
 
     Returns
     -------
     dict
-        JSON-serialisable results: ``config``, ``models`` (per model:
-        ``params``, ``macs`` per duration, ``infer`` / ``train`` per
+        JSON-serialisable results: ``config`` (with ``allocator``, the
+        condition the cases ran under, and ``precisions``), ``models`` (per
+        label: ``fragment``, ``overrides``, ``params``, ``macs`` per
+        duration, ``infer`` / ``train`` (fp32) and ``infer_fp16`` ... per
         duration).
     """
+    check_device(device)
+    model_overrides = dict(model_overrides or {})
+    specs = [parse_model_spec(m) for m in models]
+    labels = [label for label, _ in specs]
+    unknown = set(model_overrides) - set(labels)
+    if unknown:
+        raise ValueError(
+            f"overrides for {sorted(unknown)}, which are not among the "
+            f"models {labels}"
+        )
+    for label, fragment in specs:
+        if model_overrides.get(label):
+            check_overrides(model_config_path(fragment), model_overrides[label])
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f"precision {p!r} not in {PRECISIONS}")
     modes = ["infer"] if skip_train else ["infer", "train"]
+    if in_process:
+        # the cases run here: this process's condition is theirs
+        apply_allocator(default_allocator)
     out = {
         "config": {
             "durations": list(durations),
             "repeats": repeats,
             "device": device,
             "threads": threads,
+            "precisions": list(precisions),
+            "timing": "cuda_events" if device != "cpu" else "wall",
             "sample_rate": sample_rate,
             "num_spks": num_spks,
             "max_seconds": max_seconds,
@@ -427,10 +591,19 @@ def run_benchmark(
         },
         "models": {},
     }
-    for name in models:
-        model = build_model(name, sample_rate, num_spks)
-        entry = {"params": count_parameters(model), "macs": {}}
-        entry.update({mode: {} for mode in modes})
+    if device != "cpu":
+        out["config"]["gpu"] = torch.cuda.get_device_name(device)
+    for label, fragment in specs:
+        overrides = model_overrides.get(label) or {}
+        model = build_model(fragment, sample_rate, num_spks, overrides)
+        entry = {
+            "fragment": fragment,
+            "overrides": overrides,
+            "params": count_parameters(model),
+            "macs": {},
+        }
+        for precision in precisions:
+            entry.update({mode_key(m, precision): {} for m in modes})
         # MACs without computing, on the meta device, where the model's
         # ops support it (SepFormer, Conv-TasNet); otherwise they are
         # counted during the inference case (one real forward)
@@ -443,64 +616,75 @@ def run_benchmark(
             except (RuntimeError, NotImplementedError):
                 break
         del model
-        out["models"][name] = entry
-        log(f"{name}: {entry['params']:,} trainable parameters")
-    # models interleaved per (mode, duration): on a shared machine the
-    # cases compared with each other run close together in time
-    history = {}
+        out["models"][label] = entry
+        log(f"{label}: {entry['params']:,} trainable parameters")
+    # models interleaved per (mode, precision, duration): on a shared
+    # machine the cases compared with each other run close together in time
+    history, conditions = {}, set()
     for mode in modes:
-        for sec in sorted(durations):
-            for name in models:
-                entry = out["models"][name]
-                time_pts, mem_pts, base = history.setdefault(
-                    (name, mode), ([], [], [0.0])
-                )
-                reps = repeats_for(sec, repeats)
-                warm = 1 if sec <= 16 else 0
-                t_pred = _extrapolate(time_pts, sec)
-                m_pred = _extrapolate(mem_pts, sec, offset=base[0])
-                key = str(sec)
-                if t_pred is not None and t_pred > max_seconds:
-                    res = {
-                        "skipped": f"predicted {t_pred:.0f} s/run"
-                        f" > {max_seconds:.0f} s"
-                    }
-                elif m_pred is not None and m_pred > max_memory_gib * 1024:
-                    res = {
-                        "skipped": f"predicted {m_pred / 1024:.1f} GiB"
-                        f" > {max_memory_gib:.0f} GiB"
-                    }
-                else:
-                    spec = {
-                        "model": name,
-                        "seconds": sec,
-                        "mode": mode,
-                        "repeats": reps,
-                        "warmup": warm,
-                        "device": device,
-                        "threads": threads,
-                        "sample_rate": sample_rate,
-                        "num_spks": num_spks,
-                        "count_macs": mode == "infer"
-                        and key not in entry["macs"],
-                    }
-                    budget = max_seconds * (reps + warm + 2) + 60
-                    if in_process:
-                        res = run_case(spec)
+        for precision in precisions:
+            key_mode = mode_key(mode, precision)
+            for sec in sorted(durations):
+                for label, fragment in specs:
+                    entry = out["models"][label]
+                    time_pts, mem_pts, base = history.setdefault(
+                        (label, key_mode), ([], [], [0.0])
+                    )
+                    reps = repeats_for(sec, repeats)
+                    warm = 1 if sec <= 16 else 0
+                    t_pred = _extrapolate(time_pts, sec)
+                    m_pred = _extrapolate(mem_pts, sec, offset=base[0])
+                    key = str(sec)
+                    if t_pred is not None and t_pred > max_seconds:
+                        res = {
+                            "skipped": f"predicted {t_pred:.0f} s/run"
+                            f" > {max_seconds:.0f} s"
+                        }
+                    elif m_pred is not None and m_pred > max_memory_gib * 1024:
+                        res = {
+                            "skipped": f"predicted {m_pred / 1024:.1f} GiB"
+                            f" > {max_memory_gib:.0f} GiB"
+                        }
                     else:
-                        res = _run_in_subprocess(spec, budget)
-                    if "median" in res:
-                        time_pts.append((sec, min(res["times"])))
-                        mem_pts.append((sec, res["peak_mib"]))
-                        base[0] = res["base_mib"]
-                    if "macs" in res:
-                        entry["macs"][key] = res.pop("macs")
-                entry[mode][key] = res
-                msg = res.get("skipped") or (
-                    f"median {res['median']:.3f} s (CPU {res['cpu_median']:.3f}"
-                    f" s), peak {res['peak_mib']:.0f} MiB"
-                )
-                log(f"{name:>10s} {mode:5s} {sec:>5g} s: {msg}")
+                        spec = {
+                            "model": fragment,
+                            "label": label,
+                            "overrides": entry["overrides"],
+                            "seconds": sec,
+                            "mode": mode,
+                            "precision": precision,
+                            "repeats": reps,
+                            "warmup": warm,
+                            "device": device,
+                            "threads": threads,
+                            "sample_rate": sample_rate,
+                            "num_spks": num_spks,
+                            "default_allocator": default_allocator,
+                            "count_macs": mode == "infer"
+                            and key not in entry["macs"],
+                        }
+                        budget = max_seconds * (reps + warm + 2) + 60
+                        if in_process:
+                            res = run_case(spec)
+                        else:
+                            res = _run_in_subprocess(spec, budget)
+                        if "median" in res:
+                            time_pts.append((sec, min(res["times"])))
+                            mem_pts.append((sec, res["peak_mib"]))
+                            base[0] = res["base_mib"]
+                            conditions.add(res["allocator"])
+                        if "macs" in res:
+                            entry["macs"][key] = res.pop("macs")
+                    entry[key_mode][key] = res
+                    msg = res.get("skipped") or (
+                        f"median {res['median']:.3f} s (CPU "
+                        f"{res['cpu_median']:.3f} s), peak "
+                        f"{res['peak_mib']:.0f} MiB"
+                    )
+                    log(f"{label:>10s} {key_mode:5s} {sec:>5g} s: {msg}")
+    out["config"]["allocator"] = " + ".join(sorted(conditions)) or (
+        "default" if default_allocator else "freed memory kept"
+    )
     out["config"]["load_avg_end"] = list(os.getloadavg())
     return out
 
@@ -524,6 +708,28 @@ def _fmt_mem(res):
     return f"{res['peak_mib']:.0f}"
 
 
+def describe_conditions(config):
+    """One line naming what the results were measured under.
+
+    Example
+    -------
+    >>> describe_conditions({"device": "cpu", "threads": 2})
+    'cpu, 2 threads, fp32, wall time; allocator: not recorded'
+    """
+    device = config.get("device", "cpu")
+    parts = [device]
+    if device == "cpu":
+        n = config.get("threads")
+        parts.append(f"{n} thread" + ("" if n == 1 else "s"))
+    elif config.get("gpu"):
+        parts.append(config["gpu"])
+    parts.append(" + ".join(config.get("precisions", ["fp32"])))
+    timing = config.get("timing", "wall")
+    parts.append("CUDA-event time" if timing == "cuda_events" else "wall time")
+    allocator = config.get("allocator", "not recorded")
+    return ", ".join(parts) + f"; allocator: {allocator}"
+
+
 def format_tables(results):
     """Markdown tables of :func:`run_benchmark` results.
 
@@ -535,13 +741,17 @@ def format_tables(results):
     Returns
     -------
     str
-        A sizes/MACs table and a speed/memory table.
+        A line with the conditions (device, threads, precisions, timing,
+        allocator), a sizes/MACs table and a speed/memory table per
+        precision.
     """
     cfg = results["config"]
     models = results["models"]
     durs = [str(d) for d in cfg["durations"]]
     ref = models.get(REFERENCE)
     lines = [
+        f"Measured on {describe_conditions(cfg)}",
+        "",
         "| model | params | "
         + " | ".join(f"GMACs/s @{d} s" for d in durs)
         + f" | % of {REFERENCE} MACs @{' / '.join(durs)} s"
@@ -569,22 +779,117 @@ def format_tables(results):
             + " | ".join(cells)
             + f" | {' / '.join(pct) or '-'} | {share} |"
         )
-    lines.append("")
     unit = "GPU MiB (max allocated)" if cfg["device"] != "cpu" else "MiB RSS"
-    lines.append(
-        "| model | input | inference s: wall / CPU, medians (speed-up vs "
-        f"{REFERENCE}: wall / CPU) | train step s: wall / CPU "
-        f"(speed-up) | peak infer {unit} | peak train {unit} |"
+    timed = (
+        "GPU (CUDA events) / CPU"
+        if cfg.get("timing") == "cuda_events"
+        else "wall / CPU"
     )
-    lines.append("|---|---|---|---|---|---|")
-    for name, e in models.items():
-        for d in durs:
-            inf = e.get("infer", {}).get(d)
-            trn = e.get("train", {}).get(d)
-            r_inf = ref.get("infer", {}).get(d) if ref else None
-            r_trn = ref.get("train", {}).get(d) if ref else None
-            lines.append(
-                f"| {name} | {d} s | {_fmt_time(inf, r_inf)} | "
-                f"{_fmt_time(trn, r_trn)} | {_fmt_mem(inf)} | {_fmt_mem(trn)} |"
-            )
+    for precision in cfg.get("precisions", ["fp32"]):
+        k_inf, k_trn = (
+            mode_key("infer", precision),
+            mode_key("train", precision),
+        )
+        lines += [
+            "",
+            f"{precision}:",
+            "",
+            f"| model | input | inference s: {timed}, medians (speed-up vs "
+            f"{REFERENCE}) | train step s: {timed} (speed-up) "
+            f"| peak infer {unit} | peak train {unit} |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, e in models.items():
+            for d in durs:
+                inf = e.get(k_inf, {}).get(d)
+                trn = e.get(k_trn, {}).get(d)
+                r_inf = ref.get(k_inf, {}).get(d) if ref else None
+                r_trn = ref.get(k_trn, {}).get(d) if ref else None
+                lines.append(
+                    f"| {name} | {d} s | {_fmt_time(inf, r_inf)} | "
+                    f"{_fmt_time(trn, r_trn)} | {_fmt_mem(inf)} "
+                    f"| {_fmt_mem(trn)} |"
+                )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- plot --
+def plot_results(results, path):
+    """Log-log plot of time per second of audio vs input length.
+
+    Two panels, inference and training step; one line per model (colour)
+    and precision (line style); skipped cases are left out. The title names
+    the device, threads, precisions and the allocator condition.
+
+    Arguments
+    ---------
+    results : dict
+        Output of :func:`run_benchmark` (or a benchmark JSON loaded).
+    path : str or pathlib.Path
+        The PNG to write.
+
+    Returns
+    -------
+    int
+        Number of curves drawn.
+
+    Example
+    -------
+    >>> import json, os, tempfile
+    >>> results = {
+    ...     "config": {"device": "cpu", "threads": 2, "durations": [1, 4]},
+    ...     "models": {
+    ...         "m": {"infer": {"1": {"median": 0.2}, "4": {"median": 0.5}}}
+    ...     },
+    ... }
+    >>> path = os.path.join(tempfile.mkdtemp(), "plot.png")
+    >>> plot_results(results, path), os.path.getsize(path) > 0
+    (1, True)
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = results.get("config", {})
+    precisions = cfg.get("precisions", ["fp32"])
+    styles = ["-", "--", ":", "-."]
+    timed = "GPU" if cfg.get("timing") == "cuda_events" else "wall"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    curves = 0
+    panels = (("infer", "inference"), ("train", "training step"))
+    for ax, (mode, title) in zip(axes, panels):
+        for i, (name, entry) in enumerate(results.get("models", {}).items()):
+            for j, precision in enumerate(precisions):
+                cases = entry.get(mode_key(mode, precision), {})
+                pts = sorted(
+                    (float(d), r["median"] / float(d))
+                    for d, r in cases.items()
+                    if isinstance(r, dict) and "median" in r
+                )
+                if not pts:
+                    continue
+                label = name if len(precisions) == 1 else f"{name} {precision}"
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    styles[j % len(styles)],
+                    marker="o",
+                    color=colours[i % len(colours)],
+                    label=label,
+                )
+                curves += 1
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("input length (s of audio)")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel(f"{timed} time per second of audio (s/s)")
+    fig.suptitle(describe_conditions(cfg), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return curves
