@@ -79,6 +79,7 @@ def test_cli_json_structure_and_plot(tmp_path):
             assert cpu[0] == 0 and cpu == sorted(cpu) and cpu[-1] > 0
             assert len(r["train_loss"]) == 4 and len(r["lr"]) == 4
             assert len(r["grad_norms"]) == 3
+            assert len(r["block_rms_init"]["block_out"]) == 2
             g = r["grad_norms"][0]
             for group in (
                 "encoder",
@@ -168,6 +169,28 @@ def test_zero_res_conv_init_makes_each_block_the_identity():
         "masknet.block.res_conv.bias",
     ]
     assert torch.equal(model.masknet.block(x), x)
+
+
+def test_block_output_rms_follows_the_iterations():
+    torch.manual_seed(0)
+    model = build_model("s4m_tiny", overrides=TINY_DICT)
+    mix = torch.randn(1, 600)
+    stats = ls.block_output_rms(model, mix)
+    # reference: the iterations written out by hand
+    m = model.masknet
+    x0 = m.bottleneck(m.norm(model.encoder(mix)))
+    with torch.no_grad():
+        h1 = m.block(x0)
+        in2 = m.iter_act(m.iter_conv(x0 + h1))
+        h2 = m.block(in2)
+    ref_in = [float(t.pow(2).mean().sqrt()) for t in (x0, in2)]
+    ref_out = [float(t.pow(2).mean().sqrt()) for t in (h1, h2)]
+    assert stats["block_in"] == pytest.approx(ref_in, rel=1e-5)
+    assert stats["block_out"] == pytest.approx(ref_out, rel=1e-5)
+    assert stats["bottleneck"] == pytest.approx(ref_in[0], rel=1e-5)
+    assert stats["mask_mean"] >= 0
+    conv = build_model("convtasnet")
+    assert ls.block_output_rms(conv, mix) == {}
 
 
 def test_apply_init_scales_only_the_prefix():

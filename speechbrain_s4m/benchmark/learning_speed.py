@@ -67,6 +67,7 @@ __all__ = [
     "TRAIN_SETTINGS",
     "Variant",
     "apply_init",
+    "block_output_rms",
     "grad_group",
     "grad_norms",
     "make_mixtures",
@@ -334,6 +335,64 @@ def grad_norms(model):
     return out
 
 
+def block_output_rms(model, mix):
+    """RMS of the masknet's input to and output of every application of
+    S4M's shared block (one forward, no gradient).
+
+    Arguments
+    ---------
+    model : Separator
+        A separator with an S4M masknet (``masknet.block``).
+    mix : torch.Tensor
+        ``[batch, time]``.
+
+    Returns
+    -------
+    dict
+        ``bottleneck`` (RMS of the bottleneck output x0), ``block_in`` and
+        ``block_out`` (lists, one per application), ``mask_mean`` (mean of
+        the ReLU masks); empty if the masknet has no ``block``.
+
+    Example
+    -------
+    >>> model = build_model("s4m_tiny", overrides={"num_iterations": 3,
+    ...     "hidden_channels": 8, "out_channels": 4, "depth": 2})
+    >>> stats = block_output_rms(model, torch.randn(1, 400))
+    >>> len(stats["block_in"]), len(stats["block_out"])
+    (3, 3)
+    """
+    masknet = model.masknet
+    if not hasattr(masknet, "block"):
+        return {}
+    stats = {"block_in": [], "block_out": []}
+
+    def rms(t):
+        return float(t.detach().pow(2).mean().sqrt())
+
+    def hook(_module, inputs, output):
+        stats["block_in"].append(rms(inputs[0]))
+        stats["block_out"].append(rms(output))
+
+    handles = [
+        masknet.block.register_forward_hook(hook),
+        masknet.bottleneck.register_forward_hook(
+            lambda _m, _i, out: stats.__setitem__("bottleneck", rms(out))
+        ),
+        masknet.register_forward_hook(
+            lambda _m, _i, out: stats.__setitem__(
+                "mask_mean", float(out.detach().mean())
+            )
+        ),
+    ]
+    try:
+        with torch.no_grad():
+            model(mix.to(next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
 def valid_si_snri(model, mix, sources, batch=4):
     """Mean SI-SNR improvement (dB, PIT) and loss on a validation set.
 
@@ -455,6 +514,7 @@ def train_variant(variant, seed, train, valid, args):
             flush=True,
         )
 
+    log["block_rms_init"] = block_output_rms(model, valid[0][:1])
     model.train()
     evaluate(0)
     for update in range(1, args.updates + 1):
@@ -485,6 +545,7 @@ def train_variant(variant, seed, train, valid, args):
         if update % args.eval_every == 0 or update == args.updates:
             evaluate(update)
     log["cpu_s"], log["wall_s"] = cpu, wall
+    log["block_rms_final"] = block_output_rms(model, valid[0][:1])
     return log
 
 
