@@ -313,6 +313,58 @@ def test_wrong_sample_rate_in_folder(tmp_path):
         prepare_wsj0mix(root, tmp_path / "save")
 
 
+def test_bad_audio_files_are_all_reported_at_once(data_root, tmp_path):
+    """Preparation reads every header: all bad files of all splits come in
+    one error that names each, before any manifest is written."""
+    from speechbrain_s4m.data import prepare
+
+    root = copy_of(data_root["wsj"], tmp_path / "wsj")
+    base = root / "wav8k" / "min"
+    tr, tt = (
+        sorted((base / "tr" / "mix").iterdir()),
+        sorted((base / "tt" / "mix").iterdir()),
+    )
+    bad = {}
+    # a training mixture whose data chunk is cut short
+    data = tr[0].read_bytes()
+    tr[0].write_bytes(data[: len(data) - 300])
+    bad[tr[0]] = "corrupt"
+    # a test source that is not audio at all
+    src = base / "tt" / "s1" / tt[0].name
+    src.write_bytes(b"not a wav file at all" * 10)
+    bad[src] = str(src)
+    # a validation source in stereo, one at 16 kHz, one shorter than its mix
+    cv = sorted((base / "cv" / "s2").iterdir())
+    sig, rate = sf.read(cv[0])
+    sf.write(cv[0], np.stack([sig, sig], 1), rate)
+    bad[cv[0]] = "2 channel"
+    sf.write(cv[1], sig, 16000)
+    bad[cv[1]] = "16000 Hz"
+    short = base / "tr" / "s2" / tr[1].name
+    sig, rate = sf.read(short)
+    sf.write(short, sig[:-10], rate)
+    bad[short] = f"has {len(sig) - 10} samples but its mixture"
+
+    save = tmp_path / "save"
+    with pytest.raises(prepare.DatasetAudioError) as err:
+        prepare_wsj0mix(root, save)
+    assert isinstance(err.value, DatasetLayoutError)
+    assert len(err.value.problems) == len(bad), err.value.problems
+    for path, reason in bad.items():
+        lines = [p for p in err.value.problems if str(path) in p]
+        assert len(lines) == 1 and reason in lines[0], (path, lines)
+    assert not (save / "train.csv").exists()
+    # the same with the thread pool (as on a large corpus)
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(prepare, "_POOL_MIN_FILES", 1)
+    try:
+        with pytest.raises(prepare.DatasetAudioError) as pooled:
+            prepare_wsj0mix(root, save)
+    finally:
+        monkey.undo()
+    assert sorted(pooled.value.problems) == sorted(err.value.problems)
+
+
 def test_skip_and_reprepare_on_changed_options(data_root, tmp_path):
     save = tmp_path / "save"
     prepare_librimix(data_root["libri"], save, mixture="both")

@@ -348,3 +348,28 @@ def test_no_torchvision_warning(tmp_path):
     assert proc.stdout.strip() == "FileTrainLogger"
     assert "torchvision" not in proc.stderr
     assert "still here" in proc.stderr
+
+
+# ----------------------------------------------------------------------
+# 9.9: bad audio found by preparation, before training
+# ----------------------------------------------------------------------
+def test_truncated_test_wav_stops_the_recipe_before_training(
+    tiny_datasets, tmp_path, capsys
+):
+    import shutil
+
+    data = tmp_path / "2speakers"
+    shutil.copytree(tiny_datasets["wsj0mix"], data)
+    cut = sorted((data / "wav8k" / "min" / "tt" / "mix").iterdir())[1]
+    raw = cut.read_bytes()
+    cut.write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(argv=recipe_args("WSJ0Mix", "s4m_tiny", data, out))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("error: WSJ0-2mix: 1 bad audio file(s)"), err
+    assert f"{cut}: corrupt audio file" in err
+    assert not (out / "train_log.txt").exists()
+    assert not list((out / "save").glob("CKPT+*"))

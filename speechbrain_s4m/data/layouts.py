@@ -65,6 +65,7 @@ __all__ = [
     "mixture_parts",
     "metadata_file",
     "metadata_columns",
+    "DatasetAudioError",
     "DatasetLayoutError",
     "ExpectedLayout",
 ]
@@ -278,6 +279,44 @@ class DatasetLayoutError(FileNotFoundError):
     The message names what is missing (folders, files, metadata columns) and
     the layout that was expected.
     """
+
+
+class DatasetAudioError(DatasetLayoutError):
+    """Audio files of a dataset that cannot be used (unreadable, truncated,
+    wrong rate or channel count, sources longer or shorter than their
+    mixture), all found in one pass over the headers.
+
+    Arguments
+    ---------
+    name : str
+        The dataset (``WSJ0-2mix``, ...).
+    data_folder : str or Path
+        The folder checked.
+    problems : list of str
+        One line per bad file, each naming the file.
+
+    Example
+    -------
+    >>> err = DatasetAudioError("WSJ0-2mix", "/d", ["/d/a.wav: truncated"])
+    >>> str(err).splitlines()[0].split(" (")[0]
+    "WSJ0-2mix: 1 bad audio file(s) under '/d'"
+    >>> str(err).splitlines()[1]
+    '  /d/a.wav: truncated'
+    >>> err.problems
+    ['/d/a.wav: truncated']
+    """
+
+    def __init__(self, name, data_folder, problems):
+        self.problems = list(problems)
+        super().__init__(
+            f"{name}: {len(self.problems)} bad audio file(s) under "
+            f"'{data_folder}' (headers checked: readable, rate, mono, data "
+            "size, sources as long as the mixture):\n  "
+            + "\n  ".join(self.problems)
+        )
+
+    def __str__(self):
+        return str(self.args[0])
 
 
 def _listing(folder):

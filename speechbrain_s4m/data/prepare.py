@@ -24,9 +24,11 @@ import csv
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+from speechbrain_s4m.audio import AudioError, check_audio_header
 from speechbrain_s4m.data.layouts import (
     LIBRIMIX_TRAIN_SETS,
     METADATA_ID,
@@ -36,6 +38,7 @@ from speechbrain_s4m.data.layouts import (
     WHAM_SPLITS,
     WSJ0MIX_MIX,
     WSJ0MIX_SPLITS,
+    DatasetAudioError,
     DatasetLayoutError,
     ExpectedLayout,
     librimix_splits,
@@ -48,7 +51,9 @@ from speechbrain_s4m.data.layouts import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DatasetAudioError",
     "DatasetLayoutError",
+    "check_dataset_audio",
     "prepare_wsj0mix",
     "prepare_librimix",
     "prepare_wham",
@@ -77,32 +82,98 @@ def _rows_from_folders(layout, split):
     for name in layout.scan(split):
         paths = {sub: split_dir / sub / name for sub in layout.subdirs}
         rows.append({"ID": Path(name).stem, "duration": None, "paths": paths})
-    _fill_durations(layout, rows)
     return rows
 
 
-def _fill_durations(layout, rows):
-    """Reads mixture headers: real durations, sample rate, mono.
+#: Below this many files, the headers are read without a thread pool.
+_POOL_MIN_FILES = 256
 
-    The first row's sources are also checked (rate and length).
+
+def _frames(path, sample_rate):
+    """``(frames, None)`` of a good file, ``(None, reason)`` of a bad one."""
+    try:
+        info = check_audio_header(path, sample_rate=sample_rate, channels=1)
+    except AudioError as err:
+        return None, str(err)
+    return info.frames, None
+
+
+def check_dataset_audio(layout, rows, workers=None):
+    """Checks the header of every file of the manifest rows, in one pass,
+    and fills the missing durations.
+
+    Each file must open, be at ``layout.sample_rate`` and mono, and (WAV)
+    hold the data its header declares
+    (:func:`speechbrain_s4m.audio.check_audio_header`: headers only, no
+    decoding); each source must have as many samples as its mixture. All
+    bad files are reported at once.
+
+    Arguments
+    ---------
+    layout : ExpectedLayout
+        The dataset's layout (name, sample rate, mixture folder).
+    rows : list of dict
+        Manifest rows (``{"ID", "duration", "paths": {folder: path}}``);
+        a ``duration`` of None is set from the mixture's header.
+    workers : int, None
+        Threads reading the headers (default: ``min(32, 4 * cpus)``;
+        file opening waits on the disk, so threads help on a cold cache
+        and on network storage).
+
+    Raises
+    ------
+    DatasetAudioError
+        Naming every bad file and why.
+
+    Example
+    -------
+    >>> from speechbrain_s4m.data.synthetic import write_wsj0mix
+    >>> from speechbrain_s4m.data.layouts import WSJ0MIX_MIX, WSJ0MIX_SPLITS
+    >>> root = write_wsj0mix(getfixture("tmp_path"), sizes=1)
+    >>> layout = ExpectedLayout(
+    ...     "WSJ0-2mix", root, 8000, "min", WSJ0MIX_SPLITS, WSJ0MIX_MIX,
+    ...     source_folders(2), None, "",
+    ... )
+    >>> rows = _rows_from_folders(layout, "test")
+    >>> check_dataset_audio(layout, rows)
+    >>> rows[0]["duration"] > 0
+    True
+    >>> mix = rows[0]["paths"]["mix"]
+    >>> _ = mix.write_bytes(mix.read_bytes()[:-100])  # cut short
+    >>> try:
+    ...     check_dataset_audio(layout, rows)
+    ... except DatasetAudioError as err:
+    ...     print(len(err.problems), "corrupt" in err.problems[0])
+    1 True
     """
-    for i, row in enumerate(rows):
-        if row["duration"] is not None and i > 0:
+    paths = sorted({str(p) for row in rows for p in row["paths"].values()})
+    rate = layout.sample_rate
+    if workers is None:
+        workers = min(32, 4 * (os.cpu_count() or 1))
+    if workers <= 1 or len(paths) < _POOL_MIN_FILES:
+        results = [_frames(p, rate) for p in paths]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(partial(_frames, sample_rate=rate), paths))
+    found = dict(zip(paths, results))
+    problems = [reason for _, reason in results if reason is not None]
+    for row in rows:
+        mix = str(row["paths"][layout.mix_dir])
+        mix_frames = found[mix][0]
+        if mix_frames is None:
             continue
-        mix_path = row["paths"][layout.mix_dir]
-        info = layout.audio_info(mix_path)
         if row["duration"] is None:
-            row["duration"] = info.frames / info.samplerate
-        if i == 0:
-            for sub in layout.subdirs[1:]:
-                src = layout.audio_info(row["paths"][sub])
-                if src.frames != info.frames:
-                    raise layout.error(
-                        f"'{row['paths'][sub]}' has {src.frames} "
-                        f"samples but its mixture '{mix_path}' has "
-                        f"{info.frames} (sources and mixture must have "
-                        "the same length)"
-                    )
+            row["duration"] = mix_frames / rate
+        for path in row["paths"].values():
+            frames = found[str(path)][0]
+            if frames is not None and frames != mix_frames:
+                problems.append(
+                    f"{path} has {frames} samples but its mixture {mix} "
+                    f"has {mix_frames} (sources and mixture must have the "
+                    "same length)"
+                )
+    if problems:
+        raise DatasetAudioError(layout.name, layout.data_folder, problems)
 
 
 def _columns(layout):
@@ -156,6 +227,7 @@ def _run(layout, save_folder, options, rows_fn):
         )
         return _manifest_paths(save_folder)
     rows = {split: rows_fn(split) for split in SPLITS}
+    check_dataset_audio(layout, [r for split in SPLITS for r in rows[split]])
     save_folder.mkdir(parents=True, exist_ok=True)
     (save_folder / OPTIONS_FILE).unlink(missing_ok=True)
     for split in SPLITS:
@@ -306,7 +378,6 @@ def _read_metadata(layout, split, meta_path):
             f"that path nor under '{split_dir}/<folder>/' (e.g. "
             f"{', '.join(missing[: layout.max_listed])})"
         )
-    _fill_durations(layout, rows)
     return rows
 
 
