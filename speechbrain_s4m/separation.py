@@ -177,6 +177,7 @@ class Separation(sb.Brain):
     train_samples = 0  # training mixtures seen in the current epoch
     _audio_left = 0  # test utterances whose audio is still to be saved
     _stage = None  # the current stage (set by on_stage_start)
+    _extra_metrics = ()  # the extra metrics of the current test run
     _epoch_start = None  # time.perf_counter() at the training stage start
 
     # ------------------------------------------------------------------
@@ -888,9 +889,9 @@ class Separation(sb.Brain):
             utterance was scored), ``n`` (test utterances) and
             ``n_incomplete`` (utterances with an undefined metric).
         """
-        from speechbrain_s4m.metrics import average_scores
+        from speechbrain_s4m.metrics import average_scores, score_columns
 
-        columns = self.result_columns
+        columns = ["snt_id", *score_columns(self._extra_metrics), "notes"]
         scores = columns[1:-1]
         avg, n_scored = average_scores(self.test_scores, scores)
         n = len(self.test_scores)
@@ -916,7 +917,7 @@ class Separation(sb.Brain):
             f"SI-SNR {fmt('si-snr')}, SI-SNRi {fmt('si-snr_i')}, "
             f"SDR {fmt('sdr')}, SDRi {fmt('sdr_i')}"
         )
-        for name in self._extra_metrics_or_none():
+        for name in self._extra_metrics:
             text += f", {name.upper()} {fmt(name, '')}"
             text += f" ({name.upper()}i {fmt(name + '_i', '')})"
         logger.info("Test (%d utterances): %s", n, text)
@@ -944,10 +945,6 @@ class Separation(sb.Brain):
         }
         summary.update(n=n, n_incomplete=len(incomplete))
         return summary
-
-    def _extra_metrics_or_none(self):
-        """The extra metrics of this test run (empty before one)."""
-        return getattr(self, "_extra_metrics", ())
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Loads the best checkpoint; fails clearly if there is none."""
