@@ -425,6 +425,13 @@ class _Fusion(nn.Module):
             loc = self.local_embedding(local)
             gate = torch.sigmoid(self.global_gate(glob))
             emb = self.global_embedding(glob)
+            t_g = glob.shape[-1]
+            if scale_shift > 0 and t_l == t_g * 2**scale_shift:
+                # nearest up-sampling as a broadcast (no up-sampled maps)
+                bsz, ch = loc.shape[:2]
+                loc = loc.view(bsz, ch, t_g, -1)
+                out = torch.addcmul(emb[..., None], loc, gate[..., None])
+                return out.view(bsz, ch, t_l)
             gate = _causal_resize(gate, scale_shift, t_l)
             emb = _causal_resize(emb, scale_shift, t_l)
             return torch.addcmul(emb, loc, gate)
