@@ -147,3 +147,26 @@ def test_gln_statistics_gradient(weighted):
     )
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b)
+
+
+def test_gln_statistics_mixed_channels_against_float64():
+    """Channels with small and large mean/std in one batch (both the
+    one-pass and the centred computation, per channel) match float64."""
+    torch.manual_seed(7)
+    ratio = torch.tensor([0.0, 1.0, 3.8, 3.9, 5.0, 30.0, 1000.0, -1000.0])
+    x64 = torch.randn(3, 8, 2001, dtype=torch.float64)
+    std = torch.rand(3, 8, 1, dtype=torch.float64) + 0.5
+    x64 = std * (x64 + ratio.double()[torch.randperm(8)].view(1, 8, 1))
+    x64[1] = x64[1].flip(0)  # a different channel order per utterance
+    w64 = 1 + 0.2 * torch.rand(8, dtype=torch.float64)
+    for w in (None, w64):
+        y64 = x64 if w is None else x64 * w.view(1, -1, 1)
+        ref = y64.var(dim=(1, 2), unbiased=False)
+        var, mean = gln_statistics(
+            x64.float(), None if w is None else w.float()
+        )
+        rel = ((var.flatten().double() - ref) / ref).abs().max()
+        assert rel < 2e-5, rel.item()
+        torch.testing.assert_close(
+            mean.flatten().double(), y64.mean((1, 2)), rtol=1e-6, atol=1e-5
+        )
