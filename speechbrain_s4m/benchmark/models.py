@@ -850,12 +850,13 @@ def plot_results(results, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     cfg = results.get("config", {})
     precisions = cfg.get("precisions", ["fp32"])
     styles = ["-", "--", ":", "-."]
     timed = "GPU" if cfg.get("timing") == "cuda_events" else "wall"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True, sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     curves = 0
     panels = (("infer", "inference"), ("train", "training step"))
@@ -882,6 +883,10 @@ def plot_results(results, path):
                 curves += 1
         ax.set_xscale("log")
         ax.set_yscale("log")
+        durations = sorted(float(d) for d in cfg.get("durations", []))
+        if durations:  # the measured lengths as the x ticks
+            ax.set_xticks(durations, [f"{d:g}" for d in durations])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_title(title)
         ax.set_xlabel("input length (s of audio)")
         ax.grid(True, which="both", alpha=0.3)
