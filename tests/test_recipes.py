@@ -583,7 +583,14 @@ def test_model_overrides_reach_the_fragment():
         f"data_folder: /x\nmodel: {TINY_MODEL['sepformer']}",
     )
     n = sum(p.numel() for p in hp["MaskNet"].parameters())
-    assert n < 20000
+    # by hand, d = 16, d_ffn = 32: a transformer layer has attention
+    # 3 * (16 * 16 + 16) + 16 * 16 + 16 = 1088, feed-forward
+    # 16 * 32 + 32 + 32 * 16 + 16 = 1072, two LayerNorms 64: 2224, + the
+    # encoder's final LayerNorm 32 = 2256; a dual block: intra + inter +
+    # two GroupNorms = 2 * 2256 + 64 = 4576; 2 blocks = 9152; around them:
+    # GroupNorm 32, conv1d 256, conv2d 16 * 32 + 32 = 544, end_conv1x1
+    # 256, PReLU 1, output and gate convs 2 * 272: 1633
+    assert n == 2 * (2 * (1088 + 1072 + 64 + 32) + 64) + 1633 == 10785
 
 
 def test_gradient_accumulation():
