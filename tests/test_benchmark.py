@@ -211,6 +211,7 @@ def test_run_benchmark_in_process_records_conditions(tmp_path):
         for key in ("infer", "train", "infer_bf16", "train_bf16"):
             case = entry[key]["0.05"]
             assert len(case["times"]) == 2 and case["timing"] == "wall"
+            assert 0 <= case["sys_median"] <= case["cpu_median"] + 0.01
             assert case["precision"] == (key.partition("_")[2] or "fp32")
             assert case["peak_mib"] > 0
     assert res["models"]["tiny+ckpt"]["overrides"]["checkpoint_iterations"]

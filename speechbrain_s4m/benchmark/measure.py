@@ -2,9 +2,9 @@
 
 One place decides how a case is measured on each device:
 
-* :class:`StepTimer`: wall and process CPU time of a call; on CUDA also the
-  GPU time between two ``torch.cuda.Event(enable_timing=True)`` records,
-  read after ``torch.cuda.synchronize``.
+* :class:`StepTimer`: wall, process CPU and system time of a call; on CUDA
+  also the GPU time between two ``torch.cuda.Event(enable_timing=True)``
+  records, read after ``torch.cuda.synchronize``.
 * :class:`PeakMemory`: on CUDA ``torch.cuda.max_memory_allocated`` after
   ``torch.cuda.reset_peak_memory_stats``; on the CPU the process's peak
   resident set size (``ru_maxrss``), which is why CPU cases run in their
@@ -195,7 +195,7 @@ class StepTimer:
     >>> timer = StepTimer(torch.device("cpu"))
     >>> t = timer(lambda: sum(range(1000)))
     >>> sorted(t), t["wall_s"] >= 0, t["gpu_s"]
-    (['cpu_s', 'gpu_s', 'wall_s'], True, None)
+    (['cpu_s', 'gpu_s', 'sys_s', 'wall_s'], True, None)
     """
 
     def __init__(self, device, cuda=None):
@@ -204,13 +204,15 @@ class StepTimer:
         self.is_cuda = self.device.type == "cuda"
 
     def __call__(self, fn):
-        """Runs ``fn()`` once; returns ``wall_s``, ``cpu_s`` and ``gpu_s``
-        (None off CUDA)."""
+        """Runs ``fn()`` once; returns ``wall_s``, ``cpu_s`` (process CPU
+        time, user + system), ``sys_s`` (system time alone: page faults
+        and other kernel work) and ``gpu_s`` (None off CUDA)."""
         if self.is_cuda:
             self.cuda.synchronize(self.device)
             start = self.cuda.Event(enable_timing=True)
             end = self.cuda.Event(enable_timing=True)
         t0, c0 = time.perf_counter(), time.process_time()
+        s0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
         if self.is_cuda:
             start.record()
         fn()
@@ -222,6 +224,7 @@ class StepTimer:
         return {
             "wall_s": time.perf_counter() - t0,
             "cpu_s": time.process_time() - c0,
+            "sys_s": resource.getrusage(resource.RUSAGE_SELF).ru_stime - s0,
             "gpu_s": gpu_s,
         }
 

@@ -353,6 +353,8 @@ def run_case(spec):
         on a GPU (``timing`` says which); ``wall_times`` / ``wall_median``,
         ``cpu_times`` / ``cpu_median`` (CPU time of the process, all
         threads; robust to other processes' load when run with 1 thread),
+        ``sys_times`` / ``sys_median`` (its system part: page faults of
+        large temporaries show here),
         ``peak_mib`` (peak memory of the case: process RSS on the CPU,
         ``torch.cuda.max_memory_allocated`` since a reset on a GPU),
         ``base_mib`` (memory before the measured runs), ``allocator``,
@@ -415,6 +417,7 @@ def run_case(spec):
     peak = memory.peak()
     wall = [r["wall_s"] for r in runs]
     cpu = [r["cpu_s"] for r in runs]
+    sys_times = [r["sys_s"] for r in runs]
     gpu = [r["gpu_s"] for r in runs] if timer.is_cuda else None
     times = gpu if gpu is not None else wall
     result.update(
@@ -425,6 +428,8 @@ def run_case(spec):
         wall_median=statistics.median(wall),
         cpu_times=cpu,
         cpu_median=statistics.median(cpu),
+        sys_times=sys_times,
+        sys_median=statistics.median(sys_times),
         peak_mib=peak,
         base_mib=base,
         allocator=allocator,
@@ -678,7 +683,8 @@ def run_benchmark(
                     entry[key_mode][key] = res
                     msg = res.get("skipped") or (
                         f"median {res['median']:.3f} s (CPU "
-                        f"{res['cpu_median']:.3f} s), peak "
+                        f"{res['cpu_median']:.3f} s, sys "
+                        f"{res['sys_median']:.3f} s), peak "
                         f"{res['peak_mib']:.0f} MiB"
                     )
                     log(f"{label:>10s} {key_mode:5s} {sec:>5g} s: {msg}")
