@@ -1025,7 +1025,9 @@ class S4MEncoder(nn.Module):
     -------
     >>> enc = S4MEncoder(kernel_size=32, out_channels=17)
     >>> enc(torch.randn(2, 8001)).shape
-    torch.Size([2, 17, 998])
+    torch.Size([2, 17, 1001])
+    >>> enc(torch.randn(2, 32000)).shape[-1]  # 4 s: 500 * 2**3 frames
+    4000
     """
 
     def __init__(self, kernel_size=32, out_channels=17, stride=None):
@@ -1037,9 +1039,18 @@ class S4MEncoder(nn.Module):
         )
 
     def num_frames(self, length):
-        """Number of output frames for an input of ``length`` samples."""
-        k, s = self.kernel_size, self.stride
-        return 1 + max(0, -(-(length - k) // s))
+        """Number of output frames for an input of ``length`` samples: every
+        frame that holds at least one input sample, ``ceil(length /
+        stride)`` (at least one).
+
+        Why not only the frames that fit (``1 + ceil((length - K) /
+        stride)``)? Counting the partial frames at the end gives every
+        sample the same K / stride overlapping frames, and an input of a
+        multiple of ``stride * 2 ** (depth - 1)`` samples (a 4 s segment:
+        32000 = 64 * 500) then yields a frame count that the masknet's
+        pyramid halves exactly, so its fast reshape paths apply.
+        """
+        return max(1, -(-length // self.stride))
 
     def forward(self, x):
         """Encode.
@@ -1093,7 +1104,7 @@ class S4MEncoder(nn.Module):
         >>> f2, state = enc.forward_stream(x[:, 500:], state)
         >>> f3 = enc.flush_stream(state)
         >>> f1.shape[-1], f2.shape[-1], f3.shape[-1]
-        (59, 63, 1)
+        (59, 63, 4)
         >>> torch.allclose(torch.cat([f1, f2, f3], -1), enc(x), atol=1e-6)
         True
         """
