@@ -7,7 +7,9 @@ The package has one module per role:
   hub id), hub fetching, strict loading, folder errors;
 * :mod:`~speechbrain_s4m.inference.streaming`: block-wise resampling,
   speaker-order alignment and overlap-add over chunks;
-* :mod:`~speechbrain_s4m.inference.interface`: ``S4MSeparation``.
+* :mod:`~speechbrain_s4m.inference.interface`: ``S4MSeparation``;
+* :mod:`~speechbrain_s4m.inference.streamer`: ``S4MStreamer``, live
+  hop-by-hop separation with a causal model.
 
 Audio reading and checks are in :mod:`speechbrain_s4m.audio`. The names
 that ``speechbrain_s4m.inference`` held when it was one module are
@@ -47,6 +49,7 @@ from speechbrain_s4m.inference.loading import (
     looks_like_local_path,
     resolve_model_folder,
 )
+from speechbrain_s4m.inference.streamer import S4MStreamer
 from speechbrain_s4m.inference.streaming import (
     SCALE_MODES,
     OverlapAddSeparator,
@@ -72,6 +75,7 @@ __all__ = [
     "OverlapAddSeparator",
     "SCALE_MODES",
     "S4MSeparation",
+    "S4MStreamer",
     "StreamingResampler",
     "align_to_reference",
     "audio_info",

@@ -43,7 +43,7 @@ from speechbrain_s4m.nnet import (
     GlobalLayerNorm,
     S4Block,
 )
-from speechbrain_s4m.nnet.blocks import gln_statistics
+from speechbrain_s4m.nnet.blocks import cln_stream_step, gln_statistics
 
 
 def _gln_affine(norm, mean, var, weight=None, dtype=None):
@@ -225,7 +225,7 @@ class _ConvNorm(nn.Module):
             y = x.new_zeros(x.shape[0], conv.out_channels, 0)
         else:
             y = _small_conv(conv, window)
-        y, st["norm"] = self.norm.stream(y, st.get("norm"))
+        y, st["norm"] = self.norm.stream_step(y, st.get("norm"))
         return y
 
 
@@ -327,18 +327,15 @@ def _stream_window(x, st, kernel, stride):
     """
     if "buf" not in st:
         st["buf"] = x.new_zeros(x.shape[0], x.shape[1], kernel - 1)
-        st["start"], st["n_out"] = -(kernel - 1), 0
-    buf = torch.cat([st["buf"], x], dim=-1)
-    start, n_out = st["start"], st["n_out"]
-    n_total = -(-(start + buf.shape[-1]) // stride)  # ceil(T_in / stride)
-    n_new = n_total - n_out
+    # ``buf`` starts at the first input of the next output (zeros before the
+    # start of the stream), so the next outputs are those whose last input
+    # has arrived; only the tensor is needed (its length is the phase)
+    buf = torch.cat([st["buf"], x], dim=-1) if x.shape[-1] else st["buf"]
+    n_new = max(0, -(-(buf.shape[-1] - kernel + 1) // stride))
     window = None
     if n_new > 0:
-        a = stride * n_out - (kernel - 1) - start
-        window = buf[..., a : stride * (n_total - 1) + 1 - start]
-    new_start = stride * n_total - (kernel - 1)
-    st["buf"] = buf[..., new_start - start :]
-    st["start"], st["n_out"] = new_start, n_total
+        window = buf[..., : stride * (n_new - 1) + kernel]
+    st["buf"] = buf[..., stride * n_new :]
     return window, n_new
 
 
@@ -358,16 +355,33 @@ def _stream_resize(x, st, shift, n_out):
     given the new source frames ``x``; ``st`` keeps the source frames that
     later targets still read."""
     if "buf" not in st:
-        st["buf"], st["start"], st["n_out"] = x[..., :0], 0, 0
-    buf = torch.cat([st["buf"], x], dim=-1)
-    start, first = st["start"], st["n_out"]
-    idx = torch.arange(first, first + n_out + 1, device=x.device)
-    src = idx // 2**shift if shift >= 0 else idx * 2**-shift
-    out = buf.index_select(-1, src[:-1] - start)
-    # the next target's source frame (it may not have arrived yet)
-    keep = min(int(src[-1]), start + buf.shape[-1])
-    st["buf"] = buf[..., keep - start :]
-    st["start"], st["n_out"] = keep, first + n_out
+        st["buf"], st["phase"] = x[..., :0], 0
+    buf = torch.cat([st["buf"], x], dim=-1) if x.shape[-1] else st["buf"]
+    # ``phase``: where the next target sits relative to the buffer's first
+    # source frame (up-sampling: in target frames, target ``i`` reading
+    # buffer frame ``i // r``; down-sampling: the buffer frame it reads).
+    # Only this offset matters, not the absolute frame numbers.
+    phase = st["phase"]
+    if shift >= 0:
+        r = 2**shift
+        if n_out == 0:
+            out = buf[..., :0]
+        elif phase % r or n_out % r:
+            src = torch.arange(phase, phase + n_out, device=x.device) // r
+            out = buf.index_select(-1, src)
+        else:  # whole groups of r targets: a broadcast of the sources
+            first = phase // r
+            out = buf[..., first : first + n_out // r, None]
+            out = out.expand(-1, -1, -1, r).reshape(*buf.shape[:2], n_out)
+        # keep the next target's source frame (it may not have arrived yet)
+        keep = min((phase + n_out) // r, buf.shape[-1])
+        st["phase"] = phase + n_out - r * keep
+    else:
+        r = 2**-shift
+        out = buf[..., phase : phase + r * (n_out - 1) + 1 : r]
+        keep = min(phase + r * n_out, buf.shape[-1])
+        st["phase"] = phase + r * n_out - keep
+    st["buf"] = buf[..., keep:]
     return out
 
 
@@ -456,10 +470,31 @@ class _Fusion(nn.Module):
 
 
 def _fusion_stream(fusion, local, glob, scale_shift, st):
-    """Causal :class:`_Fusion` on the next frames of both inputs."""
+    """Causal :class:`_Fusion` on the next frames of both inputs.
+
+    The gate and embedding branches read the same global frames: one input
+    window, one product with both depthwise kernels and one cumulative-norm
+    call for both (``[batch, 2, channels, n]``).
+    """
     loc = fusion.local_embedding.stream(local, st.setdefault("local", {}))
-    gate = fusion.global_gate.stream(glob, st.setdefault("gate", {}))
-    emb = fusion.global_embedding.stream(glob, st.setdefault("emb", {}))
+    gate_cn, emb_cn = fusion.global_gate, fusion.global_embedding
+    k = gate_cn.conv.kernel_size[0]
+    window, n_new = _stream_window(glob, st.setdefault("glob", {}), k, 1)
+    bsz, ch = glob.shape[:2]
+    if window is None:
+        both = glob.new_zeros(bsz, 2, ch, 0)
+    else:
+        # [2, C, k, 1] depthwise taps of both branches
+        w = torch.stack([gate_cn.conv.weight, emb_cn.conv.weight])
+        taps = window.unfold(-1, k, 1).unsqueeze(1)  # [batch, 1, C, n, k]
+        both = torch.matmul(taps, w.transpose(-1, -2)).squeeze(-1)
+    # [2, C, 1] gains and biases of the two norms
+    gains = torch.cat([gate_cn.norm.weight, emb_cn.norm.weight])
+    biases = torch.cat([gate_cn.norm.bias, emb_cn.norm.bias])
+    both, st["glob_norm"] = cln_stream_step(
+        both, st.get("glob_norm"), gains, biases, gate_cn.norm.eps
+    )
+    gate, emb = both.unbind(1)
     both = torch.cat([torch.sigmoid(gate), emb], dim=1)
     both = _stream_resize(
         both, st.setdefault("resize", {}), scale_shift, loc.shape[-1]
@@ -682,7 +717,7 @@ class S4MBlock(nn.Module):
         if not self.causal:
             raise RuntimeError("streaming needs a causal block")
         y = _small_conv(self.proj, x)
-        y, st["proj_norm"] = self.proj_norm.stream(y, st.get("proj_norm"))
+        y, st["proj_norm"] = self.proj_norm.stream_step(y, st.get("proj_norm"))
         y = self.proj_act(y)
         scales = []
         for k, layer in enumerate(self.pyramid):
@@ -960,7 +995,7 @@ class S4MMaskNet(nn.Module):
             return frames.new_zeros(self.num_spks, bsz, self.in_channels, 0), (
                 state
             )
-        x, state["norm"] = self.norm.stream(frames, state.get("norm"))
+        x, state["norm"] = self.norm.stream_step(frames, state.get("norm"))
         x0 = _small_conv(self.bottleneck, x)  # [batch, C, n]
         h = self.block.stream(x0, state.setdefault("iteration0", {}))
         for r in range(1, self.num_iterations):

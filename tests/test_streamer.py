@@ -1,0 +1,204 @@
+"""Tests of :class:`S4MStreamer`: the streamed output equals the causal
+model on the whole signal, whatever the hops; the state does not grow."""
+
+import pytest
+import torch
+
+from speechbrain_s4m.config import load_model_config
+from speechbrain_s4m.inference import S4MStreamer
+from speechbrain_s4m.inference.streamer import NOT_CAUSAL, StreamerStateError
+
+SR = 8000
+# a tiny causal S4M with every layer kind (4 scales, 2 shared iterations)
+TINY = {
+    "num_iterations": 2,
+    "out_channels": 8,
+    "hidden_channels": 16,
+    "d_state": 4,
+}
+
+
+def _modules(name="s4m_tiny_causal", overrides=None, seed=0):
+    torch.manual_seed(seed)
+    hp = load_model_config(name, overrides=overrides)
+    with torch.no_grad():  # non-trivial norm gains (every path matters)
+        for pname, p in hp["MaskNet"].named_parameters():
+            if pname.endswith(("norm.weight", "norm.bias")):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+    return hp["Encoder"], hp["MaskNet"], hp["Decoder"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return S4MStreamer.from_modules(*_modules(overrides=TINY), num_spks=2)
+
+
+def speech_like(seconds, seed=0, batch=1):
+    """Modulated tones plus noise, peak ~1 (deterministic)."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * SR)) / SR
+    out = []
+    for b in range(batch):
+        f = 120 + 40 * b
+        v = torch.sin(2 * torch.pi * f * t) * torch.sin(2 * torch.pi * 1.3 * t)
+        w = torch.sign(torch.sin(2 * torch.pi * 2.3 * f * t)) * 0.3
+        out.append(0.5 * v + w + 0.05 * torch.randn(t.shape, generator=g))
+    return torch.stack(out)
+
+
+def hop_sizes(total, hop, seed=0, largest=400):
+    """Fixed hops, or random sizes (0 included) when ``hop`` is None."""
+    if hop is not None:
+        return [min(hop, total - a) for a in range(0, total, hop)]
+    g = torch.Generator().manual_seed(seed)
+    sizes, a = [], 0
+    while a < total:
+        n = min(int(torch.randint(0, largest, (1,), generator=g)), total - a)
+        sizes.append(n)
+        a += n
+    return sizes
+
+
+def run_stream(streamer, mix, sizes):
+    """Concatenated streamed output ``[batch, time, spks]`` and the number
+    of output samples after each call."""
+    streamer.reset()
+    outs, ready, a = [], [], 0
+    for n in sizes:
+        outs.append(streamer.process(mix[:, a : a + n]))
+        a += n
+        ready.append(streamer.samples_out)
+    outs.append(streamer.flush())
+    return torch.cat(outs, dim=1), ready
+
+
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "seconds, hop",
+    [
+        (3.0, 8),
+        (3.0, 80),
+        (30.0, 256),
+        (30.0, None),
+        pytest.param(30.0, 80, marks=SLOW),
+        pytest.param(30.0, 8, marks=SLOW),  # 30,000 calls: minutes
+    ],
+    ids=str,
+)
+def test_stream_equals_whole_signal(tiny, seconds, hop):
+    """30 s at 8 kHz, float32: hops of 1 frame (8 samples), 10 ms, 32 ms
+    and random sizes give the whole-signal causal output (< 1e-4), and
+    output sample t is out once input sample t + latency is in (3 s
+    versions of the many-call cases run fast)."""
+    mix = speech_like(seconds, seed=1)
+    ref = tiny.separate_whole(mix)
+    sizes = hop_sizes(mix.shape[-1], hop, seed=2)
+    est, ready = run_stream(tiny, mix, sizes)
+    assert est.shape == ref.shape == (1, mix.shape[-1], 2)
+    err = (est - ref).abs().max().item()
+    assert err < 1e-4, err
+    assert ref.abs().max() > 1e-2  # not a trivial output
+    seen = 0
+    for n, r in zip(sizes, ready):
+        seen += n
+        assert seen - tiny.latency_samples <= r <= seen, (seen, r)
+
+
+def test_real_s4m_tiny_causal_2s():
+    """The shipped s4m_tiny_causal (16 iterations, C=128, D=512), random
+    weights, 2 s in 32 ms hops and in random sizes: equal to the whole
+    signal."""
+    streamer = S4MStreamer.from_modules(*_modules(seed=3), num_spks=2)
+    assert streamer.latency_samples == 31
+    assert streamer.latency_ms == pytest.approx(3.875)
+    mix = speech_like(2.0, seed=4)
+    ref = streamer.separate_whole(mix)
+    for hop in (256, None):
+        sizes = hop_sizes(mix.shape[-1], hop, seed=5, largest=600)
+        est, _ = run_stream(streamer, mix, sizes)
+        err = (est - ref).abs().max().item()
+        assert err < 1e-4, (hop, err)
+
+
+def test_state_does_not_grow(tiny):
+    """The total size of the state tensors after 10 s of stream is what it
+    was after 1 s: with 20-frame hops the buffers' lengths cycle with the
+    phase of the frames in the 8-frame coarse period (two hops), so the
+    sizes are compared hop for hop over whole periods."""
+    mix = speech_like(10.0, seed=6)
+    tiny.reset()
+    sizes = []
+    for a in range(0, mix.shape[-1], 160):
+        tiny.process(mix[:, a : a + 160])
+        state = tiny.state_tensors()
+        sizes.append(sum(t.numel() for t in state))
+    assert sizes[40:60] == sizes[-20:], (sizes[40:60], sizes[-20:])
+    assert max(sizes) == max(sizes[:60]) > 0
+    # an S4 recurrent state per iteration, the decoder's pending overlap
+    assert any(t.is_complex() for t in state)
+
+
+def test_batch_one_dim_and_lifecycle(tiny):
+    """A batch of streams; 1-D chunks give [m, spks]; flush ends the
+    stream, reset starts a new one with the same result."""
+    mix = speech_like(1.0, seed=7, batch=3)
+    ref = tiny.separate_whole(mix)
+    est, _ = run_stream(tiny, mix, hop_sizes(mix.shape[-1], 100))
+    assert (est - ref).abs().max() < 1e-4
+    with pytest.raises(StreamerStateError, match="reset"):
+        tiny.process(mix[:, :10])
+    with pytest.raises(StreamerStateError):
+        tiny.flush()
+    tiny.reset()
+    out = [tiny.process(mix[0, a : a + 333]) for a in range(0, 8000, 333)]
+    assert out[1].dim() == 2 and out[1].shape[-1] == 2
+    out.append(tiny.flush(squeeze=True))
+    torch.testing.assert_close(torch.cat(out), ref[0], atol=1e-4, rtol=0)
+    tiny.reset()
+    tiny.process(mix[:, :50])
+    with pytest.raises(ValueError, match="batch size 3"):
+        tiny.process(mix[:1, 50:60])
+    tiny.reset()
+    assert tiny.flush().shape == (1, 0, 2)  # empty stream
+    assert tiny.samples_in == 0
+
+
+def test_numpy_input_and_rtf(tiny):
+    mix = speech_like(0.5, seed=8)
+    tiny.reset()
+    y = tiny.process(mix[0].numpy())
+    assert y.dtype == torch.float32 and y.shape[-1] == 2
+    assert tiny.rtf > 0 and tiny.compute_seconds > 0
+
+
+def test_non_causal_model_is_refused():
+    enc, net, dec = _modules("s4m_tiny", overrides=TINY)
+    with pytest.raises(ValueError) as err:
+        S4MStreamer.from_modules(enc, net, dec)
+    assert str(err.value) == NOT_CAUSAL
+    assert "causal" in NOT_CAUSAL and "s4m_tiny_causal" in NOT_CAUSAL
+
+
+def test_from_hparams_exported_folder(tmp_path):
+    """A recipe folder of the causal fragment, exported, streams; the
+    result equals S4MSeparation.separate_batch."""
+    from test_inference import make_recipe_folder
+
+    from speechbrain_s4m.export import export_pretrained
+    from speechbrain_s4m.inference import S4MSeparation
+
+    torch.manual_seed(0)
+    recipe = make_recipe_folder(tmp_path / "r", "s4m_tiny_causal", TINY)
+    folder = export_pretrained(recipe, tmp_path / "model")
+    streamer = S4MStreamer.from_hparams(folder, run_opts={"device": "cpu"})
+    model = S4MSeparation.from_hparams(folder, run_opts={"device": "cpu"})
+    mix = speech_like(1.5, seed=9)
+    est, _ = run_stream(streamer, mix, hop_sizes(mix.shape[-1], 128))
+    ref = model.separate_batch(mix)
+    assert (est - ref).abs().max() < 1e-4
+    offline = make_recipe_folder(tmp_path / "o", "s4m_tiny", TINY)
+    offline = export_pretrained(offline, tmp_path / "offline")
+    with pytest.raises(ValueError, match="causal fragment"):
+        S4MStreamer.from_hparams(offline, run_opts={"device": "cpu"})
