@@ -182,11 +182,28 @@ def separate_parser(prog="s4m-separate"):
     )
     parser.add_argument(
         "--scale",
-        default="mixture",
+        default=None,
         choices=["mixture", "none"],
         help="output scale: 'mixture' (default) scales each source so that "
         "the sources sum to the mixture (least squares, per chunk); 'none' "
-        "keeps the model's own scale, which SI-SNR training leaves arbitrary",
+        "keeps the model's own scale, which SI-SNR training leaves "
+        "arbitrary (the only choice with --stream: per-chunk gains would "
+        "need future samples)",
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="separate through the live streamer (causal models only): "
+        "the file is fed hop by hop, memory is constant, and the output "
+        "equals the causal model on the whole file; prints the latency "
+        "and the real-time factor",
+    )
+    parser.add_argument(
+        "--hop-ms",
+        type=_positive_float,
+        default=16.0,
+        help="with --stream: milliseconds of audio per streamer call "
+        "(default: 16)",
     )
     parser.add_argument(
         "--normalize",
@@ -302,6 +319,13 @@ def separate_main(argv=None):
         _error(prog, _one_line(err))
         return EXIT_USAGE
 
+    problem = _stream_arguments_problem(args)
+    if problem:
+        _error(prog, problem)
+        return EXIT_USAGE
+    if args.scale is None:
+        args.scale = "none" if args.stream else "mixture"
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model = S4MSeparation.from_hparams(
@@ -310,6 +334,7 @@ def separate_main(argv=None):
             run_opts={"device": device},
         )
         model.chunk_sizes(args.chunk_seconds, args.overlap_seconds)
+        streamer = _streamer(model, args.hop_ms) if args.stream else None
     except Exception as err:
         _report(prog, err, args.traceback)
         return EXIT_USAGE
@@ -328,6 +353,8 @@ def separate_main(argv=None):
     )
     for path in progress:
         progress.set_postfix_str(path.name, refresh=False)
+        if streamer is not None:
+            streamer.use_for(path)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", OutputScaleWarning)
@@ -374,7 +401,71 @@ def separate_main(argv=None):
             f"{args.output_folder}",
             file=sys.stderr,
         )
+    if streamer is not None:
+        print(f"{prog}: {streamer.summary()}", file=sys.stderr)
     return EXIT_INPUT if failed else EXIT_OK
+
+
+def _stream_arguments_problem(args):
+    """One line if the options do not fit ``--stream``; None otherwise."""
+    if not args.stream:
+        return None
+    if args.scale == "mixture":
+        return (
+            "--scale mixture needs future samples (least-squares gains per "
+            "chunk) and cannot stream; with --stream the outputs keep the "
+            "model's own scale (--scale none)"
+        )
+    if args.chunk_seconds is not None or args.overlap_seconds is not None:
+        return (
+            "--chunk-seconds/--overlap-seconds do not apply to --stream "
+            "(the streamer has no chunks)"
+        )
+    return None
+
+
+class _FileStreamer:
+    """Feeds files to ``S4MSeparation.separate_file_to_folder`` through an
+    :class:`~speechbrain_s4m.inference.S4MStreamer` (its block source,
+    ``_stream_file``, replaced on the instance) and sums the timings."""
+
+    def __init__(self, model, streamer, hop_ms):
+        self.model, self.streamer, self.hop_ms = model, streamer, hop_ms
+        self.hop = max(1, round(hop_ms * streamer.sample_rate / 1000))
+        self.seconds, self.compute, self.calls = 0.0, 0.0, 0
+
+    def use_for(self, path):
+        from speechbrain_s4m.inference.streamer import stream_file_blocks
+
+        def blocks(path, chunk_seconds, overlap_seconds, out_rate, scale):
+            yield from stream_file_blocks(
+                self.streamer, path, out_rate, self.hop
+            )
+            st = self.streamer
+            self.seconds += st.samples_in / st.sample_rate
+            self.compute += st.compute_seconds
+            self.calls += st.calls
+
+        self.model._stream_file = blocks
+
+    def summary(self):
+        st = self.streamer
+        rtf = self.compute / self.seconds if self.seconds else float("nan")
+        per_hop = 1000 * self.compute / max(self.calls, 1)
+        return (
+            f"streamed {self.seconds:.1f} s in {self.hop_ms:g} ms hops: "
+            f"algorithmic latency {st.latency_ms:.1f} ms "
+            f"({st.latency_samples} samples) + {self.hop_ms:g} ms hop; "
+            f"compute {per_hop:.1f} ms per hop on average, "
+            f"real-time factor {rtf:.2f}"
+        )
+
+
+def _streamer(model, hop_ms):
+    """A :class:`_FileStreamer` for ``model`` (ValueError if not causal)."""
+    from speechbrain_s4m.inference import S4MStreamer
+
+    return _FileStreamer(model, S4MStreamer(model), hop_ms)
 
 
 def export_parser(prog="s4m-export"):

@@ -202,3 +202,91 @@ def test_from_hparams_exported_folder(tmp_path):
     offline = export_pretrained(offline, tmp_path / "offline")
     with pytest.raises(ValueError, match="causal fragment"):
         S4MStreamer.from_hparams(offline, run_opts={"device": "cpu"})
+
+
+# ----------------------------------------------------------------------
+# s4m-separate --stream
+# ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exported_models(tmp_path_factory):
+    from test_inference import make_recipe_folder
+
+    from speechbrain_s4m.export import export_pretrained
+
+    root = tmp_path_factory.mktemp("stream_models")
+    torch.manual_seed(0)
+    causal = make_recipe_folder(root / "rc", "s4m_tiny_causal", TINY)
+    offline = make_recipe_folder(root / "ro", "s4m_tiny", TINY)
+    return (
+        export_pretrained(causal, root / "causal"),
+        export_pretrained(offline, root / "offline"),
+    )
+
+
+def test_cli_stream_equals_offline(exported_models, tmp_path, capsys):
+    """``s4m-separate --stream`` writes the causal model's whole-file
+    output (8 kHz file; and a 16 kHz stereo file at the model's rate,
+    resampled block-wise), and prints the latency and the RTF."""
+    import soundfile as sf
+
+    from speechbrain_s4m.cli import separate_main
+    from speechbrain_s4m.inference import S4MSeparation
+
+    causal, _ = exported_models
+    mix = speech_like(2.3, seed=10)
+    sf.write(tmp_path / "a.wav", mix[0].numpy(), SR, subtype="FLOAT")
+    stereo = speech_like(1.7, seed=11, batch=2) * 0.5
+    sf.write(tmp_path / "b.wav", stereo.t().numpy(), 16000, subtype="FLOAT")
+    out = tmp_path / "out"
+    args = [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]
+    args += ["--model", str(causal), "--output-folder", str(out)]
+    args += ["--stream", "--hop-ms", "16", "--output-rate", "model"]
+    assert separate_main(args + ["--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "algorithmic latency 3.9 ms (31 samples)" in err
+    assert "real-time factor" in err and "16 ms hop" in err
+    model = S4MSeparation.from_hparams(causal, run_opts={"device": "cpu"})
+    ref_a = model.separate_batch(mix)[0]  # [time, spks]
+    ref_b = model.separate_file(str(tmp_path / "b.wav"), scale="none")[0]
+    for name, ref in (("a", ref_a), ("b", ref_b)):
+        for i in range(2):
+            got, rate = sf.read(out / f"{name}_s{i + 1}.wav", dtype="float32")
+            assert rate == SR and got.shape[0] == ref.shape[0]
+            diff = (torch.from_numpy(got) - ref[:, i]).abs().max()
+            assert diff < 1e-4, (name, i, diff)
+    # existing outputs are kept without --overwrite
+    assert separate_main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert separate_main(args + ["--overwrite", "--hop-ms", "5"]) == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "streaming needs a causal model"),
+        (["--scale", "mixture"], "--scale mixture needs future samples"),
+        (["--chunk-seconds", "3"], "do not apply to --stream"),
+    ],
+)
+def test_cli_stream_errors(exported_models, tmp_path, capsys, extra, message):
+    """A non-causal model (or a non-causal option) with --stream: one
+    error line, exit code 2, nothing written."""
+    import soundfile as sf
+
+    from speechbrain_s4m.cli import separate_main
+
+    causal, offline = exported_models
+    model = offline if not extra else causal
+    sf.write(tmp_path / "a.wav", speech_like(0.5)[0].numpy(), SR)
+    out = tmp_path / "out"
+    rc = separate_main(
+        [str(tmp_path / "a.wav"), "--model", str(model), "--stream"]
+        + ["--output-folder", str(out)]
+        + extra
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+    assert not out.exists()
