@@ -127,8 +127,18 @@ def test_cli_json_structure_and_plot(tmp_path):
     assert [v["name"] for v in merged["variants"]] == ["b"]
     assert json.loads((tmp_path / "b.json").read_text())["variants"] == [b]
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(ValueError, match="in two logs"):
+    with pytest.raises(ValueError, match="same seed"):
         ls.merge_results([result, result])
+    # seeds of the same variant from two logs become one variant
+    one = ls.select_variants(result, ["a"])
+    seed0 = dict(one, variants=[dict(a, runs=a["runs"][:1])])
+    seed1 = dict(one, variants=[dict(a, runs=a["runs"][1:])])
+    both = ls.merge_results([seed0, seed1])["variants"][0]
+    assert [r["seed"] for r in both["runs"]] == [0, 1]
+    assert both["summary"] == a["summary"]
+    other = dict(one, variants=[dict(a, runs=a["runs"][1:], lr=0.1)])
+    with pytest.raises(ValueError, match="different settings"):
+        ls.merge_results([seed0, other])
 
 
 def test_loss_decreases_when_overfitting_one_mixture():

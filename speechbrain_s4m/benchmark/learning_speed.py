@@ -244,7 +244,7 @@ def apply_init(model, spec):
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     >>> apply_init(net, "1=0")
     ['1.weight', '1.bias']
-    >>> float(net[1].weight.abs().sum())
+    >>> float(net[1].weight.detach().abs().sum())
     0.0
     >>> apply_init(net, "2=0")
     Traceback (most recent call last):
@@ -728,23 +728,33 @@ def merge_results(results):
     Returns
     -------
     dict
-        The first result's settings and data, every result's variants
-        (names must be unique); ``settings["updates"]`` is the largest.
+        The first result's settings and data, every result's variants;
+        a variant in several logs (same name and settings, other seeds)
+        becomes one variant with all the runs. ``settings["updates"]`` is
+        the largest, ``settings["seeds"]`` all the seeds.
 
     Example
     -------
-    >>> a = {"settings": {"segment": 0.5, "updates": 10}, "variants": [
-    ...     {"name": "x"}]}
-    >>> b = {"settings": {"segment": 0.5, "updates": 20}, "variants": [
-    ...     {"name": "y"}]}
-    >>> m = merge_results([a, b])
+    >>> run = {"seed": 0, "eval": [{"update": 20, "valid_si_snri": 1.0}],
+    ...        "cpu_s": 2.0, "train_loss": [0.0] * 20}
+    >>> def log(name, updates, runs, segment=0.5):
+    ...     return {"settings": {"segment": segment, "updates": updates},
+    ...             "variants": [{"name": name, "runs": runs}]}
+    >>> m = merge_results([log("x", 10, [run]), log("y", 20, [run])])
     >>> [v["name"] for v in m["variants"]], m["settings"]["updates"]
     (['x', 'y'], 20)
-    >>> b["settings"]["segment"] = 1.0
-    >>> merge_results([a, b])
+    >>> seed1 = log("y", 20, [dict(run, seed=1)])
+    >>> m = merge_results([log("y", 20, [run]), seed1])
+    >>> [r["seed"] for r in m["variants"][0]["runs"]]
+    [0, 1]
+    >>> merge_results([log("x", 10, [run]), log("y", 20, [run], 1.0)])
     Traceback (most recent call last):
     ...
     ValueError: cannot merge logs with different segment: 0.5 vs 1.0
+    >>> merge_results([log("y", 20, [run]), log("y", 20, [run])])
+    Traceback (most recent call last):
+    ...
+    ValueError: variant 'y' in two logs with the same seed
     """
     first = results[0]
     merged = dict(first)
@@ -761,9 +771,26 @@ def merge_results(results):
             merged["settings"]["updates"], res["settings"]["updates"]
         )
         for v in res["variants"]:
-            if v["name"] in [w["name"] for w in merged["variants"]]:
-                raise ValueError(f"variant {v['name']!r} in two logs")
-            merged["variants"].append(v)
+            same = [w for w in merged["variants"] if w["name"] == v["name"]]
+            if not same:
+                merged["variants"].append(dict(v, runs=list(v["runs"])))
+                continue
+            # the same variant with other seeds: one variant, more runs
+            w = same[0]
+            keys = set(v) - {"runs", "summary"}
+            if any(w.get(k) != v.get(k) for k in keys):
+                raise ValueError(
+                    f"variant {v['name']!r} in two logs with different settings"
+                )
+            seeds = {r["seed"] for r in w["runs"]}
+            if seeds & {r["seed"] for r in v["runs"]}:
+                raise ValueError(
+                    f"variant {v['name']!r} in two logs with the same seed"
+                )
+            w["runs"] = w["runs"] + v["runs"]
+            w["summary"] = summarise(w["runs"])
+    seeds = sorted({r["seed"] for v in merged["variants"] for r in v["runs"]})
+    merged["settings"]["seeds"] = seeds
     return merged
 
 
