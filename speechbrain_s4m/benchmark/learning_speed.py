@@ -550,10 +550,27 @@ def train_variant(variant, seed, train, valid, args):
 
 
 def summarise(runs):
-    """Mean, min and max of the final validation SI-SNRi over seeds."""
-    finals = [r["eval"][-1]["valid_si_snri"] for r in runs]
+    """Mean, min and max over seeds of the validation SI-SNRi at the last
+    update that every run reached; CPU seconds per update.
+
+    Example
+    -------
+    >>> ev = [{"update": 0, "valid_si_snri": -20.0},
+    ...       {"update": 10, "valid_si_snri": 1.0},
+    ...       {"update": 20, "valid_si_snri": 3.0}]
+    >>> runs = [{"eval": ev, "cpu_s": 4.0, "train_loss": [0.0] * 20},
+    ...         {"eval": ev[:2], "cpu_s": 1.0, "train_loss": [0.0] * 10}]
+    >>> s = summarise(runs)
+    >>> s["final_update"], s["final_si_snri_mean"], s["cpu_s_per_update"]
+    (10, 1.0, 0.1)
+    """
+    last = min(r["eval"][-1]["update"] for r in runs)
+    finals = [
+        next(e["valid_si_snri"] for e in r["eval"] if e["update"] == last)
+        for r in runs
+    ]
     return {
-        "final_update": min(r["eval"][-1]["update"] for r in runs),
+        "final_update": last,
         "final_si_snri_mean": float(np.mean(finals)),
         "final_si_snri_min": float(np.min(finals)),
         "final_si_snri_max": float(np.max(finals)),
@@ -562,6 +579,37 @@ def summarise(runs):
             np.mean([r["cpu_s"] / max(len(r["train_loss"]), 1) for r in runs])
         ),
     }
+
+
+def format_curve_table(result):
+    """Text table: mean validation SI-SNRi (over seeds) at every
+    evaluation that all runs of a variant reached (markdown)."""
+    updates = sorted(
+        {
+            e["update"]
+            for v in result["variants"]
+            for r in v["runs"]
+            for e in r["eval"]
+        }
+    )
+    lines = [
+        "| variant | seeds | " + " | ".join(str(u) for u in updates) + " |",
+        "|---|---|" + "---:|" * len(updates),
+    ]
+    for v in result["variants"]:
+        cells = []
+        for u in updates:
+            vals = [
+                e["valid_si_snri"]
+                for r in v["runs"]
+                for e in r["eval"]
+                if e["update"] == u
+            ]
+            full = len(vals) == len(v["runs"])
+            cells.append(f"{np.mean(vals):.2f}" if full else "")
+        seeds = ",".join(str(r["seed"]) for r in v["runs"])
+        lines.append(f"| {v['name']} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _curve(runs, key):
@@ -1015,6 +1063,8 @@ def main(argv=None):
     if args.only:
         result = select_variants(result, args.only)
     print(format_table(result))
+    print("valid SI-SNRi (dB, mean over seeds) after N updates:")
+    print(format_curve_table(result))
     print(format_grad_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
