@@ -290,3 +290,100 @@ def test_cli_stream_errors(exported_models, tmp_path, capsys, extra, message):
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------
+# python -m speechbrain_s4m.benchmark.streaming
+# ----------------------------------------------------------------------
+def test_streaming_benchmark_tiny(tmp_path, capsys):
+    """The benchmark on a tiny config: JSON rows with the promised keys,
+    consistent numbers, a printed table and the RSS follow-up."""
+    import json
+
+    from speechbrain_s4m.benchmark import streaming as bench
+
+    out = tmp_path / "s.json"
+    rc = bench.main(
+        [
+            "--overrides",
+            "{num_iterations: 1, out_channels: 8, "
+            "hidden_channels: 16, d_state: 4}",
+        ]
+        + ["--hops-ms", "8", "16", "--threads", "1", "2"]
+        + ["--seconds", "0.2", "--long-minutes", "0.01"]
+        + ["--naive-repeats", "1", "--json", str(out)]
+    )
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 8  # 2 hops x 2 thread counts x (streamer, naive)
+    keys = {
+        "hop_ms",
+        "threads",
+        "rtf",
+        "latency_ms",
+        "per_hop_ms_median",
+        "per_hop_ms_p99",
+        "rss_mib",
+    }
+    for row in rows:
+        assert keys <= set(row), row
+        assert row["per_hop_ms_p99"] >= row["per_hop_ms_median"] > 0
+        assert row["latency_ms"] > row["hop_ms"] + 3.875 - 1e-9
+        assert row["rss_mib"] > 0
+    streamed = [r for r in rows if r["method"] == "streamer"]
+    assert {(r["hop_ms"], r["threads"]) for r in streamed} == {
+        (8, 1),
+        (16, 1),
+        (8, 2),
+        (16, 2),
+    }
+    for r in streamed:  # rtf = compute per hop / hop duration (mean)
+        assert r["rtf"] == pytest.approx(
+            r["per_hop_ms_median"] / r["hop_ms"], rel=2.0
+        )
+    growth = [r for r in rows if "rss_growth" in r]
+    assert len(growth) == 1 and len(growth[0]["rss_growth"]) == 4
+    naive = [r for r in rows if r["method"] == "naive"]
+    assert all(r["window_frames"] > 0 for r in naive)
+    text = capsys.readouterr().out
+    assert "hop compute ms (med)" in text and "naive window" in text
+
+
+def test_receptive_field_by_impulse():
+    """conv_receptive_field bounds the measured reach of an impulse
+    through the causal stack of one block (S4 and norms made local: the
+    S4 kernel zeroed, cumulative norms replaced by identity)."""
+    from speechbrain_s4m.benchmark.streaming import conv_receptive_field
+    from speechbrain_s4m.lobes import S4MMaskNet
+
+    torch.manual_seed(12)
+    net = S4MMaskNet(5, 8, 8, depth=3, num_iterations=1, causal=True)
+    net = net.double().eval()
+    blk = net.block
+    ident = torch.nn.Identity()
+    blk.proj_norm.forward = ident.forward
+    for module in blk.modules():
+        if hasattr(module, "norm") and hasattr(module, "conv"):
+            module.norm.forward = ident.forward
+    blk.s4.s4.kernel = lambda length: torch.zeros(8, length).double()
+    x = torch.zeros(1, 8, 200, dtype=torch.float64)
+    with torch.no_grad():
+        base = blk(x)
+        x[..., 100] = 1.0
+        diff = (blk(x) - base).abs().sum(1)[0]
+    reach = int(torch.nonzero(diff > 1e-12).max()) - 100
+    bound = conv_receptive_field(net)
+    assert bound / 2 < reach <= bound, (reach, bound)
+
+
+@pytest.mark.slow
+def test_compiled_block_step_equals_eager():
+    """``compile=True`` (inductor on CPU; minutes of compilation on a
+    shared 2-core machine) gives the same output."""
+    small = {**TINY, "num_iterations": 1, "depth": 2}
+    mods = _modules(overrides=small, seed=13)
+    streamer = S4MStreamer.from_modules(*mods, num_spks=2, compile=True)
+    mix = speech_like(0.5, seed=14)
+    ref = streamer.separate_whole(mix)
+    est, _ = run_stream(streamer, mix, hop_sizes(mix.shape[-1], 64))
+    assert (est - ref).abs().max() < 1e-4

@@ -52,6 +52,13 @@ class S4MStreamer:
     model : S4MSeparation
         A loaded model whose masknet is causal (``model.mods`` holds
         ``encoder``, ``masknet`` and ``decoder``).
+    compile : bool
+        Opt-in: ``torch.compile`` (inductor) the per-hop step of the
+        shared block (one graph serves all iterations; the S4 recurrence
+        stays eager). Same outputs; the first hops of each new hop phase
+        compile (minutes on CPU), later hops run faster. Best with a fixed
+        hop that is a multiple of the coarse period (8 frames = 8 ms at
+        8 kHz); see docs/streaming.md for figures.
 
     Raises
     ------
@@ -82,7 +89,7 @@ class S4MStreamer:
     True
     """
 
-    def __init__(self, model):
+    def __init__(self, model, compile=False):
         mods = model.mods
         self._init(
             mods["encoder"],
@@ -91,16 +98,19 @@ class S4MStreamer:
             model.num_spks,
             model.sample_rate,
             model.device,
+            compile,
         )
 
     @classmethod
-    def from_hparams(cls, source, **kwargs):
+    def from_hparams(cls, source, compile=False, **kwargs):
         """A streamer for a pretrained causal model folder or hub id.
 
         Arguments
         ---------
         source : str or pathlib.Path
             As :meth:`S4MSeparation.from_hparams`.
+        compile : bool
+            See the class.
         **kwargs
             Passed to :meth:`S4MSeparation.from_hparams` (e.g.
             ``run_opts={"device": "cpu"}``).
@@ -111,11 +121,17 @@ class S4MStreamer:
         """
         from speechbrain_s4m.inference.interface import S4MSeparation
 
-        return cls(S4MSeparation.from_hparams(source, **kwargs))
+        return cls(S4MSeparation.from_hparams(source, **kwargs), compile)
 
     @classmethod
     def from_modules(
-        cls, encoder, masknet, decoder, num_spks=2, sample_rate=8000
+        cls,
+        encoder,
+        masknet,
+        decoder,
+        num_spks=2,
+        sample_rate=8000,
+        compile=False,
     ):
         """A streamer for separate modules (put in ``eval()`` mode).
 
@@ -131,6 +147,8 @@ class S4MStreamer:
             Number of sources.
         sample_rate : int
             The model's rate (Hz).
+        compile : bool
+            See the class.
 
         Returns
         -------
@@ -140,10 +158,12 @@ class S4MStreamer:
         for module in (encoder, masknet, decoder):
             module.eval()
         device = next(masknet.parameters()).device
-        self._init(encoder, masknet, decoder, num_spks, sample_rate, device)
+        self._init(
+            encoder, masknet, decoder, num_spks, sample_rate, device, compile
+        )
         return self
 
-    def _init(self, encoder, masknet, decoder, num_spks, rate, device):
+    def _init(self, encoder, masknet, decoder, num_spks, rate, device, compile):
         if not getattr(masknet, "causal", False) or not hasattr(
             masknet, "forward_stream"
         ):
@@ -157,6 +177,15 @@ class S4MStreamer:
         self.num_spks, self.sample_rate = int(num_spks), int(rate)
         self.device = torch.device(device)
         self.dtype = next(masknet.parameters()).dtype
+        self._block_step = None
+        if compile:
+            from torch._dynamo import config
+
+            # one graph per hop phase (and the first hops): room for them
+            config.cache_size_limit = max(config.cache_size_limit, 64)
+            self._block_step = torch.compile(
+                masknet.block.stream, dynamic=False
+            )
         self.reset()
 
     def separate_whole(self, mix):
@@ -256,7 +285,9 @@ class S4MStreamer:
 
     def _separate(self, frames):
         """Masked decoding of new encoder frames -> ``[batch, m, spks]``."""
-        masks, self._mask = self.masknet.forward_stream(frames, self._mask)
+        masks, self._mask = self.masknet.forward_stream(
+            frames, self._mask, self._block_step
+        )
         sep = frames.unsqueeze(0) * masks  # [spks, batch, E, m]
         sep = sep.reshape(sep.shape[0] * sep.shape[1], *sep.shape[2:])
         y, self._dec = decode_stream(self.decoder, sep, self._dec)

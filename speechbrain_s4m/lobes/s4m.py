@@ -385,6 +385,15 @@ def _stream_resize(x, st, shift, n_out):
     return out
 
 
+@torch.compiler.disable
+def _s4_stream(layer, x, state):
+    """``layer.forward_stream(x, state)``, always eager: when a block step
+    is compiled (``S4MStreamer(compile=True)``), the complex recurrence
+    stays out of the graph (inductor on CPU mis-strides complex products).
+    """
+    return layer.forward_stream(x, state)
+
+
 class _Fusion(nn.Module):
     """Local/global fusion of TDANet/S4M.
 
@@ -730,7 +739,7 @@ class S4MBlock(nn.Module):
             glob = glob + _stream_pool(s, pool_st, 2 ** (top_scale - k))
         if glob.shape[-1]:
             s4 = self.s4
-            h, st["s4"] = s4.s4.forward_stream(s4.norm(glob), st.get("s4"))
+            h, st["s4"] = _s4_stream(s4.s4, s4.norm(glob), st.get("s4"))
             glob = glob + h
             ff = self.ffn  # eval mode: no dropout
             h = _small_conv(ff.linear1, ff.norm(glob))
@@ -949,7 +958,7 @@ class S4MMaskNet(nn.Module):
             raise RuntimeError("streaming needs a causal masknet (causal=True)")
         return {"frames": 0}
 
-    def forward_stream(self, frames, state=None):
+    def forward_stream(self, frames, state=None, block_step=None):
         """Masks for the next encoder frames of a stream.
 
         Feeding a signal's encoder frames in consecutive chunks of any sizes
@@ -968,6 +977,9 @@ class S4MMaskNet(nn.Module):
         state : dict, optional
             From :meth:`init_stream_state` or the previous call (``None``:
             a new stream). Updated in place and returned.
+        block_step : callable, optional
+            Replaces ``self.block.stream`` (same signature), e.g. a
+            ``torch.compile`` of it.
 
         Returns
         -------
@@ -997,10 +1009,11 @@ class S4MMaskNet(nn.Module):
             )
         x, state["norm"] = self.norm.stream_step(frames, state.get("norm"))
         x0 = _small_conv(self.bottleneck, x)  # [batch, C, n]
-        h = self.block.stream(x0, state.setdefault("iteration0", {}))
+        step = block_step or self.block.stream
+        h = step(x0, state.setdefault("iteration0", {}))
         for r in range(1, self.num_iterations):
             h = self.iter_act(_small_conv(self.iter_conv, x0 + h))
-            h = self.block.stream(h, state.setdefault(f"iteration{r}", {}))
+            h = step(h, state.setdefault(f"iteration{r}", {}))
         masks = F.relu(_small_conv(self.mask_conv, self.mask_act(h)))
         masks = masks.view(bsz, self.num_spks, self.in_channels, n)
         state["frames"] += n
