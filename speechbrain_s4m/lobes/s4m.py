@@ -290,9 +290,12 @@ def _small_conv(conv, x):
     """
     w, b = conv.weight, conv.bias
     k, stride = conv.kernel_size[0], conv.stride[0]
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
     if conv.groups == 1 and k == 1 and stride == 1:
         y = torch.matmul(w[:, :, 0], x)  # [out, in] @ [batch, in, n]
-    elif conv.groups == conv.in_channels == conv.out_channels:
+    elif depthwise and k == 1 and stride == 1:
+        y = x * w[:, 0]  # a per-channel gain
+    elif depthwise:
         taps = x.unfold(-1, k, stride)  # [batch, C, n_out, k]
         y = torch.matmul(taps, w[:, 0, :, None]).squeeze(-1)
     else:
@@ -493,10 +496,13 @@ def _fusion_stream(fusion, local, glob, scale_shift, st):
     if window is None:
         both = glob.new_zeros(bsz, 2, ch, 0)
     else:
-        # [2, C, k, 1] depthwise taps of both branches
+        # [2, C, 1, k] depthwise taps of both branches
         w = torch.stack([gate_cn.conv.weight, emb_cn.conv.weight])
-        taps = window.unfold(-1, k, 1).unsqueeze(1)  # [batch, 1, C, n, k]
-        both = torch.matmul(taps, w.transpose(-1, -2)).squeeze(-1)
+        if k == 1:  # per-channel gains
+            both = window.unsqueeze(1) * w[..., 0]
+        else:
+            taps = window.unfold(-1, k, 1).unsqueeze(1)  # [batch,1,C,n,k]
+            both = torch.matmul(taps, w.transpose(-1, -2)).squeeze(-1)
     # [2, C, 1] gains and biases of the two norms
     gains = torch.cat([gate_cn.norm.weight, emb_cn.norm.weight])
     biases = torch.cat([gate_cn.norm.bias, emb_cn.norm.bias])
