@@ -624,7 +624,7 @@ def _curve(runs, key):
     return x.mean(0), y.mean(0), y.min(0), y.max(0)
 
 
-def plot_curves(result, path):
+def plot_curves(result, path, ymin=None):
     """PNG of the validation SI-SNRi against updates and CPU seconds.
 
     One line per variant (mean over seeds) with a min/max band.
@@ -635,6 +635,8 @@ def plot_curves(result, path):
         As returned by :func:`run`.
     path : str or pathlib.Path
         Output file.
+    ymin : float, optional
+        Lower limit of the SI-SNRi axis (to zoom past the first updates).
     """
     import matplotlib
 
@@ -645,19 +647,24 @@ def plot_curves(result, path):
     for v in result["variants"]:
         for ax, key in zip(axes, ("update", "cpu_s")):
             x, mean, lo, hi = _curve(v["runs"], key)
-            (line,) = ax.plot(x, mean, label=v["name"], lw=1.6)
+            n = len(v["runs"])
+            label = v["name"] + (f" ({n} seeds)" if n > 1 else "")
+            (line,) = ax.plot(x, mean, label=label, lw=1.6, marker=".")
             if len(v["runs"]) > 1:
                 ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.18)
     s = result["settings"]
     axes[0].set_xlabel("updates")
     axes[1].set_xlabel("training CPU seconds (process_time)")
     axes[0].set_ylabel("valid SI-SNRi (dB)")
+    if ymin is not None:
+        axes[0].set_ylim(bottom=ymin)
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(
         f"Learning speed: {s['segment']} s segments, batch {s['batch']}, "
-        f"seeds {s['seeds']} (mean, min-max band), unseen speakers",
+        f"seeds {s['seeds']} (mean over a variant's seeds, min-max band), "
+        "unseen speakers",
         fontsize=10,
     )
     fig.tight_layout()
@@ -1029,6 +1036,7 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
     p.add_argument("--plot-grads", default=None, help="PNG of grad norms")
+    p.add_argument("--ymin", type=float, default=None, help="SI-SNRi axis")
     p.add_argument(
         "--from-json",
         nargs="+",
@@ -1072,7 +1080,7 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")
     if args.plot:
-        plot_curves(result, args.plot)
+        plot_curves(result, args.plot, ymin=args.ymin)
         print(f"wrote {args.plot}")
     if args.plot_grads:
         plot_grad_norms(result, args.plot_grads)
