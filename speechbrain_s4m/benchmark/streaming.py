@@ -206,6 +206,7 @@ def run(
     naive=True,
     naive_repeats=3,
     log=print,
+    on_row=None,
 ):
     """Runs the benchmark; returns the list of JSON rows.
 
@@ -214,7 +215,8 @@ def run(
     ``algorithmic_latency_ms``, ``per_hop_ms_median``, ``per_hop_ms_p99``
     and ``rss_mib`` (after the run). The streamer row at the hop closest
     to 16 ms on the first thread count also has ``rss_growth``: ``[minutes,
-    MiB]`` pairs over ``long_minutes`` of stream.
+    MiB]`` pairs over ``long_minutes`` of stream. ``on_row(rows)`` is
+    called after each new row (e.g. to save partial results).
     """
     streamer = build_streamer(config, overrides)
     rate = streamer.sample_rate
@@ -253,6 +255,8 @@ def run(
             row["rss_mib"] = current_rss_mib()
             rows.append(row)
             log(format_table([row], header=len(rows) == 1))
+            if on_row:
+                on_row(rows)
             if naive:
                 if n_threads not in naive_cost:  # the same for every hop
                     naive_cost[n_threads] = time_naive(
@@ -279,6 +283,8 @@ def run(
                     }
                 )
                 log(format_table(rows[-1:], header=False))
+                if on_row:
+                    on_row(rows)
     return rows
 
 
@@ -336,7 +342,11 @@ def parser():
     )
     p.add_argument("--no-naive", action="store_true")
     p.add_argument("--naive-repeats", type=int, default=3)
-    p.add_argument("--json", default=None, help="write the rows here")
+    p.add_argument(
+        "--json",
+        default=None,
+        help="write the rows here (rewritten after every row)",
+    )
     return p
 
 
@@ -347,6 +357,12 @@ def main(argv=None):
 
     overrides = yaml.safe_load(args.overrides) if args.overrides else None
     hops = [int(h) if float(h).is_integer() else h for h in args.hops_ms]
+
+    def save(rows):  # after every row: a long run keeps what it measured
+        if args.json:
+            with open(args.json, "w") as fout:
+                json.dump(rows, fout, indent=1)
+
     rows = run(
         config=args.config,
         overrides=overrides,
@@ -357,6 +373,7 @@ def main(argv=None):
         naive=not args.no_naive,
         naive_repeats=args.naive_repeats,
         log=lambda text: print(text, flush=True),
+        on_row=save,
     )
     print()
     print(format_table(rows))
@@ -367,8 +384,7 @@ def main(argv=None):
             )
             print(f"RSS while streaming ({row['hop_ms']} ms hops): {growth}")
     if args.json:
-        with open(args.json, "w") as fout:
-            json.dump(rows, fout, indent=1)
+        save(rows)
         print(f"wrote {args.json}")
     return 0
 
