@@ -188,8 +188,8 @@ def test_block_output_rms_follows_the_iterations():
     stats = ls.block_output_rms(model, mix)
     # reference: the iterations written out by hand
     m = model.masknet
-    x0 = m.bottleneck(m.norm(model.encoder(mix)))
     with torch.no_grad():
+        x0 = m.bottleneck(m.norm(model.encoder(mix)))
         h1 = m.block(x0)
         in2 = m.iter_act(m.iter_conv(x0 + h1))
         h2 = m.block(in2)
