@@ -4,7 +4,9 @@
 pretrained model folder or hub id and writes ``<name>_s1.wav``,
 ``<name>_s2.wav``, ... Long files are streamed chunk by chunk. The output
 folder, the inputs (never overwritten) and existing outputs (replaced only
-with ``--overwrite``) are checked before any file is separated.
+with ``--overwrite``) are checked before any file is separated. With
+``--stream`` a causal model separates each file hop by hop through
+:class:`~speechbrain_s4m.inference.S4MStreamer` (docs/streaming.md).
 ``s4m-export`` turns a recipe output folder into a pretrained folder.
 
 Both print one line per problem (no traceback) and return a non-zero exit
