@@ -93,6 +93,16 @@ def test_parameter_counts(built, name, target):
 
 
 @pytest.mark.parametrize(
+    "name, exact",
+    [("s4m_tiny", 1_822_727), ("s4m", 3_605_767), ("sepformer", 25_679_361)],
+)
+def test_exact_parameter_counts(built, name, exact):
+    """The counts the README states, to the parameter (a wrong pyramid
+    kernel or a stray layer would pass the +-5% check above)."""
+    assert _params(built[name]) == exact
+
+
+@pytest.mark.parametrize(
     "sample_rate, kernel, stride, channels",
     [(8000, 32, 8, 17), (16000, 64, 16, 33)],
 )

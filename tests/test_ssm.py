@@ -97,7 +97,8 @@ def test_kernel_matches_recurrence(mode, init, bidirectional, L):
         ref = ref[0]
     assert k.shape == ref.shape
     err = ((k - ref).norm() / ref.norm()).item()
-    assert err < (1e-6 if mode == "s4d" else 1e-4), err
+    # float64: both modes measure ~1e-15 against the unrolled recurrence
+    assert err < 1e-10, err
 
 
 @pytest.mark.parametrize("mode,init", MODES)
@@ -400,7 +401,7 @@ def test_reset_parameters_survives_speechbrain_reset(mode):
     assert all(getattr(p, "_ssm_param", False) for p in (layer.log_dt, layer.B))
     k = layer.double().kernel(20)
     ref = reference_kernel(layer, 20)
-    assert ((k - ref).norm() / ref.norm()) < 1e-4
+    assert ((k - ref).norm() / ref.norm()) < 1e-10
 
 
 def test_nplr_init_is_legs():
