@@ -10,7 +10,6 @@ Authors
  * speechbrain-s4m contributors 2026
 """
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -39,6 +38,7 @@ class Separator(nn.Module):
 
     Example
     -------
+    >>> import torch
     >>> from speechbrain.lobes.models.dual_path import Decoder, Encoder
     >>> from speechbrain_s4m.lobes.s4m import S4MMaskNet
     >>> sep = Separator(
@@ -129,6 +129,7 @@ def separate_batch(mix, encoder, masknet, decoder, num_spks):
 
     Example
     -------
+    >>> import torch
     >>> from speechbrain.lobes.models.dual_path import Decoder, Encoder
     >>> enc = Encoder(kernel_size=16, out_channels=8)
     >>> dec = Decoder(8, 1, kernel_size=16, stride=8, bias=False)
