@@ -97,6 +97,28 @@ def run_recipe_inprocess(
     return run_recipe(args, **kwargs)
 
 
+def synthmix_command(model, tmp_path):
+    """The tiny SynthMix command line (data in ``tmp_path/data``, output in
+    ``tmp_path/out``) and the recipe's own data writer, ``write_synthmix``
+    from its train.py (for ``run_recipe(args, before_prepare=...)``)."""
+    script = train_script("SynthMix")
+    args = recipe_args(
+        "SynthMix",
+        model,
+        tmp_path / "data",
+        tmp_path / "out",
+        "--synth_sizes",
+        "{tr: 2, cv: 2, tt: 2}",
+        "--synth_duration",
+        "[0.5, 0.6]",
+        "--training_signal_len",
+        "2000",
+    )
+    ns = {"__name__": "synthmix_train"}
+    exec(compile(script.read_text(), str(script), "exec"), ns)
+    return args, ns["write_synthmix"]
+
+
 def write_tiny_datasets(root):
     """Writes the tiny WSJ0-2mix, Libri2Mix and WHAM! folders under root."""
     from speechbrain_s4m.data.synthetic import (

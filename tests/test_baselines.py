@@ -13,9 +13,8 @@ import torch
 from conftest import (
     TINY_MODEL,
     hparams_path,
-    recipe_args,
     run_recipe_inprocess,
-    train_script,
+    synthmix_command,
 )
 from test_recipes import check_finished_run
 
@@ -190,20 +189,6 @@ def test_baseline_recipe_end_to_end(
 def test_synthmix_convtasnet_end_to_end(tiny_baselines, tmp_path):
     from speechbrain_s4m.separation import run_recipe
 
-    script = train_script("SynthMix")
-    args = recipe_args(
-        "SynthMix",
-        "convtasnet",
-        tmp_path / "data",
-        tmp_path / "out",
-        "--synth_sizes",
-        "{tr: 2, cv: 2, tt: 2}",
-        "--synth_duration",
-        "[0.5, 0.6]",
-        "--training_signal_len",
-        "2000",
-    )
-    ns = {"__name__": "synthmix_train"}
-    exec(compile(script.read_text(), str(script), "exec"), ns)
-    run_recipe(args, dataset="wsj0mix", before_prepare=ns["write_synthmix"])
+    args, write_synthmix = synthmix_command("convtasnet", tmp_path)
+    run_recipe(args, dataset="wsj0mix", before_prepare=write_synthmix)
     check_finished_run(tmp_path / "out")

@@ -23,6 +23,7 @@ from conftest import (
     hparams_path,
     recipe_args,
     run_recipe_inprocess,
+    synthmix_command,
     train_script,
 )
 
@@ -158,30 +159,16 @@ def test_tiny_recipe_output_fixture(tiny_recipe_output):
 @pytest.mark.parametrize("model", ["s4m_tiny", "sepformer"])
 def test_synthmix_recipe(model, tmp_path):
     """The main job's recipe writes its data, trains, tests and plots."""
-    script = train_script("SynthMix")
-    args = recipe_args(
-        "SynthMix",
-        model,
-        tmp_path / "data",
-        tmp_path / "out",
-        "--synth_sizes",
-        "{tr: 2, cv: 2, tt: 2}",
-        "--synth_duration",
-        "[0.5, 0.6]",
-        "--training_signal_len",
-        "2000",
-    )
-    ns = {"__name__": "synthmix_train"}
-    exec(compile(script.read_text(), str(script), "exec"), ns)
+    args, write_synthmix = synthmix_command(model, tmp_path)
     from speechbrain_s4m.recipe import run_recipe
 
-    run_recipe(args, before_prepare=ns["write_synthmix"])
+    run_recipe(args, before_prepare=write_synthmix)
     check_finished_run(tmp_path / "out")
     assert (tmp_path / "data" / "wav8k" / "min" / "tt" / "mix").is_dir()
     marker = tmp_path / "data" / "synthmix.json"
     stamp = marker.stat().st_mtime_ns
     # A second run reuses the data (same options) and trains no more epochs
-    run_recipe(args, before_prepare=ns["write_synthmix"])
+    run_recipe(args, before_prepare=write_synthmix)
     assert marker.stat().st_mtime_ns == stamp
     assert epoch_lines(tmp_path / "out") == [1]
 

@@ -5,7 +5,7 @@ import pytest
 from conftest import (
     hparams_path,
     recipe_args,
-    train_script,
+    synthmix_command,
 )
 
 
@@ -35,22 +35,6 @@ def test_causal_recipe_end_to_end(recipe, tiny_datasets, tmp_path):
 def test_causal_synthmix_recipe(tmp_path):
     from speechbrain_s4m.recipe import run_recipe
 
-    script = train_script("SynthMix")
-    args = recipe_args(
-        "SynthMix",
-        "s4m_tiny",
-        tmp_path / "data",
-        tmp_path / "out",
-        "--synth_sizes",
-        "{tr: 2, cv: 2, tt: 2}",
-        "--synth_duration",
-        "[0.5, 0.6]",
-        "--training_signal_len",
-        "2000",
-    )
-    ns = {"__name__": "synthmix_train"}
-    exec(compile(script.read_text(), str(script), "exec"), ns)
-    brain = run_recipe(
-        _causal(args, "SynthMix"), before_prepare=ns["write_synthmix"]
-    )
+    args, write_synthmix = synthmix_command("s4m_tiny", tmp_path)
+    brain = run_recipe(_causal(args, "SynthMix"), before_prepare=write_synthmix)
     _check(brain, tmp_path / "out")
