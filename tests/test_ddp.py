@@ -70,6 +70,25 @@ DRIVER = textwrap.dedent(
 )
 
 
+def _torchrun_two_ranks(driver, args, dumps, cwd):
+    """Runs ``driver`` with ``args`` on 2 gloo ranks (torchrun); the driver
+    writes its records to ``dumps``. Fails the test on a non-zero exit."""
+    env = dict(os.environ, S4M_TEST_DDP_OUT=str(dumps), OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(driver),
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
 @pytest.mark.parametrize("model", ["s4m_tiny", "sepformer"])
 def test_ddp_replicas_stay_identical(model, tmp_path):
     from speechbrain_s4m.data.synthetic import write_wsj0mix
@@ -96,20 +115,7 @@ def test_ddp_replicas_stay_identical(model, tmp_path):
         "--threshold_byloss",
         "False",
     )
-    env = dict(os.environ, S4M_TEST_DDP_OUT=str(dumps), OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(driver),
-        *args,
-    ]
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    _torchrun_two_ranks(driver, args, dumps, tmp_path)
 
     # The two ranks trained on different mixtures (DistributedSampler) ...
     ids = [
@@ -239,20 +245,7 @@ def test_ddp_accumulation_with_skipped_stepping_batch(tmp_path):
         "--save_audio",
         "False",
     )
-    env = dict(os.environ, S4M_TEST_DDP_OUT=str(dumps), OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(driver),
-        *args,
-    ]
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    _torchrun_two_ranks(driver, args, dumps, tmp_path)
 
     records = [
         json.loads((dumps / f"record{r}.json").read_text()) for r in (0, 1)
