@@ -255,7 +255,7 @@ def current_rss_mib():
 
     Example
     -------
-    >>> 0 < current_rss_mib() <= peak_rss_mib() + 1 or sys.platform != "linux"
+    >>> current_rss_mib() > 0 or sys.platform != "linux"
     True
     """
     try:
@@ -313,4 +313,9 @@ class PeakMemory:
         if self.is_cuda:
             self.cuda.synchronize(self.device)
             return self.cuda.max_memory_allocated(self.device) / 2**20
-        return peak_rss_mib()
+        # Why the max: the kernel's high-water mark (ru_maxrss) and
+        # /proc/self/statm are read from RSS counters that are flushed
+        # lazily per thread, so the "peak" can read a fraction of a MiB
+        # below the current RSS just read by start(); a peak is never
+        # below what is resident now.
+        return max(peak_rss_mib(), current_rss_mib())
