@@ -44,6 +44,7 @@ from speechbrain_s4m.nnet import (
     S4Block,
 )
 from speechbrain_s4m.nnet.blocks import cln_stream_step, gln_statistics
+from speechbrain_s4m.nnet.chunk_ops import depthwise_taps, small_conv
 
 
 def _gln_affine(norm, mean, var, weight=None, dtype=None):
@@ -224,7 +225,7 @@ class _ConvNorm(nn.Module):
         if window is None:
             y = x.new_zeros(x.shape[0], conv.out_channels, 0)
         else:
-            y = _small_conv(conv, window)
+            y = small_conv(conv, window)
         y, st["norm"] = self.norm.stream_step(y, st.get("norm"))
         return y
 
@@ -280,29 +281,6 @@ def _causal_resize(x, shift, length):
 # Streaming helpers. Streaming state is a nested dict of tensors and ints,
 # updated in place; buffers are created from the first chunk's shapes.
 # ----------------------------------------------------------------------
-def _small_conv(conv, x):
-    """``conv(x)`` for the few frames of a streaming chunk.
-
-    On CPU, ``conv1d`` on a handful of frames costs ~0.2-0.7 ms whatever
-    the work (weight re-layout per call); a 1x1 convolution is a matrix
-    product, a depthwise one a product with the window's unfolded taps.
-    Same values (not bitwise). No padding: causal windows come padded.
-    """
-    w, b = conv.weight, conv.bias
-    k, stride = conv.kernel_size[0], conv.stride[0]
-    depthwise = conv.groups == conv.in_channels == conv.out_channels
-    if conv.groups == 1 and k == 1 and stride == 1:
-        y = torch.matmul(w[:, :, 0], x)  # [out, in] @ [batch, in, n]
-    elif depthwise and k == 1 and stride == 1:
-        y = x * w[:, 0]  # a per-channel gain
-    elif depthwise:
-        taps = x.unfold(-1, k, stride)  # [batch, C, n_out, k]
-        y = torch.matmul(taps, w[:, 0, :, None]).squeeze(-1)
-    else:
-        return conv(x)
-    return y if b is None else y + b.reshape(-1, 1)
-
-
 def _stream_window(x, st, kernel, stride):
     """Input window of a causal strided convolution for the next outputs.
 
@@ -496,13 +474,9 @@ def _fusion_stream(fusion, local, glob, scale_shift, st):
     if window is None:
         both = glob.new_zeros(bsz, 2, ch, 0)
     else:
-        # [2, C, 1, k] depthwise taps of both branches
-        w = torch.stack([gate_cn.conv.weight, emb_cn.conv.weight])
-        if k == 1:  # per-channel gains
-            both = window.unsqueeze(1) * w[..., 0]
-        else:
-            taps = window.unfold(-1, k, 1).unsqueeze(1)  # [batch,1,C,n,k]
-            both = torch.matmul(taps, w.transpose(-1, -2)).squeeze(-1)
+        # [2, C, k] depthwise taps of both branches on one window
+        w = torch.stack([gate_cn.conv.weight, emb_cn.conv.weight])[:, :, 0]
+        both = depthwise_taps(window.unsqueeze(1), w)  # [batch, 2, C, n]
     # [2, C, 1] gains and biases of the two norms
     gains = torch.cat([gate_cn.norm.weight, emb_cn.norm.weight])
     biases = torch.cat([gate_cn.norm.bias, emb_cn.norm.bias])
@@ -731,7 +705,7 @@ class S4MBlock(nn.Module):
         """
         if not self.causal:
             raise RuntimeError("streaming needs a causal block")
-        y = _small_conv(self.proj, x)
+        y = small_conv(self.proj, x)
         y, st["proj_norm"] = self.proj_norm.stream_step(y, st.get("proj_norm"))
         y = self.proj_act(y)
         scales = []
@@ -748,8 +722,8 @@ class S4MBlock(nn.Module):
             h, st["s4"] = _s4_stream(s4.s4, s4.norm(glob), st.get("s4"))
             glob = glob + h
             ff = self.ffn  # eval mode: no dropout
-            h = _small_conv(ff.linear1, ff.norm(glob))
-            glob = glob + _small_conv(ff.linear2, ff.activation(h))
+            h = small_conv(ff.linear1, ff.norm(glob))
+            glob = glob + small_conv(ff.linear2, ff.activation(h))
         fused = {
             k: _fusion_stream(
                 self.fuse[str(k)],
@@ -772,7 +746,7 @@ class S4MBlock(nn.Module):
             out = _fusion_stream(
                 self.merge[i], fused[i], out, 1, st.setdefault(f"merge{i}", {})
             )
-        return _small_conv(self.res_conv, out) + x
+        return small_conv(self.res_conv, out) + x
 
 
 class S4MMaskNet(nn.Module):
@@ -1014,13 +988,13 @@ class S4MMaskNet(nn.Module):
                 state
             )
         x, state["norm"] = self.norm.stream_step(frames, state.get("norm"))
-        x0 = _small_conv(self.bottleneck, x)  # [batch, C, n]
+        x0 = small_conv(self.bottleneck, x)  # [batch, C, n]
         step = block_step or self.block.stream
         h = step(x0, state.setdefault("iteration0", {}))
         for r in range(1, self.num_iterations):
-            h = self.iter_act(_small_conv(self.iter_conv, x0 + h))
+            h = self.iter_act(small_conv(self.iter_conv, x0 + h))
             h = step(h, state.setdefault(f"iteration{r}", {}))
-        masks = F.relu(_small_conv(self.mask_conv, self.mask_act(h)))
+        masks = F.relu(small_conv(self.mask_conv, self.mask_act(h)))
         masks = masks.view(bsz, self.num_spks, self.in_channels, n)
         state["frames"] += n
         return masks.transpose(0, 1), state
