@@ -276,20 +276,20 @@ def test_stream_form_chooses_by_precision_and_conditioning(monkeypatch):
     layer = S4(8, d_state=16, bidirectional=False).eval()
     x = torch.randn(1, 8, 40)
     with torch.no_grad():
-        assert layer._stream_form() is not None
+        assert layer.stream_form() is not None
         y1, st = layer.forward_stream(x[..., :17])
         y2, st = layer.forward_stream(x[..., 17:], st)
         torch.testing.assert_close(
             torch.cat([y1, y2], -1), layer(x), atol=1e-5, rtol=1e-4
         )
         assert st.dtype == torch.float64 and st.shape == (1, 2, 8, 16)
-        assert copy.deepcopy(layer).double()._stream_form() is None
-    assert layer._stream_form() is None  # gradients enabled
+        assert copy.deepcopy(layer).double().stream_form() is None
+    assert layer.stream_form() is None  # gradients enabled
     bad = S4(8, d_state=16, bidirectional=False).eval()
     form = bad._real_diagonal_form()
     monkeypatch.setattr(bad, "_real_diagonal_form", lambda: (*form[:-1], 1e12))
     with torch.no_grad():
-        assert bad._stream_form() is None
+        assert bad.stream_form() is None
         y, st = bad.forward_stream(x)
         torch.testing.assert_close(y, bad(x), atol=1e-5, rtol=1e-4)
         assert st.is_complex()  # default_state's form

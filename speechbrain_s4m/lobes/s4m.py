@@ -306,6 +306,8 @@ def _stream_window(x, st, kernel, stride):
     n_new : int
         Number of new outputs.
     """
+    if kernel == stride == 1:  # every frame is an output: no buffer
+        return (x if x.shape[-1] else None), x.shape[-1]
     if "buf" not in st:
         st["buf"] = x.new_zeros(x.shape[0], x.shape[1], kernel - 1)
     # ``buf`` starts at the first input of the next output (zeros before the
@@ -367,12 +369,20 @@ def _stream_resize(x, st, shift, n_out):
 
 
 @torch.compiler.disable
-def _s4_stream(layer, x, state):
-    """``layer.forward_stream(x, state)``, always eager: when a block step
-    is compiled (``S4MStreamer(compile=True)``), the complex recurrence
-    stays out of the graph (inductor on CPU mis-strides complex products).
-    """
+def _s4_stream_eager(layer, x, state):
+    """``layer.forward_stream(x, state)`` kept out of a compiled graph: the
+    dense complex recurrence (inductor on CPU mis-strides complex
+    products)."""
     return layer.forward_stream(x, state)
+
+
+def _s4_stream(layer, x, state, form):
+    """The S4 layer on the next coarse frames: the eigenbasis recurrence
+    (real tensor operations, compilable) when ``form`` is given
+    (:meth:`speechbrain_s4m.nnet.S4.stream_form`), else eager."""
+    if form is None:
+        return _s4_stream_eager(layer, x, state)
+    return layer.forward_stream(x, state, form=form)
 
 
 class _Fusion(nn.Module):
@@ -685,7 +695,7 @@ class S4MBlock(nn.Module):
             out = self.merge[i](fused[i], out, 1)
         return self.res_conv(out) + x
 
-    def stream(self, x, st):
+    def stream(self, x, st, s4_form=None):
         """The causal block on the next frames of a stream.
 
         Arguments
@@ -697,6 +707,10 @@ class S4MBlock(nn.Module):
             of a stream), updated in place: convolution input tails,
             cumulative-norm sums, pooling and resizing buffers, the S4
             recurrent state.
+        s4_form : tuple of torch.Tensor, optional
+            ``self.s4.s4.stream_form()``, fetched once per chunk by the
+            caller (None: the S4 layer runs eager, outside any compiled
+            graph).
 
         Returns
         -------
@@ -719,7 +733,9 @@ class S4MBlock(nn.Module):
             glob = glob + _stream_pool(s, pool_st, 2 ** (top_scale - k))
         if glob.shape[-1]:
             s4 = self.s4
-            h, st["s4"] = _s4_stream(s4.s4, s4.norm(glob), st.get("s4"))
+            h, st["s4"] = _s4_stream(
+                s4.s4, s4.norm(glob), st.get("s4"), s4_form
+            )
             glob = glob + h
             ff = self.ffn  # eval mode: no dropout
             h = small_conv(ff.linear1, ff.norm(glob))
@@ -959,7 +975,8 @@ class S4MMaskNet(nn.Module):
             a new stream). Updated in place and returned.
         block_step : callable, optional
             Replaces ``self.block.stream`` (same signature), e.g. a
-            ``torch.compile`` of it.
+            ``torch.compile`` of it; called with ``s4_form`` (see
+            :meth:`S4MBlock.stream`).
 
         Returns
         -------
@@ -990,10 +1007,12 @@ class S4MMaskNet(nn.Module):
         x, state["norm"] = self.norm.stream_step(frames, state.get("norm"))
         x0 = small_conv(self.bottleneck, x)  # [batch, C, n]
         step = block_step or self.block.stream
-        h = step(x0, state.setdefault("iteration0", {}))
+        # the S4 layer's eigenbasis form (cached; None: dense recurrence)
+        form = self.block.s4.s4.stream_form()
+        h = step(x0, state.setdefault("iteration0", {}), s4_form=form)
         for r in range(1, self.num_iterations):
             h = self.iter_act(small_conv(self.iter_conv, x0 + h))
-            h = step(h, state.setdefault(f"iteration{r}", {}))
+            h = step(h, state.setdefault(f"iteration{r}", {}), s4_form=form)
         masks = F.relu(small_conv(self.mask_conv, self.mask_act(h)))
         masks = masks.view(bsz, self.num_spks, self.in_channels, n)
         state["frames"] += n

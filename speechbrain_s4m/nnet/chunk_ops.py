@@ -45,7 +45,7 @@ def linear_frames(x, weight, bias=None):
     Returns
     -------
     torch.Tensor
-        ``[..., out, n]`` (a transposed view when ``n`` is small).
+        ``[..., out, n]``, contiguous.
 
     Example
     -------
@@ -58,9 +58,8 @@ def linear_frames(x, weight, bias=None):
     if x.shape[-1] >= _WIDE:
         y = torch.matmul(weight, x)
         return y if bias is None else y + bias[:, None]
-    return F.linear(x.transpose(-1, -2).contiguous(), weight, bias).transpose(
-        -1, -2
-    )
+    y = F.linear(x.transpose(-1, -2).contiguous(), weight, bias)
+    return y.transpose(-1, -2).contiguous()
 
 
 def depthwise_taps(window, taps, stride=1):

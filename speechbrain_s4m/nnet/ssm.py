@@ -810,7 +810,7 @@ class S4(nn.Module):
         c = torch.cat([c.real, -c.imag], dim=-1)
         return lam.real, lam.imag, b.real, b.imag, c, cond
 
-    def _stream_form(self):
+    def stream_form(self):
         """The diagonal form for :meth:`forward_stream` in real arithmetic,
         or None where the dense recurrence must run instead: under
         autograd, and where the eigenbasis is too ill-conditioned for the
@@ -851,7 +851,7 @@ class S4(nn.Module):
             ``[batch, 2, d_model, M]`` float64: real and imaginary parts
             of ``z`` (None: zero state).
         form : tuple
-            From :meth:`_stream_form`.
+            From :meth:`stream_form`.
 
         Returns
         -------
@@ -994,7 +994,7 @@ class S4(nn.Module):
             y = y + self.D.to(ctype)[:, None] * uc
         return y.to(u.dtype), state
 
-    def forward_stream(self, x, state=None):
+    def forward_stream(self, x, state=None, form=None):
         """Apply a causal layer to the next frames of a stream.
 
         The recurrent mode over a chunk of any length (0 included): the
@@ -1014,6 +1014,10 @@ class S4(nn.Module):
         state : torch.Tensor, optional
             From the previous call (None: the zero state). Opaque: its
             form depends on the path taken (not :meth:`step`'s state).
+        form : tuple of torch.Tensor, optional
+            :meth:`stream_form`, fetched by the caller: the recurrence is
+            then tensor operations only (what ``torch.compile`` can put in
+            one graph with the layers around it).
 
         Returns
         -------
@@ -1035,7 +1039,8 @@ class S4(nn.Module):
             raise RuntimeError(
                 "streaming needs a causal (bidirectional=False) S4"
             )
-        form = self._stream_form()
+        if form is None:
+            form = self.stream_form()
         if form is not None:
             y, state = self._diagonal_ssm_recurrence(x, state, form)
         else:
