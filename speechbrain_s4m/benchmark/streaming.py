@@ -122,8 +122,11 @@ def naive_window_frames(masknet, tol=1e-3):
     return conv_receptive_field(masknet) + coarse * s4_context(masknet, tol)
 
 
-def build_streamer(config="s4m_tiny_causal", overrides=None, seed=0):
-    """A streamer over randomly initialised modules of a model fragment."""
+def build_streamer(
+    config="s4m_tiny_causal", overrides=None, seed=0, compile=False
+):
+    """A streamer over randomly initialised modules of a model fragment
+    (``compile``: :class:`S4MStreamer`'s compiled block step)."""
     torch.manual_seed(seed)
     hp = load_model_config(config, overrides=overrides)
     return S4MStreamer.from_modules(
@@ -132,7 +135,19 @@ def build_streamer(config="s4m_tiny_causal", overrides=None, seed=0):
         hp["Decoder"],
         num_spks=hp["num_spks"],
         sample_rate=hp["sample_rate"],
+        compile=compile,
     )
+
+
+def warm_up(streamer, hop, calls=6, seed=2):
+    """Seconds taken by the first ``calls`` hops of a new stream (with a
+    compiled step: the compilations for this hop size)."""
+    gen = torch.Generator().manual_seed(seed)
+    streamer.reset()
+    start = time.perf_counter()
+    for _ in range(calls):
+        streamer.process(0.1 * torch.randn(1, hop, generator=gen))
+    return time.perf_counter() - start
 
 
 def _percentile(values, q):
@@ -207,6 +222,7 @@ def run(
     naive_repeats=3,
     log=print,
     on_row=None,
+    compile=False,
 ):
     """Runs the benchmark; returns the list of JSON rows.
 
@@ -216,9 +232,11 @@ def run(
     and ``rss_mib`` (after the run). The streamer row at the hop closest
     to 16 ms on the first thread count also has ``rss_growth``: ``[minutes,
     MiB]`` pairs over ``long_minutes`` of stream. ``on_row(rows)`` is
-    called after each new row (e.g. to save partial results).
+    called after each new row (e.g. to save partial results). With
+    ``compile``, the streamer rows are "streamer (compiled)" and have
+    ``warmup_s``: the first hops of each hop size, compilation included.
     """
-    streamer = build_streamer(config, overrides)
+    streamer = build_streamer(config, overrides, compile=compile)
     rate = streamer.sample_rate
     window = naive_window_frames(streamer.masknet) if naive else None
     if naive:
@@ -234,10 +252,11 @@ def run(
         torch.set_num_threads(n_threads)
         for hop_ms in hops_ms:
             hop = max(1, round(hop_ms * rate / 1000))
+            warmup_s = warm_up(streamer, hop) if compile else None
             times = time_streamer(streamer, hop, seconds)
             med, p99 = statistics.median(times), _percentile(times, 0.99)
             row = {
-                "method": "streamer",
+                "method": "streamer (compiled)" if compile else "streamer",
                 "config": config,
                 "hop_ms": hop_ms,
                 "hop_samples": hop,
@@ -249,6 +268,8 @@ def run(
                 "latency_ms": streamer.latency_ms + hop_ms + 1000 * p99,
                 "seconds_streamed": len(times) * hop / rate,
             }
+            if compile:
+                row["warmup_s"] = warmup_s
             if n_threads == threads[0] and hop_ms == long_hop and long_minutes:
                 growth = rss_growth(streamer, hop, long_minutes)
                 row["rss_growth"] = [[m, r] for m, r in growth]
@@ -340,6 +361,13 @@ def parser():
         help="minutes streamed to follow the RSS (at the 16 ms hop, "
         "first thread count; 0 skips it)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="time S4MStreamer(compile=True): the block step compiled by "
+        "torch.compile (minutes of compilation per hop size, reported as "
+        "warmup_s)",
+    )
     p.add_argument("--no-naive", action="store_true")
     p.add_argument("--naive-repeats", type=int, default=3)
     p.add_argument(
@@ -374,6 +402,7 @@ def main(argv=None):
         naive_repeats=args.naive_repeats,
         log=lambda text: print(text, flush=True),
         on_row=save,
+        compile=args.compile,
     )
     print()
     print(format_table(rows))
