@@ -8,7 +8,7 @@ import torch
 
 from speechbrain_s4m.config import load_model_config
 from speechbrain_s4m.lobes import S4MMaskNet
-from speechbrain_s4m.lobes.s4m import decode_flush, decode_stream
+from speechbrain_s4m.lobes.s4m_stream import decode_flush, decode_stream
 from speechbrain_s4m.lobes.separator import Separator
 from speechbrain_s4m.nnet import CumulativeLayerNorm
 from speechbrain_s4m.nnet.blocks import cln_statistics

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from speechbrain_s4m.lobes.s4m import decode_flush, decode_stream
+from speechbrain_s4m.lobes.s4m_stream import decode_flush, decode_stream
 
 #: What to do when the model is not causal (the fix is in the message).
 NOT_CAUSAL = (

@@ -29,6 +29,10 @@ change the function:
   at the coarse resolution and broadcast over the upsampling factor instead of
   materialising the nearest-neighbour upsampled maps.
 
+The causal model (``causal=True``) streams: ``S4MMaskNet.forward_stream``
+and ``S4MEncoder.forward_stream`` run chunk by chunk through the state
+helpers of :mod:`speechbrain_s4m.lobes.s4m_stream`.
+
 Authors: the speechbrain-s4m contributors
 """
 
@@ -37,14 +41,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from speechbrain_s4m.lobes.s4m_stream import (
+    fusion_stream,
+    s4_stream,
+    stream_pool,
+    stream_window,
+)
 from speechbrain_s4m.nnet import (
     CumulativeLayerNorm,
     FeedForwardBlock,
     GlobalLayerNorm,
     S4Block,
 )
-from speechbrain_s4m.nnet.blocks import cln_stream_step, gln_statistics
-from speechbrain_s4m.nnet.chunk_ops import depthwise_taps, small_conv
+from speechbrain_s4m.nnet.blocks import gln_statistics
+from speechbrain_s4m.nnet.chunk_ops import small_conv
 
 
 def _gln_affine(norm, mean, var, weight=None, dtype=None):
@@ -219,7 +229,7 @@ class _ConvNorm(nn.Module):
         """Causal ``forward`` on the next frames of a stream (``st``: dict
         state, updated in place); returns the new output frames."""
         conv = self.conv
-        window, n_new = _stream_window(
+        window, n_new = stream_window(
             x, st.setdefault("conv", {}), conv.kernel_size[0], conv.stride[0]
         )
         if window is None:
@@ -275,114 +285,6 @@ def _causal_resize(x, shift, length):
     elif shift < 0:
         x = x[..., :: 2**-shift]
     return x[..., :length]
-
-
-# ----------------------------------------------------------------------
-# Streaming helpers. Streaming state is a nested dict of tensors and ints,
-# updated in place; buffers are created from the first chunk's shapes.
-# ----------------------------------------------------------------------
-def _stream_window(x, st, kernel, stride):
-    """Input window of a causal strided convolution for the next outputs.
-
-    The convolution (kernel ``kernel``, stride ``stride``, no padding) of
-    the returned window gives the outputs that the frames seen so far make
-    available (output ``j`` reads inputs ``stride*j - kernel + 1 ..
-    stride*j``, zeros before the start). ``st`` keeps the input tail.
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        New input frames ``[batch, channels, n]``.
-    st : dict
-        Buffer state (empty at the start of a stream).
-    kernel, stride : int
-        Of the convolution.
-
-    Returns
-    -------
-    window : torch.Tensor or None
-        ``[batch, channels, stride * (n_new - 1) + kernel]``; None if no
-        new output is available.
-    n_new : int
-        Number of new outputs.
-    """
-    if kernel == stride == 1:  # every frame is an output: no buffer
-        return (x if x.shape[-1] else None), x.shape[-1]
-    if "buf" not in st:
-        st["buf"] = x.new_zeros(x.shape[0], x.shape[1], kernel - 1)
-    # ``buf`` starts at the first input of the next output (zeros before the
-    # start of the stream), so the next outputs are those whose last input
-    # has arrived; only the tensor is needed (its length is the phase)
-    buf = torch.cat([st["buf"], x], dim=-1) if x.shape[-1] else st["buf"]
-    n_new = max(0, -(-(buf.shape[-1] - kernel + 1) // stride))
-    window = None
-    if n_new > 0:
-        window = buf[..., : stride * (n_new - 1) + kernel]
-    st["buf"] = buf[..., stride * n_new :]
-    return window, n_new
-
-
-def _stream_pool(x, st, factor):
-    """Streaming :func:`_causal_pool` (new fine frames -> new coarse)."""
-    if factor == 1:
-        return x
-    window, n_new = _stream_window(x, st, factor, factor)
-    if window is None:
-        return x[..., :0]
-    bsz, ch = x.shape[:2]
-    return window.reshape(bsz, ch, n_new, factor).mean(dim=-1)
-
-
-def _stream_resize(x, st, shift, n_out):
-    """Streaming :func:`_causal_resize`: the next ``n_out`` target frames
-    given the new source frames ``x``; ``st`` keeps the source frames that
-    later targets still read."""
-    if "buf" not in st:
-        st["buf"], st["phase"] = x[..., :0], 0
-    buf = torch.cat([st["buf"], x], dim=-1) if x.shape[-1] else st["buf"]
-    # ``phase``: where the next target sits relative to the buffer's first
-    # source frame (up-sampling: in target frames, target ``i`` reading
-    # buffer frame ``i // r``; down-sampling: the buffer frame it reads).
-    # Only this offset matters, not the absolute frame numbers.
-    phase = st["phase"]
-    if shift >= 0:
-        r = 2**shift
-        if n_out == 0:
-            out = buf[..., :0]
-        elif phase % r or n_out % r:
-            src = torch.arange(phase, phase + n_out, device=x.device) // r
-            out = buf.index_select(-1, src)
-        else:  # whole groups of r targets: a broadcast of the sources
-            first = phase // r
-            out = buf[..., first : first + n_out // r, None]
-            out = out.expand(-1, -1, -1, r).reshape(*buf.shape[:2], n_out)
-        # keep the next target's source frame (it may not have arrived yet)
-        keep = min((phase + n_out) // r, buf.shape[-1])
-        st["phase"] = phase + n_out - r * keep
-    else:
-        r = 2**-shift
-        out = buf[..., phase : phase + r * (n_out - 1) + 1 : r]
-        keep = min(phase + r * n_out, buf.shape[-1])
-        st["phase"] = phase + r * n_out - keep
-    st["buf"] = buf[..., keep:]
-    return out
-
-
-@torch.compiler.disable
-def _s4_stream_eager(layer, x, state):
-    """``layer.forward_stream(x, state)`` kept out of a compiled graph: the
-    dense complex recurrence (inductor on CPU mis-strides complex
-    products)."""
-    return layer.forward_stream(x, state)
-
-
-def _s4_stream(layer, x, state, form):
-    """The S4 layer on the next coarse frames: the eigenbasis recurrence
-    (real tensor operations, compilable) when ``form`` is given
-    (:meth:`speechbrain_s4m.nnet.S4.stream_form`), else eager."""
-    if form is None:
-        return _s4_stream_eager(layer, x, state)
-    return layer.forward_stream(x, state, form=form)
 
 
 class _Fusion(nn.Module):
@@ -467,39 +369,6 @@ class _Fusion(nn.Module):
         y = y.view(bsz, ch, t_g, t_l // t_g)
         out = torch.addcmul(b.unsqueeze(-1), y, a.unsqueeze(-1))
         return out.view(bsz, ch, t_l)
-
-
-def _fusion_stream(fusion, local, glob, scale_shift, st):
-    """Causal :class:`_Fusion` on the next frames of both inputs.
-
-    The gate and embedding branches read the same global frames: one input
-    window, one product with both depthwise kernels and one cumulative-norm
-    call for both (``[batch, 2, channels, n]``).
-    """
-    loc = fusion.local_embedding.stream(local, st.setdefault("local", {}))
-    gate_cn, emb_cn = fusion.global_gate, fusion.global_embedding
-    k = gate_cn.conv.kernel_size[0]
-    window, n_new = _stream_window(glob, st.setdefault("glob", {}), k, 1)
-    bsz, ch = glob.shape[:2]
-    if window is None:
-        both = glob.new_zeros(bsz, 2, ch, 0)
-    else:
-        # [2, C, k] depthwise taps of both branches on one window
-        w = torch.stack([gate_cn.conv.weight, emb_cn.conv.weight])[:, :, 0]
-        both = depthwise_taps(window.unsqueeze(1), w)  # [batch, 2, C, n]
-    # [2, C, 1] gains and biases of the two norms
-    gains = torch.cat([gate_cn.norm.weight, emb_cn.norm.weight])
-    biases = torch.cat([gate_cn.norm.bias, emb_cn.norm.bias])
-    both, st["glob_norm"] = cln_stream_step(
-        both, st.get("glob_norm"), gains, biases, gate_cn.norm.eps
-    )
-    gate, emb = both.unbind(1)
-    both = torch.cat([torch.sigmoid(gate), emb], dim=1)
-    both = _stream_resize(
-        both, st.setdefault("resize", {}), scale_shift, loc.shape[-1]
-    )
-    gate, emb = both.chunk(2, dim=1)
-    return torch.addcmul(emb, loc, gate)
 
 
 class S4MBlock(nn.Module):
@@ -730,18 +599,16 @@ class S4MBlock(nn.Module):
         glob = scales[-1]
         for k, s in enumerate(scales[:-1]):
             pool_st = st.setdefault(f"pool{k}", {})
-            glob = glob + _stream_pool(s, pool_st, 2 ** (top_scale - k))
+            glob = glob + stream_pool(s, pool_st, 2 ** (top_scale - k))
         if glob.shape[-1]:
             s4 = self.s4
-            h, st["s4"] = _s4_stream(
-                s4.s4, s4.norm(glob), st.get("s4"), s4_form
-            )
+            h, st["s4"] = s4_stream(s4.s4, s4.norm(glob), st.get("s4"), s4_form)
             glob = glob + h
             ff = self.ffn  # eval mode: no dropout
             h = small_conv(ff.linear1, ff.norm(glob))
             glob = glob + small_conv(ff.linear2, ff.activation(h))
         fused = {
-            k: _fusion_stream(
+            k: fusion_stream(
                 self.fuse[str(k)],
                 scales[k],
                 glob,
@@ -751,7 +618,7 @@ class S4MBlock(nn.Module):
             for k in self.used_scales
         }
         top, src = self.depth - 2, self.first_merge_source
-        out = _fusion_stream(
+        out = fusion_stream(
             self.merge[top],
             fused[top],
             fused[src],
@@ -759,7 +626,7 @@ class S4MBlock(nn.Module):
             st.setdefault(f"merge{top}", {}),
         )
         for i in range(top - 1, -1, -1):
-            out = _fusion_stream(
+            out = fusion_stream(
                 self.merge[i], fused[i], out, 1, st.setdefault(f"merge{i}", {})
             )
         return small_conv(self.res_conv, out) + x
@@ -1196,78 +1063,3 @@ class S4MEncoder(nn.Module):
         state["frames"] += n_new
         state["buf"] = buf[:, s * n_new :]
         return self.conv1d(buf[:, None, :need])
-
-
-def decode_stream(decoder, frames, state=None):
-    """Overlap-add decoding of the next frames of a stream.
-
-    ``decoder`` is a transposed convolution (SpeechBrain's
-    ``dual_path.Decoder``: kernel K, stride s, one output channel): frame
-    ``j`` adds K samples at ``s*j``. Samples before ``s * (frames so far)``
-    receive nothing from later frames and are returned; the last ``K - s``
-    stay pending (:func:`decode_flush` returns them at the end). All
-    returned samples, concatenated, are ``decoder(all frames)``.
-
-    Arguments
-    ---------
-    decoder : torch.nn.ConvTranspose1d
-        The decoder (bias, if any, is added once per sample).
-    frames : torch.Tensor
-        ``[batch, channels, m]`` masked encoder frames.
-    state : dict, optional
-        From the previous call (``None``: a new stream).
-
-    Returns
-    -------
-    samples : torch.Tensor
-        ``[batch, s * m]`` finished samples.
-    state : dict
-        Pending overlap ``[batch, K - s]``, updated in place.
-
-    Example
-    -------
-    >>> from speechbrain.lobes.models.dual_path import Decoder
-    >>> dec = Decoder(17, 1, kernel_size=32, stride=8, bias=False)
-    >>> w = torch.randn(2, 17, 20)
-    >>> y1, state = decode_stream(dec, w[..., :7])
-    >>> y2, state = decode_stream(dec, w[..., 7:], state)
-    >>> y = torch.cat([y1, y2, decode_flush(dec, state)], -1)
-    >>> y.shape, torch.allclose(y, dec(w), atol=1e-6)
-    (torch.Size([2, 184]), True)
-    """
-    k, s = decoder.kernel_size[0], decoder.stride[0]
-    bsz, m = frames.shape[0], frames.shape[-1]
-    if state is None:
-        state = {"pending": frames.new_zeros(bsz, k - s)}
-    if m == 0:
-        return frames.new_zeros(bsz, 0), state
-    y = F.conv_transpose1d(frames, decoder.weight, None, stride=s)[:, 0]
-    y = torch.cat([y[:, : k - s] + state["pending"], y[:, k - s :]], dim=-1)
-    state["pending"] = y[:, s * m :]
-    out = y[:, : s * m]
-    if decoder.bias is not None:
-        out = out + decoder.bias
-    return out, state
-
-
-def decode_flush(decoder, state):
-    """The pending ``K - s`` samples at the end of a stream
-    (see :func:`decode_stream`).
-
-    Arguments
-    ---------
-    decoder : torch.nn.ConvTranspose1d
-        The decoder.
-    state : dict
-        From :func:`decode_stream`.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[batch, K - s]``.
-    """
-    out = state["pending"]
-    state["pending"] = out[:, :0]
-    if decoder.bias is not None:
-        out = out + decoder.bias
-    return out
