@@ -139,17 +139,6 @@ def build_streamer(
     )
 
 
-def warm_up(streamer, hop, calls=6, seed=2):
-    """Seconds taken by the first ``calls`` hops of a new stream (with a
-    compiled step: the compilations for this hop size)."""
-    gen = torch.Generator().manual_seed(seed)
-    streamer.reset()
-    start = time.perf_counter()
-    for _ in range(calls):
-        streamer.process(0.1 * torch.randn(1, hop, generator=gen))
-    return time.perf_counter() - start
-
-
 def _percentile(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -175,6 +164,13 @@ def time_streamer(streamer, hop, seconds, warmup=3, seed=0):
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
+
+
+def warm_up(streamer, hop, calls=6, seed=2):
+    """Seconds taken by the first ``calls`` hops of a new stream (with a
+    compiled step: the compilations for this hop size)."""
+    seconds = calls * hop / streamer.sample_rate
+    return sum(time_streamer(streamer, hop, seconds, warmup=0, seed=seed))
 
 
 def rss_growth(streamer, hop, minutes, points=4, seed=1):

@@ -744,6 +744,20 @@ class S4(nn.Module):
         N2 = A.shape[-1]
         return A_bar[:, :N2, :], B_bar[:, :N2], C
 
+    def _recurrence_params(self):
+        """The parameters that the discretised recurrence is built from."""
+        params = [self.log_dt, self.log_A_real, self.A_imag, self.B, self.C]
+        if self.mode == "nplr":
+            params.append(self.P)
+        return params
+
+    def _recording_recurrence_grad(self):
+        """True while autograd records gradients for those parameters (a
+        cached recurrence would then cut them off)."""
+        return torch.is_grad_enabled() and any(
+            p.requires_grad for p in self._recurrence_params()
+        )
+
     def _cached(self, name, build):
         """``build()``, cached under ``name`` while the parameters do not
         change (by version counter) and no gradient is being recorded.
@@ -752,11 +766,9 @@ class S4(nn.Module):
         eigendecomposition for the diagonal form) would otherwise be
         recomputed at every :meth:`step` or streamed chunk.
         """
-        params = [self.log_dt, self.log_A_real, self.A_imag, self.B, self.C]
-        if self.mode == "nplr":
-            params.append(self.P)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        if self._recording_recurrence_grad():
             return build()
+        params = self._recurrence_params()
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
         caches = self.__dict__.setdefault("_recurrence_cache", {})
         entry = caches.get(name)
@@ -825,11 +837,8 @@ class S4(nn.Module):
             imaginary parts ``[H, M]``, and ``c`` ``[H, 2M]`` = ``[Re c,
             -Im c]`` (so that ``Re(c z) = c . [Re z, Im z]``).
         """
-        if torch.is_grad_enabled() and any(
-            p.requires_grad for p in self.parameters()
-        ):
+        if self._recording_recurrence_grad():
             return None
-
         *form, cond = self._cached("diagonal", self._real_diagonal_form)
         limit = torch.finfo(self.D.dtype).eps / torch.finfo(torch.float64).eps
         if not cond < limit:  # also refuses a nan condition number
