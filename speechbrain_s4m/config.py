@@ -46,10 +46,12 @@ OPTIONAL_KEYS = ("extra_metrics",)
 # Recipe hparams
 # ----------------------------------------------------------------------
 class UnknownOverrideError(KeyError):
-    """An override key (``--key value``) that the hparams file lacks.
+    """An override (``--key value``) that cannot apply: a key the hparams
+    file lacks, or a new class (``!new:``) for an object of the file.
 
     The message is one line: the key, the file and the closest existing
-    key (a ``KeyError``, printed without the quotes ``KeyError`` adds).
+    key or what to do (a ``KeyError``, printed without the quotes
+    ``KeyError`` adds).
     """
 
     def __str__(self):
@@ -181,6 +183,16 @@ def _check_keys(node, overrides, prefix, yaml_file):
         if not isinstance(value, dict):
             continue
         tag = getattr(getattr(sub, "tag", None), "value", None) or ""
+        new_tag = getattr(getattr(value, "tag", None), "value", None)
+        if new_tag and new_tag != tag:
+            # HyperPyYAML merges an override into the node and keeps the
+            # file's tag: the new class would be silently dropped
+            raise UnknownOverrideError(
+                f"Override '{prefix}{key}' replaces {tag or 'a mapping'} "
+                f"with {new_tag}: a different class cannot be set from the "
+                f"command line (its arguments would go to the old one); "
+                f"edit {yaml_file} instead"
+            )
         if tag.startswith("!include:"):
             included = os.path.normpath(
                 os.path.join(

@@ -30,6 +30,7 @@ from speechbrain.utils.distributed import (
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_s4m.config import UnknownOverrideError, load_hparams
+from speechbrain_s4m.nnet.schedulers import WarmupDecayScheduler
 from speechbrain_s4m.separation import NoCheckpointError, Separation
 from speechbrain_s4m.training_curve import plot_training_curve
 
@@ -215,6 +216,7 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
         / loader_opts.get("batch_size", 1)
         / max(1, int(os.environ.get("WORLD_SIZE", "1")))
     )
+    _set_schedule_length(brain, hparams)
     train_opts = dict(loader_opts)
     if hparams.get("sorting", "random") == "random" and not isinstance(
         train_data, torch.utils.data.IterableDataset
@@ -243,6 +245,28 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
         sb.utils.distributed.ddp_barrier()
         torch.distributed.destroy_process_group()
     return brain
+
+
+def _set_schedule_length(brain, hparams):
+    """A per-update schedule without ``total_updates`` ends at this run's
+    last update: epochs x optimizer updates per epoch."""
+    scheduler = hparams.get("lr_scheduler")
+    if not isinstance(scheduler, WarmupDecayScheduler):
+        return
+    if scheduler.total_updates is None:
+        per_epoch = math.ceil(
+            brain.batches_per_epoch / brain.grad_accumulation_factor
+        )
+        scheduler.set_total_updates(per_epoch * hparams["epoch_counter"].limit)
+    logger.info(
+        "Learning rate: %s, %d warm-up updates, %s decay to %g of the peak "
+        "at update %d",
+        type(scheduler).__name__,
+        scheduler.warmup_updates,
+        scheduler.decay,
+        scheduler.final_factor,
+        scheduler.total_updates,
+    )
 
 
 def _noisy(hparams):

@@ -69,6 +69,7 @@ from speechbrain_s4m.config import check_overrides as check_overrides
 from speechbrain_s4m.config import load_hparams as load_hparams
 from speechbrain_s4m.lobes.separator import Separator
 from speechbrain_s4m.lobes.separator import separate_batch as separate_batch
+from speechbrain_s4m.nnet.schedulers import WarmupDecayScheduler
 from speechbrain_s4m.training_curve import parse_train_log as parse_train_log
 from speechbrain_s4m.training_curve import (
     plot_training_curve as plot_training_curve,
@@ -81,6 +82,7 @@ __all__ = [
     "NonFiniteLossError",
     "RESULT_COLUMNS",
     "Separation",
+    "check_lr_scheduler",
     "learning_rates",
     "scale_learning_rates",
 ]
@@ -510,6 +512,9 @@ class Separation(sb.Brain):
         finite = bool(torch.isfinite(norm))
         status = "stepped"
         if finite or self.scaler.is_enabled():
+            scheduler = getattr(self.hparams, "lr_scheduler", None)
+            if isinstance(scheduler, WarmupDecayScheduler):
+                scheduler(self.optimizer)  # this update's rates
             # With fp16 the scaler skips non-finite steps and lowers its scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -779,8 +784,10 @@ class Separation(sb.Brain):
         write(f"item{snt_id}_mix.wav", mix)
 
     def on_fit_start(self):
-        """SpeechBrain's set-up; checks ``extra_metrics`` before training
-        (a missing package fails now, not after the last epoch)."""
+        """SpeechBrain's set-up; checks ``lr_scheduler`` and
+        ``extra_metrics`` before training (a scheduler this Brain would not
+        apply, or a missing package, fails now, not after the last epoch)."""
+        check_lr_scheduler(getattr(self.hparams, "lr_scheduler", None))
         super().on_fit_start()
         _ = self.extra_metrics
 
@@ -973,6 +980,41 @@ class Separation(sb.Brain):
         # PaddedBatch has no membership test, hence hasattr
         noise = batch.noise_sig if hasattr(batch, "noise_sig") else None
         return batch.mix_sig, targets, noise
+
+
+#: The learning-rate schedulers the Brain applies (``None``: constant).
+LR_SCHEDULERS = (ReduceLROnPlateau, WarmupDecayScheduler)
+
+
+def check_lr_scheduler(scheduler):
+    """Raises if the Brain would not apply ``scheduler``.
+
+    ``ReduceLROnPlateau`` acts after each validation (every parameter group
+    scaled by the same factor), :class:`WarmupDecayScheduler` before each
+    update; any other object under the ``lr_scheduler`` key would be
+    silently ignored, so it is an error.
+
+    Arguments
+    ---------
+    scheduler : object or None
+        The hparams' ``lr_scheduler``.
+
+    Example
+    -------
+    >>> check_lr_scheduler(WarmupDecayScheduler(total_updates=10))
+    >>> check_lr_scheduler("cosine")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: lr_scheduler: str is not applied by this Brain; use ...
+    """
+    if scheduler is None or isinstance(scheduler, LR_SCHEDULERS):
+        return
+    raise ValueError(
+        f"lr_scheduler: {type(scheduler).__name__} is not applied by this "
+        "Brain; use speechbrain.nnet.schedulers.ReduceLROnPlateau (per "
+        "epoch) or speechbrain_s4m.nnet.schedulers.WarmupDecayScheduler "
+        "(per update), or remove the key"
+    )
 
 
 def learning_rates(optimizer):

@@ -56,6 +56,7 @@ def test_cli_json_structure_and_plot(tmp_path):
         f"b:{TINY}",
         "--set",
         "b:{lr: 3.0e-3, warmup: 2, init: masknet.block.res_conv=0}",
+        "a:{decay: linear}",
     )
     ls.main(argv)
     result = json.loads((tmp_path / "ls.json").read_text())
@@ -102,7 +103,9 @@ def test_cli_json_structure_and_plot(tmp_path):
         assert s["final_si_snri_min"] == min(finals)
     # warm-up: linear ramp over 2 updates, then the base lr
     assert b["runs"][0]["lr"] == pytest.approx([1.5e-3, 3e-3, 3e-3, 3e-3])
-    assert a["runs"][0]["lr"] == pytest.approx([1e-3] * 4)
+    # linear decay to 0 at the end of the run (update 4 of 4 at 1/4)
+    assert a["decay"] == "linear" and b["decay"] == "none"
+    assert a["runs"][0]["lr"] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
     # the zero-initialised residual conv gets a gradient, the block's
     # insides none at the first update (each application is the identity)
     g_b = b["runs"][0]["grad_norms"][0]

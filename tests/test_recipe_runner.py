@@ -108,8 +108,16 @@ def test_test_only_without_checkpoint_fails_before_preparation(
     [
         (["--N_epoch", "1"], "N_epochs"),
         (["--model", "{num_iteration: 2}"], "num_iterations"),
+        (
+            [
+                "--lr_scheduler",
+                "!new:speechbrain_s4m.nnet.schedulers.WarmupDecayScheduler "
+                "{warmup_updates: 1}",
+            ],
+            None,  # a new class: HyperPyYAML would keep the file's one
+        ),
     ],
-    ids=["top-level", "in-the-model"],
+    ids=["top-level", "in-the-model", "new-class"],
 )
 def test_misspelt_override_is_one_line(
     override, suggestion, tiny_datasets, tmp_path, capsys
@@ -128,7 +136,11 @@ def test_misspelt_override_is_one_line(
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error:"), errors
-    assert f"did you mean '{suggestion}'?" in errors[0]
+    if suggestion is None:
+        assert "cannot be set from the command line" in errors[0]
+        assert "edit " in errors[0]
+    else:
+        assert f"did you mean '{suggestion}'?" in errors[0]
     assert not (tmp_path / "out" / "hyperparams.yaml").exists()
 
 

@@ -810,6 +810,54 @@ def test_lr_halving_in_a_run(tiny_datasets, tmp_path):
     assert "epoch: 3" in log
 
 
+def test_per_update_schedule_in_a_run(tiny_datasets, tmp_path):
+    """WarmupDecayScheduler in a recipe: the runner sets its length (epochs
+    x updates per epoch), and every update runs at its scheduled rate in
+    both groups (the SSM group keeps its ratio), down to 0 at the end."""
+    from speechbrain_s4m.recipe import run_recipe
+    from speechbrain_s4m.separation import Separation
+
+    class Recording(Separation):
+        rates = []
+
+        def _optimizer_step(self):
+            status = super()._optimizer_step()
+            Recording.rates.append(
+                [g["lr"] for g in self.optimizer.param_groups]
+            )
+            return status
+
+    # the hparams file with its scheduler replaced (a new class cannot be
+    # set from the command line), in tmp_path: the include made absolute
+    text = hparams_path("WSJ0Mix", "s4m_tiny").read_text()
+    text = text.replace("!include:../../../../", f"!include:{REPO}/")
+    old = text[text.index("lr_scheduler:") : text.index("# Dataloader")]
+    new = (
+        "lr_scheduler: !new:speechbrain_s4m.nnet.schedulers."
+        "WarmupDecayScheduler\n    warmup_updates: 1\n\n"
+    )
+    yaml_file = tmp_path / "s4m_tiny_decay.yaml"
+    yaml_file.write_text(text.replace(old, new))
+    args = recipe_args(
+        "WSJ0Mix",
+        "s4m_tiny",
+        tiny_datasets["wsj0mix"],
+        tmp_path / "out",
+        "--N_epochs",
+        "2",
+        "--ssm_lr",
+        "0.0004",
+    )
+    brain = run_recipe([str(yaml_file)] + args[1:], brain_class=Recording)
+    sched = brain.hparams.lr_scheduler
+    per_epoch = brain.batches_per_epoch
+    assert sched.total_updates == 2 * per_epoch
+    assert len(Recording.rates) == sched.update == 2 * per_epoch
+    for k, (ssm, main) in enumerate(Recording.rates):
+        f = 1.0 if k == 0 else 1.0 - (k - 1) / (sched.total_updates - 1)
+        assert [ssm, main] == pytest.approx([4e-4 * f, 1e-3 * f])
+
+
 def test_s4m_as_shipped(tmp_path):
     """s4m.yaml with its own model (no tiny override): the whole recipe on
     a 0.25 s dataset (one mixture per split): training step, validation,

@@ -29,8 +29,8 @@ Command line::
 
 A model entry is ``fragment`` or ``name=fragment``; ``--override
 name:"{yaml}"`` overrides the fragment's keys and ``--set name:"{yaml}"`` the
-variant's optimiser settings (``lr``, ``ssm_lr``, ``warmup``, ``clip``,
-``init``), which default to the command-line values.
+variant's optimiser settings (``lr``, ``ssm_lr``, ``warmup``, ``decay``,
+``clip``, ``init``), which default to the command-line values.
 
 ``--from-json A.json B.json --plot P.png --plot-grads G.png [--only ...]``
 merges logs of runs on the same data without training (to draw variants
@@ -61,6 +61,7 @@ from speechbrain_s4m.benchmark.models import build_model, count_parameters
 from speechbrain_s4m.data.synthetic import random_speaker, synth_voice
 from speechbrain_s4m.metrics import pit_si_snr_loss, si_snr
 from speechbrain_s4m.nnet import ssm_aware_optimizer
+from speechbrain_s4m.nnet.schedulers import DECAYS, WarmupDecayScheduler
 
 __all__ = [
     "DATA_SETTINGS",
@@ -80,7 +81,7 @@ __all__ = [
 ]
 
 #: Per-variant optimiser settings (and their command-line defaults' names).
-TRAIN_SETTINGS = ("lr", "ssm_lr", "warmup", "clip", "init")
+TRAIN_SETTINGS = ("lr", "ssm_lr", "warmup", "decay", "clip", "init")
 
 
 class Variant:
@@ -100,6 +101,11 @@ class Variant:
         Learning rate of the S4 parameters A, B, dt (default ``lr``).
     warmup : int
         Updates of linear learning-rate warm-up (0: none).
+    decay : str
+        Learning-rate decay over the run after the warm-up: ``"none"``
+        (constant), ``"linear"`` or ``"cosine"`` to 0 at the last update
+        (:class:`speechbrain_s4m.nnet.schedulers.WarmupDecayScheduler`,
+        as in the recipes).
     clip : float, optional
         Gradient-norm clipping (``None`` or <= 0: none).
     init : str, optional
@@ -120,6 +126,7 @@ class Variant:
         lr=1e-3,
         ssm_lr=None,
         warmup=0,
+        decay="none",
         clip=5.0,
         init=None,
     ):
@@ -129,6 +136,7 @@ class Variant:
         self.lr = float(lr)
         self.ssm_lr = float(lr if ssm_lr is None else ssm_lr)
         self.warmup = int(warmup or 0)
+        self.decay = decay or "none"
         self.clip = float(clip) if clip and float(clip) > 0 else None
         self.init = init or None
 
@@ -141,6 +149,7 @@ class Variant:
             "lr": self.lr,
             "ssm_lr": self.ssm_lr,
             "warmup": self.warmup,
+            "decay": self.decay,
             "clip": self.clip,
             "init": self.init,
         }
@@ -483,7 +492,9 @@ def train_variant(variant, seed, train, valid, args):
         ssm_lr=variant.ssm_lr,
         optimizer=torch.optim.Adam,
     )
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    schedule = WarmupDecayScheduler(
+        args.updates, warmup_updates=variant.warmup, decay=variant.decay
+    )
     order = np.random.default_rng([seed, 5])
     mix_all, src_all = train
     log = {
@@ -521,9 +532,7 @@ def train_variant(variant, seed, train, valid, args):
         idx = order.choice(len(mix_all), size=args.batch, replace=False)
         mix, src = mix_all[idx].to(device), src_all[idx].to(device)
         c0, w0 = time.process_time(), time.perf_counter()
-        scale = min(1.0, update / variant.warmup) if variant.warmup else 1.0
-        for group, lr in zip(opt.param_groups, base_lrs):
-            group["lr"] = lr * scale
+        schedule(opt)  # this update's rates (warm-up, decay)
         loss, _ = pit_si_snr_loss(model(mix), src)
         loss = loss.mean()
         opt.zero_grad(set_to_none=True)
@@ -1004,7 +1013,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--set",
         nargs="*",
-        help='NAME:"{yaml}" of lr, ssm_lr, warmup, clip, init',
+        help='NAME:"{yaml}" of lr, ssm_lr, warmup, decay, clip, init',
     )
     p.add_argument("--updates", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=25)
@@ -1014,6 +1023,12 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ssm-lr", type=float, default=None, help="default: lr")
     p.add_argument("--warmup", type=int, default=0, help="updates")
+    p.add_argument(
+        "--decay",
+        default="none",
+        choices=DECAYS,
+        help="learning-rate decay to 0 at the last update",
+    )
     p.add_argument("--clip", type=float, default=5.0, help="<= 0: none")
     p.add_argument("--init", default=None, help="prefix=factor[,...]")
     p.add_argument("--threads", type=int, default=1)
