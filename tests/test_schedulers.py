@@ -29,10 +29,7 @@ def test_factors_follow_the_written_out_schedule(decay):
         "cosine": [(1 + math.cos(math.pi * x)) / 2 for x in p],
         "none": [1.0] * 10,
     }[decay]
-    final = 0.1 if decay != "none" else 0.0
-    expected = [final + (1 - final) * s for s in shape]
-    if decay == "none":
-        expected = [1.0] * 10
+    expected = [0.1 + 0.9 * s for s in shape]  # "none": shape 1, factor 1
     assert got[3:] == pytest.approx(expected)
     if decay != "none":
         assert got[11] == pytest.approx(0.1)  # the last scheduled update
