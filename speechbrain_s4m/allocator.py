@@ -13,9 +13,11 @@ inside the process.
 
 The trade-off: the process keeps its peak memory mapped until it exits
 (what it frees is reused, not returned to the system). That suits inference
-and benchmarks; :class:`speechbrain_s4m.inference.S4MSeparation` and the
-benchmark apply it on CPU unless told not to. Elsewhere (other C libraries,
-macOS, Windows) it does nothing and says so.
+and benchmarks: :class:`speechbrain_s4m.inference.S4MSeparation` (so
+``s4m-separate`` too) applies it on a CPU device unless built with
+``keep_freed_memory=False``, and the model benchmarks in every case process
+unless run with ``--default-allocator``. Training leaves glibc alone.
+Elsewhere (other C libraries, macOS, Windows) it does nothing and says so.
 
 Authors
  * speechbrain-s4m contributors 2026

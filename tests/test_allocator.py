@@ -56,3 +56,51 @@ def test_freed_memory_is_reused_without_page_faults():
     assert default > 5 * pages  # 6 rounds
     # kept: the pages of the first rounds are reused, (almost) no new faults
     assert kept < pages / 4
+
+
+# A pretrained-model object built on the CPU (tiny modules), as
+# S4MSeparation.from_hparams builds it; prints the allocator condition.
+_MODEL_PROBE = textwrap.dedent(
+    """
+    import sys
+    from speechbrain.lobes.models import dual_path as dp
+    from speechbrain_s4m.allocator import allocator_mode
+    from speechbrain_s4m.inference import S4MSeparation
+    enc = dp.Encoder(kernel_size=8, out_channels=8)
+    mask = dp.Dual_Path_Model(
+        8, 8, dp.SBTransformerBlock(1, 8, 2, d_ffn=16),
+        dp.SBTransformerBlock(1, 8, 2, d_ffn=16), num_layers=1, K=10,
+    )
+    dec = dp.Decoder(8, 1, kernel_size=8, stride=4, bias=False)
+    kwargs = {} if sys.argv[1] == "default" else {"keep_freed_memory": False}
+    model = S4MSeparation(
+        modules={"encoder": enc, "masknet": mask, "decoder": dec},
+        hparams={"sample_rate": 8000, "num_spks": 2},
+        run_opts={"device": "cpu"}, **kwargs,
+    )
+    print(model.freed_memory_kept, allocator_mode())
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "how,kept,mode",
+    [
+        ("default", "True", "glibc, freed memory kept"),
+        ("off", "False", "glibc, default"),
+    ],
+)
+def test_separation_model_keeps_freed_memory_on_cpu(how, kept, mode):
+    """S4MSeparation (and so s4m-separate) applies the setting itself on a
+    CPU device; keep_freed_memory=False leaves glibc's defaults."""
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", _MODEL_PROBE, how],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .split(maxsplit=1)
+    )
+    assert out == [kept, mode]

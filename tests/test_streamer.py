@@ -301,7 +301,8 @@ def test_cli_stream_errors(exported_models, tmp_path, capsys, extra, message):
 # ----------------------------------------------------------------------
 def test_streaming_benchmark_tiny(tmp_path, capsys):
     """The benchmark on a tiny config: JSON rows with the promised keys,
-    consistent numbers, a printed table and the RSS follow-up."""
+    consistent numbers, a printed table and the RSS follow-up, reported
+    reading by reading."""
     import json
 
     from speechbrain_s4m.benchmark import streaming as bench
@@ -347,10 +348,47 @@ def test_streaming_benchmark_tiny(tmp_path, capsys):
         )
     growth = [r for r in rows if "rss_growth" in r]
     assert len(growth) == 1 and len(growth[0]["rss_growth"]) == 4
+    minutes = [m for m, _ in growth[0]["rss_growth"]]
+    assert minutes == sorted(minutes) and minutes[0] > 0
     naive = [r for r in rows if r["method"] == "naive"]
     assert all(r["window_frames"] > 0 for r in naive)
     text = capsys.readouterr().out
     assert "hop compute ms (med)" in text and "naive window" in text
+    # each RSS reading is printed as it is taken (a long run reports)
+    assert text.count(" min: RSS ") == 4
+
+
+def test_streaming_benchmark_times_a_trained_folder(
+    exported_models, tmp_path, capsys
+):
+    """--model times an exported causal model folder (its own number of
+    iterations in the rows); with --overrides, or a folder that is not
+    there, it stops with one line before building anything."""
+    import json
+
+    from speechbrain_s4m.benchmark import streaming as bench
+
+    causal, _ = exported_models
+    out = tmp_path / "m.json"
+    common = ["--hops-ms", "16", "--threads", "1", "--seconds", "0.1"]
+    common += ["--long-minutes", "0", "--no-naive"]
+    assert (
+        bench.main(["--model", str(causal), "--json", str(out)] + common) == 0
+    )
+    (row,) = json.loads(out.read_text())
+    assert row["config"] == str(causal) and row["method"] == "streamer"
+    assert row["num_iterations"] == TINY["num_iterations"]
+    assert row["per_hop_ms_median"] > 0 and row["allocator"]
+    capsys.readouterr()
+    for extra, message in [
+        (["--model", str(causal), "--overrides", "{d_state: 4}"], "leave out"),
+        (["--model", str(tmp_path / "nope")], "no such model folder"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(extra + common)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message in err and "Traceback" not in err
 
 
 def test_receptive_field_by_impulse():

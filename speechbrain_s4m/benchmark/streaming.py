@@ -13,14 +13,17 @@ the number of iterations) plus the S4 context: the coarse frames until the
 S4 kernel has decayed below ``1e-3`` of its peak (:func:`s4_context`),
 times the coarse factor. (The cumulative norms read the whole past, which
 no finite window reproduces: the baseline measures the cost, not the
-output.) Weights are random (the S4 kernel at its initialisation); a
-trained model has its own decay, so the window is printed with the results.
+output.) Weights are random (the S4 kernel at its initialisation) unless
+``--model`` names a trained model folder; a trained model has its own
+decay, so the window is printed with the results.
 
 Example::
 
     python -m speechbrain_s4m.benchmark.streaming --json streaming.json
     python -m speechbrain_s4m.benchmark.streaming --hops-ms 16 --threads 1 \\
         --seconds 5 --long-minutes 10
+    python -m speechbrain_s4m.benchmark.streaming --model pretrained/causal \\
+        --compile --hops-ms 16 --threads 1 --no-naive
 
 Timings on a shared machine are indicative.
 
@@ -30,12 +33,14 @@ Authors
 
 import argparse
 import json
+import pathlib
 import statistics
 import sys
 import time
 
 import torch
 
+from speechbrain_s4m.allocator import allocator_mode
 from speechbrain_s4m.benchmark.measure import current_rss_mib
 from speechbrain_s4m.config import load_model_config
 from speechbrain_s4m.inference.streamer import S4MStreamer
@@ -123,10 +128,21 @@ def naive_window_frames(masknet, tol=1e-3):
 
 
 def build_streamer(
-    config="s4m_tiny_causal", overrides=None, seed=0, compile=False
+    config="s4m_tiny_causal", overrides=None, seed=0, compile=False, model=None
 ):
-    """A streamer over randomly initialised modules of a model fragment
-    (``compile``: :class:`S4MStreamer`'s compiled block step)."""
+    """A streamer over randomly initialised modules of a model fragment, or
+    over a trained causal model folder (``model``, as written by
+    ``s4m-export``); ``compile``: :class:`S4MStreamer`'s compiled block
+    step."""
+    if model is not None:
+        if overrides:
+            raise ValueError(
+                "--overrides change a model fragment; a trained --model "
+                "folder is streamed as it is (leave out one of the two)"
+            )
+        return S4MStreamer.from_hparams(
+            model, compile=compile, run_opts={"device": "cpu"}
+        )
     torch.manual_seed(seed)
     hp = load_model_config(config, overrides=overrides)
     return S4MStreamer.from_modules(
@@ -173,8 +189,24 @@ def warm_up(streamer, hop, calls=6, seed=2):
     return sum(time_streamer(streamer, hop, seconds, warmup=0, seed=seed))
 
 
-def rss_growth(streamer, hop, minutes, points=4, seed=1):
+def rss_growth(streamer, hop, minutes, points=None, seed=1, on_point=None):
     """RSS (MiB) after each ``minutes / points`` of streamed audio.
+
+    Arguments
+    ---------
+    streamer : S4MStreamer
+        Reset first, then fed ``hop`` samples of noise at a time.
+    hop : int
+        Samples per :meth:`S4MStreamer.process` call.
+    minutes : float
+        Audio streamed in all.
+    points : int, optional
+        Readings (default: one per minute of audio, at least 4).
+    seed : int
+        Of the noise.
+    on_point : callable, optional
+        ``on_point(minutes_streamed, rss_mib)`` after each reading (a long
+        run reports as it goes).
 
     Returns
     -------
@@ -183,6 +215,7 @@ def rss_growth(streamer, hop, minutes, points=4, seed=1):
     """
     gen = torch.Generator().manual_seed(seed)
     rate = streamer.sample_rate
+    points = points or max(4, round(minutes))
     per_point = max(1, round(minutes * 60 * rate / hop / points))
     streamer.reset()
     out = []
@@ -190,6 +223,8 @@ def rss_growth(streamer, hop, minutes, points=4, seed=1):
         for _step in range(per_point):
             streamer.process(0.1 * torch.randn(1, hop, generator=gen))
         out.append((streamer.samples_in / rate / 60, current_rss_mib()))
+        if on_point:
+            on_point(*out[-1])
     return out
 
 
@@ -219,6 +254,7 @@ def run(
     log=print,
     on_row=None,
     compile=False,
+    model=None,
 ):
     """Runs the benchmark; returns the list of JSON rows.
 
@@ -231,8 +267,12 @@ def run(
     called after each new row (e.g. to save partial results). With
     ``compile``, the streamer rows are "streamer (compiled)" and have
     ``warmup_s``: the first hops of each hop size, compilation included.
+    With ``model`` (a trained causal model folder), that model is timed
+    and named in ``config``; every row also has ``num_iterations`` and
+    ``allocator`` (:func:`speechbrain_s4m.allocator.allocator_mode`).
     """
-    streamer = build_streamer(config, overrides, compile=compile)
+    streamer = build_streamer(config, overrides, compile=compile, model=model)
+    config = str(model) if model is not None else config
     rate = streamer.sample_rate
     window = naive_window_frames(streamer.masknet) if naive else None
     if naive:
@@ -254,6 +294,8 @@ def run(
             row = {
                 "method": "streamer (compiled)" if compile else "streamer",
                 "config": config,
+                "num_iterations": streamer.masknet.num_iterations,
+                "allocator": allocator_mode(),
                 "hop_ms": hop_ms,
                 "hop_samples": hop,
                 "threads": n_threads,
@@ -267,8 +309,17 @@ def run(
             if compile:
                 row["warmup_s"] = warmup_s
             if n_threads == threads[0] and hop_ms == long_hop and long_minutes:
-                growth = rss_growth(streamer, hop, long_minutes)
-                row["rss_growth"] = [[m, r] for m, r in growth]
+                row["rss_growth"] = []
+
+                def on_point(minutes, rss, row=row):
+                    # reported and saved as it goes: an interrupted long
+                    # run keeps the readings it took
+                    row["rss_growth"].append([minutes, rss])
+                    log(f"  streamed {minutes:.2f} min: RSS {rss:.0f} MiB")
+                    if on_row:
+                        on_row(rows + [row])
+
+                rss_growth(streamer, hop, long_minutes, on_point=on_point)
             row["rss_mib"] = current_rss_mib()
             rows.append(row)
             log(format_table([row], header=len(rows) == 1))
@@ -284,6 +335,8 @@ def run(
                     {
                         "method": "naive",
                         "config": config,
+                        "num_iterations": streamer.masknet.num_iterations,
+                        "allocator": allocator_mode(),
                         "hop_ms": hop_ms,
                         "hop_samples": hop,
                         "threads": n_threads,
@@ -336,7 +389,17 @@ def parser():
         description="Per-hop cost, real-time factor, latency and memory of "
         "S4MStreamer against the naive sliding-window baseline (CPU).",
     )
-    p.add_argument("--config", default="s4m_tiny_causal")
+    p.add_argument(
+        "--config",
+        default="s4m_tiny_causal",
+        help="model fragment, randomly initialised (default s4m_tiny_causal)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a trained causal model folder (s4m-export) to time instead "
+        "of --config",
+    )
     p.add_argument(
         "--overrides",
         default=None,
@@ -376,8 +439,19 @@ def parser():
 
 def main(argv=None):
     """Entry point; returns 0."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     import yaml
+
+    # bad flags: one line and exit status 2, before any model is built
+    if args.model is not None:
+        if args.overrides:
+            p.error(
+                "--overrides change a model fragment; a trained --model "
+                "folder is timed as it is: leave out one of the two"
+            )
+        if not pathlib.Path(args.model).is_dir():
+            p.error(f"--model {args.model}: no such model folder")
 
     overrides = yaml.safe_load(args.overrides) if args.overrides else None
     hops = [int(h) if float(h).is_integer() else h for h in args.hops_ms]
@@ -399,6 +473,7 @@ def main(argv=None):
         log=lambda text: print(text, flush=True),
         on_row=save,
         compile=args.compile,
+        model=args.model,
     )
     print()
     print(format_table(rows))
