@@ -88,9 +88,9 @@ def test_recipe_end_to_end(recipe, model, tiny_datasets, tmp_path):
     # The S4M recipes train the S4 parameters in their own group
     n_groups = len(brain.optimizer.param_groups)
     assert n_groups == (1 if model == "sepformer" else 2)
-    # The sepformer hparams speed-perturb (and re-add the noise of the
-    # noisy datasets); the S4M hparams crop to training_signal_len
-    assert brain.hparams.use_speedperturb == (model == "sepformer")
+    # Every recipe speed-perturbs (and re-adds the noise of the noisy
+    # datasets), the S4M ones as SpeechBrain's SepFormer
+    assert brain.hparams.use_speedperturb
     # The noise comes with every noisy dataset (its manifest has noise_wav)
     for split in ("train", "valid", "test"):
         item = brain.datasets[split][0]
