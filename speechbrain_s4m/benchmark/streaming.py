@@ -45,6 +45,11 @@ from speechbrain_s4m.benchmark.measure import current_rss_mib
 from speechbrain_s4m.config import load_model_config
 from speechbrain_s4m.inference.streamer import S4MStreamer
 
+MODEL_WITH_OVERRIDES = (
+    "--overrides change a model fragment; a trained --model folder is "
+    "timed as it is: leave out one of the two"
+)
+
 COLUMNS = [
     ("method", "method", "{}"),
     ("hop_ms", "hop ms", "{:g}"),
@@ -136,10 +141,7 @@ def build_streamer(
     step."""
     if model is not None:
         if overrides:
-            raise ValueError(
-                "--overrides change a model fragment; a trained --model "
-                "folder is streamed as it is (leave out one of the two)"
-            )
+            raise ValueError(MODEL_WITH_OVERRIDES)
         return S4MStreamer.from_hparams(
             model, compile=compile, run_opts={"device": "cpu"}
         )
@@ -283,6 +285,12 @@ def run(
             f"S4 context to 1e-3 of the kernel peak"
         )
     rows, naive_cost = [], {}
+    # what every row says of the model and the process
+    common = {
+        "config": config,
+        "num_iterations": streamer.masknet.num_iterations,
+        "allocator": allocator_mode(),
+    }
     long_hop = min(hops_ms, key=lambda h: abs(h - 16))
     for n_threads in threads:
         torch.set_num_threads(n_threads)
@@ -293,9 +301,7 @@ def run(
             med, p99 = statistics.median(times), _percentile(times, 0.99)
             row = {
                 "method": "streamer (compiled)" if compile else "streamer",
-                "config": config,
-                "num_iterations": streamer.masknet.num_iterations,
-                "allocator": allocator_mode(),
+                **common,
                 "hop_ms": hop_ms,
                 "hop_samples": hop,
                 "threads": n_threads,
@@ -334,9 +340,7 @@ def run(
                 rows.append(
                     {
                         "method": "naive",
-                        "config": config,
-                        "num_iterations": streamer.masknet.num_iterations,
-                        "allocator": allocator_mode(),
+                        **common,
                         "hop_ms": hop_ms,
                         "hop_samples": hop,
                         "threads": n_threads,
@@ -446,10 +450,7 @@ def main(argv=None):
     # bad flags: one line and exit status 2, before any model is built
     if args.model is not None:
         if args.overrides:
-            p.error(
-                "--overrides change a model fragment; a trained --model "
-                "folder is timed as it is: leave out one of the two"
-            )
+            p.error(MODEL_WITH_OVERRIDES)
         if not pathlib.Path(args.model).is_dir():
             p.error(f"--model {args.model}: no such model folder")
 
