@@ -16,11 +16,11 @@ seconds, minor page faults.
 import json
 import resource
 import sys
-import time
 
 import torch
 
 from speechbrain_s4m.allocator import allocator_mode
+from speechbrain_s4m.benchmark.measure import StepTimer
 from speechbrain_s4m.config import load_model_config
 from speechbrain_s4m.inference import S4MSeparation
 
@@ -36,24 +36,23 @@ def main(condition, out):
         run_opts={"device": "cpu"},
         keep_freed_memory=condition == "keep",
     )
+    timer = StepTimer(torch.device("cpu"))  # the benchmarks' wall/CPU/sys
     rows = []
     for seconds in (4, 16, 60):
         mix = 0.1 * torch.randn(1, seconds * 8000)
         model.separate_batch(mix[:, :8000])  # warm-up
         for rep in range(2):
-            before = resource.getrusage(resource.RUSAGE_SELF)
-            start = time.perf_counter()
-            model.separate_batch(mix)
-            wall = time.perf_counter() - start
-            after = resource.getrusage(resource.RUSAGE_SELF)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t = timer(lambda x=mix: model.separate_batch(x))
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
             rows.append(
                 {
                     "seconds": seconds,
                     "call": rep,
-                    "wall_s": wall,
-                    "user_s": after.ru_utime - before.ru_utime,
-                    "sys_s": after.ru_stime - before.ru_stime,
-                    "minor_faults": after.ru_minflt - before.ru_minflt,
+                    "wall_s": t["wall_s"],
+                    "user_s": t["cpu_s"] - t["sys_s"],
+                    "sys_s": t["sys_s"],
+                    "minor_faults": faults,
                     "allocator": allocator_mode(),
                 }
             )
