@@ -16,6 +16,8 @@ import dataclasses
 import glob
 import math
 import os
+import shlex
+import signal
 import sys
 import time
 
@@ -31,7 +33,11 @@ from speechbrain.utils.logger import get_logger
 
 from speechbrain_s4m.config import UnknownOverrideError, load_hparams
 from speechbrain_s4m.nnet.schedulers import WarmupDecayScheduler
-from speechbrain_s4m.separation import NoCheckpointError, Separation
+from speechbrain_s4m.separation import (
+    NoCheckpointError,
+    Separation,
+    TrainingInterrupted,
+)
 from speechbrain_s4m.training_curve import plot_training_curve
 
 logger = get_logger(__name__)
@@ -367,6 +373,60 @@ def main(dataset=None, argv=None, before_prepare=None, brain_class=None):
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as e:
+        _leave_process_group()
+        if if_main_process():
+            print(interrupted_line(e, _command(argv)), file=sys.stderr)
+        sys.exit(e.exit_status)
+    except KeyboardInterrupt:
+        # Ctrl-C outside training (preparation, test): nothing to save
+        _leave_process_group()
+        print(
+            "stopped (SIGINT) outside training; rerun the same command to "
+            f"continue: {_command(argv)}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.SIGINT)
+
+
+def interrupted_line(error, command):
+    """The one line printed when a signal stops training.
+
+    Arguments
+    ---------
+    error : TrainingInterrupted
+        The stop.
+    command : str
+        The command to rerun.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> e = TrainingInterrupted(signal.SIGINT, "out/save/CKPT+1", "epoch 2")
+    >>> line = interrupted_line(e, "python train.py h.yaml")
+    >>> print(line)  # doctest: +NORMALIZE_WHITESPACE
+    stopped by SIGINT at epoch 2: checkpoint saved in out/save/CKPT+1;
+    rerun the same command to resume from it: python train.py h.yaml
+    """
+    what = "resume from it" if error.checkpoint else "resume"
+    if not error.checkpoint:
+        what += " from the last checkpoint (if any)"
+    return f"stopped by {error}; rerun the same command to {what}: {command}"
+
+
+def _command(argv):
+    """The command line that ran this recipe (to rerun it)."""
+    words = sys.argv if argv is None else [sys.argv[0], *argv]
+    return "python " + shlex.join(str(w) for w in words)
+
+
+def _leave_process_group():
+    """Ends DDP's process group (all ranks stop at the same update)."""
+    if is_distributed_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _run_option(hparams, run_opts, key):

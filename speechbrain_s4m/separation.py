@@ -45,11 +45,14 @@ Authors
  * speechbrain-s4m contributors 2026
 """
 
+import contextlib
 import csv
 import importlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -81,7 +84,9 @@ __all__ = [
     "NoCheckpointError",
     "NonFiniteLossError",
     "RESULT_COLUMNS",
+    "STOP_SIGNALS",
     "Separation",
+    "TrainingInterrupted",
     "check_lr_scheduler",
     "learning_rates",
     "scale_learning_rates",
@@ -122,6 +127,50 @@ class NoCheckpointError(FileNotFoundError):
 
 class NonFiniteLossError(RuntimeError):
     """Raised when too many consecutive training batches are non-finite."""
+
+
+#: Signals that stop training at the end of the update in progress, with
+#: a checkpoint: Ctrl-C, and the SIGTERM of cluster schedulers (preemption).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped by a signal (:data:`STOP_SIGNALS`).
+
+    Arguments
+    ---------
+    signum : int
+        The signal (``signal.SIGINT``, ``signal.SIGTERM``).
+    checkpoint : str, None
+        The checkpoint folder the rerun resumes from (None: nothing was
+        saved, e.g. a second Ctrl-C).
+    where : str
+        Where training stopped (``"epoch 2, batch 3/6"``).
+
+    Example
+    -------
+    >>> e = TrainingInterrupted(signal.SIGTERM, "save/CKPT+x", "epoch 1")
+    >>> e.exit_status, str(e)
+    (143, 'SIGTERM at epoch 1: checkpoint saved in save/CKPT+x')
+    """
+
+    def __init__(self, signum, checkpoint=None, where=""):
+        self.signum = int(signum)
+        self.checkpoint = checkpoint
+        self.where = where
+        name = signal.Signals(self.signum).name
+        saved = (
+            f"checkpoint saved in {checkpoint}"
+            if checkpoint
+            else "no checkpoint saved (stopped at once)"
+        )
+        at = f" at {where}" if where else ""
+        super().__init__(f"{name}{at}: {saved}")
+
+    @property
+    def exit_status(self):
+        """``128 + signal``, the shell's convention (130, 143)."""
+        return 128 + self.signum
 
 
 @sb.utils.checkpoints.register_checkpoint_hooks
@@ -589,6 +638,138 @@ class Separation(sb.Brain):
         self.skipped_batches = state.get("skipped_batches", 0)
         self.train_samples = state.get("train_samples", 0)
 
+    # ------------------------------------------------------------------
+    # Stopping on a signal (Ctrl-C, preemption)
+    # ------------------------------------------------------------------
+    _stop_signal = 0  # the stop signal this process received (0: none)
+    _saving = False  # a stop checkpoint is being written
+
+    def fit(self, *args, **kwargs):
+        """SpeechBrain's ``fit``, stopping cleanly on SIGINT / SIGTERM.
+
+        The first SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption) lets
+        the update in progress finish (all its micro-batches, with gradient
+        accumulation), saves an intra-epoch checkpoint there, the way the
+        ``ckpt_interval_*`` checkpoints are saved, and raises
+        :class:`TrainingInterrupted`: the rerun of the same command
+        continues from that update (the data loader skips the batches
+        already trained on). A signal during validation stops once the
+        epoch's checkpoint is saved; one during the set-up stops before the
+        first update. A second Ctrl-C stops at once, without saving (the
+        rerun resumes from the last checkpoint).
+
+        Under DDP the decision is shared at every update boundary (one
+        all-reduce of a scalar), so every rank stops after the same update
+        whichever rank got the signal; the Checkpointer writes on rank 0.
+        The handlers are installed in the main thread only, for the
+        duration of ``fit``; the previous ones are restored after it.
+
+        Arguments
+        ---------
+        *args : tuple
+            See ``speechbrain.core.Brain.fit``.
+        **kwargs : dict
+            See ``speechbrain.core.Brain.fit``.
+        """
+        self._stop_signal = 0
+        with self._stop_on_signals():
+            super().fit(*args, **kwargs)
+            # A signal during the last validation: its checkpoint is saved
+            stop = self._shared_stop_signal()
+        if stop:
+            raise TrainingInterrupted(
+                stop, self._newest_checkpoint(), "the end of training"
+            )
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """Installs :meth:`_on_stop_signal` for :data:`STOP_SIGNALS`."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # Python delivers signals to the main thread only
+            return
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        for s in STOP_SIGNALS:
+            signal.signal(s, self._on_stop_signal)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                # None: a handler installed outside Python; default then
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+    def _on_stop_signal(self, signum, frame):
+        """Records the stop request; a second Ctrl-C stops at once."""
+        if self._stop_signal:
+            # torchrun forwards a SIGTERM after the terminal's SIGINT: only
+            # the same Ctrl-C again means "now", and never mid-save (a
+            # half-written checkpoint would be the one the rerun loads)
+            if signum == self._stop_signal == signal.SIGINT:
+                if not self._saving:
+                    raise TrainingInterrupted(signum, None, self._where())
+            return
+        self._stop_signal = int(signum)
+        logger.warning(
+            "%s received: training stops after the update in progress and "
+            "saves a checkpoint%s.",
+            signal.Signals(signum).name,
+            " (Ctrl-C again: stop at once, without saving)"
+            if signum == signal.SIGINT
+            else "",
+        )
+
+    def _shared_stop_signal(self):
+        """The stop signal of any DDP rank (the largest), else 0; a
+        collective: every rank calls it at the same points."""
+        stop = self._stop_signal
+        if is_distributed_initialized():
+            t = torch.tensor([float(stop)], device=self.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            stop = int(t.item())
+        return stop
+
+    def _where(self):
+        """``epoch 2, batch 3/6``: where training is now."""
+        counter = getattr(self.hparams, "epoch_counter", None)
+        where = f"epoch {getattr(counter, 'current', '?')}"
+        if self._stage == sb.Stage.TRAIN and self.step:
+            total = getattr(self, "batches_per_epoch", None)
+            where += f", batch {self.step}" + (f"/{total}" if total else "")
+        return where
+
+    def _newest_checkpoint(self):
+        """The folder the rerun resumes from (None if none)."""
+        if self.checkpointer is None:
+            return None
+        ckpt = self.checkpointer.find_checkpoint()
+        return None if ckpt is None else str(ckpt.path)
+
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        """SpeechBrain's interval decision, or a stop signal at an update
+        boundary (after the batch whose optimizer step ends the update)."""
+        self._stopping = 0
+        if self.step % self.grad_accumulation_factor == 0:
+            self._stopping = self._shared_stop_signal()
+        if self._stopping:
+            if self.checkpointer is None:
+                raise TrainingInterrupted(self._stopping, None, self._where())
+            return True  # same on every rank: SpeechBrain's vote skipped
+        return super()._should_save_intra_epoch_ckpt(
+            last_ckpt_time, steps_since_ckpt
+        )
+
+    def _save_intra_epoch_ckpt(self):
+        """SpeechBrain's intra-epoch checkpoint; then, when a signal asked
+        for it, :class:`TrainingInterrupted`."""
+        self._saving = True
+        try:
+            super()._save_intra_epoch_ckpt()
+        finally:
+            self._saving = False
+        if getattr(self, "_stopping", 0):
+            raise TrainingInterrupted(
+                self._stopping, self._newest_checkpoint(), self._where()
+            )
+
     def add_speed_perturb(self, targets, noise=None, lengths=None):
         """Speed-perturbs each source independently and re-mixes them.
 
@@ -792,9 +973,17 @@ class Separation(sb.Brain):
         _ = self.extra_metrics
 
     def on_stage_start(self, stage, epoch=None):
-        """Resets the per-stage counters and the test results."""
+        """Resets the per-stage counters and the test results; stops
+        before the epoch when a signal asked for it (see :meth:`fit`)."""
         self._stage = stage
         if stage == sb.Stage.TRAIN:
+            stop = self._shared_stop_signal()
+            if stop:  # the last checkpoint holds everything trained
+                raise TrainingInterrupted(
+                    stop,
+                    self._newest_checkpoint(),
+                    f"the start of epoch {epoch}",
+                )
             if self.step == 0:  # not resuming inside the epoch
                 self.skipped_batches = 0
                 self.counted_batches = 0

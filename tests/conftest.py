@@ -168,12 +168,17 @@ def counting_loss(estimate, target, lengths=None):
 
     Each call on a training batch (``estimate.requires_grad``) appends a
     line to ``$S4M_TEST_COUNT_FILE``; call number ``$S4M_TEST_KILL_AT``
-    kills the process with SIGKILL (an abrupt crash, nothing cleaned up).
+    kills the process with SIGKILL (an abrupt crash, nothing cleaned up);
+    ``$S4M_TEST_SLEEP_S`` seconds of sleep before each training call leave
+    a test time to send a signal in the middle of a batch.
     """
+    import time
+
     from speechbrain_s4m.metrics import pit_si_snr_loss
 
     global _TRAIN_CALLS
     if estimate.requires_grad:
+        time.sleep(float(os.environ.get("S4M_TEST_SLEEP_S", "0")))
         _TRAIN_CALLS += 1
         count_file = os.environ.get("S4M_TEST_COUNT_FILE")
         if count_file:

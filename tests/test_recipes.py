@@ -11,8 +11,11 @@ skipping (non-finite losses and gradients, loss thresholding).
 import csv
 import math
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import speechbrain as sb
@@ -396,6 +399,93 @@ def test_resume_after_kill_mid_epoch(tiny_datasets, tmp_path):
     assert len(count_file.read_text().split()) == n_train - 2
     assert "Going into epoch 1" not in second.stderr + second.stdout
     assert epoch_lines(out) == [1, 2]
+    assert len(read_results(out)) == 3
+
+
+def _count(path):
+    """Training batches recorded by ``conftest.counting_loss``."""
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_the_current_update_and_the_rerun_resumes(sig, tmp_path):
+    """A real SIGINT / SIGTERM during training: the update in progress
+    finishes, an intra-epoch checkpoint is saved at it, the run exits with
+    128 + signal and one line (how to resume), no traceback; the rerun of
+    the same command trains only the batches after that update."""
+    from speechbrain_s4m.data.synthetic import write_wsj0mix
+
+    n_train = 6
+    data = write_wsj0mix(
+        tmp_path / "2speakers",
+        sizes={"tr": n_train, "cv": 2, "tt": 2},
+        duration=(0.5, 0.5),
+    )
+    out = tmp_path / "out"
+    count_file = tmp_path / "calls.txt"
+    args = recipe_args(
+        "WSJ0Mix",
+        "s4m_tiny",
+        data,
+        out,
+        "--loss",
+        "!name:conftest.counting_loss",
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+        ),
+        S4M_TEST_COUNT_FILE=str(count_file),
+        S4M_TEST_SLEEP_S="0.3",  # the signal lands inside a batch
+    )
+    cmd = [sys.executable, str(train_script("WSJ0Mix"))] + args
+    logs = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(logs[0], "w") as fout, open(logs[1], "w") as ferr:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=fout, stderr=ferr, cwd=tmp_path
+        )
+        deadline = time.monotonic() + 300
+        # Training has started: the second batch is in progress
+        while _count(count_file) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        status = proc.wait(timeout=300)
+    stdout, stderr = (p.read_text() for p in logs)
+    done = _count(count_file)
+    assert status == 128 + sig, stderr[-2000:]
+    assert "Traceback" not in stdout + stderr
+    assert 2 <= done < n_train
+    resume = [line for line in stderr.splitlines() if "rerun" in line]
+    assert resume == [stderr.strip().splitlines()[-1]], stderr[-2000:]
+    assert resume[0].startswith(
+        f"stopped by {sig.name} at epoch 1, batch {done}/{n_train}: "
+        f"checkpoint saved in {out / 'save' / 'CKPT+'}"
+    ), resume
+    assert resume[0].endswith(
+        "; rerun the same command to resume from it: python "
+        + shlex.join(cmd[1:])
+    ), resume
+    intra = [
+        c
+        for c in checkpoints(out)
+        if "brain_intra_epoch_ckpt" in (c / "CKPT.yaml").read_text()
+    ]
+    assert len(intra) == 1 and str(intra[0]) in resume[0]
+    brain_state = (intra[0] / "brain.ckpt").read_text()
+    assert f"step: {done}\n" in brain_state
+    assert not (out / "test_results.csv").exists()
+
+    count_file.unlink()
+    env["S4M_TEST_SLEEP_S"] = "0"
+    second = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    # Only the batches after the saved update were trained
+    assert _count(count_file) == n_train - done
+    assert epoch_lines(out) == [1]
     assert len(read_results(out)) == 3
 
 
