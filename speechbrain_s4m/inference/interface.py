@@ -19,8 +19,9 @@ Deliberate differences from SpeechBrain's ``SepformerSeparation``:
 * ``separate_long``: overlap-add over chunks with the speaker order of each
   chunk aligned to the previous one on their overlap, and a streaming file
   path (``separate_file_to_folder``) whose memory does not grow with the file;
-* outputs at a meaningful scale: by default the sources are scaled so that
-  they sum to the mixture (least squares), and never clipped;
+* outputs at a meaningful scale and sign: by default the sources are
+  scaled so that they sum to the mixture (signed least squares), and never
+  clipped;
 * clear errors (``AudioInputError``, ``ModelFolderError``) naming the file;
   outputs written to a temporary name first (never a partial file), never
   over an existing file without ``overwrite=True``;
@@ -301,7 +302,7 @@ class S4MSeparation(Pretrained):
         sample_rate : int, optional
             Rate of ``mix`` if not the model's (it is resampled first).
         scale : str
-            ``"mixture"`` (default): nonnegative least-squares gains per
+            ``"mixture"`` (default): signed least-squares gains per
             chunk so that the sources sum to the mixture; ``"none"``: the
             model's own (arbitrary) scale. See ``OverlapAddSeparator``.
 
@@ -393,11 +394,12 @@ class S4MSeparation(Pretrained):
         chunk_seconds, overlap_seconds : float, optional
             Long-audio chunking (see ``separate_long``).
         scale : str
-            ``"mixture"`` (default): each source gets the nonnegative gain
-            that makes the sources sum to the mixture in the least-squares
-            sense (per chunk; see ``OverlapAddSeparator``), so a mixture
-            within full scale gives sources at its level. ``"none"``: the
-            model's own scale, which SI-SNR training leaves arbitrary.
+            ``"mixture"`` (default): each source gets the gain (of either
+            sign: an inverted source is turned back) that makes the sources
+            sum to the mixture in the least-squares sense (per chunk; see
+            ``OverlapAddSeparator``), so the sources are at the mixture's
+            level. ``"none"``: the model's own scale and sign, which SI-SNR
+            training leaves arbitrary.
 
         Returns
         -------

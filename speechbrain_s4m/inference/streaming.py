@@ -9,7 +9,8 @@ block by block, a live stream):
 * :func:`align_to_reference`: the speaker order of one chunk matched to the
   previous chunk on their overlap;
 * :func:`mixture_gains` / :func:`scale_to_mixture`: a meaningful output
-  scale (nonnegative least-squares gains so the sources sum to the mixture);
+  scale and sign (signed least-squares gains so the sources sum to the
+  mixture);
 * :class:`OverlapAddSeparator`: chunking, scaling, alignment (kept across a
   silent overlap) and cross-fading;
 * :func:`separate_stream`: blocks of a mixture at any rate and channel count
@@ -201,27 +202,37 @@ def permutation_to_reference(estimate, reference, eps=1e-8):
 SCALE_MODES = ("mixture", "none")
 
 
-def mixture_gains(estimate, mix, eps=1e-10):
-    """Nonnegative per-source gains that make the sources sum to the mixture.
+def mixture_gains(estimate, mix, eps=1e-10, rcond=1e-2):
+    """Signed per-source gains that make the sources sum to the mixture.
 
-    Solves ``min_g ||mix - sum_k g_k s_k||^2`` subject to ``g >= 0`` (per
-    batch item, in float64). Sources whose energy is below ``eps`` times
-    the mixture's get gain 1 (they are silent anyway). When the problem is
-    degenerate (the remaining sources are linearly dependent, or the
-    optimum would silence a source that is not silent: gain 0), all sources
-    get one common gain instead, which gives them together the mixture's
-    energy, lowered if needed so that no source peaks above the mixture
-    (their relative levels stay as the model gave them). A silent mixture
-    gives zero gains (silent sources).
+    Solves ``min_g ||mix - sum_k g_k s_k||^2`` with gains of either sign
+    (per batch item, in float64). The sign matters: SI-SNR training leaves
+    the sign of each output free, and trained models do output inverted
+    sources; a negative gain turns such a source back (a gain constrained
+    to be nonnegative would silence it instead).
+
+    Sources whose energy is below ``eps`` times the mixture's get gain 1
+    (they are silent anyway); a silent mixture gives zero gains. The
+    system is solved in the eigenbasis of the sources' correlation matrix,
+    leaving out the directions whose eigenvalue is below ``rcond`` times
+    the largest (minimum-norm least squares, a truncated SVD): sources
+    that are nearly copies of each other (correlation above about 0.98 for
+    two) would otherwise get huge gains of opposite signs that cancel in
+    the sum; instead they share the mixture's projection on them. The
+    energy of the scaled sources is then at most ``1 / rcond`` times
+    the mixture's.
 
     Arguments
     ---------
     estimate : torch.Tensor
-        ``[batch, time, spks]`` separated sources (any scale).
+        ``[batch, time, spks]`` separated sources (any scale, any sign).
     mix : torch.Tensor
         ``[batch, time]`` the mixture they were separated from.
     eps : float
         Relative energy under which a source counts as silent.
+    rcond : float
+        Relative eigenvalue under which a direction of the sources'
+        correlation matrix is left out (see above).
 
     Returns
     -------
@@ -232,16 +243,14 @@ def mixture_gains(estimate, mix, eps=1e-10):
     -------
     >>> s = torch.randn(1, 1000, 2)
     >>> mix = 0.5 * s[..., 0] + 2.0 * s[..., 1]
-    >>> mixture_gains(s * 10, mix).mul(10).round(decimals=6)
-    tensor([[0.5000, 2.0000]], dtype=torch.float64)
+    >>> mixture_gains(-s * 10, mix).mul(10).round(decimals=6)
+    tensor([[-0.5000, -2.0000]], dtype=torch.float64)
     """
-    from scipy.optimize import nnls
-
     est = estimate.detach().double().cpu()
     mix = mix.detach().double().cpu()
     gains = torch.ones(est.shape[0], est.shape[2], dtype=torch.float64)
     for b in range(est.shape[0]):
-        y = mix[b]
+        y = mix[b]  # [time]
         mix_energy = float(y.square().sum())
         if mix_energy == 0.0:
             gains[b] = 0.0
@@ -250,34 +259,18 @@ def mixture_gains(estimate, mix, eps=1e-10):
         active = (energy > eps * mix_energy).nonzero()[:, 0]
         if active.numel() == 0:
             continue
-        a = est[b][:, active]  # [time, active]
         norms = energy[active].sqrt()
         # Unit-norm columns: the Gram matrix is then the sources'
-        # correlation matrix, whose condition measures linear dependence
+        # correlation matrix, whose spectrum measures linear dependence
         # only (not the sources' very different raw scales).
-        unit = a / norms
-        gram = unit.t() @ unit
-        corr = unit.t() @ y
-        try:
-            chol = torch.linalg.cholesky(gram)
-            cond = torch.linalg.cond(gram)
-        except RuntimeError:
-            chol, cond = None, float("inf")
-        g = None
-        if chol is not None and float(cond) < 1e10:
-            # ||L^T g - L^-1 c||^2 = g^T G g - 2 c^T g + const
-            rhs = torch.linalg.solve_triangular(
-                chol, corr[:, None], upper=False
-            )[:, 0]
-            g, _ = nnls(chol.t().numpy(), rhs.numpy())
-            g = torch.from_numpy(g) / norms
-            if not bool((g > 0).all()):
-                g = None
-        if g is None:  # degenerate: the mixture's level, one common gain
-            level = (mix_energy / energy[active].sum()).sqrt()
-            peak = y.abs().max() / a.abs().max()
-            g = torch.minimum(level, peak).expand(len(active))
-        gains[b, active] = g
+        unit = est[b][:, active] / norms  # [time, active]
+        gram = unit.t() @ unit  # [active, active]
+        corr = unit.t() @ y  # [active]
+        eigval, eigvec = torch.linalg.eigh(gram)  # ascending
+        keep = eigval > rcond * eigval[-1]
+        basis = eigvec[:, keep]
+        unit_gains = basis @ ((basis.t() @ corr) / eigval[keep])
+        gains[b, active] = unit_gains / norms
     return gains
 
 
@@ -321,10 +314,21 @@ class OverlapAddSeparator:
     by :func:`mixture_gains` against that chunk's mixture, so that they sum
     to it in the least-squares sense. The gains are computed per chunk, not
     once per file, because each chunk is a separate forward pass whose
-    output scale the (scale-invariant) training leaves free; chunks are
-    long (30 s by default) so the gains are well determined, and the
-    cross-fade makes the change between chunks smooth. ``"none"`` keeps the
-    model's own scale.
+    output scale and sign the (scale- and sign-invariant) training leaves
+    free; chunks are long (30 s by default) so the gains are well
+    determined, and the cross-fade makes the change between chunks smooth
+    (both chunks sum to the mixture on the overlap, so does their
+    cross-fade). ``"none"`` keeps the model's own scale.
+
+    Polarity across chunks: the gains are signed, and each chunk takes its
+    sign from its own mixture, which is the same signal on both sides of a
+    boundary; so a source keeps one polarity across chunks even when the
+    model's sign changes from one forward pass to the next. Fixing each
+    source's sign once, on the first chunk, would carry that chunk's sign
+    to later passes that may invert differently; scaling once after the
+    overlap-add would need the whole file in memory. Scaling happens
+    before the speaker-order alignment, so the correlations that decide
+    the order compare sources of the right sign.
 
     Speaker order: decided on the overlap only when it carries enough
     energy: its mean power, in the previous chunk's tail and in the new
