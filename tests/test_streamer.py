@@ -429,3 +429,97 @@ def test_compiled_block_step_equals_eager():
     ref = streamer.separate_whole(mix)
     est, _ = run_stream(streamer, mix, hop_sizes(mix.shape[-1], 64))
     assert (est - ref).abs().max() < 1e-4
+
+
+# ----------------------------------------------------------------------
+# Issue 21 item 2: every block is checked; a refused block changes nothing
+# ----------------------------------------------------------------------
+def _feed(streamer, blocks, bad=None, at=1):
+    """Streams ``blocks`` (``bad`` sent before block ``at``, and must be
+    refused); returns the concatenated output and the refusal messages."""
+    streamer.reset()
+    outs, errors = [], []
+    for i, block in enumerate(blocks):
+        if bad is not None and i == at:
+            with pytest.raises((ValueError, TypeError)) as err:
+                streamer.process(bad)
+            errors.append(str(err.value))
+        outs.append(streamer.process(block))
+    outs.append(streamer.flush(squeeze=outs[0].dim() == 2))
+    return torch.cat(outs, dim=-2), errors
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("nan", "NaN or Inf"),
+        ("inf", "NaN or Inf"),
+        ("stereo", "expected a block of shape [1, n] or [n]"),
+        ("batch", "stream has batch size 1"),
+        ("3d", "expected mixture samples [batch, n]"),
+        ("int64", "dtype int64 are not accepted"),
+        ("bool", "dtype bool are not accepted"),
+        ("ragged", "cannot be read as an array"),
+        ("text", "got str"),
+    ],
+)
+def test_refused_block_leaves_the_stream_untouched(tiny, case, message):
+    """Feed A, a bad block, B: refused with a message saying what is
+    expected, and the output is bitwise that of feeding A, B."""
+    mix = speech_like(0.3, seed=12)
+    a, b = mix[:, :1000], mix[:, 1000:]
+    bad = {
+        "nan": a.clone().index_fill_(1, torch.tensor([7]), float("nan")),
+        "inf": a.clone().index_fill_(1, torch.tensor([3]), float("inf")),
+        "stereo": torch.randn(256, 2),
+        "batch": torch.randn(2, 100),
+        "3d": torch.randn(1, 1, 100),
+        "int64": torch.ones(1, 100, dtype=torch.int64),
+        "bool": torch.ones(1, 100, dtype=torch.bool),
+        "ragged": [[0.1, 0.2], [0.3]],
+        "text": "0.1 0.2",
+    }[case]
+    ref, _ = _feed(tiny, [a, b])
+    got, errors = _feed(tiny, [a, b], bad)
+    assert len(errors) == 1 and message in errors[0], errors
+    assert torch.equal(got, ref)
+    assert tiny.samples_in == mix.shape[-1] and tiny.calls == 2
+
+
+def test_first_block_stereo_is_refused(tiny):
+    """A [frames, 2] block as the first one (soundfile's layout) does not
+    start 256 streams: refused, with the expected shape."""
+    tiny.reset()
+    with pytest.raises(ValueError) as err:
+        tiny.process(torch.randn(256, 2).numpy())
+    assert "expected mixture samples [batch, n]" in str(err.value)
+    assert "[frames, channels]" in str(err.value)
+    assert tiny._batch is None and tiny.samples_in == 0
+    with pytest.raises(ValueError, match="frames, channels"):
+        tiny.process(torch.zeros(0, 2))
+    # a batch of 3 streams starting with a 100-sample block is fine
+    assert tiny.process(torch.randn(3, 100)).shape[0] == 3
+
+
+@pytest.mark.parametrize("kind", ["int16", "int32", "list", "float64"])
+def test_integer_and_sequence_blocks(tiny, kind):
+    """int16 / int32 PCM blocks are rescaled (by 2**-15 / 2**-31), lists
+    and float64 arrays are converted: the same output as float32."""
+    mix = (speech_like(0.3, seed=13) * 0.5).clamp(-1, 1)
+    ref, _ = _feed(tiny, list(mix.split(480, dim=-1)))
+    pcm16 = torch.round(mix * 32767).to(torch.int16)
+    if kind == "int16":
+        blocks = [b.numpy() for b in pcm16.split(480, dim=-1)]
+        ref, _ = _feed(tiny, list((pcm16 / 32768.0).split(480, dim=-1)))
+    elif kind == "int32":
+        pcm32 = pcm16.to(torch.int32) * 65536
+        blocks = list(pcm32.split(480, dim=-1))
+        ref, _ = _feed(tiny, list((pcm16 / 32768.0).split(480, dim=-1)))
+    elif kind == "list":
+        blocks = [b[0].tolist() for b in mix.split(480, dim=-1)]
+        ref = ref[0]
+    else:
+        blocks = [b.double().numpy() for b in mix.split(480, dim=-1)]
+    got, _ = _feed(tiny, blocks)
+    assert got.abs().max() < 10  # the issue's int16 block peaked at 151395
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)

@@ -260,25 +260,53 @@ class S4MStreamer:
         return out
 
     def _check_chunk(self, chunk):
+        """The block as ``[batch, n]`` on the model's device and dtype, and
+        whether it was 1-D; raises (changing nothing) if it is refused.
+
+        The stream's state is not touched here: :meth:`process` commits the
+        batch size only once the block is accepted.
+        """
         if self._finished:
             raise StreamerStateError(
                 "the stream was flushed; call reset() to start a new one"
             )
-        if isinstance(chunk, np.ndarray):
-            chunk = torch.from_numpy(chunk)
+        chunk = _as_samples(chunk)
         squeeze = chunk.dim() == 1
         if squeeze:
             chunk = chunk.unsqueeze(0)
+        expected = (
+            "expected mixture samples [batch, n] (batch streams of n "
+            "samples) or [n] (one stream)"
+        )
         if chunk.dim() != 2:
+            raise ValueError(f"{expected}, got shape {tuple(chunk.shape)}")
+        batch, n = chunk.shape
+        if self._batch is None and (batch == 0 or 0 < n <= 8 < batch):
+            # [frames, channels] as soundfile reads it, taken for
+            # [batch, n], would start `frames` streams of a few samples.
             raise ValueError(
-                f"expected samples [batch, n] or [n], got {tuple(chunk.shape)}"
+                f"{expected}, got shape {tuple(chunk.shape)}, which looks "
+                "like [frames, channels] audio: downmix it "
+                "(block.mean(axis=1)) to [n], or transpose it to "
+                "[channels, n] to separate each channel as a stream (a "
+                "stream batch must start with a block of more than 8 "
+                "samples)"
             )
-        if self._batch is None:
-            self._batch = chunk.shape[0]
-        elif chunk.shape[0] != self._batch:
+        if self._batch is not None and batch != self._batch:
+            one = " or [n]" if self._batch == 1 else ""
             raise ValueError(
-                f"the stream has batch size {self._batch}, got a chunk of "
-                f"{chunk.shape[0]}; call reset() to change it"
+                f"expected a block of shape [{self._batch}, n]{one}: the "
+                f"stream has batch size {self._batch} (fixed by its first "
+                f"block), got shape {tuple(chunk.shape)}; call reset() to "
+                "start a stream of another batch size"
+            )
+        finite = torch.isfinite(chunk)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero()[0].tolist()
+            raise ValueError(
+                f"the block holds NaN or Inf samples (first at {bad}); it "
+                "was not used, the stream continues as if it had not been "
+                "sent"
             )
         chunk = chunk.to(device=self.device, dtype=self.dtype)
         return chunk, squeeze
@@ -303,11 +331,36 @@ class S4MStreamer:
     def process(self, chunk):
         """Separates the next samples of the stream.
 
+        Each block is checked like ``s4m-separate`` checks files, before
+        anything is computed; a refused block raises and leaves the stream
+        untouched, which then continues exactly as if the block had never
+        been sent.
+
         Arguments
         ---------
-        chunk : torch.Tensor or numpy.ndarray
-            ``[batch, n]`` (or ``[n]``) new mixture samples at the model's
-            rate; any ``n`` (0 included), the batch size fixed per stream.
+        chunk : torch.Tensor, numpy.ndarray or sequence of numbers
+            ``[batch, n]`` (or ``[n]`` for one stream) new mixture samples
+            at the model's rate; any ``n`` (0 included). The batch size is
+            fixed by the stream's first block (which must then have more
+            than 8 samples if ``batch > n``: a ``[frames, channels]`` block
+            is refused). Samples must be finite. Float samples (any float
+            dtype) are taken as they are; integer PCM samples are rescaled
+            to [-1, 1): int16 divided by 32768 (2**15), int32 by 2**31.
+            Other dtypes (other integers, bool, complex) are refused.
+            Python sequences (lists, nested lists) are converted like
+            ``numpy.asarray``: floats are accepted, Python ints become
+            int64 and are refused (give floats or an int16/int32 array).
+
+        Raises
+        ------
+        ValueError
+            NaN or Inf samples, or a shape other than ``[batch, n]`` /
+            ``[n]``, or a batch size other than the stream's; the message
+            says what is expected.
+        TypeError
+            Not samples (e.g. a string), or a refused dtype.
+        StreamerStateError
+            After :meth:`flush`, until :meth:`reset`.
 
         Returns
         -------
@@ -319,7 +372,8 @@ class S4MStreamer:
             ``latency_samples`` plus one encoder hop).
         """
         start = time.perf_counter()
-        chunk, squeeze = self._check_chunk(chunk)
+        chunk, squeeze = self._check_chunk(chunk)  # refused: state unchanged
+        self._batch = chunk.shape[0]
         with torch.no_grad():
             frames, self._enc = self.encoder.forward_stream(chunk, self._enc)
             y = self._separate(frames)
@@ -364,6 +418,72 @@ class S4MStreamer:
         out = self._arrange(y, squeeze)
         self.compute_seconds += time.perf_counter() - start
         return out
+
+
+#: Integer sample formats and the factor that maps them to [-1, 1).
+INT_SCALES = {torch.int16: 2.0**-15, torch.int32: 2.0**-31}
+
+
+def _as_samples(block):
+    """A block of samples as a float or int16/int32-rescaled tensor.
+
+    Arguments
+    ---------
+    block : torch.Tensor, numpy.ndarray or sequence of numbers
+        Samples.
+
+    Returns
+    -------
+    torch.Tensor
+        Floating-point samples (int16 / int32 rescaled to [-1, 1)).
+
+    Raises
+    ------
+    TypeError
+        Not numbers, or a dtype that has no documented meaning as audio.
+
+    Example
+    -------
+    >>> _as_samples(np.array([-32768, 16384], dtype=np.int16)).tolist()
+    [-1.0, 0.5]
+    >>> _as_samples([[0.5, -0.25]]).shape
+    torch.Size([1, 2])
+    >>> _as_samples([1, 2])
+    Traceback (most recent call last):
+      ...
+    TypeError: samples of dtype int64 are not accepted: give float samples ...
+    """
+    if not torch.is_tensor(block):
+        if isinstance(block, (str, bytes, dict)) or block is None:
+            raise TypeError(
+                "expected mixture samples (a torch.Tensor, a numpy array or "
+                f"a sequence of numbers), got {type(block).__name__}"
+            )
+        try:
+            array = np.asarray(block)
+        except ValueError as err:  # ragged nested sequences
+            raise ValueError(
+                f"the block cannot be read as an array of samples ({err}); "
+                "give [batch, n] or [n] numbers"
+            ) from None
+        if array.dtype.kind not in "biufc":
+            raise TypeError(
+                "expected mixture samples (numbers), got an array of "
+                f"{array.dtype} (e.g. ragged rows or non-numbers); give "
+                "[batch, n] or [n] numbers"
+            )
+        # native byte order and positive strides, which torch requires
+        array = np.ascontiguousarray(array, array.dtype.newbyteorder("="))
+        block = torch.from_numpy(array)
+    if block.dtype in INT_SCALES:
+        return block.double() * INT_SCALES[block.dtype]
+    if not torch.is_floating_point(block):
+        raise TypeError(
+            f"samples of dtype {str(block.dtype).replace('torch.', '')} "
+            "are not accepted: give float samples in [-1, 1], or int16 / "
+            "int32 PCM (rescaled by 2**-15 / 2**-31)"
+        )
+    return block
 
 
 def stream_file_blocks(streamer, path, out_rate, hop_samples):
