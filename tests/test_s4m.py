@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from speechbrain.lobes.models.dual_path import Decoder, Encoder
 
-from speechbrain_s4m.lobes import S4MEncoder, S4MMaskNet
+from speechbrain_s4m.lobes import S4MEncoder, S4MMaskNet, Separator
 
 # small but complete configuration (all code paths, quick on CPU)
 TINY = {
@@ -204,7 +204,7 @@ def test_masknet_does_not_pad():
 
 
 @pytest.mark.parametrize(
-    "name, expected", [("s4m_tiny", 1_822_727), ("s4m", 3_605_767)]
+    "name, expected", [("s4m_tiny", 1_824_359), ("s4m", 3_607_399)]
 )
 def test_parameter_counts(name, expected):
     """Encoder + masknet + decoder parameters of the shipped fragments."""
@@ -278,9 +278,10 @@ def _separate(enc, masknet, dec, mix, num_spks):
 @pytest.mark.parametrize("num_spks", [2, 3])
 @pytest.mark.parametrize("length", [1, 31, 32, 257, 803])
 def test_shape_contract_s4m_encoder(num_spks, length):
-    """S4MEncoder + masknet + SpeechBrain Decoder cover the input length."""
+    """S4MEncoder (framing "right") + masknet + SpeechBrain Decoder cover
+    the input length."""
     torch.manual_seed(0)
-    enc = S4MEncoder(kernel_size=32, out_channels=17)
+    enc = S4MEncoder(kernel_size=32, out_channels=17, framing="right")
     dec = Decoder(17, 1, 32, stride=8, bias=False)
     net = S4MMaskNet(17, num_spks=num_spks, **TINY)
     mix = torch.randn(2, length)
@@ -356,6 +357,7 @@ def test_s4m_tiny_overfits_one_mixture():
         torch.manual_seed(0)
         hp = load_model_config("s4m_tiny", overrides={"num_iterations": 2})
         enc, net, dec = hp["Encoder"], hp["MaskNet"], hp["Decoder"]
+        sep = Separator(enc, net, dec, num_spks=2)
         t = torch.arange(4000) / 8000
         s1 = torch.sin(2 * torch.pi * 220 * t) * (1 + 0.5 * torch.sin(6 * t))
         s1 = s1 + 0.5 * torch.sin(2 * torch.pi * 440 * t)
@@ -367,7 +369,7 @@ def test_s4m_tiny_overfits_one_mixture():
         opt = torch.optim.Adam(params, lr=3e-3)
         best = -float("inf")
         for _ in range(250):
-            est = _separate(enc, net, dec, mix, 2)[:, : mix.shape[1]]
+            est = sep(mix)
             score = _pit_si_snr(est, ref)
             best = max(best, score.item())
             if best > 20:
@@ -427,3 +429,26 @@ def test_checkpoint_iterations_same_outputs_and_gradients():
     assert hp["MaskNet"].checkpoint_iterations
     hp = load_model_config("s4m_tiny", overrides={"hidden_channels": 16})
     assert not hp["MaskNet"].checkpoint_iterations
+
+
+@pytest.mark.parametrize("framing", ["authors", "right"])
+def test_encoder_frames_and_offset(framing):
+    """``num_frames`` is the encoder's frame count at every length, and
+    frame ``j`` reads input samples from ``stride * j - frame_offset`` on
+    (an impulse at sample t reaches frames j with S j - offset <= t <
+    S j - offset + K); with the authors' framing, in K / S of them, the
+    first and last samples included."""
+    enc = S4MEncoder(kernel_size=16, out_channels=9, framing=framing)
+    with torch.no_grad():
+        enc.conv1d.weight.fill_(1.0)
+    for n in range(1, 70):
+        assert enc(torch.zeros(1, n)).shape[-1] == enc.num_frames(n), n
+    n, k, s = 50, 16, 4
+    for t in (0, 17, n - 1):
+        x = torch.zeros(1, n)
+        x[0, t] = 1.0
+        hit = enc(x)[0, 0].nonzero().flatten().tolist()
+        start = [s * j - enc.frame_offset for j in hit]
+        assert all(a <= t < a + k for a in start), (t, hit)
+        if framing == "authors":  # every sample is in K / S frames
+            assert len(hit) == k // s, (t, hit)

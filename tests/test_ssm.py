@@ -5,6 +5,7 @@ import types
 
 import pytest
 import torch
+from authors_reference import authors_s4_kernel
 from torch.func import functional_call
 
 from speechbrain_s4m.nnet import S4, ssm, ssm_aware_optimizer
@@ -36,7 +37,9 @@ def dense_discrete_system(layer):
     """Textbook discretisation with dense full-state matrices (float64).
 
     Returns Ā [H, N, N], B̄ [H, N], C [channels, H, N] of the conjugate
-    completed real system.
+    completed real system. An NPLR layer whose ``C`` holds C̃ = C (I -
+    Ā^M) (``c_length`` = M > 0) gives C = C̃ (I - Ā^M)^{-1}, Ā^M by
+    repeated multiplication.
     """
     dt, A, B, C, P = layer._ssm()
     Lam = torch.cat([A, A.conj()], -1)
@@ -57,6 +60,15 @@ def dense_discrete_system(layer):
         M = eye - dtA / 2
         A_bar = torch.linalg.solve(M, eye + dtA / 2)
         B_bar = torch.linalg.solve(M, dtB)
+        c_length = int(layer.c_length)
+        if c_length:
+            power = eye.expand_as(A_bar)
+            for _ in range(c_length):
+                power = power @ A_bar
+            # C_f = C̃_f (I - Ā^M)^{-1}: solve X (I - Ā^M) = C̃_f
+            C_f = torch.linalg.solve(
+                eye - power, C_f.unsqueeze(-2), left=False
+            ).squeeze(-2)
     return A_bar, B_bar[..., 0], C_f
 
 
@@ -394,10 +406,17 @@ def test_autocast_cpu(mode, dtype):
     assert y_half.dtype == dtype and torch.isfinite(y_half).all()
 
 
-def test_stateless_kernel():
-    layer = S4(4, d_state=8, mode="nplr", bidirectional=True)
-    before = copy.deepcopy(layer.state_dict())
+def test_c_tilde_set_up_once_then_stateless():
+    """The first kernel turns C into C̃ for its length (the authors'
+    ``_setup_C``: same kernel as the output matrix C gave); after that no
+    kernel of any length changes the weights."""
+    layer = randomise(S4(4, d_state=8, mode="nplr", bidirectional=True))
+    layer = layer.double()
+    ref = reference_kernel(layer, 100)  # from the output matrix C itself
     k1 = layer.kernel(100)
+    assert int(layer.c_length) == 100
+    torch.testing.assert_close(k1, ref, rtol=1e-9, atol=1e-12)
+    before = copy.deepcopy(layer.state_dict())
     layer.kernel(1000)
     k2 = layer.kernel(100)
     torch.testing.assert_close(k1, k2, rtol=0, atol=0)
@@ -405,7 +424,53 @@ def test_stateless_kernel():
     assert before.keys() == after.keys()
     for name in before:
         torch.testing.assert_close(before[name], after[name], rtol=0, atol=0)
-    assert not list(layer.buffers())
+    assert [n for n, _ in layer.named_buffers()] == ["c_length"]
+    with pytest.raises(RuntimeError, match="already set up"):
+        layer.setup_c_tilde(50)
+
+
+def _authors_kernel(params, M, L):
+    """The authors' NPLR kernel (tests/authors_reference.py: dense algebra,
+    their in-place doubling as a constant factor for L > M) of our layer's
+    tensors, renamed to theirs."""
+    theirs = {
+        "log_dt": params["log_dt"],
+        "inv_w_real": params["log_A_real"],
+        "w_imag": params["A_imag"],
+        "B": params["B"][None],
+        "P": params["P"][None],
+        "C": params["C"],
+        "L": torch.tensor(M),
+    }
+    return authors_s4_kernel(theirs, L, prefix="")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("M,L", [(16, 16), (16, 9), (16, 40), (5, 64)])
+def test_kernel_and_gradients_are_the_authors(bidirectional, M, L):
+    """Given C̃ and its length M, the kernel and the gradients of every SSM
+    parameter are those of the authors' parametrisation (C̃ trained, no
+    gradient through the Ā^M of C̃ = C (I - Ā^M)), also for L > M (their
+    doubling), to 1e-8 relative in float64."""
+    layer = S4(3, d_state=8, mode="nplr", bidirectional=bidirectional)
+    layer = randomise(layer.double(), seed=M + L)
+    layer.setup_c_tilde(M)
+    params = {
+        k: v.detach().clone().requires_grad_(True)
+        for k, v in layer.named_parameters()
+        if k != "output_linear"
+    }
+    k = layer.kernel(L)
+    k = k if bidirectional else k[None]
+    ref = _authors_kernel(params, M, L)
+    torch.testing.assert_close(k, ref, rtol=1e-9, atol=1e-12)
+    weights = torch.randn(ref.shape, dtype=torch.float64)
+    (k * weights).sum().backward()
+    (ref * weights).sum().backward()
+    for name in ("log_dt", "log_A_real", "A_imag", "B", "P", "C"):
+        ours, theirs = getattr(layer, name).grad, params[name].grad
+        rel = ((ours - theirs).norm() / theirs.norm()).item()
+        assert rel < 1e-8, (name, rel)
 
 
 def test_parameter_groups_and_optimizer():
@@ -517,11 +582,13 @@ def test_invalid_arguments():
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("mode", ["s4d", "nplr"])
 def test_jit_trace_save_load(mode):
-    """A traced layer (fixed length) can be saved and gives the same output."""
+    """A traced layer (fixed length) can be saved and gives the same output
+    (once C̃ is set up, as in any trained or loaded model)."""
     import io
 
     layer = S4(4, d_state=4, mode=mode, bidirectional=True).eval()
     x = torch.randn(2, 4, 10)
+    layer(x)  # the first forward sets C̃ up (NPLR); tracing records one path
     traced = torch.jit.trace(layer, (x,))
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer)

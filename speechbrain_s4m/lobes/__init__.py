@@ -15,6 +15,7 @@ from speechbrain_s4m.config import (
 )
 from speechbrain_s4m.lobes.s4m import (
     S4MBlock,
+    S4MDecoder,
     S4MEncoder,
     S4MMaskNet,
 )
@@ -23,6 +24,7 @@ from speechbrain_s4m.lobes.separator import Separator, separate_batch
 __all__ = [
     "MODEL_CONFIG_DIR",
     "S4MBlock",
+    "S4MDecoder",
     "S4MEncoder",
     "S4MMaskNet",
     "Separator",

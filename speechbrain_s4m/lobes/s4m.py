@@ -918,13 +918,31 @@ class S4MMaskNet(nn.Module):
         return masks.transpose(0, 1)
 
 
+FRAMINGS = ("authors", "right")
+
+
 class S4MEncoder(nn.Module):
     """Learned analysis filterbank of S4M (no bias, no nonlinearity).
 
-    A 1-D convolution 1 -> ``out_channels`` with kernel ``kernel_size`` and
-    stride ``kernel_size // 4``. The input is right-padded so that every length
-    works and SpeechBrain's ``dual_path.Decoder`` with the same kernel and
-    stride yields at least the input's length (crop it to the input length).
+    A 1-D convolution 1 -> ``out_channels`` with kernel K = ``kernel_size``
+    and stride S = ``kernel_size // 4``, over the input framed in one of two
+    ways:
+
+    * ``"authors"`` (default; the authors' ``pad_input`` and encoder): the
+      input of n samples gets ``rest = K - (S + n % K) % K`` zeros at the
+      end (1..K, never 0), then ``K - S`` zeros at both ends, and the
+      convolution pads ``K // 2`` more on each side. Frame ``j`` starts at
+      input sample ``S j - frame_offset`` with ``frame_offset = K // 2 + K -
+      S``; every sample, the first and last included, is covered by K / S
+      frames (1010 frames for 8000 samples at K = 32, S = 8).
+    * ``"right"``: frame ``j`` covers samples ``[S j, S j + K)``, and the
+      input is right-padded to ``ceil(n / S)`` frames (1000 for 8000
+      samples). The causal models use it: it is what a stream can compute
+      as samples arrive (:meth:`forward_stream`), whereas the authors'
+      ``rest`` depends on the length of the whole signal.
+
+    :class:`speechbrain_s4m.lobes.separator.Separator` aligns the decoded
+    signal with the input through ``frame_offset``.
 
     Arguments
     ---------
@@ -934,37 +952,86 @@ class S4MEncoder(nn.Module):
         Number of filters E (authors: K // 2 + 1).
     stride : int, optional
         Hop in samples, default ``kernel_size // 4``.
+    framing : str
+        ``"authors"`` or ``"right"`` (see above).
+    xavier_init : bool
+        Xavier-uniform initial filters, as the authors' code (default);
+        ``False`` keeps PyTorch's default for ``Conv1d``.
 
     Example
     -------
     >>> enc = S4MEncoder(kernel_size=32, out_channels=17)
-    >>> enc(torch.randn(2, 8001)).shape
+    >>> enc(torch.randn(2, 8000)).shape
+    torch.Size([2, 17, 1010])
+    >>> enc.num_frames(8000), enc.frame_offset
+    (1010, 40)
+    >>> right = S4MEncoder(kernel_size=32, out_channels=17, framing="right")
+    >>> right(torch.randn(2, 8001)).shape
     torch.Size([2, 17, 1001])
-    >>> enc(torch.randn(2, 32000)).shape[-1]  # 4 s: 500 * 2**3 frames
+    >>> right(torch.randn(2, 32000)).shape[-1]  # 4 s: 500 * 2**3 frames
     4000
     """
 
-    def __init__(self, kernel_size=32, out_channels=17, stride=None):
+    def __init__(
+        self,
+        kernel_size=32,
+        out_channels=17,
+        stride=None,
+        framing="authors",
+        xavier_init=True,
+    ):
         super().__init__()
+        if framing not in FRAMINGS:
+            raise ValueError(
+                f"framing must be one of {FRAMINGS}, got {framing!r}"
+            )
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else max(kernel_size // 4, 1)
+        self.framing = framing
+        authors = framing == "authors"
         self.conv1d = nn.Conv1d(
-            1, out_channels, kernel_size, stride=self.stride, bias=False
+            1,
+            out_channels,
+            kernel_size,
+            stride=self.stride,
+            padding=kernel_size // 2 if authors else 0,
+            bias=False,
         )
+        if xavier_init:
+            nn.init.xavier_uniform_(self.conv1d.weight)
+
+    @property
+    def frame_offset(self):
+        """Frame ``j`` starts at input sample ``stride * j - frame_offset``
+        (the zeros in front of the signal: ``K // 2 + K - S`` for the
+        authors' framing, 0 for ``"right"``)."""
+        if self.framing == "right":
+            return 0
+        k, s = self.kernel_size, self.stride
+        return k // 2 + k - s
+
+    def _rest(self, length):
+        """The authors' end padding: ``K - (S + n % K) % K`` zeros."""
+        k, s = self.kernel_size, self.stride
+        return k - (s + length % k) % k
 
     def num_frames(self, length):
-        """Number of output frames for an input of ``length`` samples: every
-        frame that holds at least one input sample, ``ceil(length /
-        stride)`` (at least one).
+        """Number of output frames for an input of ``length`` samples.
 
-        Why not only the frames that fit (``1 + ceil((length - K) /
-        stride)``)? Counting the partial frames at the end gives every
-        sample the same K / stride overlapping frames, and an input of a
-        multiple of ``stride * 2 ** (depth - 1)`` samples (a 4 s segment:
-        32000 = 64 * 500) then yields a frame count that the masknet's
-        pyramid halves exactly, so its fast reshape paths apply.
+        ``"right"``: every frame that holds at least one input sample,
+        ``ceil(length / stride)`` (at least one). Why not only the frames
+        that fit (``1 + ceil((length - K) / stride)``)? Counting the partial
+        frames at the end gives every sample the same K / stride
+        overlapping frames, and an input of a multiple of ``stride * 2 **
+        (depth - 1)`` samples (a 4 s segment: 32000 = 64 * 500) then yields
+        a frame count that the masknet's pyramid halves exactly, so its
+        fast reshape paths apply. ``"authors"``: those of their padding.
         """
-        return max(1, -(-length // self.stride))
+        k, s = self.kernel_size, self.stride
+        if self.framing == "right":
+            return max(1, -(-length // s))
+        padded = length + self._rest(length) + 2 * (k - s) + 2 * (k // 2)
+        return (padded - k) // s + 1
 
     def forward(self, x):
         """Encode.
@@ -982,10 +1049,24 @@ class S4MEncoder(nn.Module):
         if x.dim() == 2:
             x = x.unsqueeze(1)
         length = x.shape[-1]
-        padded = self.kernel_size + (self.num_frames(length) - 1) * self.stride
+        k, s = self.kernel_size, self.stride
+        if self.framing == "authors":
+            # the convolution adds its own K // 2 on each side
+            x = F.pad(x, (k - s, self._rest(length) + k - s))
+            return self.conv1d(x)
+        padded = k + (self.num_frames(length) - 1) * s
         if padded > length:
             x = F.pad(x, (0, padded - length))
         return self.conv1d(x)
+
+    def _check_streamable(self):
+        if self.framing != "right":
+            raise RuntimeError(
+                "streaming needs the encoder framing 'right' (the causal "
+                "models' fragment, s4m_tiny_causal.yaml, sets it): the "
+                "authors' framing pads the end by an amount that depends "
+                "on the whole signal's length"
+            )
 
     def forward_stream(self, x, state=None):
         """Encode the next samples of a stream.
@@ -1012,7 +1093,7 @@ class S4MEncoder(nn.Module):
 
         Example
         -------
-        >>> enc = S4MEncoder(kernel_size=32, out_channels=17)
+        >>> enc = S4MEncoder(kernel_size=32, out_channels=17, framing="right")
         >>> x = torch.randn(1, 1001)
         >>> f1, state = enc.forward_stream(x[:, :500])
         >>> f2, state = enc.forward_stream(x[:, 500:], state)
@@ -1022,6 +1103,7 @@ class S4MEncoder(nn.Module):
         >>> torch.allclose(torch.cat([f1, f2, f3], -1), enc(x), atol=1e-6)
         True
         """
+        self._check_streamable()
         if state is None:
             state = {"samples": 0, "frames": 0, "buf": x[:, :0]}
         k, s = self.kernel_size, self.stride
@@ -1053,6 +1135,7 @@ class S4MEncoder(nn.Module):
         torch.Tensor
             ``[batch, out_channels, m]``.
         """
+        self._check_streamable()
         k, s = self.kernel_size, self.stride
         n_new = self.num_frames(state["samples"]) - state["frames"]
         buf = state["buf"]
@@ -1063,3 +1146,101 @@ class S4MEncoder(nn.Module):
         state["frames"] += n_new
         state["buf"] = buf[:, s * n_new :]
         return self.conv1d(buf[:, None, :need])
+
+
+class S4MDecoder(nn.ConvTranspose1d):
+    """S4M's decoder: the masked encodings of all sources -> all sources.
+
+    Input ``[batch, num_spks * E, frames]`` (source-major channels), output
+    ``[batch, num_spks, time]``. Two forms:
+
+    * ``joint=True`` (default, the authors'): one ``ConvTranspose1d(num_spks
+      * E -> num_spks, K, stride S, no bias)`` over the concatenated masked
+      features, so each source's waveform is synthesised from every
+      source's features;
+    * ``joint=False``: each source decoded alone by one shared
+      ``ConvTranspose1d(E -> 1)``, which is SpeechBrain's ``dual_path.Decoder``
+      (without bias) applied per source.
+
+    :class:`speechbrain_s4m.lobes.separator.Separator` recognises this
+    decoder by ``all_sources = True`` and aligns its output with the input
+    through the encoder's ``frame_offset`` and this ``padding``.
+
+    Arguments
+    ---------
+    in_channels : int
+        Encoder channels E per source.
+    num_spks : int
+        Number of sources.
+    kernel_size : int
+        K, as the encoder.
+    stride : int, optional
+        S, as the encoder (default ``kernel_size // 4``).
+    framing : str
+        The encoder's framing: ``"authors"`` crops ``K // 2`` samples at
+        each end (their ``padding``), ``"right"`` none.
+    joint : bool
+        Joint (default) or per-source decoding (see above).
+    xavier_init : bool
+        Xavier-uniform initial weights, as the authors' code (default);
+        ``False`` keeps PyTorch's default.
+
+    Example
+    -------
+    >>> dec = S4MDecoder(17, num_spks=2, kernel_size=32)
+    >>> dec(torch.randn(3, 34, 1010)).shape  # [batch, spks, samples]
+    torch.Size([3, 2, 8072])
+    >>> shared = S4MDecoder(17, 2, 32, joint=False)
+    >>> x = torch.randn(3, 34, 1010)
+    >>> y0 = F.conv_transpose1d(x[:, :17], shared.weight, stride=8, padding=16)
+    >>> torch.allclose(shared(x)[:, :1], y0)  # source 0 from its own features
+    True
+    """
+
+    all_sources = True
+
+    def __init__(
+        self,
+        in_channels,
+        num_spks=2,
+        kernel_size=32,
+        stride=None,
+        framing="authors",
+        joint=True,
+        xavier_init=True,
+    ):
+        if framing not in FRAMINGS:
+            raise ValueError(
+                f"framing must be one of {FRAMINGS}, got {framing!r}"
+            )
+        super().__init__(
+            in_channels * num_spks if joint else in_channels,
+            num_spks if joint else 1,
+            kernel_size,
+            stride=stride if stride is not None else max(kernel_size // 4, 1),
+            padding=kernel_size // 2 if framing == "authors" else 0,
+            bias=False,
+        )
+        self.num_spks = num_spks
+        self.joint = joint
+        if xavier_init:
+            nn.init.xavier_uniform_(self.weight)
+
+    def forward(self, x):
+        """Decode.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, num_spks * E, frames]``, source-major.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, num_spks, time]``.
+        """
+        if self.joint:
+            return super().forward(x)
+        batch, channels, frames = x.shape
+        folded = x.reshape(batch * self.num_spks, -1, frames)
+        return super().forward(folded).reshape(batch, self.num_spks, -1)

@@ -14,15 +14,34 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _unwrap(module):
+    """The module inside a DDP / DataParallel wrapper (or itself)."""
+    return getattr(module, "module", module)
+
+
 class Separator(nn.Module):
     """Encoder -> masks -> masked encodings -> decoder, length-matched.
 
     SpeechBrain's forward of its separation recipes: ``mix_w =
     encoder(mix)``, masks ``[num_spks, batch, channels, frames]`` from the
-    masking network, each source's masked representation decoded by the
-    shared decoder, and the output padded or cropped to the mixture's length.
-    The sources are decoded in one call (folded into the batch), which gives
-    the same result as one decoder call per source.
+    masking network, the masked representations decoded, and the output
+    aligned with the mixture and cut (or zero-padded) to its length.
+
+    Two decoders are understood:
+
+    * SpeechBrain's (``dual_path.Decoder``): each source is decoded alone
+      with shared weights (in one call, the sources folded into the batch,
+      which gives the same result as one call per source);
+    * a decoder of all sources at once (``all_sources = True``, e.g.
+      :class:`speechbrain_s4m.lobes.s4m.S4MDecoder`, the authors' joint
+      decoder): all sources' masked encodings, concatenated source-major
+      over the channels, to ``[batch, num_spks, time]``.
+
+    Alignment: the encoder's frame ``j`` starts at input sample ``stride *
+    j - frame_offset`` (an encoder attribute, 0 if absent) and the decoder
+    crops ``padding`` samples in front, so input sample 0 is output sample
+    ``frame_offset - padding`` (``K - S`` for the authors' framing and
+    decoder, whose crop ``[K - S : -(rest + K - S)]`` this reproduces).
 
     Arguments
     ---------
@@ -49,6 +68,19 @@ class Separator(nn.Module):
     ... )
     >>> sep(torch.randn(3, 1001)).shape
     torch.Size([3, 1001, 2])
+
+    The authors' S4M (their framing and joint decoder; every input length
+    gives the input's length back):
+
+    >>> from speechbrain_s4m.lobes.s4m import S4MDecoder, S4MEncoder
+    >>> sep = Separator(
+    ...     S4MEncoder(kernel_size=16, out_channels=9),
+    ...     S4MMaskNet(9, 8, 16, depth=3, num_iterations=2),
+    ...     S4MDecoder(9, num_spks=2, kernel_size=16),
+    ...     num_spks=2,
+    ... )
+    >>> [sep(torch.randn(1, n)).shape[1] for n in (1, 15, 16, 1001)]
+    [1, 15, 16, 1001]
     """
 
     def __init__(self, encoder, masknet, decoder, num_spks):
@@ -100,14 +132,27 @@ class Separator(nn.Module):
                 f"num_spks is {self.num_spks}."
             )
         sep_h = mix_w.unsqueeze(0) * est_mask  # [spks, batch, ch, frames]
-        spks, batch = sep_h.shape[:2]
-        est = self.decoder(sep_h.reshape(spks * batch, *sep_h.shape[2:]))
-        est = est.reshape(spks, batch, -1).permute(1, 2, 0)  # [b, t', spks]
-        # the decoder output may be shorter or longer than the mixture
-        t_mix, t_est = mix.shape[-1], est.shape[1]
-        if t_mix > t_est:
-            return F.pad(est, (0, 0, 0, t_mix - t_est))
-        return est[:, :t_mix, :]
+        spks, batch, channels, frames = sep_h.shape
+        decoder = _unwrap(self.decoder)
+        if getattr(decoder, "all_sources", False):
+            # [batch, spks * ch, frames], source-major channels
+            joint = sep_h.transpose(0, 1).reshape(batch, -1, frames)
+            est = self.decoder(joint).transpose(1, 2)  # [b, t', spks]
+        else:
+            est = self.decoder(sep_h.reshape(spks * batch, channels, frames))
+            est = est.reshape(spks, batch, -1).permute(1, 2, 0)
+        # input sample 0 is output sample `start`; then cut or zero-pad the
+        # output to the mixture's length
+        offset = getattr(_unwrap(self.encoder), "frame_offset", 0)
+        start = offset - int(getattr(decoder, "padding", (0,))[0])
+        t_mix = mix.shape[-1]
+        if start < 0:
+            est = F.pad(est, (0, 0, -start, 0))
+            start = 0
+        est = est[:, start : start + t_mix, :]
+        if est.shape[1] < t_mix:
+            est = F.pad(est, (0, 0, 0, t_mix - est.shape[1]))
+        return est
 
 
 def separate_batch(mix, encoder, masknet, decoder, num_spks):

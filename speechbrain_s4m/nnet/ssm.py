@@ -369,6 +369,19 @@ def _row_times_power(v, M, L):
         M = torch.bmm(M, M)
 
 
+def _matrix_power(M, L):
+    """``M^L`` for a batch of square matrices ``[..., N, N]`` (L >= 1), by
+    binary exponentiation."""
+    result = None
+    while True:
+        if L & 1:
+            result = M if result is None else torch.matmul(result, M)
+        L >>= 1
+        if not L:
+            return result
+        M = torch.matmul(M, M)
+
+
 def _legs_dplr(N):
     """HiPPO-LegS matrix in diagonal plus low-rank form (float64).
 
@@ -393,6 +406,22 @@ def _legs_dplr(N):
     P_t = V.conj().T @ P.to(torch.complex128)
     B_t = V.conj().T @ q.to(torch.complex128)
     return Lam, P_t, B_t
+
+
+def _agree_on_length(length, like, training):
+    """The largest ``length`` over the ranks of a distributed training run
+    (each rank sets C̃ up at its first batch; they must agree to keep equal
+    weights), else ``length``."""
+    dist = torch.distributed
+    if not (training and dist.is_available() and dist.is_initialized()):
+        return length
+    if dist.get_world_size() == 1:
+        return length
+    t = torch.tensor(length, dtype=torch.long, device=like.device)
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
 
 
 class S4(nn.Module):
@@ -423,6 +452,19 @@ class S4(nn.Module):
         ``"lin"`` (S4D-Lin) or ``"inv"`` (S4D-Inv), only for ``mode="s4d"``.
     dropout : float
         Dropout after the GELU.
+
+    Notes
+    -----
+    NPLR layers train C̃ = C (I - Ā^L), as the authors' S4 (and the official
+    S4 of 2022) do: the parameter ``C`` holds C̃ for the length L kept in the
+    buffer ``c_length`` (saved with the weights). Until the first kernel is
+    computed ``c_length`` is 0 and ``C`` is the output matrix itself; the
+    first :meth:`kernel` call turns it into C̃ for its length, in place and
+    without gradient (the authors' ``_setup_C``). A kernel of length L is
+    then the length-``c_length`` kernel truncated (longer kernels use the
+    authors' doubling C̃ (I + Ā^L) as a constant factor, without changing
+    the weights), so the trained parameter is C̃ and no gradient flows
+    through Ā^L: the function and the gradients are the authors'.
 
     Example
     -------
@@ -474,6 +516,9 @@ class S4(nn.Module):
         if mode == "nplr":
             self.P = nn.Parameter(torch.empty(H, N2, 2))
         self.C = nn.Parameter(torch.empty(channels, H, N2, 2))
+        if mode == "nplr":
+            # the length L that C̃ = C (I - Ā^L) refers to (0: C is C itself)
+            self.register_buffer("c_length", torch.zeros((), dtype=torch.long))
         self.D = nn.Parameter(torch.empty(H))
         self._mark_ssm_parameters()
 
@@ -529,8 +574,11 @@ class S4(nn.Module):
             self.A_imag.copy_(imag.expand(H, N2))
             self.B.zero_()
             self.B[..., 0] = 1.0
-        # C ~ complex standard normal (variance 1/2 per component)
+        # C ~ complex standard normal (variance 1/2 per component); it is
+        # the output matrix itself until the first kernel sets up C̃
         self.C.normal_(0.0, math.sqrt(0.5))
+        if self.mode == "nplr":
+            self.c_length.zero_()
         self.D.normal_(0.0, 1.0)
         self.output_linear.reset_parameters()
 
@@ -593,7 +641,9 @@ class S4(nn.Module):
         """Materialised SSM convolution kernel (without the D skip term).
 
         Computed in float32 / complex64 (float64 / complex128 if the module
-        is double) with autocast disabled. Nothing is cached.
+        is double) with autocast disabled. Nothing is cached. An NPLR layer
+        sets up C̃ at its first call (see the class notes; the only change
+        of state).
 
         Arguments
         ---------
@@ -610,6 +660,16 @@ class S4(nn.Module):
         -------
         >>> S4(4, d_state=4, mode="s4d").kernel(6).shape
         torch.Size([4, 6])
+        >>> layer = S4(4, d_state=4)
+        >>> k = layer.kernel(6)  # sets C̃ up for L = 6
+        >>> int(layer.c_length)
+        6
+        >>> torch.allclose(layer.kernel(4), k[:, :4])  # truncation
+        True
+        >>> torch.allclose(layer.kernel(20)[:, :6], k, atol=1e-6)
+        True
+        >>> int(layer.c_length)  # longer kernels do not change the weights
+        6
         """
         length = int(length)
         if length < 1:
@@ -618,6 +678,8 @@ class S4(nn.Module):
             if self.mode == "s4d":
                 k = self._kernel_s4d(length)
             else:
+                if int(self.c_length) == 0:
+                    self.setup_c_tilde(length)
                 k = self._kernel_nplr(length)
         return k if self.bidirectional else k[0]
 
@@ -633,36 +695,112 @@ class S4(nn.Module):
         W = C * B_bar  # [channels, H, N/2]
         return 2 * _vandermonde(W, dtA, L).real
 
+    # C̃ in real coordinates. The conjugate-completed state x_f = [x, x̄] is
+    # T r with r = [Re x, Im x], T = [[I, iI], [I, -iI]]. In them
+    # A_r = T^{-1} A T and Ā_r are real, and so is the row C_f T = [2 Re C,
+    # -2 Im C]: the solve, the powers Ā^L and the products with them are
+    # real (4x cheaper) matrix operations.
+    def _bar_A_real(self, dt, Lam, P):
+        """Bilinear Ā in real coordinates ``[H, N, N]``."""
+        A_r = self._real_A(Lam, P)
+        eye = torch.eye(A_r.shape[-1], dtype=A_r.dtype, device=A_r.device)
+        half = (dt / 2)[:, None, None]
+        return torch.linalg.solve(eye - half * A_r, eye + half * A_r)
+
+    @staticmethod
+    def _c_to_real(C):
+        """``C_f T`` = ``[2 Re C, -2 Im C]`` ``[..., N]`` (real)."""
+        return torch.cat([2 * C.real, -2 * C.imag], dim=-1)
+
+    @staticmethod
+    def _c_from_real(y):
+        """Inverse of :meth:`_c_to_real`: the kept half ``(y1 - i y2) / 2``."""
+        n2 = y.shape[-1] // 2
+        return torch.complex(y[..., :n2], -y[..., n2:]) / 2
+
+    @torch.no_grad()
+    def setup_c_tilde(self, length):
+        """Turn the output matrix C into C̃ = C (I - Ā^L) for ``length``.
+
+        What the authors' S4 does at its first forward (``_setup_C``): the
+        parameter ``C`` then holds C̃ and ``c_length`` = L. Called by the
+        first :meth:`kernel`; call it yourself to fix L before training
+        (e.g. on every DDP rank alike). Under ``torch.distributed`` in
+        training mode the ranks agree on the largest length first, so that
+        they keep identical weights.
+
+        Arguments
+        ---------
+        length : int
+            Kernel length L (at least 1).
+        """
+        if self.mode != "nplr":
+            return
+        if int(self.c_length) != 0:
+            raise RuntimeError(
+                f"C̃ is already set up for L = {int(self.c_length)}"
+            )
+        length = _agree_on_length(int(length), self.c_length, self.training)
+        with torch.autocast(self.log_dt.device.type, enabled=False):
+            dt, Lam, _, C, P = self._ssm()
+            A_bar = self._bar_A_real(dt, Lam, P)
+            C_r = self._c_to_real(C)  # [channels, H, N]
+            C_r = C_r - _row_times_power(C_r, A_bar, length)
+            self.C.copy_(torch.view_as_real(self._c_from_real(C_r)))
+        self.c_length.fill_(length)
+
+    def output_matrix(self):
+        """The output matrix C of the SSM ``[channels, H, N/2]`` (complex).
+
+        S4D: the parameter. NPLR: ``C = C̃ (I - Ā^L)^{-1}`` with L =
+        ``c_length`` (the parameter itself before C̃ is set up). The
+        recurrence uses it; differentiable.
+        """
+        dt, Lam, _, C, P = self._ssm()
+        L = int(self.c_length) if self.mode == "nplr" else 0
+        if L == 0:
+            return C
+        A_L = _matrix_power(self._bar_A_real(dt, Lam, P), L)  # [H, N, N]
+        eye = torch.eye(A_L.shape[-1], dtype=A_L.dtype, device=dt.device)
+        # y (I - Ā^L) = C̃_r for each row y [channels, H, 1, N]
+        y = torch.linalg.solve(
+            eye - A_L, self._c_to_real(C).unsqueeze(-2), left=False
+        )
+        return self._c_from_real(y.squeeze(-2))
+
     def _kernel_nplr(self, L):
         """Kernel of the bilinear-discretised DPLR SSM (S4, Algorithm 1).
 
-        The generating function of the length-L kernel,
-        ``K̂(ω) = Σ_k K_k ω^k = C̃ (I - Ā ω)^{-1} B̄`` with
-        ``C̃ = C (I - Ā^L)``, is evaluated at the roots of unity
-        ``ω_l = exp(-2πi l / L)`` (so ``K̂ = FFT(K)``). With the bilinear
-        transform, ``(I - Āω)^{-1} B̄ = 2 R(ω)^{-1} ΔB`` with
-        ``R(ω) = 2(1-ω) - (1+ω) Δ(Λ - P P*)``, inverted by Woodbury
+        The generating function of the length-M kernel, ``K̂(ω) = Σ_k K_k
+        ω^k = C̃ (I - Ā ω)^{-1} B̄`` with C̃ = C (I - Ā^M), is evaluated at
+        the roots of unity ``ω_l = exp(-2πi l / M)`` (so ``K̂ = FFT(K)``),
+        with M = ``c_length`` (doubled, with C̃ times the constant (I +
+        Ā^M), until M >= L, as the authors' code does), then truncated to L.
+        With the bilinear transform, ``(I - Āω)^{-1} B̄ = 2 R(ω)^{-1} ΔB``
+        with ``R(ω) = 2(1-ω) - (1+ω) Δ(Λ - P P*)``, inverted by Woodbury
         around its diagonal part (Cauchy sums). Then ``K = iFFT(K̂)``.
         """
-        dt, Lam, B, C, P = self._ssm()
-        N2 = Lam.shape[-1]
-        # C̃ = C (I - Ā^L). The conjugate-completed state x_f = [x, x̄] is
-        # T r with real coordinates r = [Re x, Im x], T = [[I, iI], [I, -iI]].
-        # In them A_r = T^{-1} A T, Ā_r and C_f T = [2 Re C, -2 Im C] are
-        # real, so the solve and the log2(L) squarings for Ā^L are real
-        # (4x cheaper) matrix operations.
-        A_r = self._real_A(Lam, P)  # [H, N, N]
-        eye = torch.eye(2 * N2, dtype=A_r.dtype, device=A_r.device)
-        half = (dt / 2)[:, None, None]
-        A_r = torch.linalg.solve(eye - half * A_r, eye + half * A_r)  # Ā_r
-        C_r = torch.cat([2 * C.real, -2 * C.imag], dim=-1)  # [channels, H, N]
-        y = _row_times_power(C_r, A_r, L)  # C_f Ā^L T, [channels, H, N]
-        # (C_f Ā^L T) T^{-1}, first half: (y1 - i y2) / 2
-        C_t = C - 0.5 * torch.complex(y[..., :N2], -y[..., N2:])
+        dt, Lam, B, C_t, P = self._ssm()
+        M = int(self.c_length)
+        if M < L:
+            # the authors' doubling C̃ <- C̃ (I + Ā^M), M <- 2M; they apply
+            # it to the weights in place under no_grad: here the factor is
+            # a constant and the weights stay (same kernel, same gradients)
+            with torch.no_grad():
+                A_M = _matrix_power(self._bar_A_real(dt, Lam, P), M)
+                n = A_M.shape[-1]
+                eye = torch.eye(n, dtype=A_M.dtype, device=dt.device)
+                factor = eye.expand_as(A_M)
+                while M < L:
+                    factor = factor + torch.matmul(factor, A_M)
+                    A_M = torch.matmul(A_M, A_M)
+                    M *= 2
+            y = torch.einsum("chn,hnm->chm", self._c_to_real(C_t), factor)
+            C_t = self._c_from_real(y)
 
         # roots of unity for the rfft bins
-        freqs = torch.arange(L // 2 + 1, device=dt.device, dtype=dt.dtype)
-        omega = torch.polar(torch.ones_like(freqs), -2 * math.pi * freqs / L)
+        freqs = torch.arange(M // 2 + 1, device=dt.device, dtype=dt.dtype)
+        omega = torch.polar(torch.ones_like(freqs), -2 * math.pi * freqs / M)
         a = 2 * (1 - omega)  # [F]
         s = 1 + omega  # [F]
         # Cauchy sums over the full (conjugate completed) state of
@@ -680,7 +818,7 @@ class S4(nn.Module):
             a,
             s,
         )  # [channels, H, F]
-        return torch.fft.irfft(k_hat, n=L)  # [channels, H, L]
+        return torch.fft.irfft(k_hat, n=M)[..., :L]  # [channels, H, L]
 
     # ------------------------------------------------------------------
     # Convolution mode
@@ -733,8 +871,8 @@ class S4(nn.Module):
         half of the rows of the dense matrix; it acts on the conjugate
         completed state). B̄ ``[H, N/2]``, C ``[H, N/2]``.
         """
-        dt, A, B, C, P = self._ssm()
-        C = C[0]
+        dt, A, B, _, P = self._ssm()
+        C = self.output_matrix()[0]
         if self.mode == "s4d":
             dtA = dt[:, None] * A
             A_bar = torch.exp(dtA)
@@ -745,10 +883,11 @@ class S4(nn.Module):
         return A_bar[:, :N2, :], B_bar[:, :N2], C
 
     def _recurrence_params(self):
-        """The parameters that the discretised recurrence is built from."""
+        """The parameters (and the C̃ length buffer) that the discretised
+        recurrence is built from."""
         params = [self.log_dt, self.log_A_real, self.A_imag, self.B, self.C]
         if self.mode == "nplr":
-            params.append(self.P)
+            params += [self.P, self.c_length]
         return params
 
     def _recording_recurrence_grad(self):
@@ -800,9 +939,10 @@ class S4(nn.Module):
         cond : float
             Largest condition number of V over the channels (1 for S4D).
         """
-        dt, A, B, C, P = self._ssm()
+        dt, A, B, _, P = self._ssm()
+        C = self.output_matrix()[0]
         cdt = torch.complex128
-        dt, A, B, C = dt.double(), A.to(cdt), B.to(cdt), C[0].to(cdt)
+        dt, A, B, C = dt.double(), A.to(cdt), B.to(cdt), C.to(cdt)
         if self.mode == "s4d":
             lam = torch.exp(dt[:, None] * A)
             return lam, (lam - 1.0) / A * B, 2 * C, 1.0
