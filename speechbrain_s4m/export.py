@@ -246,6 +246,21 @@ def _describe(node):
     return f"`{name}({', '.join(args)})`"
 
 
+def _variant(encoder, decoder):
+    """Which framing and decoder the model has, in words (the model card
+    names the S4M variant: the authors' or speechbrain-s4m 0.1's)."""
+    framing = getattr(encoder, "framing", None)
+    joint = getattr(decoder, "all_sources", False) and getattr(
+        decoder, "joint", False
+    )
+    if framing is None:
+        return f"{type(encoder).__name__} / {type(decoder).__name__}"
+    decoding = "joint decoder" if joint else "each source decoded alone"
+    if framing == "authors" and joint:
+        return "the authors' S4M (their framing and joint decoder)"
+    return f"framing `{framing}`, {decoding} (not the authors' S4M)"
+
+
 def _valid_text(meta, min_key):
     """The validation SI-SNR of a checkpoint's meta, as text."""
     if meta.get(min_key) is None:
@@ -283,6 +298,7 @@ def write_model_card(
         f"- Encoder: {_describe(recipe_hparams.get('Encoder'))}",
         f"- MaskNet: {_describe(recipe_hparams.get('MaskNet'))}",
         f"- Decoder: {_describe(recipe_hparams.get('Decoder'))}",
+        f"- Variant: {_variant(enc, dec)}",
         f"- Parameters: {total:,} (encoder {_count_parameters(enc):,}, "
         f"masknet {_count_parameters(mask):,}, decoder "
         f"{_count_parameters(dec):,})",

@@ -198,6 +198,7 @@ def test_export_writes_best_checkpoint_and_card(recipe_folder, exported):
     assert set(hp["pretrainer"].loadables) == {"encoder", "masknet", "decoder"}
     card = (exported / "README.md").read_text()
     assert "S4MMaskNet" in card and "5.00 dB" in card  # valid SI-SNR
+    assert "Variant: the authors' S4M (their framing and joint decoder)" in card
     assert "| 5.50 | 6.50 | 6.50 | 7.50 | 2 |" in card  # test avg row
     n_params = sum(p.numel() for p in hp["modules"]["masknet"].parameters())
     assert f"masknet {n_params:,}" in card
