@@ -374,13 +374,14 @@ def main(dataset=None, argv=None, before_prepare=None, brain_class=None):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterrupted as e:
-        _leave_process_group()
+        # Printed before leaving the group: torchrun ends the other ranks
+        # as soon as one exits, and rank 0 must have said how to resume
         if if_main_process():
             print(interrupted_line(e, _command(argv)), file=sys.stderr)
+        _leave_process_group()
         sys.exit(e.exit_status)
     except KeyboardInterrupt:
         # Ctrl-C outside training (preparation, test): nothing to save
-        _leave_process_group()
         print(
             "stopped (SIGINT) outside training; rerun the same command to "
             f"continue: {_command(argv)}",
@@ -420,12 +421,20 @@ def interrupted_line(error, command):
 def _command(argv):
     """The command line that ran this recipe (to rerun it)."""
     words = sys.argv if argv is None else [sys.argv[0], *argv]
-    return "python " + shlex.join(str(w) for w in words)
+    # Under torchrun each rank only sees its script's arguments
+    launcher = (
+        "torchrun <its options> "
+        if "TORCHELASTIC_RUN_ID" in os.environ
+        else "python "
+    )
+    return launcher + shlex.join(str(w) for w in words)
 
 
 def _leave_process_group():
-    """Ends DDP's process group (all ranks stop at the same update)."""
+    """Ends DDP's process group; every rank stopped at the same update
+    (see :meth:`Separation.fit`), so they all reach this barrier."""
     if is_distributed_initialized():
+        sb.utils.distributed.ddp_barrier()
         torch.distributed.destroy_process_group()
 
 

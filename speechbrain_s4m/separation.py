@@ -47,6 +47,7 @@ Authors
 
 import contextlib
 import csv
+import functools
 import importlib
 import logging
 import math
@@ -673,13 +674,65 @@ class Separation(sb.Brain):
         """
         self._stop_signal = 0
         with self._stop_on_signals():
-            super().fit(*args, **kwargs)
+            try:
+                super().fit(*args, **kwargs)
+            finally:
+                self._end_guarded_workers()
             # A signal during the last validation: its checkpoint is saved
             stop = self._shared_stop_signal()
         if stop:
             raise TrainingInterrupted(
                 stop, self._newest_checkpoint(), "the end of training"
             )
+
+    def make_dataloader(
+        self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs
+    ):
+        """SpeechBrain's data loader; in training and validation its worker
+        processes ignore :data:`STOP_SIGNALS`.
+
+        Ctrl-C and ``kill -TERM -<group>`` reach the workers too; a worker
+        ended by SIGTERM makes PyTorch raise in the main process at any
+        point, even while the stop checkpoint is being written. :meth:`fit`
+        ends these workers itself when it returns or stops (they ignore the
+        SIGTERM with which Python would end them at exit).
+
+        Arguments
+        ---------
+        dataset : Dataset
+            See ``speechbrain.core.Brain.make_dataloader``.
+        stage : sb.Stage
+            The stage.
+        ckpt_prefix : str, None
+            See ``speechbrain.core.Brain.make_dataloader``.
+        **loader_kwargs : dict
+            Data loader options (``num_workers``, ``worker_init_fn`` ...).
+
+        Returns
+        -------
+        DataLoader
+        """
+        guarded = stage != sb.Stage.TEST and loader_kwargs.get("num_workers")
+        if guarded:
+            loader_kwargs["worker_init_fn"] = functools.partial(
+                _worker_ignoring_stop_signals,
+                loader_kwargs.get("worker_init_fn"),
+            )
+        loader = super().make_dataloader(
+            dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs
+        )
+        if guarded:
+            self.__dict__.setdefault("_guarded_loaders", []).append(loader)
+        return loader
+
+    def _end_guarded_workers(self):
+        """Ends the workers of the loaders made by :meth:`make_dataloader`
+        in training (an unfinished epoch leaves them running)."""
+        for loader in self.__dict__.pop("_guarded_loaders", []):
+            iterator = getattr(loader, "_speechbrain_iterator", None)
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()  # PyTorch's own clean end (idempotent)
 
     @contextlib.contextmanager
     def _stop_on_signals(self):
@@ -1169,6 +1222,15 @@ class Separation(sb.Brain):
         # PaddedBatch has no membership test, hence hasattr
         noise = batch.noise_sig if hasattr(batch, "noise_sig") else None
         return batch.mix_sig, targets, noise
+
+
+def _worker_ignoring_stop_signals(init_fn, worker_id):
+    """A data loader worker's start: ignore :data:`STOP_SIGNALS` (the main
+    process decides when to stop), then the loader's own ``init_fn``."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    if init_fn is not None:
+        init_fn(worker_id)
 
 
 #: The learning-rate schedulers the Brain applies (``None``: constant).

@@ -275,3 +275,100 @@ def test_ddp_accumulation_with_skipped_stepping_batch(tmp_path):
     for key in after[0]:
         assert torch.equal(after[0][key], after[1][key]), key
     assert sum(not torch.equal(after[0][k], init[k]) for k in init) > 0
+
+
+SIGNAL_DRIVER = textwrap.dedent(
+    """
+    import os, sys
+    from speechbrain_s4m.recipe import main
+
+    dumps = os.environ["S4M_TEST_DDP_OUT"]
+    with open(os.path.join(dumps, "pid" + os.environ["RANK"]), "w") as f:
+        f.write(str(os.getpid()))
+    main(argv=sys.argv[1:])
+    """
+)
+
+
+def test_ddp_signal_on_one_rank_stops_every_rank_at_the_same_update(tmp_path):
+    """SIGTERM to rank 1 only (a node preempted): both ranks finish the same
+    update (the stop is all-reduced at every update boundary), rank 0 saves
+    the checkpoint and prints the resume line, and nothing deadlocks."""
+    import signal
+    import time
+
+    from conftest import REPO
+
+    from speechbrain_s4m.data.synthetic import write_wsj0mix
+
+    data = write_wsj0mix(
+        tmp_path / "2speakers",
+        sizes={"tr": 12, "cv": 2, "tt": 2},
+        duration=(0.5, 0.5),
+    )
+    driver = tmp_path / "driver.py"
+    driver.write_text(SIGNAL_DRIVER)
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    count_file = tmp_path / "calls.txt"
+    out = tmp_path / "out"
+    args = recipe_args(
+        "WSJ0Mix",
+        "s4m_tiny",
+        data,
+        out,
+        "--distributed_backend",
+        "gloo",
+        "--loss",
+        "!name:conftest.counting_loss",
+    )
+    env = dict(
+        os.environ,
+        S4M_TEST_DDP_OUT=str(dumps),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(
+            [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+        ),
+        S4M_TEST_COUNT_FILE=str(count_file),
+        S4M_TEST_SLEEP_S="0.3",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(driver),
+        *args,
+    ]
+    log = tmp_path / "log.txt"
+    with open(log, "w") as flog:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=flog, stderr=subprocess.STDOUT, cwd=tmp_path
+        )
+        deadline = time.monotonic() + 300
+        count = 0
+        while count < 4 and proc.poll() is None:  # 2 batches per rank
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.05)
+            if count_file.exists():
+                count = len(count_file.read_text().split())
+        os.kill(int((dumps / "pid1").read_text()), signal.SIGTERM)
+        proc.wait(timeout=300)  # no deadlock
+    text = log.read_text()
+    assert proc.returncode != 0
+    calls = len(count_file.read_text().split())
+    assert calls % 2 == 0, "the ranks stopped after different updates"
+    lines = [line for line in text.splitlines() if "rerun the same" in line]
+    assert len(lines) == 1, text[-4000:]  # rank 0 only
+    assert lines[0].startswith(
+        f"stopped by SIGTERM at epoch 1, batch {calls // 2}/6: checkpoint "
+        f"saved in {out / 'save' / 'CKPT+'}"
+    ), lines
+    assert (
+        "; rerun the same command to resume from it: torchrun <its "
+        in (lines[0])
+    )
+    saved = list((out / "save").glob("CKPT+*"))
+    assert len(saved) == 1
+    assert f"step: {calls // 2}\n" in (saved[0] / "brain.ckpt").read_text()

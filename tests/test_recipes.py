@@ -407,12 +407,21 @@ def _count(path):
     return len(path.read_text().split()) if path.exists() else 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_the_current_update_and_the_rerun_resumes(sig, tmp_path):
+@pytest.mark.parametrize(
+    "sig, workers",
+    [(signal.SIGINT, 0), (signal.SIGTERM, 0), (signal.SIGTERM, 2)],
+    ids=["SIGINT", "SIGTERM", "SIGTERM-group-with-workers"],
+)
+def test_signal_saves_the_current_update_and_the_rerun_resumes(
+    sig, workers, tmp_path
+):
     """A real SIGINT / SIGTERM during training: the update in progress
     finishes, an intra-epoch checkpoint is saved at it, the run exits with
     128 + signal and one line (how to resume), no traceback; the rerun of
-    the same command trains only the batches after that update."""
+    the same command trains only the batches after that update. With data
+    loader workers the signal goes to the whole process group (as a
+    terminal's Ctrl-C or a scheduler does): the workers must not end the
+    run before the checkpoint, nor keep it from exiting."""
     from speechbrain_s4m.data.synthetic import write_wsj0mix
 
     n_train = 6
@@ -430,6 +439,8 @@ def test_signal_saves_the_current_update_and_the_rerun_resumes(sig, tmp_path):
         out,
         "--loss",
         "!name:conftest.counting_loss",
+        "--num_workers",
+        workers,
     )
     env = dict(
         os.environ,
@@ -443,14 +454,22 @@ def test_signal_saves_the_current_update_and_the_rerun_resumes(sig, tmp_path):
     logs = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with open(logs[0], "w") as fout, open(logs[1], "w") as ferr:
         proc = subprocess.Popen(
-            cmd, env=env, stdout=fout, stderr=ferr, cwd=tmp_path
+            cmd,
+            env=env,
+            stdout=fout,
+            stderr=ferr,
+            cwd=tmp_path,
+            start_new_session=True,  # its own process group
         )
         deadline = time.monotonic() + 300
         # Training has started: the second batch is in progress
         while _count(count_file) < 2 and proc.poll() is None:
             assert time.monotonic() < deadline, "training never started"
             time.sleep(0.05)
-        proc.send_signal(sig)
+        if workers:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         status = proc.wait(timeout=300)
     stdout, stderr = (p.read_text() for p in logs)
     done = _count(count_file)
