@@ -241,34 +241,6 @@ def separate_parser(prog="s4m-separate"):
     return parser
 
 
-def _output_problem(model, files, output_folder, overwrite):
-    """One line if the outputs of ``files`` would replace an input, or an
-    existing file without ``overwrite``; None when writing is safe."""
-    import os
-
-    inputs = {os.path.realpath(p) for p in files}
-    clashes, existing = [], []
-    for path in files:
-        for out in model.output_paths(output_folder, path.stem):
-            if os.path.realpath(out) in inputs:
-                clashes.append(f"{out} (output of {path})")
-            elif os.path.lexists(out):
-                existing.append(str(out))
-    if clashes:
-        return (
-            "refusing to overwrite input file(s): "
-            + ", ".join(clashes)
-            + "; choose another --output-folder"
-        )
-    if existing and not overwrite:
-        return (
-            "output file(s) already exist: "
-            + ", ".join(existing)
-            + " (--overwrite replaces them)"
-        )
-    return None
-
-
 def separate_main(argv=None):
     """Entry point of ``s4m-separate``; returns the exit code.
 
@@ -311,8 +283,13 @@ def separate_main(argv=None):
     from speechbrain_s4m.inference import (
         OutputFolderError,
         OutputScaleWarning,
+        OutputWriteError,
         S4MSeparation,
         check_output_folder,
+    )
+    from speechbrain_s4m.inference.outputs import (
+        NO_SPACE,
+        planned_outputs_problem,
     )
 
     try:
@@ -341,7 +318,8 @@ def separate_main(argv=None):
         _report(prog, err, args.traceback)
         return EXIT_USAGE
 
-    problem = _output_problem(model, files, args.output_folder, args.overwrite)
+    plan = [(p, model.output_paths(args.output_folder, p.stem)) for p in files]
+    problem = planned_outputs_problem(plan, args.overwrite)
     if problem:
         _error(prog, problem)
         return EXIT_USAGE
@@ -353,7 +331,7 @@ def separate_main(argv=None):
         disable=args.quiet or len(files) < 2,
         file=sys.stderr,
     )
-    for path in progress:
+    for done_count, path in enumerate(progress):
         progress.set_postfix_str(path.name, refresh=False)
         if streamer is not None:
             streamer.use_for(path)
@@ -394,7 +372,15 @@ def separate_main(argv=None):
             message = _one_line(err)
             if str(path) not in message:
                 message = f"{path}: {message}"
+            left = len(files) - done_count - 1
+            full = isinstance(err, OutputWriteError) and err.errno in NO_SPACE
+            if full and left:
+                # every later file would fail the same way
+                failed += left
+                message += f" (stopped: {left} more file(s) not separated)"
             tqdm.write(f"{prog}: error: {message}", file=sys.stderr)
+            if full:
+                break
     progress.close()
     done = len(files) - failed
     if not args.quiet:
@@ -403,7 +389,8 @@ def separate_main(argv=None):
             f"{args.output_folder}",
             file=sys.stderr,
         )
-    if streamer is not None:
+    if streamer is not None and streamer.seconds > 0:
+        # nothing streamed (every file refused): no timing to report
         print(f"{prog}: {streamer.summary()}", file=sys.stderr)
     return EXIT_INPUT if failed else EXIT_OK
 

@@ -379,3 +379,134 @@ def test_trained_model_sources_sum_to_the_mixture(
             [sf.read(out / f"{path.stem}_s{i}.wav")[0] for i in (1, 2)]
         )
         assert mixture_snr(mix, written) > MIN_MIXTURE_SNR_DB, path
+
+
+# --------------------------------------------------------------------------
+# Issue 21 item 3: two runs racing to write the same outputs
+# --------------------------------------------------------------------------
+#: Runs ``s4m-separate`` with its outputs complete but not yet published
+#: until every racer (argv[2] of them) is at the same point.
+RACER = """
+import pathlib, sys, time
+from speechbrain_s4m.cli import separate_main
+from speechbrain_s4m.inference import S4MSeparation
+
+gate, count, me = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+separate = S4MSeparation._stream_file
+
+
+def separate_then_wait(self, *args, **kwargs):
+    yield from separate(self, *args, **kwargs)
+    (gate / me).touch()  # all written: wait for the other racer
+    deadline = time.monotonic() + 300
+    while len(list(gate.iterdir())) < count:
+        assert time.monotonic() < deadline, "the other racer never came"
+        time.sleep(0.0005)
+
+
+S4MSeparation._stream_file = separate_then_wait
+sys.exit(separate_main(sys.argv[4:]))
+"""
+
+
+def test_racing_runs_never_replace_each_other(model_dir, tmp_path):
+    """``s4m-separate dA/x.wav`` and ``s4m-separate dB/x.wav`` into the
+    same folder, both past the existing-output check and publishing at
+    the same moment: exactly one wins, the other exits 1 with one line
+    naming the file, and the outputs are the winner's, both of them."""
+    from speechbrain_s4m.inference import S4MSeparation
+
+    (tmp_path / "gate").mkdir()
+    script = tmp_path / "racer.py"
+    script.write_text(RACER)
+    inputs = {}
+    for name, seed in (("dA", 1), ("dB", 2)):
+        (tmp_path / name).mkdir()
+        inputs[name] = tmp_path / name / "x.wav"
+        sf.write(inputs[name], speechlike(1.0, seed=seed)[0].numpy(), 8000)
+    out = tmp_path / "same"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    racers = {
+        name: subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "gate"), "2", name]
+            + [str(path), "--model", str(model_dir), "--quiet"]
+            + ["--output-folder", str(out), "--device", "cpu"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name, path in inputs.items()
+    }
+    results = {
+        n: (p.wait(timeout=600), p.stderr.read()) for n, p in racers.items()
+    }
+    codes = sorted(rc for rc, _ in results.values())
+    assert codes == [0, 1], results
+    winner = next(n for n, (rc, _) in results.items() if rc == 0)
+    loser_err = next(err for rc, err in results.values() if rc == 1)
+    lines = [x for x in loser_err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in loser_err, loser_err
+    assert str(out / "x_s1.wav") in lines[0] and "--overwrite" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["x_s1.wav", "x_s2.wav"]
+    model = S4MSeparation.from_hparams(model_dir, run_opts={"device": "cpu"})
+    ref = model.separate_file(str(inputs[winner]))[0].t().numpy()
+    for i in range(2):
+        got = sf.read(out / f"x_s{i + 1}.wav", dtype="float32")[0]
+        np.testing.assert_allclose(got, ref[i], atol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# Issue 21 item 6: a full disk
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("fault", ["ENOSPC", "libsndfile", "libsndfile_ok"])
+def test_full_disk_is_one_line_and_leaves_nothing(
+    model_dir, inputs, tmp_path, capsys, monkeypatch, fault
+):
+    """The writer fails as on a full disk (an ``OSError`` ENOSPC from a
+    write, or libsndfile's "System error" from a real write to
+    /dev/full, with the disk reporting under 1 MiB free): one line naming
+    the output file and what to do, exit 1, no partial or temporary file,
+    and the next file is not attempted. A libsndfile "System error" with
+    free space left is reported per file and the run goes on."""
+    import errno
+    import shutil as sh
+
+    from speechbrain_s4m.inference import outputs
+
+    if fault == "libsndfile":
+        usage = sh.disk_usage(tmp_path)._replace(free=4096)
+        monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: usage)
+    if fault == "ENOSPC":
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(sf.SoundFile, "write", write)
+    else:
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full here")
+        opened = sf.SoundFile
+
+        def full_disk(file, mode="r", *args, **kwargs):
+            if mode == "w":  # write to a device that is always full
+                file = "/dev/full"
+            return opened(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(sf, "SoundFile", full_disk)
+    out = tmp_path / "out"
+    rc = _run(model_dir, str(inputs), "--output-folder", str(out))
+    assert rc == 1
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert "Traceback" not in err and "Errno" not in err
+    assert not out.exists() or list(out.iterdir()) == []
+    if fault == "libsndfile_ok":
+        assert len(lines) == 2, err
+        for line, name in zip(lines, ("a_s1.wav", "b_s1.wav")):
+            assert str(out / name) in line and "disk is not full" in line
+        return
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert str(out / "a_s1.wav") in line and "another folder" in line
+    assert "no space left" in line
+    assert "stopped: 1 more file(s) not separated" in line

@@ -511,3 +511,55 @@ def test_inverted_outputs_sum_to_the_mixture(tmp_path, sign):
     if sign == "sign_per_call":
         flips = torch.stack(signs)
         assert len(flips) >= 4 and (flips[1:] != flips[:-1]).any()
+
+
+# --------------------------------------------------------------------------
+# Publishing outputs (issue 21 item 3): final names claimed without a window
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("links", ["hard_links", "no_hard_links"])
+def test_publish_claims_names_and_rolls_back(tmp_path, monkeypatch, links):
+    """Names are claimed in order; a run that finds its second name taken
+    by another writer keeps that file, removes the first name it had
+    claimed, and says which file. Without hard links (FAT, some network
+    file systems) the same holds through exclusive creation."""
+    import errno
+
+    from speechbrain_s4m.inference import outputs
+
+    if links == "no_hard_links":
+
+        def no_link(src, dst):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(outputs.os, "link", no_link)
+    finals = [tmp_path / "a_s1.wav", tmp_path / "a_s2.wav"]
+    temps = [outputs.temporary_path(f) for f in finals]
+    for i, tmp in enumerate(temps):
+        tmp.write_bytes(b"ours %d" % i)
+    finals[1].write_bytes(b"theirs")
+    with pytest.raises(FileExistsError) as err:
+        outputs.publish(temps, finals)
+    assert str(finals[1]) in str(err.value) and "--overwrite" in str(err.value)
+    assert not finals[0].exists() and finals[1].read_bytes() == b"theirs"
+    for tmp in temps:  # the caller's to remove (PendingOutputs does)
+        tmp.unlink(missing_ok=True)
+    # nothing in the way: published, temporaries gone, usual permissions
+    finals[1].unlink()
+    temps = [outputs.temporary_path(f) for f in finals]
+    for i, tmp in enumerate(temps):
+        tmp.write_bytes(b"ours %d" % i)
+    outputs.publish(temps, finals)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a_s1.wav",
+        "a_s2.wav",
+    ]
+    assert finals[1].read_bytes() == b"ours 1"
+    mode = finals[0].stat().st_mode & 0o777
+    assert mode == outputs.default_file_mode()
+    # overwrite=True replaces
+    temps = [outputs.temporary_path(f) for f in finals]
+    for tmp in temps:
+        tmp.write_bytes(b"new")
+    outputs.publish(temps, finals, overwrite=True)
+    assert [f.read_bytes() for f in finals] == [b"new", b"new"]
+    assert len(list(tmp_path.iterdir())) == 2

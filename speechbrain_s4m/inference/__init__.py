@@ -8,6 +8,8 @@ The package has one module per role:
 * :mod:`~speechbrain_s4m.inference.streaming`: block-wise resampling,
   speaker-order alignment and overlap-add over chunks;
 * :mod:`~speechbrain_s4m.inference.interface`: ``S4MSeparation``;
+* :mod:`~speechbrain_s4m.inference.outputs`: output files (temporaries,
+  atomic publication against other writers, disk-full errors);
 * :mod:`~speechbrain_s4m.inference.streamer`: ``S4MStreamer``, live
   hop-by-hop separation with a causal model.
 
@@ -32,11 +34,8 @@ from speechbrain_s4m.audio import (
 from speechbrain_s4m.inference.interface import (
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
-    OutputFolderError,
     OutputScaleWarning,
     S4MSeparation,
-    check_output_folder,
-    remove_stale_temporaries,
 )
 from speechbrain_s4m.inference.loading import (
     MODULE_KEYS,
@@ -48,6 +47,12 @@ from speechbrain_s4m.inference.loading import (
     looks_like_hub_file,
     looks_like_local_path,
     resolve_model_folder,
+)
+from speechbrain_s4m.inference.outputs import (
+    OutputFolderError,
+    OutputWriteError,
+    check_output_folder,
+    remove_stale_temporaries,
 )
 from speechbrain_s4m.inference.streamer import S4MStreamer
 from speechbrain_s4m.inference.streaming import (
@@ -72,6 +77,7 @@ __all__ = [
     "ModelNotFoundError",
     "OutputFolderError",
     "OutputScaleWarning",
+    "OutputWriteError",
     "OverlapAddSeparator",
     "SCALE_MODES",
     "S4MSeparation",

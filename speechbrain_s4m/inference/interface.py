@@ -36,23 +36,24 @@ Authors
 
 import os
 import pathlib
-import re
-import tempfile
 import warnings
-from contextlib import ExitStack
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio
 from speechbrain.inference.interfaces import Pretrained
 
 from speechbrain_s4m import allocator, audio
+from speechbrain_s4m.inference import outputs
 from speechbrain_s4m.inference.loading import (
     MODULE_KEYS,
     load_model_folder,
     local_audio_file,
     resolve_model_folder,
+)
+from speechbrain_s4m.inference.outputs import (
+    check_output_folder,
+    remove_stale_temporaries,
 )
 from speechbrain_s4m.inference.streaming import (
     OverlapAddSeparator,
@@ -63,13 +64,6 @@ from speechbrain_s4m.lobes.separator import Separator
 
 DEFAULT_CHUNK_SECONDS = 30.0
 DEFAULT_OVERLAP_SECONDS = 2.0
-
-
-def _default_file_mode():
-    """Permissions of a new file under the current umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 class S4MSeparation(Pretrained):
@@ -509,7 +503,7 @@ class S4MSeparation(Pretrained):
         name = name or pathlib.Path(path).stem
         finals = self.output_paths(output_folder, name)
         check_output_folder(output_folder)
-        clashes = [f for f in finals if _same_file(f, path)]
+        clashes = [f for f in finals if outputs.same_file(f, path)]
         if clashes:
             raise ValueError(
                 f"{path}: writing {clashes[0]} would overwrite the input "
@@ -517,49 +511,30 @@ class S4MSeparation(Pretrained):
             )
         existing = [f for f in finals if os.path.lexists(f)]
         if existing and not overwrite:
-            raise FileExistsError(_exists_message(existing))
+            raise FileExistsError(
+                outputs.exists_message(
+                    existing,
+                    "overwrite=True, or --overwrite on the command line,",
+                )
+            )
         if output_folder.is_dir():
             remove_stale_temporaries(finals)
         out_rate = self._output_rate(output_sample_rate, path)
-        temps = []
-        try:
-            with ExitStack() as stack:
-                handles = []
-                peaks = np.zeros(self.num_spks)
-                for block in self._stream_file(
-                    path, chunk_seconds, overlap_seconds, out_rate, scale
-                ):
-                    if not handles:  # the input passed its checks
-                        output_folder.mkdir(parents=True, exist_ok=True)
-                        for final in finals:
-                            temps.append(_temporary(final))
-                            handles.append(
-                                stack.enter_context(
-                                    sf.SoundFile(
-                                        temps[-1],
-                                        "w",
-                                        samplerate=out_rate,
-                                        channels=1,
-                                        subtype="FLOAT",
-                                        format="WAV",
-                                    )
-                                )
-                            )
-                    data = block.numpy()  # [spks, n]
-                    peaks = np.maximum(peaks, np.abs(data).max(axis=1))
-                    for i, handle in enumerate(handles):
-                        handle.write(data[i])
+        # Temporaries beside the finals (created, with the folder, once the
+        # input passed its checks: at the first block), published only when
+        # complete; removed on any error.
+        with outputs.PendingOutputs(finals, out_rate, overwrite) as pending:
+            peaks = np.zeros(self.num_spks)
+            for block in self._stream_file(
+                path, chunk_seconds, overlap_seconds, out_rate, scale
+            ):
+                data = block.numpy()  # [spks, n]
+                peaks = np.maximum(peaks, np.abs(data).max(axis=1))
+                pending.write(data)
             gains = self._output_gains(path, peaks, normalize, subtype)
             if subtype != "FLOAT" or normalize:
-                temps = self._rewrite_files(temps, gains, subtype, out_rate)
-            mode = _default_file_mode()
-            for tmp, final in zip(temps, finals):
-                os.chmod(tmp, mode)  # mkstemp makes 0600 files
-                os.replace(tmp, final)
-            temps = []
-        finally:
-            for tmp in temps:
-                pathlib.Path(tmp).unlink(missing_ok=True)
+                pending.rescale(gains, subtype)
+            pending.publish()
         return finals
 
     @staticmethod
@@ -581,174 +556,6 @@ class S4MSeparation(Pretrained):
             gains *= factor
         return gains
 
-    @staticmethod
-    def _rewrite_files(temps, gains, subtype, rate):
-        """Rewrites each temporary file scaled by its gain (in blocks)."""
-        new = []
-        try:
-            for tmp, gain in zip(temps, gains):
-                target = tmp.with_name(tmp.name.replace(".part", ".norm"))
-                new.append(target)
-                with sf.SoundFile(
-                    target,
-                    "w",
-                    samplerate=rate,
-                    channels=1,
-                    subtype=subtype,
-                    format="WAV",
-                ) as out:
-                    for block in audio.iter_audio_blocks(tmp, 1 << 16):
-                        out.write(block[:, 0] * float(gain))
-                tmp.unlink()
-        except BaseException:
-            for f in new:
-                f.unlink(missing_ok=True)
-            raise
-        return new
-
 
 class OutputScaleWarning(UserWarning):
     """Outputs were scaled down to fit an integer sample format."""
-
-
-class OutputFolderError(ValueError):
-    """An output folder that cannot be written (names it and why)."""
-
-
-def check_output_folder(folder):
-    """Checks that outputs can be written in ``folder`` (creates nothing).
-
-    The folder must be a writable folder, or not exist yet with a writable
-    folder as its nearest existing ancestor.
-
-    Arguments
-    ---------
-    folder : str or pathlib.Path
-        The output folder.
-
-    Raises
-    ------
-    OutputFolderError
-        The folder is a file, an ancestor is a file, or it is not writable.
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> check_output_folder(tmp / "new" / "out")
-    >>> _ = (tmp / "f").write_text("x")
-    >>> check_output_folder(tmp / "f" / "out")
-    Traceback (most recent call last):
-      ...
-    speechbrain_s4m.inference.interface.OutputFolderError: ...
-    """
-    folder = pathlib.Path(folder)
-    if folder.exists():
-        if not folder.is_dir():
-            raise OutputFolderError(
-                f"output folder {folder} exists and is not a folder"
-            )
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputFolderError(f"output folder {folder} is not writable")
-        return
-    parent = folder.absolute().parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputFolderError(
-            f"output folder {folder} cannot be created: {parent} is a file, "
-            "not a folder"
-        )
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputFolderError(
-            f"output folder {folder} cannot be created: {parent} is not "
-            "writable"
-        )
-
-
-def remove_stale_temporaries(finals):
-    """Removes temporary files of ``finals`` left by runs no longer alive.
-
-    Temporary names are ``.<stem>.<pid>.<random>.part.wav`` (or
-    ``.norm.wav``); those of a process still running are kept.
-
-    Arguments
-    ---------
-    finals : list of pathlib.Path
-        Output files.
-
-    Returns
-    -------
-    list of pathlib.Path
-        The removed files.
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> _ = (tmp / ".a_s1.999999999.x1.part.wav").write_bytes(b"")
-    >>> _ = (tmp / f".a_s1.{os.getpid()}.x2.part.wav").write_bytes(b"")
-    >>> [p.name for p in remove_stale_temporaries([tmp / "a_s1.wav"])]
-    ['.a_s1.999999999.x1.part.wav']
-    """
-    removed = []
-    for final in finals:
-        final = pathlib.Path(final)
-        stem = re.escape(final.stem)
-        pattern = re.compile(
-            rf"^\.{stem}\.(?:(\d+)\.)?\w+\.(?:part|norm)\.wav$"
-        )
-        if not final.parent.is_dir():
-            continue
-        for candidate in final.parent.iterdir():
-            match = pattern.match(candidate.name)
-            if not match:
-                continue
-            pid = match.group(1)
-            if pid is not None and _process_alive(int(pid)):
-                continue
-            candidate.unlink(missing_ok=True)
-            removed.append(candidate)
-    return removed
-
-
-def _process_alive(pid):
-    """Whether a process with this id runs (on this machine)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, run by another user
-        return True
-    except (OverflowError, ValueError):  # not a process id at all
-        return False
-    return True
-
-
-def _temporary(final):
-    """A new hidden temporary file beside ``final`` (its name holds our
-    process id so that another run can tell it is stale)."""
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{final.stem}.{os.getpid()}.",
-        suffix=".part.wav",
-        dir=final.parent,
-    )
-    os.close(fd)
-    return pathlib.Path(tmp)
-
-
-def _same_file(a, b):
-    """Whether two paths name the same existing file."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _exists_message(existing):
-    """One line naming existing outputs."""
-    names = ", ".join(str(p) for p in existing)
-    return (
-        f"output file(s) already exist: {names} (overwrite=True, or "
-        "--overwrite on the command line, replaces them)"
-    )

@@ -1,0 +1,605 @@
+"""Writing separated sources to files: nothing partial, nothing lost.
+
+One role: the owner of output files. Every output is written to a hidden
+temporary file beside its final name and published only once complete;
+the final names are claimed without a window against other writers; disk
+and system errors name the file; a failed write leaves nothing behind.
+
+* :func:`check_output_folder`: a folder outputs can be written in;
+* :func:`planned_outputs_problem`: outputs that would replace an input, or
+  existing files without ``overwrite`` (checked before any work);
+* :class:`PendingOutputs`: the temporaries of one input's outputs, written
+  block by block, optionally rewritten (gains, integer format), published;
+* :func:`publish`: temporaries -> final names. Without ``overwrite`` each
+  name is claimed with ``os.link`` (which fails if the name exists, so two
+  runs writing the same names cannot both succeed, and the loser replaces
+  nothing); with ``overwrite``, ``os.replace``;
+* :func:`remove_stale_temporaries`: leftovers of killed runs.
+
+Authors
+ * speechbrain-s4m contributors 2026
+"""
+
+import errno
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+
+import soundfile as sf
+
+from speechbrain_s4m import audio
+
+#: ``errno`` values of a full disk or an exhausted quota.
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+#: ``os.link`` errors of file systems without hard links (FAT, some network
+#: and FUSE file systems): names are then claimed by exclusive creation.
+_NO_LINKS = {
+    errno.EPERM,
+    errno.ENOTSUP,
+    errno.EOPNOTSUPP,
+    errno.EMLINK,
+    errno.ENOSYS,
+}
+#: Free bytes under which a libsndfile "System error" is taken for a full
+#: disk.
+FULL_BELOW = 1 << 20
+#: libsndfile's error code for a failed system call (its message is only
+#: "System error.", without the reason).
+_SFE_SYSTEM = 2
+
+
+class OutputFolderError(ValueError):
+    """An output folder that cannot be written (names it and why)."""
+
+
+class OutputWriteError(OSError):
+    """An output file could not be written (disk full, system error); the
+    message names the file and what to do. Nothing partial is left.
+    ``errno`` is ``ENOSPC`` / ``EDQUOT`` when the disk is full."""
+
+    def __str__(self):
+        return self.strerror or super().__str__()  # without "[Errno n]"
+
+
+def check_output_folder(folder):
+    """Checks that outputs can be written in ``folder`` (creates nothing).
+
+    The folder must be a writable folder, or not exist yet with a writable
+    folder as its nearest existing ancestor.
+
+    Arguments
+    ---------
+    folder : str or pathlib.Path
+        The output folder.
+
+    Raises
+    ------
+    OutputFolderError
+        The folder is a file, an ancestor is a file, or it is not writable.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> check_output_folder(tmp / "new" / "out")
+    >>> _ = (tmp / "f").write_text("x")
+    >>> check_output_folder(tmp / "f" / "out")
+    Traceback (most recent call last):
+      ...
+    speechbrain_s4m.inference.outputs.OutputFolderError: ...
+    """
+    folder = pathlib.Path(folder)
+    if folder.exists():
+        if not folder.is_dir():
+            raise OutputFolderError(
+                f"output folder {folder} exists and is not a folder"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputFolderError(f"output folder {folder} is not writable")
+        return
+    parent = folder.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputFolderError(
+            f"output folder {folder} cannot be created: {parent} is a file, "
+            "not a folder"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputFolderError(
+            f"output folder {folder} cannot be created: {parent} is not "
+            "writable"
+        )
+
+
+def planned_outputs_problem(plan, overwrite=False, flag="--overwrite"):
+    """One line if writing ``plan`` would replace an input, or an existing
+    file without ``overwrite``; None when it is safe to start.
+
+    Arguments
+    ---------
+    plan : list of (path, list of path)
+        Each input file and its output files.
+    overwrite : bool
+        Whether existing outputs may be replaced (inputs never are).
+    flag : str
+        How the user asks for ``overwrite`` (named in the message).
+
+    Returns
+    -------
+    str or None
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> a, b = tmp / "a.wav", tmp / "a_s1.wav"
+    >>> planned_outputs_problem([(a, [b])])
+    >>> _ = b.write_bytes(b"")
+    >>> planned_outputs_problem([(a, [b])])
+    'output file(s) already exist: ...a_s1.wav (--overwrite replaces them)'
+    >>> planned_outputs_problem([(a, [b]), (b, [tmp / "x.wav"])], True)
+    'refusing to overwrite input file(s): ...a_s1.wav (output of ...a.wav)...'
+    """
+    inputs = {os.path.realpath(path) for path, _ in plan}
+    clashes, existing = [], []
+    for path, outs in plan:
+        for out in outs:
+            if os.path.realpath(out) in inputs:
+                clashes.append(f"{out} (output of {path})")
+            elif os.path.lexists(out):
+                existing.append(str(out))
+    if clashes:
+        return (
+            "refusing to overwrite input file(s): "
+            + ", ".join(clashes)
+            + "; choose another output folder"
+        )
+    if existing and not overwrite:
+        return exists_message(existing, flag)
+    return None
+
+
+def exists_message(existing, flag="--overwrite"):
+    """One line naming existing outputs and how to replace them.
+
+    Arguments
+    ---------
+    existing : list of str or pathlib.Path
+        The existing files.
+    flag : str
+        How the user asks for overwriting.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> exists_message(["o/a_s1.wav"])
+    'output file(s) already exist: o/a_s1.wav (--overwrite replaces them)'
+    """
+    names = ", ".join(str(p) for p in existing)
+    return f"output file(s) already exist: {names} ({flag} replaces them)"
+
+
+def same_file(a, b):
+    """Whether two paths name the same existing file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def default_file_mode():
+    """Permissions of a new file under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def temporary_path(final):
+    """A new hidden temporary file beside ``final``.
+
+    Its name, ``.<stem>.<pid>.<random>.part.wav``, holds our process id so
+    that another run can tell it is stale (:func:`remove_stale_temporaries`);
+    being in the same folder, it can be published by a link or a rename.
+
+    Arguments
+    ---------
+    final : pathlib.Path
+        The output file it will become.
+
+    Returns
+    -------
+    pathlib.Path
+        The (empty) temporary file.
+    """
+    final = pathlib.Path(final)
+    with _write_errors(final):
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{final.stem}.{os.getpid()}.",
+            suffix=".part.wav",
+            dir=final.parent,
+        )
+    os.close(fd)
+    return pathlib.Path(tmp)
+
+
+def publish(temps, finals, overwrite=False):
+    """Gives finished temporary files their final names, atomically.
+
+    Without ``overwrite`` each final name is claimed with
+    ``os.link(temporary, final)``, which fails if the name exists: there is
+    no window between checking and writing in which another run could
+    create the file and then lose it. Names are claimed in order, so of
+    several runs writing the same outputs the one that claims the first
+    name wins; a run that loses a name removes the names it had claimed
+    (still its own files) and raises. On file systems without hard links,
+    a name is claimed by exclusive creation of an empty file that the
+    temporary then replaces (an empty file is visible for that instant).
+    With ``overwrite``, ``os.replace``.
+
+    Arguments
+    ---------
+    temps : list of pathlib.Path
+        Complete temporary files, each in its final file's folder.
+    finals : list of pathlib.Path
+        Their final names.
+    overwrite : bool
+        Replace existing files.
+
+    Raises
+    ------
+    FileExistsError
+        A final name exists (created by another writer since the run's
+        first check); it is kept, and nothing of this call remains.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> parts = [temporary_path(tmp / "a.wav") for _ in "12"]
+    >>> publish(parts[:1], [tmp / "a.wav"])
+    >>> publish(parts[1:], [tmp / "a.wav"])
+    Traceback (most recent call last):
+      ...
+    FileExistsError: ...a.wav was created by another writer ...
+    >>> {p.name for p in tmp.iterdir()} == {"a.wav", parts[1].name}
+    True
+    """
+    mode = default_file_mode()
+    for tmp in temps:
+        os.chmod(tmp, mode)  # mkstemp makes 0600 files
+    if overwrite:
+        for tmp, final in zip(temps, finals):
+            with _write_errors(final):
+                os.replace(tmp, final)
+        return
+    claimed = []  # (final, identity of our file)
+    try:
+        for tmp, final in zip(temps, finals):
+            identity = _identity(tmp)
+            _claim(tmp, final)
+            claimed.append((final, identity))
+    except FileExistsError:
+        for name, identity in claimed:
+            # ours unless replaced since (by an --overwrite run): keep that
+            if _identity(name) == identity:
+                os.unlink(name)
+        raise FileExistsError(
+            f"{final} was created by another writer while this run was "
+            "working; it was kept and this run's outputs were not written "
+            "(--overwrite / overwrite=True replaces it)",
+        ) from None
+    for tmp in temps:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+
+
+def _identity(path):
+    """(device, inode) of a file, or None if it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _claim(tmp, final):
+    """Makes ``final`` name the file ``tmp`` unless it exists."""
+    with _write_errors(final):
+        try:
+            os.link(tmp, final)
+            return
+        except FileExistsError:
+            raise
+        except OSError as err:
+            if err.errno not in _NO_LINKS:
+                raise
+        # No hard links here: claim the name by exclusive creation, then
+        # put the complete file in its place.
+        fd = os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        os.replace(tmp, final)
+
+
+class _write_errors:
+    """Turns disk-full and system errors while writing ``path`` into an
+    :class:`OutputWriteError` naming it and what to do."""
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is None or isinstance(err, (OutputWriteError, FileExistsError)):
+            return False
+        if isinstance(err, (OSError, sf.LibsndfileError)):
+            raise write_error(self.path, err) from err
+        return False
+
+
+def write_error(path, err):
+    """The :class:`OutputWriteError` for ``err`` raised writing ``path``.
+
+    Arguments
+    ---------
+    path : pathlib.Path
+        The output file being written (its final name).
+    err : OSError or soundfile.LibsndfileError
+        What was raised.
+
+    Returns
+    -------
+    OutputWriteError
+        One line: the file, the reason, the free space, what to do.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> e = write_error(tmp / "a.wav", OSError(errno.ENOSPC, "No space"))
+    >>> e.errno == errno.ENOSPC, "no space left" in str(e)
+    (True, True)
+    """
+    folder = pathlib.Path(path).parent
+    try:
+        free_bytes = shutil.disk_usage(folder).free
+        free = f"{free_bytes / 2**20:.1f} MiB free"
+    except OSError:
+        free_bytes, free = None, "free space unknown"
+    code = getattr(err, "errno", None)
+    if (
+        isinstance(err, sf.LibsndfileError)
+        and err.code == _SFE_SYSTEM
+        and free_bytes is not None
+        and free_bytes < FULL_BELOW
+    ):
+        code = errno.ENOSPC  # libsndfile hides the errno; the disk says it
+    if code in NO_SPACE:
+        reason = (
+            "no space left on the device"
+            if code == errno.ENOSPC
+            else "disk quota exceeded"
+        )
+        advice = "free some space or write to another folder"
+    elif isinstance(err, sf.LibsndfileError) and err.code == _SFE_SYSTEM:
+        # libsndfile does not say which system call failed or why
+        code = errno.EIO
+        reason = "the system refused the write (libsndfile: System error)"
+        advice = (
+            "check that the disk is not full and that the folder still "
+            "exists and is writable, or write to another folder"
+        )
+    else:
+        code = code or errno.EIO
+        reason = " ".join(str(err).split()) or type(err).__name__
+        advice = "check the folder, or write to another folder"
+    return OutputWriteError(
+        code,
+        f"could not write {path}: {reason} ({free} in {folder}); {advice}; "
+        "no partial output was left",
+    )
+
+
+class PendingOutputs:
+    """The output files of one input while they are written.
+
+    Each source goes to a hidden temporary file beside its final name
+    (created, with the output folder, at the first :meth:`write`); the
+    files may be rewritten with gains and an integer format
+    (:meth:`rescale`); :meth:`publish` gives them their final names
+    (:func:`publish`). Leaving the ``with`` block without publishing (an
+    error, Ctrl-C) removes the temporaries: no partial output is ever left.
+    Disk-full and system errors raise :class:`OutputWriteError` naming the
+    file.
+
+    Arguments
+    ---------
+    finals : list of pathlib.Path
+        The final files, one per source.
+    sample_rate : int
+        Their sample rate.
+    overwrite : bool
+        Replace existing final files when publishing.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> out = getfixture("tmp_path") / "out"
+    >>> finals = [out / "a_s1.wav", out / "a_s2.wav"]
+    >>> with PendingOutputs(finals, 8000) as pending:
+    ...     pending.write(np.zeros((2, 80), "float32"))
+    ...     pending.publish()
+    >>> sorted(p.name for p in out.iterdir())
+    ['a_s1.wav', 'a_s2.wav']
+    """
+
+    def __init__(self, finals, sample_rate, overwrite=False):
+        self.finals = [pathlib.Path(f) for f in finals]
+        self.sample_rate = int(sample_rate)
+        self.overwrite = overwrite
+        self.temps = []
+        self._handles = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        try:
+            self._close()
+        except Exception:
+            if err is None:  # else the first error (or Ctrl-C) is the one
+                raise
+        finally:
+            self.discard()
+        return False
+
+    def _open(self):
+        folder = self.finals[0].parent
+        with _write_errors(self.finals[0]):
+            folder.mkdir(parents=True, exist_ok=True)
+        for final in self.finals:
+            self.temps.append(temporary_path(final))
+            with _write_errors(final):
+                self._handles.append(
+                    sf.SoundFile(
+                        self.temps[-1],
+                        "w",
+                        samplerate=self.sample_rate,
+                        channels=1,
+                        subtype="FLOAT",
+                        format="WAV",
+                    )
+                )
+
+    def write(self, data):
+        """Appends ``[spks, n]`` samples (float) to the files."""
+        if not self._handles:
+            self._open()
+        for final, handle, samples in zip(self.finals, self._handles, data):
+            with _write_errors(final):
+                handle.write(samples)
+
+    def _close(self):
+        """Closes the files (libsndfile writes the header's sizes now)."""
+        handles, self._handles = self._handles, []
+        first = None
+        for final, handle in zip(self.finals, handles):
+            try:
+                with _write_errors(final):
+                    handle.close()
+            except OutputWriteError as err:
+                first = first or err  # close the others all the same
+        if first is not None:
+            raise first
+
+    def rescale(self, gains, subtype):
+        """Rewrites each file multiplied by its gain, in ``subtype``.
+
+        Block by block into new temporaries (``.norm.wav``), which replace
+        the first ones.
+
+        Arguments
+        ---------
+        gains : sequence of float
+            One factor per source.
+        subtype : str
+            soundfile subtype, e.g. ``"PCM_16"``.
+        """
+        self._close()
+        new = []
+        try:
+            for final, tmp, gain in zip(self.finals, self.temps, gains):
+                target = tmp.with_name(tmp.name.replace(".part", ".norm"))
+                new.append(target)
+                with _write_errors(final):
+                    with sf.SoundFile(
+                        target,
+                        "w",
+                        samplerate=self.sample_rate,
+                        channels=1,
+                        subtype=subtype,
+                        format="WAV",
+                    ) as out:
+                        for block in audio.iter_audio_blocks(tmp, 1 << 16):
+                            out.write(block[:, 0] * float(gain))
+        except BaseException:
+            for f in new:
+                f.unlink(missing_ok=True)
+            raise
+        old, self.temps = self.temps, new
+        for tmp in old:
+            tmp.unlink(missing_ok=True)
+
+    def publish(self):
+        """Gives the complete files their final names (:func:`publish`)."""
+        self._close()
+        publish(self.temps, self.finals, self.overwrite)
+        self.temps = []
+
+    def discard(self):
+        """Removes the temporaries not published."""
+        temps, self.temps = self.temps, []
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(finals):
+    """Removes temporary files of ``finals`` left by runs no longer alive.
+
+    Temporary names are ``.<stem>.<pid>.<random>.part.wav`` (or
+    ``.norm.wav``); those of a process still running are kept.
+
+    Arguments
+    ---------
+    finals : list of pathlib.Path
+        Output files.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The removed files.
+
+    Example
+    -------
+    >>> tmp = getfixture("tmp_path")
+    >>> _ = (tmp / ".a_s1.999999999.x1.part.wav").write_bytes(b"")
+    >>> _ = (tmp / f".a_s1.{os.getpid()}.x2.part.wav").write_bytes(b"")
+    >>> [p.name for p in remove_stale_temporaries([tmp / "a_s1.wav"])]
+    ['.a_s1.999999999.x1.part.wav']
+    """
+    removed = []
+    for final in finals:
+        final = pathlib.Path(final)
+        stem = re.escape(final.stem)
+        pattern = re.compile(
+            rf"^\.{stem}\.(?:(\d+)\.)?\w+\.(?:part|norm)\.wav$"
+        )
+        if not final.parent.is_dir():
+            continue
+        for candidate in final.parent.iterdir():
+            match = pattern.match(candidate.name)
+            if not match:
+                continue
+            pid = match.group(1)
+            if pid is not None and _process_alive(int(pid)):
+                continue
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid):
+    """Whether a process with this id runs (on this machine)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, run by another user
+        return True
+    except (OverflowError, ValueError):  # not a process id at all
+        return False
+    return True
