@@ -33,6 +33,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from speechbrain.utils.checkpoints import METAFNAME
 
+from speechbrain_s4m.checkpoints import check_checkpoint_files
 from speechbrain_s4m.inference import S4MSeparation
 from speechbrain_s4m.inference.loading import (
     MODULE_KEYS,
@@ -40,6 +41,11 @@ from speechbrain_s4m.inference.loading import (
     ModelNotFoundError,
 )
 
+#: What to do when a file of the checkpoint to export does not read.
+EXPORT_ADVICE = (
+    "export another checkpoint (--checkpoint <recipe>/save/CKPT+...), or "
+    "retrain (delete that checkpoint folder first)"
+)
 # Keys of the pretrained file whose nodes come from the recipe.
 MODEL_KEYS = {"encoder": "Encoder", "masknet": "MaskNet", "decoder": "Decoder"}
 # Recipe keys quoted in the model card when present.
@@ -412,6 +418,8 @@ def export_pretrained(
     for name in MODULE_KEYS:
         if not (ckpt / f"{name}.ckpt").is_file():
             raise ModelNotFoundError(f"{ckpt}: no {name}.ckpt")
+    # torch's own message for a truncated file does not name it
+    check_checkpoint_files(ckpt, MODULE_KEYS, advice=EXPORT_ADVICE)
 
     model_yaml = extract_model_yaml(recipe_hparams, str(hp_file))
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,10 @@ from speechbrain.utils.distributed import (
 )
 from speechbrain.utils.logger import get_logger
 
+from speechbrain_s4m.checkpoints import (
+    CorruptCheckpointError,
+    check_checkpoint_files,
+)
 from speechbrain_s4m.config import UnknownOverrideError, load_hparams
 from speechbrain_s4m.nnet.schedulers import WarmupDecayScheduler
 from speechbrain_s4m.separation import (
@@ -45,7 +49,9 @@ logger = get_logger(__name__)
 __all__ = [
     "PREPARE_KEYS",
     "CheckpointMismatchError",
+    "DeviceUnavailableError",
     "ProgressReport",
+    "check_device",
     "check_model_matches_checkpoint",
     "cpu_has_native_bf16",
     "cpu_precision",
@@ -60,6 +66,10 @@ __all__ = [
 class CheckpointMismatchError(ValueError):
     """The model of this run does not fit the checkpoints in its output
     folder (another model trained there)."""
+
+
+class DeviceUnavailableError(ValueError):
+    """The ``--device`` asked for does not exist on this machine."""
 
 
 #: hparams passed to each dataset's preparation function (when present).
@@ -160,16 +170,18 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
 
     argv = sys.argv[1:] if argv is None else list(argv)
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    check_device(run_opts["device"])
     hparams = load_hparams(hparams_file, overrides)
     dataset = _dataset_of(hparams, hparams_file, dataset)
     _one_checkpoint_interval(hparams, run_opts)
 
     sb.utils.distributed.ddp_init_group(run_opts)
-    # A trained (or resumed) run in this folder: its model must be this
-    # one, and its record (hyperparams.yaml) stays as it is
+    # A trained (or resumed) run in this folder: its files must read, its
+    # model must be this one, and its record (hyperparams.yaml) stays
     ckpt = latest_checkpoint(hparams["save_folder"])
     record = os.path.join(hparams["output_folder"], "hyperparams.yaml")
     if ckpt is not None:
+        check_checkpoint_files(ckpt)
         check_model_matches_checkpoint(hparams, ckpt, record)
     elif _run_option(hparams, run_opts, "test_only"):
         raise NoCheckpointError(
@@ -370,6 +382,8 @@ def main(dataset=None, argv=None, before_prepare=None, brain_class=None):
         NoCheckpointError,
         UnknownOverrideError,
         CheckpointMismatchError,
+        CorruptCheckpointError,
+        DeviceUnavailableError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -436,6 +450,45 @@ def _leave_process_group():
     if is_distributed_initialized():
         sb.utils.distributed.ddp_barrier()
         torch.distributed.destroy_process_group()
+
+
+def check_device(device):
+    """Raises :class:`DeviceUnavailableError` (one line) if ``device``
+    (``cpu``, ``cuda``, ``cuda:N``) is not on this machine: before the
+    data preparation, not in the middle of building the Brain.
+
+    Arguments
+    ---------
+    device : str
+        SpeechBrain's ``--device``.
+
+    Example
+    -------
+    >>> check_device("cpu")
+    >>> n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    >>> try:
+    ...     check_device(f"cuda:{n}")
+    ... except DeviceUnavailableError as e:
+    ...     print(str(e).split(":")[0])
+    --device cuda
+    """
+    device = str(device or "cpu")
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        build = torch.version.cuda
+        raise DeviceUnavailableError(
+            f"--device {device}: no CUDA device is available here (PyTorch "
+            + (f"built for CUDA {build}" if build else "built without CUDA")
+            + "); use --device cpu, or run on a machine with a GPU."
+        )
+    index = device.partition(":")[2]
+    count = torch.cuda.device_count()
+    if index and (not index.isdigit() or int(index) >= count):
+        raise DeviceUnavailableError(
+            f"--device {device}: this machine has {count} CUDA device(s) "
+            f"(cuda:0 to cuda:{count - 1})."
+        )
 
 
 def _run_option(hparams, run_opts, key):

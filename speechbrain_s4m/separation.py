@@ -1020,8 +1020,13 @@ class Separation(sb.Brain):
     def on_fit_start(self):
         """SpeechBrain's set-up; checks ``lr_scheduler`` and
         ``extra_metrics`` before training (a scheduler this Brain would not
-        apply, or a missing package, fails now, not after the last epoch)."""
+        apply, or a missing package, fails now, not after the last epoch)
+        and the checkpoint to resume from (a corrupt file:
+        :class:`~speechbrain_s4m.checkpoints.CorruptCheckpointError`)."""
         check_lr_scheduler(getattr(self.hparams, "lr_scheduler", None))
+        # The checkpoint SpeechBrain resumes from (the newest): a file that
+        # does not read is named now, not deep inside torch.load
+        self._check_checkpoint(self._newest_checkpoint())
         super().on_fit_start()
         _ = self.extra_metrics
 
@@ -1196,7 +1201,8 @@ class Separation(sb.Brain):
         return summary
 
     def on_evaluate_start(self, max_key=None, min_key=None):
-        """Loads the best checkpoint; fails clearly if there is none."""
+        """Loads the best checkpoint; fails clearly if there is none or if
+        one of its files does not read."""
         if self.checkpointer is not None:
             ckpt = self.checkpointer.find_checkpoint(
                 max_key=max_key, min_key=min_key
@@ -1209,7 +1215,16 @@ class Separation(sb.Brain):
                     "(without --test_only), or point --output_folder at a "
                     "trained experiment."
                 )
+            self._check_checkpoint(ckpt.path)
         super().on_evaluate_start(max_key=max_key, min_key=min_key)
+
+    def _check_checkpoint(self, path):
+        """Names the first unreadable file of the checkpoint ``path`` (see
+        :func:`~speechbrain_s4m.checkpoints.check_checkpoint_files`)."""
+        from speechbrain_s4m.checkpoints import check_checkpoint_files
+
+        if path is not None:
+            check_checkpoint_files(path)
 
     def _unpack(self, batch):
         """Returns ``(mix_sig, [s1_sig, ...], noise_sig or None)``."""
