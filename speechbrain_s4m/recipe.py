@@ -12,6 +12,7 @@ Authors
  * speechbrain-s4m contributors 2026
 """
 
+import collections
 import dataclasses
 import glob
 import math
@@ -59,6 +60,8 @@ __all__ = [
     "latest_checkpoint",
     "main",
     "prepare_data",
+    "recent_rate",
+    "run_eta",
     "run_recipe",
 ]
 
@@ -791,6 +794,87 @@ def _duration(seconds):
     return f"{seconds / 3600:.1f} h"
 
 
+def recent_rate(samples, window_s):
+    """Batches per second over the last ``window_s`` seconds of ``samples``.
+
+    The speed of a run changes: the first batches compile and warm up, and
+    other work on the machine comes and goes. The expected time follows
+    the current speed, so the rate is measured over a recent window, never
+    over the first batch of the epoch when later ones exist.
+
+    Arguments
+    ---------
+    samples : sequence of (float, int)
+        ``(time, batches done)`` in time order: the epoch's start, then one
+        per batch.
+    window_s : float
+        The window, in seconds back from the last sample.
+
+    Returns
+    -------
+    float
+        NaN when fewer than two samples.
+
+    Example
+    -------
+    >>> start = [(0.0, 0), (30.0, 1)]  # the first batch compiles: 30 s
+    >>> steady = [(30.0 + 2 * i, 1 + i) for i in range(1, 201)]
+    >>> round(recent_rate(start + steady, window_s=60), 3)
+    0.5
+    >>> recent_rate([(0.0, 0)], 60)
+    nan
+    """
+    samples = list(samples)
+    if len(samples) < 2:
+        return float("nan")
+    if len(samples) > 2:
+        samples = samples[1:]  # the first batch: compilation, warm-up
+    t_end, n_end = samples[-1]
+    start = 0
+    for i, (t, _) in enumerate(samples):
+        if t_end - t <= window_s:
+            break
+        start = i  # the last sample before the window anchors it
+    t0, n0 = samples[start]
+    if t_end <= t0:
+        return float("nan")
+    return (n_end - n0) / (t_end - t0)
+
+
+def run_eta(epoch_times, epochs_left, recent=3):
+    """Seconds left in the run: the recent epochs' mean time (the first
+    epoch left out once later ones exist: it compiles and warms up) times
+    the epochs left.
+
+    Arguments
+    ---------
+    epoch_times : list of float
+        Seconds per finished epoch (with validation), in order.
+    epochs_left : int
+        Epochs still to train.
+    recent : int
+        How many of the latest epochs to average.
+
+    Returns
+    -------
+    float
+
+    Example
+    -------
+    >>> run_eta([300.0, 100.0, 110.0, 90.0, 100.0], 10)
+    1000.0
+    >>> run_eta([300.0], 2)
+    600.0
+    """
+    times = list(epoch_times)
+    if len(times) > 1:
+        times = times[1:]
+    times = times[-recent:]
+    if not times or epochs_left <= 0:
+        return 0.0
+    return epochs_left * sum(times) / len(times)
+
+
 class ProgressReport:
     """Brain mix-in: logs the training speed and the expected time.
 
@@ -804,12 +888,17 @@ class ProgressReport:
         validation 95 s; ETA 14 min (9 epochs left)
 
     (one line). ``batches_per_epoch`` (set by :func:`run_recipe`) gives the
-    epoch ETA; the run ETA is the mean epoch time of this process times
-    the epochs left. :func:`run_recipe` adds it to the Brain it builds.
+    epoch ETA, at the speed of the last ``eta_window_s`` seconds
+    (:func:`recent_rate`); the run ETA is the mean time of the latest
+    epochs times the epochs left (:func:`run_eta`). The batches/s of a
+    progress line are the recent speed too; those of the epoch line, the
+    epoch's mean. :func:`run_recipe` adds it to the Brain it builds.
     """
 
     #: Seconds between two progress lines within an epoch.
     progress_interval_s = 60.0
+    #: Seconds of recent training that set the speed of the epoch ETA.
+    eta_window_s = 300.0
     #: Training batches per epoch (per process), when known.
     batches_per_epoch = None
     #: Whether each epoch ends with a validation stage.
@@ -824,11 +913,17 @@ class ProgressReport:
             self._last_line = now
             self._first_step = self.step  # > 0 when resumed mid-epoch
             self._train_seconds = None
+            self._samples = collections.deque([(now, self.step)])
 
     def fit_batch(self, batch):
         """The Brain's training batch, then a progress line when due."""
         loss = super().fit_batch(batch)
         now = time.time()
+        samples = self.__dict__.setdefault("_samples", collections.deque())
+        samples.append((now, self.step))
+        # Keep the window, its anchor and the epoch's first batch
+        while len(samples) > 3 and now - samples[2][0] > self.eta_window_s:
+            del samples[1]
         if now - getattr(self, "_last_line", now) >= self.progress_interval_s:
             self._last_line = now
             logger.info(self._progress_line(now))
@@ -846,7 +941,7 @@ class ProgressReport:
 
     def _progress_line(self, now):
         epoch, limit = self._epochs()
-        done, rate = self._rate(now)
+        rate = recent_rate(getattr(self, "_samples", ()), self.eta_window_s)
         total = self.batches_per_epoch
         line = f"epoch {epoch}/{limit}: {self.step}"
         line += f"/{total} batches" if total else " batches"
@@ -873,7 +968,6 @@ class ProgressReport:
         _, limit = self._epochs()
         spent = now - self._epoch_clock
         self._epoch_times = getattr(self, "_epoch_times", []) + [spent]
-        mean = sum(self._epoch_times) / len(self._epoch_times)
         left = max(0, (limit or epoch) - epoch)
         logger.info(
             "epoch %s/%s done: %d batches in %s (%.2f batches/s), epoch with "
@@ -884,7 +978,7 @@ class ProgressReport:
             _duration(self._train_seconds),
             self._train_rate,
             _duration(spent),
-            _duration(left * mean),
+            _duration(run_eta(self._epoch_times, left)),
             left,
             "" if left == 1 else "s",
         )

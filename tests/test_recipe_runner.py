@@ -8,11 +8,14 @@ native bf16 falls back to fp32; the progress line (speed, ETA) appears;
 SpeechBrain's torchvision warning is not printed.
 """
 
+import math
 import subprocess
 import sys
 import time
+import types
 
 import pytest
+import speechbrain as sb
 from conftest import (
     REPO,
     hparams_path,
@@ -330,6 +333,64 @@ def test_default_progress_interval_keeps_logs_short(tiny_datasets, tmp_path):
     log = (out / "log.txt").read_text()
     assert "epoch 1/1 done: 3 batches in " in log
     assert "epoch 1/1: " not in log  # no line per batch (60 s interval)
+
+
+class _FakeBrain:
+    """The little of a Brain that :class:`ProgressReport` reads."""
+
+    step = 0
+
+    def __init__(self):
+        counter = types.SimpleNamespace(current=1, limit=3)
+        self.hparams = types.SimpleNamespace(epoch_counter=counter)
+
+    def on_stage_start(self, stage, epoch=None):
+        pass
+
+    def fit_batch(self, batch):
+        self.step += 1  # as SpeechBrain's loop, before the batch
+        return 0.0
+
+
+class _FakeProgress(ProgressReport, _FakeBrain):
+    progress_interval_s = 1e9  # lines built by the test
+    batches_per_epoch = 1000
+
+
+def test_epoch_eta_follows_the_recent_speed(monkeypatch):
+    """A first batch of 30 s (compilation), then 2 s per batch: the speed
+    and the epoch ETA are those of the last minutes, not the average since
+    the epoch started (201 batches in 430 s)."""
+    import speechbrain_s4m.recipe as recipe
+
+    clock = [1000.0]
+    monkeypatch.setattr(recipe.time, "time", lambda: clock[0])
+    brain = _FakeProgress()
+    brain.on_stage_start(sb.Stage.TRAIN, 1)
+    for i in range(201):
+        clock[0] += 30.0 if i == 0 else 2.0
+        brain.fit_batch(None)
+    line = brain._progress_line(clock[0])
+    assert line == (
+        "epoch 1/3: 201/1000 batches, 0.50 batches/s, epoch ETA 27 min"
+    ), line
+    # the window, not the whole epoch, is kept
+    assert len(brain._samples) < 160
+
+
+def test_recent_rate_and_run_eta():
+    from speechbrain_s4m.recipe import recent_rate, run_eta
+
+    # slowed down for the last minute (another job started): the new speed
+    samples = [(0.0, 0)] + [(float(t), t) for t in range(1, 601)]
+    samples += [(600.0 + 4 * i, 600 + i) for i in range(1, 31)]
+    assert recent_rate(samples, window_s=60) == pytest.approx(0.25)
+    assert recent_rate(samples, window_s=1e9) == pytest.approx(629 / 719)
+    assert math.isnan(recent_rate([(5.0, 1)], 60))
+    # the first (compiling) epoch is left out; the latest three count
+    assert run_eta([600.0, 100.0, 200.0, 300.0, 400.0], 2) == 600.0
+    assert run_eta([600.0, 100.0], 3) == 300.0
+    assert run_eta([100.0], 0) == 0.0
 
 
 # ----------------------------------------------------------------------
