@@ -569,8 +569,10 @@ def compare_folders(
     -------
     dict
         ``{"models": [...], "pairs": [...], "n_utterances", "note",
-        "metrics"}``, ready for :func:`write_outputs`; each model also keeps
-        its aligned ``per_utterance`` scores and ``curve``.
+        "metrics", "dropped"}`` (``dropped``: ``{"folder", "columns"}`` of
+        each folder lacking optional columns that others have), ready for
+        :func:`write_outputs`; each model also keeps its aligned
+        ``per_utterance`` scores and ``curve``.
     """
     results = [load_result_folder(f) for f in folders]
     bench = load_benchmark(benchmark, bench_seconds) if benchmark else None
@@ -580,6 +582,18 @@ def compare_folders(
         m for m in OPTIONAL_METRICS if all(m in r["scores"] for r in results)
     ]
     metrics = list(MAIN_METRICS) + extra
+    # Columns some folders have and others lack: left out, and said so
+    dropped = []
+    for r in results:
+        lacking = [
+            m
+            for m in OPTIONAL_METRICS
+            if m not in extra
+            and m not in r["scores"]
+            and any(m in o["scores"] for o in results)
+        ]
+        if lacking:
+            dropped.append({"folder": r["folder"], "columns": lacking})
     models = []
     for label, r in zip(labels, results):
         index = {snt: i for i, snt in enumerate(r["ids"])}
@@ -631,9 +645,43 @@ def compare_folders(
         "n_utterances": len(ids),
         "note": note,
         "metrics": metrics,
+        "dropped": dropped,
         "models": models,
         "pairs": pairs,
     }
+
+
+def dropped_columns_line(folder, columns):
+    """The line that says a folder lacks columns the others have.
+
+    Arguments
+    ---------
+    folder : str
+        The folder whose ``test_results.csv`` lacks them.
+    columns : list of str
+        The missing columns.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> print(dropped_columns_line("res/a", ["pesq", "pesq_i"]))
+    res/a has no pesq, pesq_i column in test_results.csv: left out of the \
+comparison for every folder (add them: train.py <its hparams> --output_folder \
+res/a --test_only --extra_metrics pesq,stoi)
+    """
+    line = (
+        f"{folder} has no {', '.join(columns)} column in test_results.csv: "
+        "left out of the comparison for every folder"
+    )
+    if any(c.split("_")[0] in ("pesq", "stoi") for c in columns):
+        line += (
+            " (add them: train.py <its hparams> --output_folder "
+            f"{folder} --test_only --extra_metrics pesq,stoi)"
+        )
+    return line
 
 
 # ----------------------------------------------------------------------
@@ -948,6 +996,9 @@ def main(argv=None, prog="s4m-compare"):
     except CompareError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    for gap in comparison["dropped"]:
+        line = dropped_columns_line(gap["folder"], gap["columns"])
+        print(f"{prog}: note: {line}", file=sys.stderr)
     for stale in existing:  # --overwrite: no output left from a former run
         os.remove(stale)
     text = markdown_table(comparison)

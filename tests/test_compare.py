@@ -322,3 +322,72 @@ def test_recorded_parameters_and_extra_columns(tmp_path):
     out = tmp_path / "out"
     assert main([str(a), str(b), "--out", str(out)]) == 0
     assert "pesq [95% CI]" in (out / "comparison.md").read_text()
+
+
+def add_columns(folder, values):
+    """Appends ``{column: [value per utterance]}`` to test_results.csv."""
+    with open(folder / "test_results.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    for name, column in values.items():
+        rows[0].append(name)
+        for row, value in zip(rows[1:], list(column) + [0]):
+            row.append(value)
+    with open(folder / "test_results.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def test_missing_pesq_stoi_columns_are_reported(tmp_path, capsys):
+    """One folder scored with --extra_metrics pesq,stoi, the other not: the
+    columns are left out and one line names the folder and the columns."""
+    ids = ["u1", "u2", "u3"]
+    a = write_folder(tmp_path, "a", ids, [1.0, 2.0, 4.0], [1.0, 2.0, 3.0])
+    b = write_folder(tmp_path, "b", ids, [0.5, 2.5, 3.0], [1.0, 1.0, 1.0])
+    add_columns(
+        a, {k: [1.0, 2.0, 3.0] for k in ("pesq", "pesq_i", "stoi", "stoi_i")}
+    )
+    comparison = compare_folders([str(a), str(b)])
+    assert "pesq" not in comparison["metrics"]
+    assert comparison["dropped"] == [
+        {"folder": str(b), "columns": ["pesq", "pesq_i", "stoi", "stoi_i"]}
+    ]
+    out = tmp_path / "out"
+    assert main([str(a), str(b), "--out", str(out)]) == 0
+    notes = [
+        line for line in capsys.readouterr().err.splitlines() if "note:" in line
+    ]
+    assert notes == [
+        f"s4m-compare: note: {b} has no pesq, pesq_i, stoi, stoi_i column "
+        "in test_results.csv: left out of the comparison for every folder "
+        f"(add them: train.py <its hparams> --output_folder {b} --test_only "
+        "--extra_metrics pesq,stoi)"
+    ]
+    # both scored: no note
+    add_columns(
+        b, {k: [1.0, 2.0, 3.0] for k in ("pesq", "pesq_i", "stoi", "stoi_i")}
+    )
+    assert main([str(a), str(b), "--out", str(out), "--overwrite"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_readme_compare_section_uses_only_its_flags():
+    """The README's s4m-compare section: every ``--flag`` in a command line
+    of s4m-compare is one of its options; --extra_metrics is shown on
+    train.py."""
+    from conftest import REPO
+
+    from speechbrain_s4m.compare import parser
+
+    known = {o for a in parser()._actions for o in a.option_strings}
+    text = (REPO / "README.md").read_text()
+    commands = []
+    for block in text.split("```")[1::2]:
+        joined = block.replace("\\\n", " ")
+        commands += [line for line in joined.splitlines() if line.strip()]
+    compare = [c for c in commands if c.lstrip().startswith("s4m-compare")]
+    assert compare
+    for command in compare:
+        flags = [w for w in command.split() if w.startswith("--")]
+        assert set(flags) <= known, command
+    assert any(
+        "train.py" in c and "--extra_metrics pesq,stoi" in c for c in commands
+    )
