@@ -164,6 +164,12 @@ def check_overrides(yaml_file, overrides):
     _check_keys(tree, overrides, "", yaml_file)
 
 
+def _glued_mapping_key(key, value):
+    """Whether ``key: value`` came from ``{key:value}`` written without a
+    space (YAML reads it as the key ``"key:value"`` with no value)."""
+    return value is None and isinstance(key, str) and ":" in key.strip(":")
+
+
 def _check_keys(node, overrides, prefix, yaml_file):
     """Checks ``overrides`` against the yaml ``node`` (recursively)."""
     for key, value in overrides.items():
@@ -175,6 +181,18 @@ def _check_keys(node, overrides, prefix, yaml_file):
                 if close
                 else f"the file has {len(known)} keys"
             )
+            if _glued_mapping_key(key, value):
+                # {tr:200} is YAML for the key "tr:200" with no value
+                fixed = ", ".join(
+                    str(k).replace(":", ": ", 1)
+                    if _glued_mapping_key(k, v)
+                    else f"{k}: {v}"
+                    for k, v in overrides.items()
+                )
+                hint = (
+                    "a YAML mapping needs a space after each colon: write "
+                    f"{{{fixed}}}"
+                )
             raise UnknownOverrideError(
                 f"Override '{prefix}{key}' does not match any key of "
                 f"{yaml_file}; {hint}"

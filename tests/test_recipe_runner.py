@@ -296,6 +296,83 @@ def test_mixed_precision_on_cpu_in_a_run(
     assert (tmp_path / "out" / "test_results.csv").is_file()
 
 
+def test_stray_word_glued_onto_a_value_is_refused(tiny_datasets, tmp_path):
+    """``--output_folder X --noprogressbar True``: SpeechBrain would write
+    into "X True"; the runner refuses with one line, before any work."""
+    out = tmp_path / "X"
+    args = [
+        str(hparams_path("WSJ0Mix", "s4m_tiny")),
+        "--data_folder",
+        str(tiny_datasets["wsj0mix"]),
+        "--output_folder",
+        str(out),
+        "--noprogressbar",
+        "True",
+    ]
+    code = "from speechbrain_s4m.recipe import main; main()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: --noprogressbar takes no value: write it alone, without "
+        "'True' (SpeechBrain would glue 'True' onto --output_folder, whose "
+        f"value would be '{out} True')"
+    ], proc.stderr
+    assert not out.exists() and not (tmp_path / "X True").exists()
+
+
+def test_two_words_for_one_override_are_refused(capsys):
+    code, lines = run_main(
+        [
+            str(hparams_path("WSJ0Mix", "s4m_tiny")),
+            "--output_folder",
+            "my",
+            "run",
+        ],
+        capsys,
+    )
+    assert code == 2
+    assert lines == [
+        "error: 'run' is the value of no option: SpeechBrain would glue it "
+        "onto --output_folder, whose value would be 'my run'; quote a value "
+        "that has spaces, or remove the word"
+    ]
+
+
+def test_flow_mapping_without_spaces_says_so(tmp_path, capsys):
+    """``--synth_sizes {tr:200,cv:20,tt:20}`` is YAML for three keys with
+    no value; the message says to put a space after each colon."""
+    code, lines = run_main(
+        [
+            str(hparams_path("SynthMix", "s4m_tiny")),
+            "--output_folder",
+            str(tmp_path / "out"),
+            "--synth_sizes",
+            "{tr:200,cv:20,tt:20}",
+        ],
+        capsys,
+    )
+    assert code == 2
+    assert len(lines) == 1
+    assert lines[0].endswith(
+        "a YAML mapping needs a space after each colon: write "
+        "{tr: 200, cv: 20, tt: 20}"
+    ), lines
+
+
+def test_comparison_folder_is_ignored_by_git():
+    proc = subprocess.run(
+        ["git", "check-ignore", "-q", "comparison/comparison.md"],
+        cwd=REPO,
+    )
+    assert proc.returncode == 0
+
+
 # ----------------------------------------------------------------------
 # 9.14: progress and expected time
 # ----------------------------------------------------------------------
