@@ -5,15 +5,17 @@ Speech Separation", Interspeech 2023) is a TDANet-style masking separator
 whose global (coarsest-scale) context is modelled by an S4 layer. The modules
 here follow the SpeechBrain separation contract:
 
-* ``S4MEncoder``: ``[batch, time]`` -> ``[batch, E, frames]``;
+* ``S4MEncoder``: ``[batch, time]`` -> ``[batch, E, frames]`` (the authors'
+  framing by default);
 * ``S4MMaskNet``: ``[batch, E, frames]`` -> ``[num_spks, batch, E, frames]``
   (ReLU masks, like ``speechbrain.lobes.models.dual_path.Dual_Path_Model``);
-* the decoder is SpeechBrain's ``dual_path.Decoder`` with the same kernel and
-  stride as the encoder, applied to each masked source.
+* ``S4MDecoder``: the authors' joint decoder, all sources' masked encodings
+  -> ``[batch, num_spks, time]`` (or each source alone, ``joint=False``).
+  SpeechBrain's ``dual_path.Decoder`` works too (the causal models use it).
 
 The separator is ONE multi-scale block applied ``num_iterations`` times with
 shared weights. The block's computation is the authors' (see the project's
-``architecture.md``); the implementation avoids memory traffic that does not
+``docs/model.md``); the implementation avoids memory traffic that does not
 change the function:
 
 * the S4 kernel of the coarsest length is computed once per forward and
