@@ -510,3 +510,44 @@ def test_full_disk_is_one_line_and_leaves_nothing(
     assert str(out / "a_s1.wav") in line and "another folder" in line
     assert "no space left" in line
     assert "stopped: 1 more file(s) not separated" in line
+
+
+# --------------------------------------------------------------------------
+# Issue 21 item 7: resampled inputs keep their length
+# --------------------------------------------------------------------------
+def test_resampled_outputs_have_the_input_length(model_dir, tmp_path):
+    """A 44.1 kHz stereo file of 67,727 frames through an 8 kHz model:
+    12,287 samples at 8 kHz, which resample to 67,733 frames; the outputs
+    have the input's 67,727 frames (CLI and ``separate_file``), or its
+    length at another requested rate."""
+    import math
+
+    from speechbrain_s4m.inference import S4MSeparation
+
+    frames = 67727
+    mix = speechlike(1.6, 44100, seed=3, channels=2)[:, :frames]
+    sf.write(tmp_path / "m.wav", mix.t().numpy(), 44100)
+    for rate, expected in (
+        ("input", (44100, frames)),
+        ("16000", (16000, math.ceil(frames * 16000 / 44100))),
+        ("model", (8000, math.ceil(frames * 8000 / 44100))),
+    ):
+        out = tmp_path / rate
+        args = [str(tmp_path / "m.wav"), "--output-folder", str(out)]
+        assert _run(model_dir, *args, "--output-rate", rate) == 0
+        for i in (1, 2):
+            info = sf.info(out / f"m_s{i}.wav")
+            assert (info.samplerate, info.frames) == expected, rate
+    model = S4MSeparation.from_hparams(model_dir, run_opts={"device": "cpu"})
+    est = model.separate_file(
+        str(tmp_path / "m.wav"), output_sample_rate="input"
+    )
+    assert est.shape == (1, frames, 2)
+    # chunked (three chunks): the same length
+    est = model.separate_file(
+        str(tmp_path / "m.wav"),
+        output_sample_rate="input",
+        chunk_seconds=0.6,
+        overlap_seconds=0.1,
+    )
+    assert est.shape == (1, frames, 2)

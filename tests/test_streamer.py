@@ -523,3 +523,51 @@ def test_integer_and_sequence_blocks(tiny, kind):
     got, _ = _feed(tiny, blocks)
     assert got.abs().max() < 10  # the issue's int16 block peaked at 151395
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+
+
+def test_cli_stream_nan_file_one_line(exported_models, tmp_path, capsys):
+    """``--stream`` on a file with a NaN: its error line only, exit 1; no
+    timing summary ("real-time factor nan") for audio never streamed."""
+    import soundfile as sf
+
+    from speechbrain_s4m.cli import separate_main
+
+    causal, _ = exported_models
+    mix = speech_like(0.5)[0].numpy()
+    mix[100] = float("nan")
+    sf.write(tmp_path / "nan.wav", mix, SR, subtype="FLOAT")
+    out = tmp_path / "out"
+    rc = separate_main(
+        [str(tmp_path / "nan.wav"), "--model", str(causal), "--stream"]
+        + ["--output-folder", str(out), "--quiet"]
+    )
+    assert rc == 1
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "nan.wav" in lines[0] and "NaN" in lines[0]
+    assert "real-time factor" not in err
+
+
+def test_cli_stream_resampled_keeps_the_input_length(
+    exported_models, tmp_path, capsys
+):
+    """``--stream`` on a 44.1 kHz stereo file of 67,727 frames (8 kHz
+    model): outputs of 67,727 frames at 44.1 kHz, not 67,733."""
+    import soundfile as sf
+
+    from speechbrain_s4m.cli import separate_main
+
+    causal, _ = exported_models
+    frames = 67727
+    mix = speech_like(1.6, seed=14, batch=2)
+    mix = torch.nn.functional.interpolate(mix[None], size=frames)[0] * 0.5
+    sf.write(tmp_path / "m.wav", mix.t().numpy(), 44100, subtype="FLOAT")
+    out = tmp_path / "out"
+    rc = separate_main(
+        [str(tmp_path / "m.wav"), "--model", str(causal), "--stream"]
+        + ["--output-folder", str(out), "--quiet"]
+    )
+    assert rc == 0, capsys.readouterr().err
+    for i in (1, 2):
+        info = sf.info(out / f"m_s{i}.wav")
+        assert (info.samplerate, info.frames) == (44100, frames)

@@ -491,7 +491,8 @@ def stream_file_blocks(streamer, path, out_rate, hop_samples):
 
     The file is read in blocks, downmixed, resampled to the model's rate
     (block-wise, equal to resampling it whole), fed to ``streamer`` in hops
-    of ``hop_samples``, and the sources resampled to ``out_rate``.
+    of ``hop_samples``, and the sources resampled to ``out_rate``, with
+    exactly the file's length at that rate.
 
     Arguments
     ---------
@@ -510,19 +511,25 @@ def stream_file_blocks(streamer, path, out_rate, hop_samples):
         ``[spks, n]`` separated blocks at ``out_rate``.
     """
     from speechbrain_s4m import audio
-    from speechbrain_s4m.inference.streaming import StreamingResampler
+    from speechbrain_s4m.inference.streaming import (
+        ExactLength,
+        StreamingResampler,
+        output_length,
+    )
 
-    info, _ = audio.check_audio_file(path, 0.0)
+    info, frames = audio.check_audio_file(path, 0.0)
     rate_in = info.samplerate
     model_rate = streamer.sample_rate
     to_model = StreamingResampler(rate_in, model_rate)
     to_out = StreamingResampler(model_rate, out_rate)
+    # the input's length at out_rate (resampling there and back rounds up)
+    keep = ExactLength(output_length(frames, rate_in, out_rate))
     streamer.reset()
     pending = torch.zeros(1, 0)
 
     def separate(mix):
         out = streamer.process(mix)[0].t()  # [spks, m]
-        return to_out.push(out)
+        return keep(to_out.push(out))
 
     block_frames = max(1, int(audio.READ_BLOCK_SECONDS * rate_in))
     for block in audio.iter_audio_blocks(path, block_frames):
@@ -545,8 +552,8 @@ def stream_file_blocks(streamer, path, out_rate, hop_samples):
         out = separate(hop)
         if out is not None and out.shape[-1]:
             yield out
-    last = to_out.push(streamer.flush()[0].t())
-    rest = to_out.flush()
-    for out in (last, rest):
+    last = keep(to_out.push(streamer.flush()[0].t()))
+    rest = keep(to_out.flush())
+    for out in (last, rest, keep.padding(streamer.num_spks)):
         if out is not None and out.shape[-1]:
             yield out

@@ -14,8 +14,8 @@ block by block, a live stream):
 * :class:`OverlapAddSeparator`: chunking, scaling, alignment (kept across a
   silent overlap) and cross-fading;
 * :func:`separate_stream`: blocks of a mixture at any rate and channel count
-  in, separated blocks at any rate out (the file path of
-  ``S4MSeparation``).
+  in, separated blocks at any rate out, of exactly the input's length at
+  that rate (the file path of ``S4MSeparation``).
 
 Deliberate difference from SpeechBrain: ``SepformerSeparation`` separates a
 file in one pass (memory grows with the file, and there is no speaker-order
@@ -494,6 +494,80 @@ def cat_outputs(parts):
     return torch.cat(parts, dim=1)
 
 
+def output_length(frames, rate_in, out_rate):
+    """Length at ``out_rate`` of ``frames`` samples at ``rate_in``.
+
+    ``ceil(frames * out_rate / rate_in)``, torchaudio's resampling length,
+    computed in integers; ``frames`` itself when the rates are equal.
+
+    Arguments
+    ---------
+    frames : int
+        Input length.
+    rate_in : int
+        Input sample rate.
+    out_rate : int
+        Output sample rate.
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> output_length(67727, 44100, 8000), output_length(67727, 44100, 44100)
+    (12287, 67727)
+    """
+    return -(-int(frames) * int(out_rate) // int(rate_in))
+
+
+class ExactLength:
+    """Cuts a stream of output blocks ``[spks, n]`` to an exact length.
+
+    Resampling to the model's rate and back rounds the length up twice: a
+    file of 67,727 frames at 44.1 kHz is 12,287 samples at 8 kHz, which
+    resample to 67,733 frames at 44.1 kHz. The outputs must have the
+    input's length at the output rate (:func:`output_length`): blocks are
+    passed through, cut once that length is reached, and :meth:`padding`
+    gives the zeros that complete a short stream.
+
+    Arguments
+    ---------
+    length : int, optional
+        Samples in all; may be set later (``keeper.length = n``), before
+        the blocks that could exceed it.
+
+    Example
+    -------
+    >>> keep = ExactLength(5)
+    >>> [tuple(keep(torch.ones(2, n)).shape) for n in (3, 4)]
+    [(2, 3), (2, 2)]
+    >>> keep(torch.ones(2, 1)) is None, keep.padding(2) is None
+    (True, True)
+    """
+
+    def __init__(self, length=None):
+        self.length = length
+        self.emitted = 0
+
+    def __call__(self, block):
+        """The part of ``block`` within the length (None if empty)."""
+        if block is None:
+            return None
+        if self.length is not None:
+            block = block[..., : max(self.length - self.emitted, 0)]
+        self.emitted += block.shape[-1]
+        return block if block.shape[-1] else None
+
+    def padding(self, channels):
+        """Zeros ``[channels, m]`` up to the length (None if complete)."""
+        missing = self.length - self.emitted
+        if missing <= 0:
+            return None
+        self.emitted += missing
+        return torch.zeros(channels, missing)
+
+
 def separate_stream(
     blocks,
     separate_fn,
@@ -510,7 +584,9 @@ def separate_stream(
     by chunk (:class:`OverlapAddSeparator`) and the sources resampled to
     ``out_rate``: memory is bounded by the chunk length, whatever the
     stream's length, and the concatenated output does not depend on how the
-    input was cut into blocks.
+    input was cut into blocks. The output has exactly the input's length at
+    ``out_rate`` (:func:`output_length`; the input's own length when
+    ``out_rate == rate_in``).
 
     Arguments
     ---------
@@ -550,20 +626,29 @@ def separate_stream(
     to_model = StreamingResampler(rate_in, model_rate)
     to_out = StreamingResampler(model_rate, out_rate)
     sep = OverlapAddSeparator(separate_fn, chunk, overlap, scale=scale)
+    # Known once the input is over; the outputs before that never exceed
+    # it (each resampler only emits samples with their full right context).
+    keep = ExactLength()
+    frames, spks = 0, None
 
     def emit(est):
+        nonlocal spks
         if est is None or est.shape[1] == 0:
             return None
+        spks = est.shape[2]
         out = to_out.push(est[0].t().contiguous())  # [spks, n]
-        return out if out.shape[-1] > 0 else None
+        return keep(out if out.shape[-1] > 0 else None)
 
     for block in blocks:
-        mono = torch.as_tensor(block).mean(dim=1)[None]  # [1, n]
+        block = torch.as_tensor(block)
+        frames += block.shape[0]
+        mono = block.mean(dim=1)[None]  # [1, n]
         x = to_model.push(mono)
         if x.shape[-1] > 0:
             out = emit(sep.push(x))
             if out is not None:
                 yield out
+    keep.length = output_length(frames, rate_in, out_rate)
     rest = to_model.flush()
     if rest is not None and rest.shape[-1] > 0:
         out = emit(sep.push(rest))
@@ -572,6 +657,10 @@ def separate_stream(
     out = emit(sep.flush())
     if out is not None:
         yield out
-    tail = to_out.flush()
-    if tail is not None and tail.shape[-1] > 0:
+    tail = keep(to_out.flush())
+    if tail is not None:
         yield tail
+    if spks is not None:
+        pad = keep.padding(spks)
+        if pad is not None:
+            yield pad
