@@ -456,10 +456,15 @@ class S4MSeparation(Pretrained):
         Streaming: the input is read and the outputs written block by block,
         so memory stays flat however long the file is. Outputs go to hidden
         temporary files (``.<name>_s1.<pid>.*.part.wav``) in
-        ``output_folder`` and are renamed only once complete: an error never
-        leaves a partial output file; temporary files of the same outputs
-        left by a killed run are removed. The folder is created only when
-        the input passed its checks.
+        ``output_folder`` and are published only once complete
+        (:class:`~speechbrain_s4m.inference.outputs.PendingOutputs`): an
+        error never leaves a partial output file, and without ``overwrite``
+        the final names are claimed atomically (``os.link``), so a run
+        writing the same names at the same time is never overwritten (the
+        later one raises ``FileExistsError`` naming the file). A full disk
+        raises ``OutputWriteError`` naming the file. Temporary files of the
+        same outputs left by a killed run are removed. The folder is
+        created only when the input passed its checks.
 
         Scale and clipping: with ``scale="mixture"`` (default) the sources
         sum to the mixture in the least-squares sense (see
