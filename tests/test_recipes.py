@@ -985,7 +985,7 @@ def test_s4m_as_shipped(tmp_path):
     masknet = brain.modules.masknet
     assert masknet.num_iterations == 16
     n = sum(p.numel() for p in brain.modules.parameters())
-    assert n == 3_605_767  # docs/model.md, README
+    assert n == 3_607_399  # docs/model.md, README
     check_finished_run(out, n_test=1)
     rows = read_results(out)
     assert math.isfinite(float(rows[0]["si-snr"]))
