@@ -1,14 +1,13 @@
-"""Tests of the learning-speed harness
-(``speechbrain_s4m.benchmark.learning_speed``) with tiny models, few updates
-and short segments."""
+"""Tests of the learning-speed harness (``bench/learning_speed.py``) with
+tiny models, few updates and short segments."""
 
 import argparse
 import json
 
+import learning_speed as ls
 import pytest
 import torch
 
-from speechbrain_s4m.benchmark import learning_speed as ls
 from speechbrain_s4m.benchmark.models import build_model
 
 TINY = "{num_iterations: 2, hidden_channels: 16, out_channels: 8, depth: 2}"

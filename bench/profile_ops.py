@@ -19,7 +19,7 @@ time and its minor page faults (``getrusage``), then one more runs under
 
 Usage::
 
-    python -m speechbrain_s4m.benchmark.profile_ops --model s4m_tiny \\
+    python bench/profile_ops.py --model s4m_tiny \\
         --seconds 4 16 60 --threads 1 [--top 10] [--json profile.json]
 
 Profiles on a loaded machine are indicative: shares are more stable than
@@ -359,7 +359,7 @@ def format_profile(res, title=""):
 def main(argv=None):
     """Command-line entry point."""
     p = argparse.ArgumentParser(
-        prog="python -m speechbrain_s4m.benchmark.profile_ops",
+        prog="python bench/profile_ops.py",
         description=__doc__.split("\n")[0],
     )
     p.add_argument("--model", default="s4m_tiny", help="model fragment")

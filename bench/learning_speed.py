@@ -20,7 +20,7 @@ order for a given seed; the seed also sets the model's initialisation.
 
 Command line::
 
-    python -m speechbrain_s4m.benchmark.learning_speed \\
+    python bench/learning_speed.py \\
         --models r16=s4m_tiny r4=s4m_tiny convtasnet \\
         --override r4:"{num_iterations: 4}" \\
         --set r16:"{init: masknet.block.res_conv=0.1}" \\
@@ -1004,7 +1004,7 @@ def build_variants(args):
 def parse_args(argv=None):
     """Parses the command line."""
     p = argparse.ArgumentParser(
-        prog="python -m speechbrain_s4m.benchmark.learning_speed",
+        prog="python bench/learning_speed.py",
         description="Early learning speed of separation models on "
         "generated SynthMix-style data, at equal settings.",
     )
