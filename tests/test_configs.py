@@ -149,24 +149,15 @@ def test_separator_matches_per_source_reference(name):
 
 
 def test_old_import_paths():
-    """Names that moved out of lobes and separation stay importable."""
+    """Names that moved out of separation stay importable."""
     from speechbrain_s4m import (
         config,
-        lobes,
         recipe,
         separation,
         training_curve,
     )
-    from speechbrain_s4m.benchmark import models
     from speechbrain_s4m.lobes import separator
 
-    for name in (
-        "MODEL_CONFIG_DIR",
-        "list_model_configs",
-        "load_model_config",
-        "model_config_path",
-    ):
-        assert getattr(lobes, name) is getattr(config, name)
     for name in ("load_hparams", "check_overrides"):
         assert getattr(separation, name) is getattr(config, name)
     for name in ("parse_train_log", "plot_training_curve"):
@@ -180,7 +171,6 @@ def test_old_import_paths():
     ):
         assert getattr(separation, name) is getattr(recipe, name)
     assert separation.separate_batch is separator.separate_batch
-    assert models.Separator is separator.Separator
     with pytest.raises(AttributeError, match="no_such_name"):
         _ = separation.no_such_name
 

@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from speechbrain_s4m.audio import AudioFormatError
 from speechbrain_s4m.data import (
     DatasetLayoutError,
     prepare_dataset,
@@ -21,11 +22,8 @@ from speechbrain_s4m.data import (
     prepare_wham,
     prepare_wsj0mix,
 )
-from speechbrain_s4m.data.dataio import (
-    AudioFormatError,
-    dynamic_mixing_dataset,
-    make_datasets,
-)
+from speechbrain_s4m.data.dataio import make_datasets
+from speechbrain_s4m.data.dynamic_mixing import dynamic_mixing_dataset
 from speechbrain_s4m.data.layouts import (
     MIXTURES,
     WHAM_SPLITS,

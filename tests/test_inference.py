@@ -18,6 +18,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 from speechbrain_s4m import audio as s4m_audio
 from speechbrain_s4m import inference
+from speechbrain_s4m.config import model_config_path
 from speechbrain_s4m.export import (
     export_pretrained,
     find_best_checkpoint,
@@ -31,7 +32,6 @@ from speechbrain_s4m.inference import (
     S4MSeparation,
     loading,
 )
-from speechbrain_s4m.lobes import model_config_path
 
 SR = 8000
 # A very small S4M (a few thousand parameters) with the real layers.

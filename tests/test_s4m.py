@@ -208,7 +208,7 @@ def test_masknet_does_not_pad():
 )
 def test_parameter_counts(name, expected):
     """Encoder + masknet + decoder parameters of the shipped fragments."""
-    from speechbrain_s4m.lobes import load_model_config
+    from speechbrain_s4m.config import load_model_config
 
     hp = load_model_config(name)
     mods = (hp["Encoder"], hp["MaskNet"], hp["Decoder"])
@@ -349,7 +349,7 @@ def test_s4m_tiny_overfits_one_mixture():
     slower). It reached 20 dB in ~110 steps (~0.1 s each on an idle core,
     ~15 s in all); the budget is 250 steps.
     """
-    from speechbrain_s4m.lobes import load_model_config
+    from speechbrain_s4m.config import load_model_config
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -384,7 +384,7 @@ def test_s4m_tiny_overfits_one_mixture():
 
 def test_checkpoint_iterations_same_outputs_and_gradients():
     """Activation checkpointing changes neither outputs nor gradients."""
-    from speechbrain_s4m.lobes import load_model_config
+    from speechbrain_s4m.config import load_model_config
 
     torch.manual_seed(0)
     net = S4MMaskNet(17, dropout=0.1, **TINY).double()

@@ -53,9 +53,7 @@ from speechbrain_s4m.config import (
     load_model_config,
     model_config_path,
 )
-
-# The model the recipes train and inference runs; also importable from here
-from speechbrain_s4m.lobes.separator import Separator as Separator
+from speechbrain_s4m.lobes.separator import Separator
 
 DEFAULT_MODELS = ("s4m_tiny", "s4m", "sepformer", "convtasnet")
 REFERENCE = "sepformer"

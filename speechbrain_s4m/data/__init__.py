@@ -10,7 +10,7 @@
 - :mod:`speechbrain_s4m.data.dataio`: SpeechBrain datasets from the manifests
   (``make_datasets``) and dynamic mixing (``dynamic_mixing_dataset``).
 - :mod:`speechbrain_s4m.data.synthetic`: procedural voices (``voices``) and
-  writers of small datasets in the official layouts (``layouts``).
+  writers of small datasets in the official layouts (``writers``).
 """
 
 from speechbrain_s4m.data.layouts import DatasetLayoutError

@@ -33,8 +33,6 @@ from speechbrain_s4m.data.dynamic_mixing import dynamic_mixing_dataset
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AudioFormatError",
-    "read_audio",
     "signal_keys",
     "has_noise",
     "training_crop_len",

@@ -2,17 +2,10 @@
 encoder -> masknet -> decoder forward as one module (:mod:`.separator`).
 
 The registry of the shipped model fragments (``load_model_config``,
-``model_config_path``, ``list_model_configs``, ``MODEL_CONFIG_DIR``) lives
-in :mod:`speechbrain_s4m.config` and is re-exported here for existing
-imports.
+``model_config_path``, ``list_model_configs``, ``MODEL_CONFIG_DIR``) is in
+:mod:`speechbrain_s4m.config`.
 """
 
-from speechbrain_s4m.config import (
-    MODEL_CONFIG_DIR,
-    list_model_configs,
-    load_model_config,
-    model_config_path,
-)
 from speechbrain_s4m.lobes.s4m import (
     S4MBlock,
     S4MDecoder,
@@ -22,14 +15,10 @@ from speechbrain_s4m.lobes.s4m import (
 from speechbrain_s4m.lobes.separator import Separator, separate_batch
 
 __all__ = [
-    "MODEL_CONFIG_DIR",
     "S4MBlock",
     "S4MDecoder",
     "S4MEncoder",
     "S4MMaskNet",
     "Separator",
-    "list_model_configs",
-    "load_model_config",
-    "model_config_path",
     "separate_batch",
 ]

@@ -9,7 +9,7 @@ pitch range (median f0 in 90-250 Hz), vocal-tract scale, speaking rate,
 brightness and breathiness, so that speakers are distinguishable and a
 separator can learn them.
 
-:mod:`speechbrain_s4m.data.synthetic.layouts` writes these voices and noises
+:mod:`speechbrain_s4m.data.synthetic.writers` writes these voices and noises
 as datasets in the official layouts.
 
 Authors
