@@ -452,3 +452,25 @@ def test_encoder_frames_and_offset(framing):
         assert all(a <= t < a + k for a in start), (t, hit)
         if framing == "authors":  # every sample is in K / S frames
             assert len(hit) == k // s, (t, hit)
+
+
+def test_version_01_variant_is_speechbrains_decoder():
+    """``{framing: right, joint_decoder: False}`` is the model of 0.1: the
+    S4MDecoder per source computes what SpeechBrain's decoder computes with
+    the same weights, aligned the same way, at any length."""
+    from speechbrain_s4m.lobes import S4MDecoder
+
+    torch.manual_seed(0)
+    enc = S4MEncoder(16, 9, framing="right", xavier_init=False)
+    net = S4MMaskNet(9, num_spks=2, **TINY)
+    ours = S4MDecoder(9, 2, 16, framing="right", joint=False)
+    sb = Decoder(9, 1, 16, stride=4, bias=False)
+    with torch.no_grad():
+        sb.weight.copy_(ours.weight)
+    for n in (1, 15, 16, 203):
+        mix = torch.randn(2, n)
+        with torch.no_grad():
+            a = Separator(enc, net, ours, 2)(mix)
+            b = Separator(enc, net, sb, 2)(mix)
+        assert a.shape == (2, n, 2)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
