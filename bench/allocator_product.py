@@ -4,8 +4,8 @@ One process per condition (the setting is process-wide and cannot be
 undone), S4M-tiny with random weights, 2 threads, 4 / 16 / 60 s of noise at
 8 kHz, two timed calls per length after a 1-s warm-up::
 
-    python docs/benchmarks/allocator_product/run.py default default.json
-    python docs/benchmarks/allocator_product/run.py keep keep.json
+    python bench/allocator_product.py default default.json
+    python bench/allocator_product.py keep keep.json
 
 ``default``: ``S4MSeparation(..., keep_freed_memory=False)`` (glibc's
 defaults); ``keep``: the class's default (freed memory kept on a CPU).
