@@ -42,6 +42,11 @@ import re
 import sys
 
 import numpy as np
+from ruamel.yaml import YAML, YAMLError
+
+from speechbrain_s4m.config import count_parameters
+from speechbrain_s4m.metrics import ResultsFileError, read_test_results
+from speechbrain_s4m.training_curve import parse_train_log
 
 __all__ = [
     "CompareError",
@@ -149,79 +154,9 @@ def paired_comparison(a, b, confidence=0.95):
 # ----------------------------------------------------------------------
 # Reading a result folder
 # ----------------------------------------------------------------------
-def _float_cell(text):
-    """A CSV cell as a float; an empty cell (unscored) is NaN."""
-    text = (text or "").strip()
-    if not text:
-        return math.nan
-    return float(text)
-
-
-def read_test_results(path):
-    """Reads ``test_results.csv``: ``(ids, {column: [float]})`` without the
-    ``avg`` row; empty cells are NaN, non-numeric columns are left out."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        rows = [r for r in reader if r.get("snt_id") != "avg"]
-    if "snt_id" not in fields or "si-snr_i" not in fields:
-        raise CompareError(
-            f"{path}: not a test_results.csv (needs the columns snt_id and "
-            f"si-snr_i; has {', '.join(fields) or 'none'})"
-        )
-    if not rows:
-        raise CompareError(f"{path}: no test utterance (only a header)")
-    ids = [r["snt_id"] for r in rows]
-    if len(set(ids)) != len(ids):
-        raise CompareError(f"{path}: repeated utterance ids")
-    columns = {}
-    for key in fields:
-        if key == "snt_id":
-            continue
-        try:
-            columns[key] = [_float_cell(r.get(key)) for r in rows]
-        except ValueError:
-            continue  # a text column (e.g. notes)
-    return ids, columns
-
-
-def _log_fields(line):
-    """``{key: float}`` of a FileTrainLogger line (``"epoch: 1, lr: 1.00e-03
-    - train si-snr: 3.10 - valid si-snr: 2.50"``); the keys keep their
-    ``train`` / ``valid`` prefix; non-numeric values are left out.
-
-    Example
-    -------
-    >>> _log_fields("epoch: 2, lr: 1.00e-03, time: 12.5 - train si-snr: 3.1")
-    {'epoch': 2.0, 'lr': 0.001, 'time': 12.5, 'train si-snr': 3.1}
-    """
-    fields = {}
-    for group in line.strip().split(" - "):
-        for item in group.split(", "):
-            key, sep, value = item.rpartition(":")
-            if not sep:
-                continue
-            value = value.strip()
-            if value.endswith("s") and value[:-1]:
-                value = value[:-1]  # "12.5s"
-            try:
-                fields[key.strip()] = float(value)
-            except ValueError:
-                continue
-    return fields
-
-
-#: Keys of an epoch line that hold the epoch's wall-clock time in seconds.
-TIME_KEYS = ("time", "train time", "epoch_time", "time_s", "train time_s")
-
-
 def read_train_log(path):
-    """Per-epoch validation SI-SNR and wall-clock time from a train log.
-
-    The losses come from
-    :func:`speechbrain_s4m.training_curve.parse_train_log`; the time of an
-    epoch from a ``time`` field of its line (see ``TIME_KEYS``), when the
-    log records one.
+    """Per-epoch validation SI-SNR and training time from a train log (read
+    by :func:`speechbrain_s4m.training_curve.parse_train_log`).
 
     Arguments
     ---------
@@ -235,56 +170,12 @@ def read_train_log(path):
         None}`` (validation SI-SNR in dB, i.e. minus the logged loss; time
         None unless every epoch line has it).
     """
-    curve = _parse_train_log()(path)
-    epochs = list(curve["epoch"])
-    valid = [-v for v in curve["valid"]]
-    times = curve.get("time")
-    # Read the fields of each epoch line ourselves too: the time fields, and
-    # the losses of lines whose layout parse_train_log does not know
-    by_epoch = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("epoch:"):
-                fields = _log_fields(line)
-                if "epoch" in fields:
-                    by_epoch[int(fields["epoch"])] = fields
-    # The loss is "valid loss" (named "valid si-snr" in older logs)
-    key = {
-        e: "valid loss" if "valid loss" in f else "valid si-snr"
-        for e, f in by_epoch.items()
+    curve = parse_train_log(path)
+    return {
+        "epoch": curve["epoch"],
+        "valid_si_snr": [-v for v in curve["valid"]],
+        "time": curve["time"],
     }
-    own = sorted(e for e, f in by_epoch.items() if key[e] in f)
-    if len(own) > len(epochs):
-        epochs = own
-        valid = [-by_epoch[e][key[e]] for e in own]
-        times = None
-    if not times or len(times) != len(epochs):
-        times = []
-        for e in epochs:
-            fields = by_epoch.get(e, {})
-            times.append(
-                next((fields[k] for k in TIME_KEYS if k in fields), None)
-            )
-        if not epochs or any(t is None for t in times):
-            times = None
-    return {"epoch": epochs, "valid_si_snr": valid, "time": times}
-
-
-def _parse_train_log():
-    """``parse_train_log`` from wherever it lives now."""
-    try:
-        from speechbrain_s4m.training_curve import parse_train_log
-    except ImportError:  # before the training_curve module
-        from speechbrain_s4m.separation import parse_train_log
-    return parse_train_log
-
-
-def _yaml_value(text, key):
-    """The scalar value of a top-level ``key:`` line of a yaml text."""
-    m = re.search(
-        rf"^{re.escape(key)}:[ \t]*([^\n#&!]+?)[ \t]*(?:#.*)?$", text, re.M
-    )
-    return m.group(1).strip().strip("'\"") if m else None
 
 
 def model_description(hparams_text):
@@ -314,20 +205,27 @@ def model_description(hparams_text):
     >>> model_description(text)["masknet"], model_description(text)["hparams"]
     ('Dual_Path_Model', 'dprnn')
     """
+    # The recipe's file is named in the comment SpeechBrain writes on top
     m = re.search(
         r"^# Generated .* from:\s*\n#\s*(\S+\.ya?ml)", hparams_text, re.M
     )
     stem = os.path.splitext(os.path.basename(m.group(1)))[0] if m else None
-    m = re.search(r"\bMaskNet:\s*(?:&\w+\s+)?!new:([\w.]+)", hparams_text)
-    masknet = m.group(1).rsplit(".", 1)[-1] if m else None
+    try:
+        hparams = YAML().load(hparams_text) or {}
+    except YAMLError:
+        hparams = {}
+    if not hasattr(hparams, "get"):
+        hparams = {}
+    tag = getattr(getattr(hparams.get("MaskNet"), "tag", None), "value", "")
+    name = hparams.get("experiment_name")
     return {
         "hparams": stem,
-        "masknet": masknet,
-        "experiment_name": _yaml_value(hparams_text, "experiment_name"),
+        "masknet": tag.rsplit(".", 1)[-1] if tag else None,
+        "experiment_name": None if name is None else str(name),
     }
 
 
-def count_parameters(hparams_file):
+def hparams_parameters(hparams_file):
     """Parameters of the model a saved ``hyperparams.yaml`` builds.
 
     Loads the file (without its checkpointer and train logger, which would
@@ -343,7 +241,6 @@ def count_parameters(hparams_file):
     -------
     int
     """
-    import torch
     from hyperpyyaml import load_hyperpyyaml
 
     with open(hparams_file, encoding="utf-8") as f:
@@ -355,15 +252,7 @@ def count_parameters(hparams_file):
     modules = hparams.get("modules") or {
         k: hparams[k] for k in ("Encoder", "MaskNet", "Decoder") if k in hparams
     }
-    seen, total = set(), 0
-    for module in modules.values():
-        if not isinstance(module, torch.nn.Module):
-            continue
-        for p in module.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
-    return total
+    return count_parameters(*modules.values())
 
 
 def _recorded_parameters(folder):
@@ -419,6 +308,8 @@ def load_result_folder(folder):
             )
     try:
         ids, scores = read_test_results(results)
+    except ResultsFileError as err:
+        raise CompareError(str(err)) from err
     except (ValueError, csv.Error) as err:
         raise CompareError(f"{results}: {err}") from err
     with open(hparams_file, encoding="utf-8") as f:
@@ -438,7 +329,7 @@ def _add_parameters(result):
     """Fills ``params`` / ``params_source`` (loading the modules, else the
     count SpeechBrain logged)."""
     try:
-        result["params"] = count_parameters(result["hparams_file"])
+        result["params"] = hparams_parameters(result["hparams_file"])
         result["params_source"] = "hyperparams.yaml"
     except Exception as err:  # any failure to build the model
         result["params"] = _recorded_parameters(result["folder"])

@@ -27,6 +27,7 @@ __all__ = [
     "MODEL_CONFIG_DIR",
     "UnknownOverrideError",
     "check_overrides",
+    "count_parameters",
     "list_model_configs",
     "load_hparams",
     "load_model_config",
@@ -301,3 +302,34 @@ def load_model_config(name, sample_rate=8000, num_spks=2, overrides=None):
     all_overrides.update(overrides or {})
     with open(model_config_path(name), encoding="utf-8") as fin:
         return load_hyperpyyaml(fin, all_overrides)
+
+
+def count_parameters(*modules):
+    """Parameters of a model: of ``modules`` together, each counted once
+    (the parameter counts of the model card, ``s4m-compare`` and the
+    benchmark).
+
+    Arguments
+    ---------
+    *modules : torch.nn.Module
+        The model, or its parts (encoder, masknet, decoder); anything else
+        is ignored.
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> import torch
+    >>> lin = torch.nn.Linear(3, 2)  # 3 * 2 + 2
+    >>> count_parameters(lin), count_parameters(lin, lin, "not a module")
+    (8, 8)
+    """
+    import torch
+
+    seen = {}
+    for module in modules:
+        if isinstance(module, torch.nn.Module):
+            seen.update((id(p), p.numel()) for p in module.parameters())
+    return sum(seen.values())

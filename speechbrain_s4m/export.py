@@ -19,7 +19,6 @@ Authors
  * speechbrain-s4m contributors 2026
 """
 
-import csv
 import datetime
 import io
 import os
@@ -27,19 +26,22 @@ import pathlib
 import shutil
 import tempfile
 
+import numpy as np
 import torch
 import yaml as pyyaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
-from speechbrain.utils.checkpoints import METAFNAME
+from speechbrain.utils.checkpoints import METAFNAME, Checkpointer
 
 from speechbrain_s4m.checkpoints import check_checkpoint_files
+from speechbrain_s4m.config import count_parameters
 from speechbrain_s4m.inference import S4MSeparation
 from speechbrain_s4m.inference.loading import (
     MODULE_KEYS,
     ModelFolderError,
     ModelNotFoundError,
 )
+from speechbrain_s4m.metrics import RESULTS_FILE, read_test_results
 
 #: What to do when a file of the checkpoint to export does not read.
 EXPORT_ADVICE = (
@@ -99,28 +101,9 @@ def _read_meta(ckpt):
         return pyyaml.safe_load(fin) or {}
 
 
-def list_checkpoints(save_folder):
-    """Lists ``CKPT+*`` folders with their meta data (oldest first).
-
-    Arguments
-    ---------
-    save_folder : str or pathlib.Path
-        A SpeechBrain checkpointer folder.
-
-    Returns
-    -------
-    list of (pathlib.Path, dict)
-    """
-    save_folder = pathlib.Path(save_folder)
-    found = []
-    for ckpt in sorted(save_folder.glob("CKPT+*")):
-        if ckpt.is_dir() and (ckpt / METAFNAME).is_file():
-            found.append((ckpt, _read_meta(ckpt)))
-    return found
-
-
 def find_best_checkpoint(save_folder, min_key="si-snr"):
-    """The checkpoint with the smallest ``min_key`` meta value.
+    """The checkpoint with the smallest ``min_key`` meta value, as
+    SpeechBrain's ``Checkpointer`` finds it.
 
     The recipes log the negative validation SI-SNR as ``si-snr``, so the
     smallest value is the best model (as ``Checkpointer(min_keys=...)``).
@@ -139,51 +122,48 @@ def find_best_checkpoint(save_folder, min_key="si-snr"):
     dict
         Its meta data.
     """
-    ckpts = list_checkpoints(save_folder)
+    save_folder = pathlib.Path(save_folder)
+    ckpts = []
+    if save_folder.is_dir():  # the Checkpointer would create it
+        ckpts = Checkpointer(save_folder).list_checkpoints()
     if not ckpts:
         raise ModelNotFoundError(
             f"{save_folder}: no checkpoints (CKPT+*/{METAFNAME}) found"
         )
-    scored = [(c, m) for c, m in ckpts if m.get(min_key) is not None]
-    if not scored:
+    if not any(c.meta.get(min_key) is not None for c in ckpts):
         raise ModelFolderError(
             f"{save_folder}: no checkpoint has the meta key '{min_key}' "
-            f"(found keys: {sorted({k for _, m in ckpts for k in m})})"
+            f"(found keys: {sorted({k for c in ckpts for k in c.meta})})"
         )
-    return min(scored, key=lambda cm: float(cm[1][min_key]))
+    best = Checkpointer(save_folder).find_checkpoint(min_key=min_key)
+    return pathlib.Path(best.path), dict(best.meta)
 
 
-def read_test_results(path):
-    """Reads the ``avg`` row of a recipe's ``test_results.csv``.
+def results_averages(path):
+    """The averages of a recipe's ``test_results.csv`` (read by
+    :func:`speechbrain_s4m.metrics.read_test_results`), for the model card.
 
     Arguments
     ---------
     path : str or pathlib.Path
-        The csv (``snt_id,sdr,sdr_i,si-snr,si-snr_i``).
+        The csv.
 
     Returns
     -------
     dict or None
-        Metric name -> float, and ``n`` (number of test utterances); None if
-        the file does not exist or has no ``avg`` row.
+        Metric name -> mean over the utterances where it is defined, and
+        ``n`` (number of test utterances); None if the file does not exist.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         return None
-    with open(path, newline="", encoding="utf-8") as fin:
-        rows = list(csv.DictReader(fin))
-    avg = [r for r in rows if r.get("snt_id") == "avg"]
-    if not avg:
-        return None
-    out = {}
-    for key, value in avg[-1].items():
-        if key == "snt_id" or value in (None, ""):
-            continue
-        try:
-            out[key] = float(value)
-        except ValueError:
-            continue
-    out["n"] = sum(1 for r in rows if r.get("snt_id") != "avg")
+    ids, columns = read_test_results(path)
+    out = {
+        key: float(np.nanmean(values))
+        for key, values in columns.items()
+        if not np.isnan(values).all()
+    }
+    out["n"] = len(ids)
     return out
 
 
@@ -234,10 +214,6 @@ def extract_model_yaml(recipe_hparams, recipe_file="hyperparams.yaml"):
     buf = io.StringIO()
     yaml.dump(out, buf)
     return buf.getvalue() + MODULES_TEXT
-
-
-def _count_parameters(module):
-    return sum(p.numel() for p in module.parameters())
 
 
 def _describe(node):
@@ -291,7 +267,7 @@ def write_model_card(
 ):
     """Writes the ``README.md`` model card of an exported folder."""
     enc, mask, dec = (model.mods[k] for k in MODULE_KEYS)
-    total = sum(_count_parameters(m) for m in (enc, mask, dec))
+    total = sum(count_parameters(m) for m in (enc, mask, dec))
     lines = [
         "# Speech separation model (speechbrain-s4m)",
         "",
@@ -305,9 +281,9 @@ def write_model_card(
         f"- MaskNet: {_describe(recipe_hparams.get('MaskNet'))}",
         f"- Decoder: {_describe(recipe_hparams.get('Decoder'))}",
         f"- Variant: {_variant(enc, dec)}",
-        f"- Parameters: {total:,} (encoder {_count_parameters(enc):,}, "
-        f"masknet {_count_parameters(mask):,}, decoder "
-        f"{_count_parameters(dec):,})",
+        f"- Parameters: {total:,} (encoder {count_parameters(enc):,}, "
+        f"masknet {count_parameters(mask):,}, decoder "
+        f"{count_parameters(dec):,})",
         "",
         "## Training",
         "",
@@ -450,7 +426,7 @@ def export_pretrained(
             model,
             ckpt,
             meta,
-            read_test_results(recipe / "test_results.csv"),
+            results_averages(recipe / RESULTS_FILE),
             recipe.resolve(),
             min_key,
         )

@@ -1,11 +1,11 @@
-"""Separation metrics: SI-SNR with padding masks, PIT loss, SDR scores.
+"""Test-stage scores of separation and their report, ``test_results.csv``.
 
-Conventions follow SpeechBrain's separation recipes: signals are
-``[batch, time, spks]`` and ``lengths`` are *relative* lengths in ``[0, 1]``
-(SpeechBrain's ``wav_lens``). Unlike SpeechBrain's ``cal_si_snr``, the part of
-a padded batch beyond each utterance's length is masked out everywhere
-(zero-mean over the valid part only, energies over the valid part only), so a
-padded batch gives exactly the per-utterance values.
+Per-utterance SI-SNR(i) (under the PIT permutation of the training loss,
+:mod:`speechbrain_s4m.losses`), SDR(i) and optional PESQ / STOI, and the
+one owner of the results file: :class:`TestReport` writes it (one row per
+utterance, an ``avg`` row, a ``notes`` column) and
+:func:`read_test_results` reads it (the Brain, ``s4m-export`` and
+``s4m-compare`` all go through these two).
 
 SDR is BSS-eval v3 SDR (as ``mir_eval.separation.bss_eval_sources``, 512-tap
 distortion filter) computed with ``fast_bss_eval``.
@@ -22,25 +22,29 @@ Authors
  * speechbrain-s4m contributors 2026
 """
 
-import itertools
+import csv
 import math
 
 import numpy as np
 import torch
+from speechbrain.utils.logger import get_logger
+
+from speechbrain_s4m.losses import _absolute_lengths, pit_si_snr_loss, si_snr
+
+logger = get_logger(__name__)
 
 __all__ = [
-    "length_mask",
-    "si_snr",
-    "pairwise_si_snr",
-    "pit_si_snr_loss",
-    "separation_scores",
-    "extra_metric_names",
-    "score_columns",
+    "RESULTS_FILE",
+    "ResultsFileError",
+    "TestReport",
     "UtteranceScores",
-    "score_test_batch",
     "average_scores",
+    "extra_metric_names",
     "extra_scores",
-    "write_test_results",
+    "read_test_results",
+    "score_columns",
+    "score_test_batch",
+    "separation_scores",
 ]
 
 #: BSS-eval distortion filter length (taps), as mir_eval / fast_bss_eval.
@@ -53,211 +57,6 @@ SCORE_NAMES = ("sdr", "sdr_i", "si-snr", "si-snr_i")
 EXTRA_METRICS = {"pesq": ("pesq", "pesq"), "stoi": ("pystoi", "pystoi")}
 #: PESQ mode for each sample rate it is defined at (ITU-T P.862 / P.862.2).
 PESQ_MODES = {8000: "nb", 16000: "wb"}
-
-
-def _absolute_lengths(lengths, max_len, device=None):
-    """Valid samples per item, ``round(lengths * max_len)`` in [1, max_len]."""
-    lengths = torch.as_tensor(lengths, device=device)
-    return torch.round(lengths.double() * max_len).long().clamp(1, max_len)
-
-
-def length_mask(lengths, max_len, device=None, dtype=torch.float32):
-    """Builds a ``[batch, time]`` mask from relative lengths.
-
-    Arguments
-    ---------
-    lengths : torch.Tensor or None
-        Relative lengths ``[batch]`` in ``[0, 1]`` (SpeechBrain ``wav_lens``);
-        the absolute length is ``round(lengths * max_len)``.
-    max_len : int
-        Padded length (time dimension).
-    device : torch.device
-        Device of the mask.
-    dtype : torch.dtype
-        Data type of the mask.
-
-    Returns
-    -------
-    mask : torch.Tensor
-        ``[batch, time]``, 1 on valid samples, 0 on padding.
-
-    Example
-    -------
-    >>> length_mask(torch.tensor([1.0, 0.5]), 4)
-    tensor([[1., 1., 1., 1.],
-            [1., 1., 0., 0.]])
-    """
-    abs_len = _absolute_lengths(lengths, max_len, device)
-    steps = torch.arange(max_len, device=abs_len.device)
-    return (steps[None, :] < abs_len[:, None]).to(dtype)
-
-
-def _valid_mask(estimate, lengths):
-    """``[batch, time]`` mask of the valid samples (all of them if None)."""
-    batch, time = estimate.shape[:2]
-    if lengths is None:
-        lengths = torch.ones(batch, device=estimate.device)
-    return length_mask(lengths, time, estimate.device, estimate.dtype)
-
-
-def _si_snr_masked(estimate, target, mask, eps):
-    """SI-SNR along dim 1 (time) with a ``[batch, time]`` mask.
-
-    ``estimate`` and ``target`` are ``[batch, time, ...]`` (broadcastable);
-    returns ``[batch, ...]``.
-    """
-    # mask: [batch, time] -> [batch, time, 1, ...] to broadcast on sources
-    extra = max(estimate.dim(), target.dim()) - 2
-    mask = mask.reshape(mask.shape + (1,) * extra)
-    n_valid = mask.sum(dim=1, keepdim=True)
-    # zero mean over the valid part only; padding stays exactly zero
-    estimate = estimate * mask
-    target = target * mask
-    estimate = (estimate - estimate.sum(1, keepdim=True) / n_valid) * mask
-    target = (target - target.sum(1, keepdim=True) / n_valid) * mask
-    # projection of the estimate on the target: s_target = <s', s> s / |s|^2
-    dot = (estimate * target).sum(dim=1, keepdim=True)
-    target_energy = (target**2).sum(dim=1, keepdim=True) + eps
-    s_target = dot / target_energy * target
-    e_noise = estimate - s_target
-    ratio = (s_target**2).sum(dim=1) / ((e_noise**2).sum(dim=1) + eps)
-    return 10 * torch.log10(ratio + eps)
-
-
-def si_snr(estimate, target, lengths=None, eps=1e-8):
-    """Scale-invariant SNR (SI-SDR) of each source, in dB.
-
-    Arguments
-    ---------
-    estimate : torch.Tensor
-        Estimated sources ``[batch, time, spks]`` (or ``[batch, time]``).
-    target : torch.Tensor
-        Reference sources, same shape as ``estimate``.
-    lengths : torch.Tensor or None
-        Relative lengths ``[batch]`` (SpeechBrain ``wav_lens``). Samples past
-        ``round(lengths * time)`` are ignored (zero-mean and energies use
-        the valid part only). None means all samples are valid.
-    eps : float
-        Stabiliser of the divisions and the logarithm.
-
-    Returns
-    -------
-    si_snr : torch.Tensor
-        ``[batch, spks]`` (``[batch]`` for 2-D inputs), in dB, larger is
-        better.
-
-    Example
-    -------
-    >>> torch.manual_seed(0) and None
-    >>> target = torch.randn(2, 800, 2)
-    >>> estimate = target + 0.1 * torch.randn(2, 800, 2)
-    >>> si_snr(estimate, target).shape
-    torch.Size([2, 2])
-    >>> bool((si_snr(estimate, target) > 15).all())
-    True
-    """
-    if estimate.shape != target.shape:
-        raise ValueError(
-            f"estimate {tuple(estimate.shape)} and target "
-            f"{tuple(target.shape)} must have the same shape"
-        )
-    squeeze = estimate.dim() == 2
-    if squeeze:
-        estimate, target = estimate.unsqueeze(-1), target.unsqueeze(-1)
-    if estimate.dim() != 3:
-        raise ValueError(
-            "expected [batch, time, spks] or [batch, time] inputs, got "
-            f"{tuple(estimate.shape)}"
-        )
-    mask = _valid_mask(estimate, lengths)
-    out = _si_snr_masked(estimate, target, mask, eps)
-    return out.squeeze(-1) if squeeze else out
-
-
-def pairwise_si_snr(estimate, target, lengths=None, eps=1e-8):
-    """SI-SNR of every (estimate, target) pair.
-
-    Arguments
-    ---------
-    estimate : torch.Tensor
-        ``[batch, time, spks]``.
-    target : torch.Tensor
-        ``[batch, time, spks]``.
-    lengths : torch.Tensor or None
-        Relative lengths ``[batch]``.
-    eps : float
-        Stabiliser.
-
-    Returns
-    -------
-    pair : torch.Tensor
-        ``[batch, spks_est, spks_target]``: ``pair[b, i, j]`` is the SI-SNR
-        of estimate ``i`` against target ``j``.
-
-    Example
-    -------
-    >>> x = torch.randn(1, 400, 2)
-    >>> pairwise_si_snr(x.flip(-1), x).argmax(1)
-    tensor([[1, 0]])
-    """
-    if estimate.shape != target.shape or estimate.dim() != 3:
-        raise ValueError(
-            "expected estimate and target of the same [batch, time, spks] "
-            f"shape, got {tuple(estimate.shape)} and {tuple(target.shape)}"
-        )
-    mask = _valid_mask(estimate, lengths)
-    # [batch, time, spks_est, 1] vs [batch, time, 1, spks_target]
-    return _si_snr_masked(
-        estimate.unsqueeze(-1), target.unsqueeze(-2), mask, eps
-    )
-
-
-def pit_si_snr_loss(estimate, target, lengths=None, eps=1e-8):
-    """Negative SI-SNR under the best utterance-level permutation (uPIT).
-
-    Arguments
-    ---------
-    estimate : torch.Tensor
-        Estimated sources ``[batch, time, spks]``.
-    target : torch.Tensor
-        Reference sources ``[batch, time, spks]``.
-    lengths : torch.Tensor or None
-        Relative lengths ``[batch]`` (padding is masked out).
-    eps : float
-        Stabiliser.
-
-    Returns
-    -------
-    loss : torch.Tensor
-        ``[batch]``: minus the mean SI-SNR (dB) over sources for the best
-        permutation of each utterance.
-    perm : torch.Tensor
-        ``[batch, spks]`` long: ``estimate[b, :, perm[b, j]]`` is the
-        estimate assigned to ``target[b, :, j]``, so
-        ``estimate.gather(2, perm[:, None, :].expand_as(estimate))`` is
-        the estimate reordered like the target.
-
-    Example
-    -------
-    >>> target = torch.randn(2, 800, 3)
-    >>> estimate = target[:, :, [2, 0, 1]] + 0.01 * torch.randn(2, 800, 3)
-    >>> loss, perm = pit_si_snr_loss(estimate, target)
-    >>> perm
-    tensor([[1, 2, 0],
-            [1, 2, 0]])
-    >>> bool((loss < -30).all())
-    True
-    """
-    pair = pairwise_si_snr(estimate, target, lengths, eps)
-    spks = pair.shape[-1]
-    perms = torch.tensor(
-        list(itertools.permutations(range(spks))), device=pair.device
-    )  # [n_perms, spks]
-    # scores[b, p] = mean_j pair[b, perms[p, j], j]
-    scores = pair[:, perms, torch.arange(spks, device=pair.device)]
-    scores = scores.mean(dim=-1)  # [batch, n_perms]
-    best, best_idx = scores.max(dim=1)
-    return -best, perms[best_idx]
 
 
 def _check_reference(ref, what):
@@ -615,73 +414,240 @@ def average_scores(utterances, columns=None):
     return avg, n_scored
 
 
-#: Column added to ``test_results.csv`` when some utterance is not fully
-#: scored: the undefined metrics of each row, the count in the ``avg`` row.
-UNSCORED_COLUMN = "unscored"
+# ----------------------------------------------------------------------
+# The results file: one writer (TestReport), one reader
+# ----------------------------------------------------------------------
+#: The results file of a recipe run, in its ``output_folder``.
+RESULTS_FILE = "test_results.csv"
+#: The last column of the results file: why cells of a row are empty.
+NOTES_COLUMN = "notes"
 
 
-def write_test_results(path, utterances, extra_metrics=()):
-    """Writes ``test_results.csv``: one row per utterance, then ``avg``.
+class ResultsFileError(ValueError):
+    """A file that is not a ``test_results.csv``."""
 
-    Undefined metrics are empty cells. When some utterance is not fully
-    scored, an ``unscored`` column names the undefined metrics of each row
-    and holds, in the ``avg`` row, the number of such utterances (each
-    average is over the utterances where the metric is defined).
+
+class TestReport:
+    """The scores of a test run and their file, ``test_results.csv``.
+
+    Columns: ``snt_id``, the scores of :func:`score_columns` and ``notes``
+    (why cells of the row are empty); one row per utterance, then an
+    ``avg`` row: each score averaged over the utterances where it is
+    defined, and in ``notes`` how many utterances were not fully scored.
+    SpeechBrain's recipes write the same file without ``notes`` (and
+    without empty cells: they stop on an utterance they cannot score).
 
     Arguments
     ---------
-    path : str
-        The CSV file to write.
-    utterances : list of UtteranceScores
-        From :func:`score_test_batch`.
     extra_metrics : tuple of str
-        The optional metrics scored (see :func:`score_columns`).
-
-    Returns
-    -------
-    avg : dict
-        The ``avg`` row (None where no utterance was scored).
-    n_unscored : int
-        Number of utterances with at least one undefined metric.
+        The optional metrics scored (see :func:`extra_metric_names`).
 
     Example
     -------
     >>> import os, tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "test_results.csv")
-    >>> utts = [
-    ...     UtteranceScores("a", dict.fromkeys(SCORE_NAMES, 1.0), []),
-    ...     UtteranceScores("b", {"sdr": math.nan, "sdr_i": math.nan,
-    ...                           "si-snr": 3.0, "si-snr_i": 2.0}, ["short"]),
-    ... ]
-    >>> write_test_results(path, utts)[1]
-    1
-    >>> print(open(path).read().strip())
-    snt_id,sdr,sdr_i,si-snr,si-snr_i,unscored
+    >>> nan = float("nan")
+    >>> report = TestReport()
+    >>> report.add(
+    ...     [
+    ...         UtteranceScores("a", dict.fromkeys(SCORE_NAMES, 1.0), []),
+    ...         UtteranceScores(
+    ...             "b",
+    ...             {"sdr": nan, "sdr_i": nan, "si-snr": 3.0, "si-snr_i": 2.0},
+    ...             ["short"],
+    ...         ),
+    ...     ]
+    ... )
+    >>> path = os.path.join(tempfile.mkdtemp(), RESULTS_FILE)
+    >>> summary = report.write(path)
+    >>> summary["si-snr_i"], summary["n"], summary["n_incomplete"]
+    (1.5, 2, 1)
+    >>> print(open(path).read().strip())  # doctest: +NORMALIZE_WHITESPACE
+    snt_id,sdr,sdr_i,si-snr,si-snr_i,notes
     a,1.0,1.0,1.0,1.0,
-    b,,,3.0,2.0,sdr sdr_i
-    avg,1.0,1.0,2.0,1.5,1
+    b,,,3.0,2.0,short
+    avg,1.0,1.0,2.0,1.5,mean over the utterances where each metric is
+    defined; 1 of 2 utterances not fully scored
+    >>> ids, columns = read_test_results(path)
+    >>> ids, columns["si-snr_i"]
+    (['a', 'b'], [1.0, 2.0])
     """
-    import csv
 
-    columns = score_columns(extra_metrics)
-    avg, _ = average_scores(utterances, columns)
-    incomplete = [u for u in utterances if not u.complete]
-    fields = ["snt_id"] + columns
-    if incomplete:
-        fields.append(UNSCORED_COLUMN)
-        avg[UNSCORED_COLUMN] = len(incomplete)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for u in utterances:
-            row = u.row()
-            if incomplete:
-                row[UNSCORED_COLUMN] = " ".join(
-                    k for k in columns if row.get(k) is None
+    __test__ = False  # not a pytest test class despite its name
+
+    def __init__(self, extra_metrics=()):
+        self.extra_metrics = tuple(extra_metrics)
+        self.utterances = []
+
+    @property
+    def scores(self):
+        """The score columns (after ``snt_id``)."""
+        return score_columns(self.extra_metrics)
+
+    @property
+    def columns(self):
+        """Every column of the file."""
+        return ["snt_id", *self.scores, NOTES_COLUMN]
+
+    @property
+    def incomplete(self):
+        """Ids of the utterances with an undefined metric."""
+        return [u.snt_id for u in self.utterances if not u.complete]
+
+    def add(self, utterances):
+        """Adds scored utterances (from :func:`score_test_batch`); warns
+        about each one that is not fully scored.
+
+        Arguments
+        ---------
+        utterances : list of UtteranceScores
+            The scored utterances.
+        """
+        for utt in utterances:
+            self.utterances.append(utt)
+            if not utt.complete:
+                logger.warning(
+                    "Test utterance %s: some metrics are undefined (%s); "
+                    "its row of %s has empty cells there.",
+                    utt.snt_id,
+                    "; ".join(utt.problems) or "non-finite value",
+                    RESULTS_FILE,
                 )
-            writer.writerow({k: row.get(k) for k in fields})
-        writer.writerow(avg)
-    return avg, len(incomplete)
+
+    def rows(self):
+        """The rows of the file (the ``avg`` row last).
+
+        Returns
+        -------
+        rows : list of dict
+            Column -> value (None: an empty cell).
+        n_scored : dict
+            Score column -> number of utterances where it is defined.
+        """
+        rows = []
+        for utt in self.utterances:
+            row = utt.row()
+            row[NOTES_COLUMN] = "; ".join(utt.problems)
+            rows.append(row)
+        avg, n_scored = average_scores(self.utterances, self.scores)
+        note = "mean over the utterances where each metric is defined"
+        if self.incomplete:
+            note += (
+                f"; {len(self.incomplete)} of {len(self.utterances)} "
+                "utterances not fully scored"
+            )
+        avg[NOTES_COLUMN] = note
+        return rows + [avg], n_scored
+
+    def summary(self):
+        """The ``avg`` row as numbers: each score column (NaN where no
+        utterance was scored), ``n`` (utterances) and ``n_incomplete``."""
+        avg, _ = average_scores(self.utterances, self.scores)
+        out = {k: math.nan if avg[k] is None else avg[k] for k in self.scores}
+        out.update(n=len(self.utterances), n_incomplete=len(self.incomplete))
+        return out
+
+    def write(self, path):
+        """Writes the file and logs the averages.
+
+        Arguments
+        ---------
+        path : str
+            The file to write (``<output_folder>/test_results.csv``).
+
+        Returns
+        -------
+        dict
+            :meth:`summary`.
+        """
+        rows, n_scored = self.rows()
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        logger.info("Test results written to %s", path)
+        self.log(rows[-1], n_scored)
+        return self.summary()
+
+    def log(self, avg, n_scored):
+        """Logs the averages, and the utterances not fully scored."""
+
+        def fmt(key, unit=" dB"):
+            value = avg.get(key)
+            return "n/a" if value is None else f"{value:.2f}{unit}"
+
+        text = (
+            f"SI-SNR {fmt('si-snr')}, SI-SNRi {fmt('si-snr_i')}, "
+            f"SDR {fmt('sdr')}, SDRi {fmt('sdr_i')}"
+        )
+        for name in self.extra_metrics:
+            text += f", {name.upper()} {fmt(name, '')}"
+            text += f" ({name.upper()}i {fmt(name + '_i', '')})"
+        n, incomplete = len(self.utterances), self.incomplete
+        logger.info("Test (%d utterances): %s", n, text)
+        if incomplete:
+            more = len(incomplete) - 10
+            logger.warning(
+                "%d of %d test utterances could not be scored on every "
+                "metric (%s%s): their empty cells are left out of the "
+                "averages (scored per metric: %s).",
+                len(incomplete),
+                n,
+                ", ".join(incomplete[:10]),
+                f" and {more} more" if more > 0 else "",
+                ", ".join(f"{k} {v}" for k, v in n_scored.items()),
+            )
+
+
+def _float_cell(text):
+    """A CSV cell as a float; an empty cell (unscored) is NaN."""
+    text = (text or "").strip()
+    return float(text) if text else math.nan
+
+
+def read_test_results(path):
+    """Reads a ``test_results.csv`` (ours, or SpeechBrain's recipes').
+
+    Arguments
+    ---------
+    path : str
+        The file.
+
+    Returns
+    -------
+    ids : list of str
+        The utterances, in file order (without ``avg``).
+    columns : dict
+        Column -> per-utterance floats (NaN for an empty cell); text
+        columns (``notes``) are left out.
+
+    Raises
+    ------
+    ResultsFileError
+        No ``snt_id`` / ``si-snr_i`` column, no utterance, or repeated ids.
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if r.get("snt_id") != "avg"]
+    if "snt_id" not in fields or "si-snr_i" not in fields:
+        raise ResultsFileError(
+            f"{path}: not a {RESULTS_FILE} (needs the columns snt_id and "
+            f"si-snr_i; has {', '.join(fields) or 'none'})"
+        )
+    if not rows:
+        raise ResultsFileError(f"{path}: no test utterance (only a header)")
+    ids = [r["snt_id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ResultsFileError(f"{path}: repeated utterance ids")
+    columns = {}
+    for key in fields:
+        if key in ("snt_id", NOTES_COLUMN):
+            continue
+        try:
+            columns[key] = [_float_cell(r.get(key)) for r in rows]
+        except ValueError:
+            continue  # another text column
+    return ids, columns
 
 
 def _utterances(estimate, target, mixture, lengths):

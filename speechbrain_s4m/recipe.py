@@ -2,7 +2,7 @@
 
 :func:`run_recipe` parses the command line, loads the hparams (the yaml
 names the dataset), prepares the data, builds the datasets (static or
-dynamic mixing), trains the :class:`~speechbrain_s4m.separation.Separation`
+dynamic mixing), trains the :class:`~speechbrain_s4m.brain.Separation`
 Brain, evaluates the best checkpoint and plots the training curve, so that
 the recipes stay a few lines long; :func:`main` is its command-line entry.
 Data flows one way: ``train.py`` -> this runner -> the Brain -> the
@@ -12,15 +12,12 @@ Authors
  * speechbrain-s4m contributors 2026
 """
 
-import collections
 import dataclasses
-import glob
 import math
 import os
 import shlex
 import signal
 import sys
-import time
 
 import ruamel.yaml
 import speechbrain as sb
@@ -32,17 +29,14 @@ from speechbrain.utils.distributed import (
 )
 from speechbrain.utils.logger import get_logger
 
+from speechbrain_s4m.brain import NoCheckpointError, Separation
 from speechbrain_s4m.checkpoints import (
     CorruptCheckpointError,
     check_checkpoint_files,
 )
 from speechbrain_s4m.config import UnknownOverrideError, load_hparams
 from speechbrain_s4m.nnet.schedulers import WarmupDecayScheduler
-from speechbrain_s4m.separation import (
-    NoCheckpointError,
-    Separation,
-    TrainingInterrupted,
-)
+from speechbrain_s4m.training.signals import TrainingInterrupted
 from speechbrain_s4m.training_curve import plot_training_curve
 
 logger = get_logger(__name__)
@@ -51,7 +45,6 @@ __all__ = [
     "PREPARE_KEYS",
     "CheckpointMismatchError",
     "DeviceUnavailableError",
-    "ProgressReport",
     "check_device",
     "check_glued_values",
     "check_model_matches_checkpoint",
@@ -61,8 +54,6 @@ __all__ = [
     "latest_checkpoint",
     "main",
     "prepare_data",
-    "recent_rate",
-    "run_eta",
     "run_recipe",
 ]
 
@@ -90,23 +81,21 @@ PREPARE_KEYS = {
 }
 
 
-def prepare_data(hparams, dataset=None):
+def prepare_data(hparams):
     """Checks ``data_folder`` and writes the manifests (main process only).
 
     Arguments
     ---------
     hparams : dict
         The recipe's hyperparameters (``data_folder``, ``save_folder``,
-        ``skip_prep`` and the dataset's options).
-    dataset : str, None
-        ``wsj0mix``, ``librimix`` or ``wham``; default: the hparams key
-        ``dataset``.
+        ``skip_prep`` and the dataset's options; ``dataset`` names it:
+        ``wsj0mix``, ``librimix`` or ``wham``).
     """
     from speechbrain_s4m.data import prepare_dataset
 
     if hparams.get("skip_prep", False):
         return
-    dataset = dataset or hparams["dataset"]
+    dataset = hparams["dataset"]
     kwargs = {k: hparams[k] for k in PREPARE_KEYS[dataset] if k in hparams}
     run_on_main(
         prepare_dataset,
@@ -115,27 +104,18 @@ def prepare_data(hparams, dataset=None):
     )
 
 
-def _dataset_of(hparams, hparams_file, dataset=None):
-    """The dataset the hparams file names (its ``dataset`` key).
-
-    ``dataset``, from callers written when recipes also named it, must
-    agree with the file.
-    """
+def _dataset_of(hparams, hparams_file):
+    """The dataset the hparams file names (its ``dataset`` key)."""
     named = hparams.get("dataset")
     if named not in PREPARE_KEYS:
         raise ValueError(
             f"{hparams_file} must name its dataset (key 'dataset', got "
             f"{named!r}); choose one of " + ", ".join(PREPARE_KEYS)
         )
-    if dataset is not None and dataset != named:
-        raise ValueError(
-            f"{hparams_file} is for dataset {named!r}, but this recipe is "
-            f"for {dataset!r}: use the hparams of this recipe."
-        )
     return named
 
 
-def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
+def run_recipe(argv=None, before_prepare=None, brain_class=None):
     """Runs a separation recipe: what every recipe's ``train.py`` does.
 
     1. parse ``argv`` (``hparams.yaml --key value ...`` plus SpeechBrain's
@@ -152,7 +132,8 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
     4. check the dataset folder and write the manifests (main process);
     5. build the datasets (static or dynamic mixing);
     6. train (unless ``--test_only``), resuming from the last checkpoint,
-       logging speed and ETA (:class:`ProgressReport`);
+       logging speed and ETA
+       (:class:`~speechbrain_s4m.training.progress.ProgressReport`);
     7. evaluate the best checkpoint (``min_key="si-snr"``) on the test set,
        writing ``test_results.csv``, and plot ``training_curve.png``;
     8. under DDP, end the process group (all ranks together).
@@ -161,9 +142,6 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
     ---------
     argv : list of str, None
         Command-line arguments (default ``sys.argv[1:]``).
-    dataset : str, None
-        Kept for callers that name the dataset: the hparams key
-        ``dataset`` names it, and a different value here is an error.
     before_prepare : callable, None
         Called as ``before_prepare(hparams)`` on the main process before
         data preparation (the SynthMix recipe writes its data there).
@@ -183,7 +161,7 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     check_device(run_opts["device"])
     hparams = load_hparams(hparams_file, overrides)
-    dataset = _dataset_of(hparams, hparams_file, dataset)
+    dataset = _dataset_of(hparams, hparams_file)
     _one_checkpoint_interval(hparams, run_opts)
 
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -221,12 +199,12 @@ def run_recipe(argv=None, dataset=None, before_prepare=None, brain_class=None):
 
     if before_prepare is not None:
         run_on_main(before_prepare, args=[hparams])
-    prepare_data(hparams, dataset)
+    prepare_data(hparams)
     train_data, valid_data, test_data = datasets_from_hparams(hparams)
     if hparams.get("dynamic_mixing", False):
         train_data = dynamic_mixing_train_set(hparams, dataset, len(train_data))
 
-    brain = _with_progress(brain_class or Separation)(
+    brain = (brain_class or Separation)(
         modules=hparams["modules"],
         opt_class=hparams["optimizer"],
         hparams=hparams,
@@ -361,7 +339,7 @@ def dynamic_mixing_train_set(hparams, dataset=None, num_mixtures=None):
     )
 
 
-def main(dataset=None, argv=None, before_prepare=None, brain_class=None):
+def main(argv=None, before_prepare=None, brain_class=None):
     """Command-line entry of the recipes: :func:`run_recipe`, with a one-line
     error (exit status 2) instead of a traceback for a wrong dataset folder
     or bad audio in it, a missing checkpoint, a model that does not match
@@ -370,8 +348,6 @@ def main(dataset=None, argv=None, before_prepare=None, brain_class=None):
 
     Arguments
     ---------
-    dataset : str, None
-        See :func:`run_recipe` (the hparams file names the dataset).
     argv : list of str, None
         See :func:`run_recipe`.
     before_prepare : callable, None
@@ -387,7 +363,7 @@ def main(dataset=None, argv=None, before_prepare=None, brain_class=None):
     from speechbrain_s4m.data import DatasetLayoutError
 
     try:
-        return run_recipe(argv, dataset, before_prepare, brain_class)
+        return run_recipe(argv, before_prepare, brain_class)
     except (
         DatasetLayoutError,
         NoCheckpointError,
@@ -611,7 +587,8 @@ def _one_checkpoint_interval(hparams, run_opts):
 
 
 def latest_checkpoint(save_folder):
-    """The newest ``CKPT+*`` folder in ``save_folder`` (None if none).
+    """The newest checkpoint in ``save_folder`` (None if none), as
+    SpeechBrain's ``Checkpointer`` finds it (the one a run resumes from).
 
     Arguments
     ---------
@@ -628,9 +605,10 @@ def latest_checkpoint(save_folder):
     >>> latest_checkpoint(getfixture("tmp_path")) is None
     True
     """
-    found = glob.glob(os.path.join(glob.escape(str(save_folder)), "CKPT+*"))
-    found = [f for f in found if os.path.isfile(os.path.join(f, "CKPT.yaml"))]
-    return max(found, key=os.path.getmtime) if found else None
+    if not os.path.isdir(save_folder):  # the Checkpointer would make it
+        return None
+    ckpt = sb.utils.checkpoints.Checkpointer(save_folder).find_checkpoint()
+    return None if ckpt is None else str(ckpt.path)
 
 
 def check_model_matches_checkpoint(hparams, ckpt, record=None):
@@ -861,223 +839,3 @@ def _resolve_precision(hparams, run_opts):
         if on_cli:
             run_opts = dataclasses.replace(run_opts, **{key: chosen})
     return run_opts
-
-
-# ----------------------------------------------------------------------
-# Progress and expected time
-# ----------------------------------------------------------------------
-def _duration(seconds):
-    """``"42 s"``, ``"12 min"`` or ``"3.5 h"``.
-
-    Example
-    -------
-    >>> _duration(42.2), _duration(725), _duration(12600)
-    ('42 s', '12 min', '3.5 h')
-    """
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 3 * 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def recent_rate(samples, window_s):
-    """Batches per second over the last ``window_s`` seconds of ``samples``.
-
-    The speed of a run changes: the first batches compile and warm up, and
-    other work on the machine comes and goes. The expected time follows
-    the current speed, so the rate is measured over a recent window, never
-    over the first batch of the epoch when later ones exist.
-
-    Arguments
-    ---------
-    samples : sequence of (float, int)
-        ``(time, batches done)`` in time order: the epoch's start, then one
-        per batch.
-    window_s : float
-        The window, in seconds back from the last sample.
-
-    Returns
-    -------
-    float
-        NaN when fewer than two samples.
-
-    Example
-    -------
-    >>> start = [(0.0, 0), (30.0, 1)]  # the first batch compiles: 30 s
-    >>> steady = [(30.0 + 2 * i, 1 + i) for i in range(1, 201)]
-    >>> round(recent_rate(start + steady, window_s=60), 3)
-    0.5
-    >>> recent_rate([(0.0, 0)], 60)
-    nan
-    """
-    samples = list(samples)
-    if len(samples) < 2:
-        return float("nan")
-    if len(samples) > 2:
-        samples = samples[1:]  # the first batch: compilation, warm-up
-    t_end, n_end = samples[-1]
-    start = 0
-    for i, (t, _) in enumerate(samples):
-        if t_end - t <= window_s:
-            break
-        start = i  # the last sample before the window anchors it
-    t0, n0 = samples[start]
-    if t_end <= t0:
-        return float("nan")
-    return (n_end - n0) / (t_end - t0)
-
-
-def run_eta(epoch_times, epochs_left, recent=3):
-    """Seconds left in the run: the recent epochs' mean time (the first
-    epoch left out once later ones exist: it compiles and warms up) times
-    the epochs left.
-
-    Arguments
-    ---------
-    epoch_times : list of float
-        Seconds per finished epoch (with validation), in order.
-    epochs_left : int
-        Epochs still to train.
-    recent : int
-        How many of the latest epochs to average.
-
-    Returns
-    -------
-    float
-
-    Example
-    -------
-    >>> run_eta([300.0, 100.0, 110.0, 90.0, 100.0], 10)
-    1000.0
-    >>> run_eta([300.0], 2)
-    600.0
-    """
-    times = list(epoch_times)
-    if len(times) > 1:
-        times = times[1:]
-    times = times[-recent:]
-    if not times or epochs_left <= 0:
-        return 0.0
-    return epochs_left * sum(times) / len(times)
-
-
-class ProgressReport:
-    """Brain mix-in: logs the training speed and the expected time.
-
-    During an epoch, every ``progress_interval_s`` seconds::
-
-        epoch 1/10: 120/250 batches, 3.1 batches/s, epoch ETA 42 s
-
-    and at the end of each epoch (after validation)::
-
-        epoch 1/10 done: 250 batches in 80 s (3.1 batches/s), epoch with
-        validation 95 s; ETA 14 min (9 epochs left)
-
-    (one line). ``batches_per_epoch`` (set by :func:`run_recipe`) gives the
-    epoch ETA, at the speed of the last ``eta_window_s`` seconds
-    (:func:`recent_rate`); the run ETA is the mean time of the latest
-    epochs times the epochs left (:func:`run_eta`). The batches/s of a
-    progress line are the recent speed too; those of the epoch line, the
-    epoch's mean. :func:`run_recipe` adds it to the Brain it builds.
-    """
-
-    #: Seconds between two progress lines within an epoch.
-    progress_interval_s = 60.0
-    #: Seconds of recent training that set the speed of the epoch ETA.
-    eta_window_s = 300.0
-    #: Training batches per epoch (per process), when known.
-    batches_per_epoch = None
-    #: Whether each epoch ends with a validation stage.
-    validates = True
-
-    def on_stage_start(self, stage, epoch=None):
-        """Starts the epoch clocks (training) before the Brain's own."""
-        super().on_stage_start(stage, epoch)
-        now = time.time()
-        if stage == sb.Stage.TRAIN:
-            self._epoch_clock = now
-            self._last_line = now
-            self._first_step = self.step  # > 0 when resumed mid-epoch
-            self._train_seconds = None
-            self._samples = collections.deque([(now, self.step)])
-
-    def fit_batch(self, batch):
-        """The Brain's training batch, then a progress line when due."""
-        loss = super().fit_batch(batch)
-        now = time.time()
-        samples = self.__dict__.setdefault("_samples", collections.deque())
-        samples.append((now, self.step))
-        # Keep the window, its anchor and the epoch's first batch
-        while len(samples) > 3 and now - samples[2][0] > self.eta_window_s:
-            del samples[1]
-        if now - getattr(self, "_last_line", now) >= self.progress_interval_s:
-            self._last_line = now
-            logger.info(self._progress_line(now))
-        return loss
-
-    def _epochs(self):
-        counter = getattr(self.hparams, "epoch_counter", None)
-        current = getattr(counter, "current", 0)
-        return current, getattr(counter, "limit", None)
-
-    def _rate(self, now):
-        done = self.step - getattr(self, "_first_step", 0)
-        elapsed = now - getattr(self, "_epoch_clock", now)
-        return done, (done / elapsed if elapsed > 0 else float("nan"))
-
-    def _progress_line(self, now):
-        epoch, limit = self._epochs()
-        rate = recent_rate(getattr(self, "_samples", ()), self.eta_window_s)
-        total = self.batches_per_epoch
-        line = f"epoch {epoch}/{limit}: {self.step}"
-        line += f"/{total} batches" if total else " batches"
-        line += f", {rate:.2f} batches/s"
-        if total and rate > 0:
-            line += f", epoch ETA {_duration((total - self.step) / rate)}"
-        return line
-
-    def on_stage_end(self, stage, stage_loss, epoch=None):
-        """The Brain's end of stage, then the epoch's speed and the ETA."""
-        now = time.time()
-        if stage == sb.Stage.TRAIN:
-            self._train_batches, self._train_rate = self._rate(now)
-            self._train_seconds = now - getattr(self, "_epoch_clock", now)
-        super().on_stage_end(stage, stage_loss, epoch)
-        if stage == sb.Stage.VALID or (
-            stage == sb.Stage.TRAIN and not self.validates
-        ):
-            self._epoch_line(time.time(), epoch)
-
-    def _epoch_line(self, now, epoch):
-        if getattr(self, "_train_seconds", None) is None:
-            return
-        _, limit = self._epochs()
-        spent = now - self._epoch_clock
-        self._epoch_times = getattr(self, "_epoch_times", []) + [spent]
-        left = max(0, (limit or epoch) - epoch)
-        logger.info(
-            "epoch %s/%s done: %d batches in %s (%.2f batches/s), epoch with "
-            "validation %s; ETA %s (%d epoch%s left)",
-            epoch,
-            limit,
-            self._train_batches,
-            _duration(self._train_seconds),
-            self._train_rate,
-            _duration(spent),
-            _duration(run_eta(self._epoch_times, left)),
-            left,
-            "" if left == 1 else "s",
-        )
-        self._train_seconds = None
-
-
-def _with_progress(brain_class):
-    """``brain_class`` with :class:`ProgressReport` mixed in (once)."""
-    if issubclass(brain_class, ProgressReport):
-        return brain_class
-    return type(
-        brain_class.__name__,
-        (ProgressReport, brain_class),
-        {"__module__": brain_class.__module__, "__doc__": brain_class.__doc__},
-    )

@@ -1,30 +1,41 @@
 """Training curves: the per-epoch losses read back from a recipe's
 ``train_log.txt`` and plotted to ``training_curve.png``.
 
+:func:`parse_train_log` is the one reader of train logs (the plot, and
+``s4m-compare``'s curves and training times).
+
 Authors
  * speechbrain-s4m contributors 2026
 """
 
-__all__ = ["parse_train_log", "plot_training_curve"]
+import math
+
+__all__ = ["TIME_KEYS", "parse_train_log", "plot_training_curve"]
 
 #: Names of the per-epoch losses in the logs: ``loss`` (negative SI-SNR in
 #: dB), or ``si-snr`` in logs written before it was renamed (same value).
 _LOSS_KEYS = ("loss", "si-snr")
+#: Keys of an epoch line that hold the epoch's training time in seconds:
+#: the recipes' ``train time``, and those of other logs.
+TIME_KEYS = ("train time", "time", "epoch_time", "time_s", "train time_s")
 
 
 def _fields(line):
     """``{key: value}`` of a ``FileTrainLogger`` line; values are floats
-    where they parse as numbers (``nan`` too), strings otherwise."""
+    where they parse as numbers (``nan`` too; ``12.5s`` too), strings
+    otherwise."""
     fields = {}
     for group in line.strip().split(" - "):
         for item in group.split(", "):
             key, sep, value = item.partition(": ")
             if not sep:
                 continue
+            value = value.strip()
+            number = value[:-1] if value.endswith("s") else value
             try:
-                fields[key.strip()] = float(value)
+                fields[key.strip()] = float(number)
             except ValueError:
-                fields[key.strip()] = value.strip()
+                fields[key.strip()] = value
     return fields
 
 
@@ -44,8 +55,8 @@ def parse_train_log(train_log):
     Reads the epoch lines the recipes write (``epoch: 3, lr: 1.00e-03,
     lr_ssm: 4.00e-04 - train loss: -5.1, train skipped: 0, train time:
     12.3, train samples_per_s: 45.6 - valid loss: -4.2``) and those of
-    older logs (``train si-snr`` / ``valid si-snr`` for the loss, no
-    times).
+    other logs (``train si-snr`` / ``valid si-snr`` for the loss, a time
+    under one of ``TIME_KEYS``, no learning rate or train loss: NaN).
 
     Arguments
     ---------
@@ -57,7 +68,8 @@ def parse_train_log(train_log):
     dict
         ``"epoch"``, ``"lr"``, ``"lr_ssm"`` (the S4 parameters' learning
         rate; ``lr`` where the log has no ``lr_ssm``), ``"train"`` and
-        ``"valid"`` (losses: negative SI-SNR in dB), lists over the epochs;
+        ``"valid"`` (losses: negative SI-SNR in dB), lists over the epochs
+        with a valid loss;
         ``"time"`` (training seconds per epoch), ``"samples_per_s"`` and
         ``"skipped"`` (training batches skipped), lists too when every
         epoch line records them, else None. The last line of each epoch
@@ -87,17 +99,17 @@ def parse_train_log(train_log):
             fields = _fields(line)
             train, valid = _loss(fields, "train"), _loss(fields, "valid")
             epoch, lr = fields.get("epoch"), fields.get("lr")
-            if None in (train, valid) or not isinstance(epoch, float):
+            if valid is None or not isinstance(epoch, float):
                 continue
-            if not isinstance(lr, float):
-                continue
+            lr = lr if isinstance(lr, float) else math.nan
             lr_ssm = fields.get("lr_ssm")
+            time = [fields[k] for k in TIME_KEYS if k in fields]
             rows[int(epoch)] = {
                 "lr": lr,
                 "lr_ssm": lr_ssm if isinstance(lr_ssm, float) else lr,
-                "train": train,
+                "train": math.nan if train is None else train,
                 "valid": valid,
-                "time": fields.get("train time"),
+                "time": time[0] if time else None,
                 "samples_per_s": fields.get("train samples_per_s"),
                 "skipped": fields.get("train skipped"),
             }

@@ -174,7 +174,7 @@ def counting_loss(estimate, target, lengths=None):
     """
     import time
 
-    from speechbrain_s4m.metrics import pit_si_snr_loss
+    from speechbrain_s4m.losses import pit_si_snr_loss
 
     global _TRAIN_CALLS
     if estimate.requires_grad:

@@ -187,8 +187,8 @@ def test_baseline_recipe_end_to_end(
 
 
 def test_synthmix_convtasnet_end_to_end(tiny_baselines, tmp_path):
-    from speechbrain_s4m.separation import run_recipe
+    from speechbrain_s4m.recipe import run_recipe
 
     args, write_synthmix = synthmix_command("convtasnet", tmp_path)
-    run_recipe(args, dataset="wsj0mix", before_prepare=write_synthmix)
+    run_recipe(args, before_prepare=write_synthmix)
     check_finished_run(tmp_path / "out")

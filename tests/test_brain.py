@@ -1,4 +1,4 @@
-"""The training Brain (:class:`speechbrain_s4m.separation.Separation`) on a
+"""The training Brain (:class:`speechbrain_s4m.brain.Separation`) on a
 toy separator: what it logs, how it skips and averages, how it scores the
 test set, and the recipe's ``--test_only`` path on a silent utterance.
 
@@ -23,8 +23,9 @@ from speechbrain.lobes.models.dual_path import Decoder, Encoder
 from speechbrain.utils.epoch_loop import EpochCounter
 from speechbrain.utils.train_logger import FileTrainLogger
 
-from speechbrain_s4m.metrics import pit_si_snr_loss
-from speechbrain_s4m.separation import NonFiniteLossError, Separation
+from speechbrain_s4m.brain import Separation
+from speechbrain_s4m.losses import pit_si_snr_loss
+from speechbrain_s4m.training.steps import NonFiniteLossError
 from speechbrain_s4m.training_curve import parse_train_log
 
 SR = 8000

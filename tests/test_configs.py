@@ -148,31 +148,57 @@ def test_separator_matches_per_source_reference(name):
     assert (est[:, n:] == 0).all()  # padded to the mixture's length
 
 
-def test_old_import_paths():
-    """Names that moved out of separation stay importable."""
-    from speechbrain_s4m import (
-        config,
-        recipe,
-        separation,
-        training_curve,
-    )
-    from speechbrain_s4m.lobes import separator
+def test_one_import_path_and_no_import_circle():
+    """The Brain lives in ``brain``: no ``separation`` shim; the package's
+    modules import each other without a circle (module-level imports)."""
+    import ast
+    import importlib
+    import pathlib
 
-    for name in ("load_hparams", "check_overrides"):
-        assert getattr(separation, name) is getattr(config, name)
-    for name in ("parse_train_log", "plot_training_curve"):
-        assert getattr(separation, name) is getattr(training_curve, name)
-    for name in (
-        "run_recipe",
-        "main",
-        "prepare_data",
-        "dynamic_mixing_train_set",
-        "PREPARE_KEYS",
-    ):
-        assert getattr(separation, name) is getattr(recipe, name)
-    assert separation.separate_batch is separator.separate_batch
-    with pytest.raises(AttributeError, match="no_such_name"):
-        _ = separation.no_such_name
+    import speechbrain_s4m
+
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("speechbrain_s4m.separation")
+    root = pathlib.Path(speechbrain_s4m.__file__).parent
+    names = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names[".".join(parts)] = path
+    graph = {}
+    for name, path in names.items():
+        deps = set()
+        for node in ast.parse(path.read_text()).body:  # module level only
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [
+                    f"{node.module}.{a.name}" for a in node.names
+                ]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            # A module's own packages are imported before it anyway
+            deps |= {
+                t
+                for t in targets
+                if t in names and not name.startswith(t + ".") and t != name
+            }
+        graph[name] = deps
+
+    state = {}
+
+    def visit(name, stack):
+        state[name] = "open"
+        for dep in sorted(graph[name]):
+            assert state.get(dep) != "open", " -> ".join(stack + [dep])
+            if dep not in state:
+                visit(dep, stack + [dep])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
 
 
 def test_s4m_tiny_matches_published_structure(built):

@@ -26,7 +26,7 @@ DRIVER = textwrap.dedent(
     import speechbrain as sb
     from torch.nn.parallel import DistributedDataParallel as DDP
     from speechbrain_s4m.recipe import run_recipe
-    from speechbrain_s4m.separation import Separation
+    from speechbrain_s4m.brain import Separation
 
     OUT = os.environ["S4M_TEST_DDP_OUT"]
     RANK = int(os.environ["RANK"])
@@ -154,7 +154,7 @@ ACCUMULATION_DRIVER = textwrap.dedent(
     import torch
     import speechbrain as sb
     from speechbrain_s4m.recipe import run_recipe
-    from speechbrain_s4m.separation import Separation
+    from speechbrain_s4m.brain import Separation
 
     OUT = os.environ["S4M_TEST_DDP_OUT"]
     RANK = int(os.environ["RANK"])

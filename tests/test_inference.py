@@ -22,7 +22,7 @@ from speechbrain_s4m.config import model_config_path
 from speechbrain_s4m.export import (
     export_pretrained,
     find_best_checkpoint,
-    read_test_results,
+    results_averages,
 )
 from speechbrain_s4m.inference import (
     AudioInputError,
@@ -204,8 +204,8 @@ def test_export_writes_best_checkpoint_and_card(recipe_folder, exported):
     assert f"masknet {n_params:,}" in card
 
 
-def test_read_test_results(recipe_folder, tmp_path):
-    res = read_test_results(recipe_folder / "test_results.csv")
+def test_results_averages(recipe_folder, tmp_path):
+    res = results_averages(recipe_folder / "test_results.csv")
     assert res == {
         "sdr": 6.5,
         "sdr_i": 7.5,
@@ -213,12 +213,12 @@ def test_read_test_results(recipe_folder, tmp_path):
         "si-snr_i": 6.5,
         "n": 2,
     }
-    assert read_test_results(tmp_path / "none.csv") is None
+    assert results_averages(tmp_path / "none.csv") is None
 
 
 def test_export_matches_brain(recipe_folder, model):
     """Exported + loaded model == the training Brain on the best ckpt."""
-    from speechbrain_s4m.separation import Separation
+    from speechbrain_s4m.brain import Separation
 
     hp = load_hyperpyyaml((recipe_folder / "hyperparams.yaml").read_text())
     ckpter = Checkpointer(recipe_folder / "save", recoverables=hp["modules"])
@@ -772,8 +772,9 @@ def test_failure_mid_stream_leaves_no_partial_output(
 def test_export_of_real_recipe_run(tiny_recipe_output, tmp_path):
     import csv
 
+    from speechbrain_s4m.brain import Separation
+    from speechbrain_s4m.config import load_hparams
     from speechbrain_s4m.metrics import separation_scores
-    from speechbrain_s4m.separation import Separation, load_hparams
 
     out = export_pretrained(tiny_recipe_output, tmp_path / "exported")
     model = S4MSeparation.from_hparams(out, run_opts={"device": "cpu"})

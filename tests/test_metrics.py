@@ -7,12 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from speechbrain_s4m.metrics import (
-    pairwise_si_snr,
-    pit_si_snr_loss,
-    separation_scores,
-    si_snr,
-)
+from speechbrain_s4m.losses import pairwise_si_snr, pit_si_snr_loss, si_snr
+from speechbrain_s4m.metrics import separation_scores
 
 
 def ref_si_snr(est, tgt):
@@ -375,11 +371,16 @@ def test_extra_metrics_undefined_on_short_utterances():
     assert any("STOI undefined" in p for p in scored.problems)
 
 
-def test_write_test_results_empty_cells_and_count(tmp_path):
+def test_report_writes_and_reads_empty_cells(tmp_path):
+    """One results format: the report writes it, read_test_results reads
+    it (empty cells are NaN, notes are text)."""
     import csv
 
-    from speechbrain_s4m.compare import read_test_results
-    from speechbrain_s4m.metrics import score_test_batch, write_test_results
+    from speechbrain_s4m.metrics import (
+        TestReport,
+        read_test_results,
+        score_test_batch,
+    )
 
     g = torch.Generator().manual_seed(10)
     tgt = torch.randn(3, 1000, 2, generator=g)
@@ -387,23 +388,22 @@ def test_write_test_results_empty_cells_and_count(tmp_path):
     lengths = torch.tensor([1.0, 0.4, 1.0])  # 400 samples: no SDR
     scored = score_test_batch(est, tgt, tgt.sum(-1), lengths, ["a", "b", "c"])
     path = tmp_path / "test_results.csv"
-    avg, n_unscored = write_test_results(path, scored)
-    assert n_unscored == 1
+    report = TestReport()
+    report.add(scored)
+    summary = report.write(path)
+    assert summary["n_incomplete"] == 1 and summary["n"] == 3
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["snt_id"] for r in rows] == ["a", "b", "c", "avg"]
-    assert rows[1]["sdr"] == "" and rows[1]["unscored"] == "sdr sdr_i"
-    assert rows[0]["unscored"] == "" and rows[3]["unscored"] == "1"
+    assert rows[1]["sdr"] == "" and "BSS-eval" in rows[1]["notes"]
+    assert rows[0]["notes"] == "" and "1 of 3" in rows[3]["notes"]
     sdr = [scored[0].scores["sdr"], scored[2].scores["sdr"]]
     assert float(rows[3]["sdr"]) == pytest.approx(np.mean(sdr))
     si = [u.scores["si-snr_i"] for u in scored]
     assert float(rows[3]["si-snr_i"]) == pytest.approx(np.mean(si))
-    assert avg["si-snr_i"] == pytest.approx(np.mean(si))
-    # the comparison tool reads the empty cells as unscored
+    assert summary["si-snr_i"] == pytest.approx(np.mean(si))
     ids, columns = read_test_results(path)
-    assert ids == ["a", "b", "c"] and "unscored" not in columns
+    assert ids == ["a", "b", "c"] and "notes" not in columns
     assert math.isnan(columns["sdr"][1])
-    # all scored: exactly the usual columns
-    write_test_results(path, [scored[0], scored[2]])
     header = path.read_text().splitlines()[0]
-    assert header == "snt_id,sdr,sdr_i,si-snr,si-snr_i"
+    assert header == "snt_id,sdr,sdr_i,si-snr,si-snr_i,notes"

@@ -23,13 +23,13 @@ from conftest import (
     run_recipe_inprocess,
 )
 
+from speechbrain_s4m.brain import Separation
 from speechbrain_s4m.recipe import (
-    ProgressReport,
     cpu_has_native_bf16,
     cpu_precision,
     main,
 )
-from speechbrain_s4m.separation import Separation
+from speechbrain_s4m.training.progress import ProgressReport
 
 
 def error_lines(capsys):
@@ -376,7 +376,7 @@ def test_comparison_folder_is_ignored_by_git():
 # ----------------------------------------------------------------------
 # 9.14: progress and expected time
 # ----------------------------------------------------------------------
-class EveryBatch(ProgressReport, Separation):
+class EveryBatch(Separation):
     """A progress line after every batch."""
 
     progress_interval_s = 0.0
@@ -438,10 +438,10 @@ def test_epoch_eta_follows_the_recent_speed(monkeypatch):
     """A first batch of 30 s (compilation), then 2 s per batch: the speed
     and the epoch ETA are those of the last minutes, not the average since
     the epoch started (201 batches in 430 s)."""
-    import speechbrain_s4m.recipe as recipe
+    import speechbrain_s4m.training.progress as progress
 
     clock = [1000.0]
-    monkeypatch.setattr(recipe.time, "time", lambda: clock[0])
+    monkeypatch.setattr(progress.time, "time", lambda: clock[0])
     brain = _FakeProgress()
     brain.on_stage_start(sb.Stage.TRAIN, 1)
     for i in range(201):
@@ -456,7 +456,7 @@ def test_epoch_eta_follows_the_recent_speed(monkeypatch):
 
 
 def test_recent_rate_and_run_eta():
-    from speechbrain_s4m.recipe import recent_rate, run_eta
+    from speechbrain_s4m.training.progress import recent_rate, run_eta
 
     # slowed down for the last minute (another job started): the new speed
     samples = [(0.0, 0)] + [(float(t), t) for t in range(1, 601)]

@@ -50,6 +50,7 @@ from speechbrain_s4m.benchmark.measure import (
 )
 from speechbrain_s4m.config import (
     check_overrides,
+    count_parameters,
     load_model_config,
     model_config_path,
 )
@@ -91,11 +92,6 @@ def build_model(name, sample_rate=8000, num_spks=2, overrides=None):
     """
     hp = load_model_config(name, sample_rate, num_spks, overrides)
     return Separator(hp["Encoder"], hp["MaskNet"], hp["Decoder"], num_spks)
-
-
-def count_parameters(model):
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # ---------------------------------------------------------------- MACs --

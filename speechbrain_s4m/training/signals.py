@@ -1,0 +1,281 @@
+"""Stopping training on SIGINT / SIGTERM with a checkpoint: a Brain mixin.
+
+SpeechBrain's ``Brain.fit`` dies on Ctrl-C or a cluster's preemption
+(SIGTERM) with whatever the last interval checkpoint holds, and under
+``torchrun`` each rank stops at a different batch. :class:`StopOnSignals`
+finishes the update in progress on every rank, saves an intra-epoch
+checkpoint there and raises :class:`TrainingInterrupted`: rerunning the
+same command continues from that update.
+
+Authors
+ * speechbrain-s4m contributors 2026
+"""
+
+import contextlib
+import functools
+import signal
+import threading
+
+import speechbrain as sb
+import torch
+from speechbrain.utils.distributed import is_distributed_initialized
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
+
+__all__ = ["STOP_SIGNALS", "StopOnSignals", "TrainingInterrupted"]
+
+
+#: Signals that stop training at the end of the update in progress, with
+#: a checkpoint: Ctrl-C, and the SIGTERM of cluster schedulers (preemption).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped by a signal (:data:`STOP_SIGNALS`).
+
+    Arguments
+    ---------
+    signum : int
+        The signal (``signal.SIGINT``, ``signal.SIGTERM``).
+    checkpoint : str, None
+        The checkpoint folder the rerun resumes from (None: nothing was
+        saved, e.g. a second Ctrl-C).
+    where : str
+        Where training stopped (``"epoch 2, batch 3/6"``).
+
+    Example
+    -------
+    >>> e = TrainingInterrupted(signal.SIGTERM, "save/CKPT+x", "epoch 1")
+    >>> e.exit_status, str(e)
+    (143, 'SIGTERM at epoch 1: checkpoint saved in save/CKPT+x')
+    """
+
+    def __init__(self, signum, checkpoint=None, where=""):
+        self.signum = int(signum)
+        self.checkpoint = checkpoint
+        self.where = where
+        name = signal.Signals(self.signum).name
+        saved = (
+            f"checkpoint saved in {checkpoint}"
+            if checkpoint
+            else "no checkpoint saved (stopped at once)"
+        )
+        at = f" at {where}" if where else ""
+        super().__init__(f"{name}{at}: {saved}")
+
+    @property
+    def exit_status(self):
+        """``128 + signal``, the shell's convention (130, 143)."""
+        return 128 + self.signum
+
+
+class StopOnSignals:
+    """Brain mixin: SIGINT / SIGTERM stop training cleanly (see :meth:`fit`).
+
+    Reads ``self.hparams.epoch_counter`` and ``batches_per_epoch`` (when
+    set) to say where training stopped.
+    """
+
+    _stop_signal = 0  # the stop signal this process received (0: none)
+    _saving = False  # a stop checkpoint is being written
+
+    def fit(self, *args, **kwargs):
+        """SpeechBrain's ``fit``, stopping cleanly on SIGINT / SIGTERM.
+
+        The first SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption) lets
+        the update in progress finish (all its micro-batches, with gradient
+        accumulation), saves an intra-epoch checkpoint there, the way the
+        ``ckpt_interval_*`` checkpoints are saved, and raises
+        :class:`TrainingInterrupted`: the rerun of the same command
+        continues from that update (the data loader skips the batches
+        already trained on). A signal during validation stops once the
+        epoch's checkpoint is saved; one during the set-up stops before the
+        first update. A second Ctrl-C stops at once, without saving (the
+        rerun resumes from the last checkpoint).
+
+        Under DDP the decision is shared at every update boundary (one
+        all-reduce of a scalar), so every rank stops after the same update
+        whichever rank got the signal; the Checkpointer writes on rank 0.
+        The handlers are installed in the main thread only, for the
+        duration of ``fit``; the previous ones are restored after it.
+
+        Arguments
+        ---------
+        *args : tuple
+            See ``speechbrain.core.Brain.fit``.
+        **kwargs : dict
+            See ``speechbrain.core.Brain.fit``.
+        """
+        self._stop_signal = 0
+        with self._stop_on_signals():
+            try:
+                super().fit(*args, **kwargs)
+            finally:
+                self._end_guarded_workers()
+            # A signal during the last validation: its checkpoint is saved
+            stop = self._shared_stop_signal()
+        if stop:
+            raise TrainingInterrupted(
+                stop, self._newest_checkpoint(), "the end of training"
+            )
+
+    def make_dataloader(
+        self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs
+    ):
+        """SpeechBrain's data loader; in training and validation its worker
+        processes ignore :data:`STOP_SIGNALS`.
+
+        Ctrl-C and ``kill -TERM -<group>`` reach the workers too; a worker
+        ended by SIGTERM makes PyTorch raise in the main process at any
+        point, even while the stop checkpoint is being written. :meth:`fit`
+        ends these workers itself when it returns or stops (they ignore the
+        SIGTERM with which Python would end them at exit).
+
+        Arguments
+        ---------
+        dataset : Dataset
+            See ``speechbrain.core.Brain.make_dataloader``.
+        stage : sb.Stage
+            The stage.
+        ckpt_prefix : str, None
+            See ``speechbrain.core.Brain.make_dataloader``.
+        **loader_kwargs : dict
+            Data loader options (``num_workers``, ``worker_init_fn`` ...).
+
+        Returns
+        -------
+        DataLoader
+        """
+        guarded = stage != sb.Stage.TEST and loader_kwargs.get("num_workers")
+        if guarded:
+            loader_kwargs["worker_init_fn"] = functools.partial(
+                _worker_ignoring_stop_signals,
+                loader_kwargs.get("worker_init_fn"),
+            )
+        loader = super().make_dataloader(
+            dataset, stage, ckpt_prefix=ckpt_prefix, **loader_kwargs
+        )
+        if guarded:
+            self.__dict__.setdefault("_guarded_loaders", []).append(loader)
+        return loader
+
+    def _end_guarded_workers(self):
+        """Ends the workers of the loaders made by :meth:`make_dataloader`
+        in training (an unfinished epoch leaves them running)."""
+        for loader in self.__dict__.pop("_guarded_loaders", []):
+            iterator = getattr(loader, "_speechbrain_iterator", None)
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()  # PyTorch's own clean end (idempotent)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """Installs :meth:`_on_stop_signal` for :data:`STOP_SIGNALS`."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # Python delivers signals to the main thread only
+            return
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        for s in STOP_SIGNALS:
+            signal.signal(s, self._on_stop_signal)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                # None: a handler installed outside Python; default then
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+    def _on_stop_signal(self, signum, frame):
+        """Records the stop request; a second Ctrl-C stops at once."""
+        if self._stop_signal:
+            # torchrun forwards a SIGTERM after the terminal's SIGINT: only
+            # the same Ctrl-C again means "now", and never mid-save (a
+            # half-written checkpoint would be the one the rerun loads)
+            if signum == self._stop_signal == signal.SIGINT:
+                if not self._saving:
+                    raise TrainingInterrupted(signum, None, self._where())
+            return
+        self._stop_signal = int(signum)
+        logger.warning(
+            "%s received: training stops after the update in progress and "
+            "saves a checkpoint%s.",
+            signal.Signals(signum).name,
+            " (Ctrl-C again: stop at once, without saving)"
+            if signum == signal.SIGINT
+            else "",
+        )
+
+    def _shared_stop_signal(self):
+        """The stop signal of any DDP rank (the largest), else 0; a
+        collective: every rank calls it at the same points."""
+        stop = self._stop_signal
+        if is_distributed_initialized():
+            t = torch.tensor([float(stop)], device=self.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            stop = int(t.item())
+        return stop
+
+    def _where(self):
+        """``epoch 2, batch 3/6``: where training is now."""
+        counter = getattr(self.hparams, "epoch_counter", None)
+        where = f"epoch {getattr(counter, 'current', '?')}"
+        if self._stage == sb.Stage.TRAIN and self.step:
+            total = getattr(self, "batches_per_epoch", None)
+            where += f", batch {self.step}" + (f"/{total}" if total else "")
+        return where
+
+    def _newest_checkpoint(self):
+        """The folder the rerun resumes from (None if none)."""
+        if self.checkpointer is None:
+            return None
+        ckpt = self.checkpointer.find_checkpoint()
+        return None if ckpt is None else str(ckpt.path)
+
+    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
+        """SpeechBrain's interval decision, or a stop signal at an update
+        boundary (after the batch whose optimizer step ends the update)."""
+        self._stopping = 0
+        if self.step % self.grad_accumulation_factor == 0:
+            self._stopping = self._shared_stop_signal()
+        if self._stopping:
+            if self.checkpointer is None:
+                raise TrainingInterrupted(self._stopping, None, self._where())
+            return True  # same on every rank: SpeechBrain's vote skipped
+        return super()._should_save_intra_epoch_ckpt(
+            last_ckpt_time, steps_since_ckpt
+        )
+
+    def _save_intra_epoch_ckpt(self):
+        """SpeechBrain's intra-epoch checkpoint; then, when a signal asked
+        for it, :class:`TrainingInterrupted`."""
+        self._saving = True
+        try:
+            super()._save_intra_epoch_ckpt()
+        finally:
+            self._saving = False
+        if getattr(self, "_stopping", 0):
+            raise TrainingInterrupted(
+                self._stopping, self._newest_checkpoint(), self._where()
+            )
+
+    def on_stage_start(self, stage, epoch=None):
+        """Stops before a training epoch when a signal asked for it (the
+        last checkpoint holds everything trained)."""
+        if stage == sb.Stage.TRAIN:
+            stop = self._shared_stop_signal()
+            if stop:
+                raise TrainingInterrupted(
+                    stop,
+                    self._newest_checkpoint(),
+                    f"the start of epoch {epoch}",
+                )
+        super().on_stage_start(stage, epoch)
+
+
+def _worker_ignoring_stop_signals(init_fn, worker_id):
+    """A data loader worker's start: ignore :data:`STOP_SIGNALS` (the main
+    process decides when to stop), then the loader's own ``init_fn``."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    if init_fn is not None:
+        init_fn(worker_id)
