@@ -8,7 +8,9 @@
   ``prepare_librimix``, ``prepare_wham`` and ``prepare_dataset``: CSV
   manifests of a checked dataset folder.
 - :mod:`speechbrain_s4m.data.dataio`: SpeechBrain datasets from the manifests
-  (``make_datasets``) and dynamic mixing (``dynamic_mixing_dataset``).
+  (``make_datasets``).
+- :mod:`speechbrain_s4m.data.dynamic_mixing`: new training mixtures at every
+  access (``dynamic_mixing_dataset``).
 - :mod:`speechbrain_s4m.data.synthetic`: procedural voices (``voices``) and
   writers of small datasets in the official layouts (``writers``).
 """
