@@ -25,7 +25,9 @@ from hyperpyyaml import load_hyperpyyaml
 
 __all__ = [
     "MODEL_CONFIG_DIR",
+    "GluedValueError",
     "UnknownOverrideError",
+    "check_glued_values",
     "check_overrides",
     "count_parameters",
     "list_model_configs",
@@ -333,3 +335,87 @@ def count_parameters(*modules):
         if isinstance(module, torch.nn.Module):
             seen.update((id(p), p.numel()) for p in module.parameters())
     return sum(seen.values())
+
+
+class GluedValueError(ValueError):
+    """A command-line word that SpeechBrain would glue onto the value of
+    the override before it (``--output_folder X --noprogressbar True``
+    would write into ``"X True"``)."""
+
+
+def check_glued_values(argv):
+    """Raises :class:`GluedValueError` (one line) for a word of ``argv``
+    that is the value of no option.
+
+    SpeechBrain's parser takes its own options (``--device cuda``,
+    ``--noprogressbar``) out of the command line and joins what is left
+    into YAML overrides, so a stray word becomes part of the previous
+    override's value: ``--output_folder X --noprogressbar True`` sets
+    ``output_folder: X True`` (``--noprogressbar`` takes no value). An
+    override takes exactly one word (quote a value with spaces).
+
+    Arguments
+    ---------
+    argv : list of str
+        The command line after the script (hparams file first).
+
+    Example
+    -------
+    >>> check_glued_values(["h.yaml", "--lr", "0.1", "--noprogressbar"])
+    >>> try:
+    ...     check_glued_values(
+    ...         ["h.yaml", "--output_folder", "X", "--noprogressbar", "True"]
+    ...     )
+    ... except GluedValueError as e:
+    ...     print(str(e).split(": ")[0])
+    --noprogressbar takes no value
+    """
+    from speechbrain.utils.run_opts import RunOptions
+
+    parser = RunOptions._create_parser()
+    flags = {
+        o for a in parser._actions if a.nargs == 0 for o in a.option_strings
+    }
+    try:
+        _, rest = parser.parse_known_args(argv)
+    except SystemExit:
+        return  # SpeechBrain's own parser reports it
+    key, words = None, []
+    for word in [*rest, "--"]:  # "--" flushes the last override
+        if not word.startswith("--"):
+            words.append(word)
+            continue
+        allowed = 0 if key is None or "=" in key else 1
+        if len(words) > allowed:
+            raise GluedValueError(
+                _glued_message(argv, key, words, allowed, flags)
+            )
+        key, words = word, []
+
+
+def _glued_message(argv, key, words, allowed, flags):
+    """The one line of :func:`check_glued_values`."""
+    stray = words[allowed]
+    # The word before the stray one in the command line as typed
+    before = None
+    start = argv.index(key) if key in argv else 0
+    for i in range(start + 1, len(argv)):
+        if argv[i] == stray:
+            before = argv[i - 1]
+            break
+    name, _, inline = (key or "").partition("=")
+    glued = " ".join(([inline] if inline else []) + words)
+    target = (
+        f"onto {name}, whose value would be '{glued}'"
+        if key
+        else "into the YAML overrides"
+    )
+    if before in flags:
+        return (
+            f"{before} takes no value: write it alone, without "
+            f"'{stray}' (SpeechBrain would glue '{stray}' {target})"
+        )
+    return (
+        f"'{stray}' is the value of no option: SpeechBrain would glue it "
+        f"{target}; quote a value that has spaces, or remove the word"
+    )

@@ -19,7 +19,6 @@ import shlex
 import signal
 import sys
 
-import ruamel.yaml
 import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import (
@@ -31,10 +30,18 @@ from speechbrain.utils.logger import get_logger
 
 from speechbrain_s4m.brain import NoCheckpointError, Separation
 from speechbrain_s4m.checkpoints import (
+    CheckpointMismatchError,
     CorruptCheckpointError,
     check_checkpoint_files,
+    check_model_matches_checkpoint,
+    latest_checkpoint,
 )
-from speechbrain_s4m.config import UnknownOverrideError, load_hparams
+from speechbrain_s4m.config import (
+    GluedValueError,
+    UnknownOverrideError,
+    check_glued_values,
+    load_hparams,
+)
 from speechbrain_s4m.nnet.schedulers import WarmupDecayScheduler
 from speechbrain_s4m.training.signals import TrainingInterrupted
 from speechbrain_s4m.training_curve import plot_training_curve
@@ -43,34 +50,19 @@ logger = get_logger(__name__)
 
 __all__ = [
     "PREPARE_KEYS",
-    "CheckpointMismatchError",
     "DeviceUnavailableError",
     "check_device",
-    "check_glued_values",
-    "check_model_matches_checkpoint",
     "cpu_has_native_bf16",
     "cpu_precision",
     "dynamic_mixing_train_set",
-    "latest_checkpoint",
     "main",
     "prepare_data",
     "run_recipe",
 ]
 
 
-class CheckpointMismatchError(ValueError):
-    """The model of this run does not fit the checkpoints in its output
-    folder (another model trained there)."""
-
-
 class DeviceUnavailableError(ValueError):
     """The ``--device`` asked for does not exist on this machine."""
-
-
-class GluedValueError(ValueError):
-    """A command-line word that SpeechBrain would glue onto the value of
-    the override before it (``--output_folder X --noprogressbar True``
-    would write into ``"X True"``)."""
 
 
 #: hparams passed to each dataset's preparation function (when present).
@@ -440,84 +432,6 @@ def _leave_process_group():
         torch.distributed.destroy_process_group()
 
 
-def check_glued_values(argv):
-    """Raises :class:`GluedValueError` (one line) for a word of ``argv``
-    that is the value of no option.
-
-    SpeechBrain's parser takes its own options (``--device cuda``,
-    ``--noprogressbar``) out of the command line and joins what is left
-    into YAML overrides, so a stray word becomes part of the previous
-    override's value: ``--output_folder X --noprogressbar True`` sets
-    ``output_folder: X True`` (``--noprogressbar`` takes no value). An
-    override takes exactly one word (quote a value with spaces).
-
-    Arguments
-    ---------
-    argv : list of str
-        The command line after the script (hparams file first).
-
-    Example
-    -------
-    >>> check_glued_values(["h.yaml", "--lr", "0.1", "--noprogressbar"])
-    >>> try:
-    ...     check_glued_values(
-    ...         ["h.yaml", "--output_folder", "X", "--noprogressbar", "True"]
-    ...     )
-    ... except GluedValueError as e:
-    ...     print(str(e).split(": ")[0])
-    --noprogressbar takes no value
-    """
-    from speechbrain.utils.run_opts import RunOptions
-
-    parser = RunOptions._create_parser()
-    flags = {
-        o for a in parser._actions if a.nargs == 0 for o in a.option_strings
-    }
-    try:
-        _, rest = parser.parse_known_args(argv)
-    except SystemExit:
-        return  # SpeechBrain's own parser reports it
-    key, words = None, []
-    for word in [*rest, "--"]:  # "--" flushes the last override
-        if not word.startswith("--"):
-            words.append(word)
-            continue
-        allowed = 0 if key is None or "=" in key else 1
-        if len(words) > allowed:
-            raise GluedValueError(
-                _glued_message(argv, key, words, allowed, flags)
-            )
-        key, words = word, []
-
-
-def _glued_message(argv, key, words, allowed, flags):
-    """The one line of :func:`check_glued_values`."""
-    stray = words[allowed]
-    # The word before the stray one in the command line as typed
-    before = None
-    start = argv.index(key) if key in argv else 0
-    for i in range(start + 1, len(argv)):
-        if argv[i] == stray:
-            before = argv[i - 1]
-            break
-    name, _, inline = (key or "").partition("=")
-    glued = " ".join(([inline] if inline else []) + words)
-    target = (
-        f"onto {name}, whose value would be '{glued}'"
-        if key
-        else "into the YAML overrides"
-    )
-    if before in flags:
-        return (
-            f"{before} takes no value: write it alone, without "
-            f"'{stray}' (SpeechBrain would glue '{stray}' {target})"
-        )
-    return (
-        f"'{stray}' is the value of no option: SpeechBrain would glue it "
-        f"{target}; quote a value that has spaces, or remove the word"
-    )
-
-
 def check_device(device):
     """Raises :class:`DeviceUnavailableError` (one line) if ``device``
     (``cpu``, ``cuda``, ``cuda:N``) is not on this machine: before the
@@ -584,142 +498,6 @@ def _one_checkpoint_interval(hparams, run_opts):
             hparams[other],
         )
     hparams[other] = 0
-
-
-def latest_checkpoint(save_folder):
-    """The newest checkpoint in ``save_folder`` (None if none), as
-    SpeechBrain's ``Checkpointer`` finds it (the one a run resumes from).
-
-    Arguments
-    ---------
-    save_folder : str
-        The run's ``save_folder``.
-
-    Returns
-    -------
-    str or None
-        The checkpoint folder.
-
-    Example
-    -------
-    >>> latest_checkpoint(getfixture("tmp_path")) is None
-    True
-    """
-    if not os.path.isdir(save_folder):  # the Checkpointer would make it
-        return None
-    ckpt = sb.utils.checkpoints.Checkpointer(save_folder).find_checkpoint()
-    return None if ckpt is None else str(ckpt.path)
-
-
-def check_model_matches_checkpoint(hparams, ckpt, record=None):
-    """Raises :class:`CheckpointMismatchError` (one line) if the modules
-    of ``hparams`` cannot load the checkpoint ``ckpt``.
-
-    Compares, for each ``torch.nn.Module`` among the checkpointer's
-    recoverables, the names and shapes of its state with the saved file
-    (``<ckpt>/<name>.ckpt``). Only the tensors' headers are compared
-    (memory-mapped): fast, before any data preparation or training.
-
-    Arguments
-    ---------
-    hparams : dict
-        The run's hparams (``checkpointer``, or ``modules``).
-    ckpt : str
-        A ``CKPT+*`` folder.
-    record : str, None
-        The trained run's ``hyperparams.yaml`` (named in the message).
-
-    Example
-    -------
-    >>> import torch
-    >>> ckpt = getfixture("tmp_path")
-    >>> torch.save(torch.nn.Linear(4, 2).state_dict(), ckpt / "net.ckpt")
-    >>> check_model_matches_checkpoint(
-    ...     {"modules": {"net": torch.nn.Linear(4, 2)}}, ckpt
-    ... )
-    >>> try:
-    ...     check_model_matches_checkpoint(
-    ...         {"modules": {"net": torch.nn.Linear(8, 2)}}, ckpt
-    ...     )
-    ... except CheckpointMismatchError as e:
-    ...     print(str(e).split(": ", 1)[1][:60])
-    net: 'weight' is [2, 4] in the checkpoint, [2, 8] in this mo
-    """
-    checkpointer = hparams.get("checkpointer")
-    modules = getattr(checkpointer, "recoverables", None) or hparams.get(
-        "modules", {}
-    )
-    problems = []
-    for name, module in modules.items():
-        path = os.path.join(ckpt, f"{name}.ckpt")
-        if not isinstance(module, torch.nn.Module) or not os.path.isfile(path):
-            continue
-        saved = torch.load(
-            path, map_location="cpu", weights_only=True, mmap=True
-        )
-        own = module.state_dict()
-        shapes = {k: list(v.shape) for k, v in saved.items()}
-        diff = [
-            f"'{k}' is {shapes[k]} in the checkpoint, {list(v.shape)} in "
-            "this model"
-            for k, v in own.items()
-            if k in shapes and shapes[k] != list(v.shape)
-        ]
-        missing = [k for k in own if k not in shapes]
-        unexpected = [k for k in shapes if k not in own]
-        if missing:
-            diff.append(f"{len(missing)} tensor(s) not in the checkpoint")
-        if unexpected:
-            diff.append(f"{len(unexpected)} checkpoint tensor(s) not here")
-        if diff:
-            more = f" (+{len(diff) - 2} more)" if len(diff) > 2 else ""
-            problems.append(f"{name}: " + "; ".join(diff[:2]) + more)
-    if not problems and record and os.path.isfile(record):
-        problems = _model_settings_differ(record, hparams.get("model"))
-    if problems:
-        where = (
-            f" (its model is recorded in {record})"
-            if record and os.path.isfile(record)
-            else ""
-        )
-        raise CheckpointMismatchError(
-            f"this run's model does not match the checkpoint {ckpt}"
-            f"{where}: "
-            + " | ".join(problems)
-            + ". Use the trained run's model options, or another "
-            "--output_folder."
-        )
-
-
-#: Model keys that change how a model trains, not the trained function.
-TRAINING_ONLY_MODEL_KEYS = ("checkpoint_iterations", "dropout")
-
-
-def _model_settings_differ(record, model):
-    """Differences between the plain settings (numbers, strings) of the
-    ``model`` fragment recorded in ``record`` and this run's ``model``
-    (e.g. ``num_iterations``, which shares weights and so keeps the
-    shapes). Returns a list with at most one message."""
-    if not isinstance(model, dict):
-        return []
-    try:
-        with open(record, encoding="utf-8") as f:
-            recorded = ruamel.yaml.YAML().load(f).get("model")
-    except Exception:  # an unreadable record: the shapes decided
-        return []
-    if not isinstance(recorded, dict):
-        return []
-    plain = (bool, int, float, str)
-    diff = [
-        f"{key}: {recorded[key]} in the trained run, {value} here"
-        for key, value in model.items()
-        if key in recorded
-        and key not in TRAINING_ONLY_MODEL_KEYS
-        and isinstance(value, plain)
-        and isinstance(recorded[key], plain)
-        and recorded[key] != value
-    ]
-    return ["model " + ", ".join(diff)] if diff else []
 
 
 # ----------------------------------------------------------------------

@@ -18,9 +18,10 @@ from test_inference import make_recipe_folder
 from speechbrain_s4m.checkpoints import (
     CorruptCheckpointError,
     check_checkpoint_files,
+    latest_checkpoint,
 )
 from speechbrain_s4m.cli import export_main
-from speechbrain_s4m.recipe import latest_checkpoint, main
+from speechbrain_s4m.recipe import main
 
 
 def truncate(path):
