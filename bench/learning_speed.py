@@ -57,9 +57,10 @@ import numpy as np
 import ruamel.yaml
 import torch
 
-from speechbrain_s4m.benchmark.models import build_model, count_parameters
+from speechbrain_s4m.benchmark.models import build_model
+from speechbrain_s4m.config import count_parameters
 from speechbrain_s4m.data.synthetic import random_speaker, synth_voice
-from speechbrain_s4m.metrics import pit_si_snr_loss, si_snr
+from speechbrain_s4m.losses import pit_si_snr_loss, si_snr
 from speechbrain_s4m.nnet import ssm_aware_optimizer
 from speechbrain_s4m.nnet.schedulers import DECAYS, WarmupDecayScheduler
 
