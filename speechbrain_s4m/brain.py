@@ -11,7 +11,7 @@ override SpeechBrain's training hooks, each in its own module
 (:mod:`speechbrain_s4m.training`): DDP-consistent skipping and stepping,
 stopping on SIGINT / SIGTERM with a checkpoint, and the epoch timer with
 speed and expected time. The test scores and ``test_results.csv`` are a
-:class:`~speechbrain_s4m.metrics.TestReport`.
+:class:`~speechbrain_s4m.results.TestReport`.
 
 Differences from SpeechBrain's own separation recipes (on purpose):
 
@@ -59,17 +59,13 @@ from speechbrain.utils.logger import get_logger
 
 from speechbrain_s4m.checkpoints import check_checkpoint_files
 from speechbrain_s4m.lobes.separator import Separator
-from speechbrain_s4m.metrics import (
-    RESULTS_FILE,
-    TestReport,
-    extra_metric_names,
-    score_test_batch,
-)
+from speechbrain_s4m.metrics import extra_metric_names, score_test_batch
 from speechbrain_s4m.nnet.schedulers import (
     check_lr_scheduler,
     learning_rates,
     scale_learning_rates,
 )
+from speechbrain_s4m.results import RESULTS_FILE, TestReport
 from speechbrain_s4m.training.progress import ProgressReport
 from speechbrain_s4m.training.signals import StopOnSignals
 from speechbrain_s4m.training.steps import ConsistentSteps

@@ -42,15 +42,18 @@ import re
 import sys
 
 import numpy as np
-from ruamel.yaml import YAML, YAMLError
 
-from speechbrain_s4m.config import count_parameters
-from speechbrain_s4m.metrics import ResultsFileError, read_test_results
-from speechbrain_s4m.training_curve import parse_train_log
+from speechbrain_s4m.results import (
+    DEFAULT_BENCH_SECONDS,
+    ResultsError,
+    add_parameters,
+    load_benchmark,
+    load_result_folder,
+    read_train_log,
+)
 
 __all__ = [
     "CompareError",
-    "load_result_folder",
     "mean_ci",
     "paired_comparison",
     "compare_folders",
@@ -61,8 +64,6 @@ __all__ = [
 MAIN_METRICS = ("si-snr_i", "sdr_i")
 #: Optional columns reported when every folder has them.
 OPTIONAL_METRICS = ("si-snr", "sdr", "pesq", "pesq_i", "stoi", "stoi_i")
-#: Benchmark duration (seconds of audio) used by default.
-DEFAULT_BENCH_SECONDS = 4.0
 
 
 class CompareError(Exception):
@@ -148,246 +149,6 @@ def paired_comparison(a, b, confidence=0.95):
     out["a_wins"] = float(np.sum(diff > 0) / n) if diff.size else math.nan
     out["b_wins"] = float(np.sum(diff < 0) / n) if diff.size else math.nan
     out["ties"] = float(np.sum(diff == 0) / n) if diff.size else math.nan
-    return out
-
-
-# ----------------------------------------------------------------------
-# Reading a result folder
-# ----------------------------------------------------------------------
-def read_train_log(path):
-    """Per-epoch validation SI-SNR and training time from a train log (read
-    by :func:`speechbrain_s4m.training_curve.parse_train_log`).
-
-    Arguments
-    ---------
-    path : str
-        The ``train_log.txt``.
-
-    Returns
-    -------
-    dict
-        ``{"epoch": [int], "valid_si_snr": [float], "time": [float] or
-        None}`` (validation SI-SNR in dB, i.e. minus the logged loss; time
-        None unless every epoch line has it).
-    """
-    curve = parse_train_log(path)
-    return {
-        "epoch": curve["epoch"],
-        "valid_si_snr": [-v for v in curve["valid"]],
-        "time": curve["time"],
-    }
-
-
-def model_description(hparams_text):
-    """Model name from a saved ``hyperparams.yaml`` text: the recipe's
-    hparams file (from the header SpeechBrain writes) and the masknet class.
-
-    Arguments
-    ---------
-    hparams_text : str
-        Content of ``hyperparams.yaml``.
-
-    Returns
-    -------
-    dict
-        ``{"hparams": stem or None, "masknet": class name or None,
-        "experiment_name": str or None}``.
-
-    Example
-    -------
-    >>> text = (
-    ...     "# Generated 2026-11-30 from:\\n"
-    ...     "# /x/recipes/WSJ0Mix/separation/hparams/dprnn.yaml\\n"
-    ...     "experiment_name: dprnn\\n"
-    ...     "MaskNet: &id3 !new:speechbrain.lobes.models.dual_path."
-    ...     "Dual_Path_Model\\n"
-    ... )
-    >>> model_description(text)["masknet"], model_description(text)["hparams"]
-    ('Dual_Path_Model', 'dprnn')
-    """
-    # The recipe's file is named in the comment SpeechBrain writes on top
-    m = re.search(
-        r"^# Generated .* from:\s*\n#\s*(\S+\.ya?ml)", hparams_text, re.M
-    )
-    stem = os.path.splitext(os.path.basename(m.group(1)))[0] if m else None
-    try:
-        hparams = YAML().load(hparams_text) or {}
-    except YAMLError:
-        hparams = {}
-    if not hasattr(hparams, "get"):
-        hparams = {}
-    tag = getattr(getattr(hparams.get("MaskNet"), "tag", None), "value", "")
-    name = hparams.get("experiment_name")
-    return {
-        "hparams": stem,
-        "masknet": tag.rsplit(".", 1)[-1] if tag else None,
-        "experiment_name": None if name is None else str(name),
-    }
-
-
-def hparams_parameters(hparams_file):
-    """Parameters of the model a saved ``hyperparams.yaml`` builds.
-
-    Loads the file (without its checkpointer and train logger, which would
-    touch the folders it names) and counts the distinct parameters of its
-    ``modules`` (or of ``Encoder``, ``MaskNet`` and ``Decoder``).
-
-    Arguments
-    ---------
-    hparams_file : str
-        Path of the file.
-
-    Returns
-    -------
-    int
-    """
-    from hyperpyyaml import load_hyperpyyaml
-
-    with open(hparams_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(
-            f,
-            {"checkpointer": None, "train_logger": None},
-            overrides_must_match=False,
-        )
-    modules = hparams.get("modules") or {
-        k: hparams[k] for k in ("Encoder", "MaskNet", "Decoder") if k in hparams
-    }
-    return count_parameters(*modules.values())
-
-
-def _recorded_parameters(folder):
-    """The parameter count SpeechBrain logged in ``log.txt`` (rounded,
-    e.g. ``1.8M``), or None."""
-    path = os.path.join(folder, "log.txt")
-    if not os.path.isfile(path):
-        return None
-    scale = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = re.search(
-                r"Total Number of Parameters: ([0-9.]+)\s*([kKMGB]?)", line
-            )
-            if m:
-                return int(round(float(m.group(1)) * scale[m.group(2)]))
-    return None
-
-
-def load_result_folder(folder):
-    """Reads one recipe output folder.
-
-    Arguments
-    ---------
-    folder : str
-        Holds ``test_results.csv`` and ``hyperparams.yaml`` (and usually
-        ``train_log.txt``).
-
-    Returns
-    -------
-    dict
-        ``folder``, ``ids``, ``scores`` (column -> per-utterance floats),
-        ``hparams`` / ``masknet`` / ``experiment_name`` (see
-        :func:`model_description`), ``params``, ``params_source``,
-        ``curve`` (see :func:`read_train_log`, or None without a log).
-
-    Raises
-    ------
-    CompareError
-        If the folder or its ``test_results.csv`` / ``hyperparams.yaml`` is
-        missing or malformed.
-    """
-    if not os.path.isdir(folder):
-        raise CompareError(f"{folder}: not a folder")
-    results = os.path.join(folder, "test_results.csv")
-    hparams_file = os.path.join(folder, "hyperparams.yaml")
-    for path in (results, hparams_file):
-        if not os.path.isfile(path):
-            raise CompareError(
-                f"{folder}: no {os.path.basename(path)} (expected a recipe "
-                "output folder: hyperparams.yaml, test_results.csv, "
-                "train_log.txt)"
-            )
-    try:
-        ids, scores = read_test_results(results)
-    except ResultsFileError as err:
-        raise CompareError(str(err)) from err
-    except (ValueError, csv.Error) as err:
-        raise CompareError(f"{results}: {err}") from err
-    with open(hparams_file, encoding="utf-8") as f:
-        info = model_description(f.read())
-    log = os.path.join(folder, "train_log.txt")
-    return {
-        "folder": folder,
-        "ids": ids,
-        "scores": scores,
-        **info,
-        "log": log if os.path.isfile(log) else None,
-        "hparams_file": hparams_file,
-    }
-
-
-def _add_parameters(result):
-    """Fills ``params`` / ``params_source`` (loading the modules, else the
-    count SpeechBrain logged)."""
-    try:
-        result["params"] = hparams_parameters(result["hparams_file"])
-        result["params_source"] = "hyperparams.yaml"
-    except Exception as err:  # any failure to build the model
-        result["params"] = _recorded_parameters(result["folder"])
-        result["params_source"] = (
-            "log.txt (rounded)"
-            if result["params"] is not None
-            else f"n/a ({type(err).__name__})"
-        )
-
-
-# ----------------------------------------------------------------------
-# Benchmark
-# ----------------------------------------------------------------------
-def load_benchmark(path, seconds=DEFAULT_BENCH_SECONDS):
-    """GMAC per second of audio and inference time per model from a
-    benchmark JSON (``python -m speechbrain_s4m.benchmark --json``).
-
-    Arguments
-    ---------
-    path : str
-        The JSON file.
-    seconds : float
-        The input duration to read (the nearest one measured is used).
-
-    Returns
-    -------
-    dict
-        ``{model: {"params", "gmac_per_s", "infer_s", "seconds", "device",
-        "threads"}}`` (NaN where not measured).
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            bench = json.load(f)
-        models = bench["models"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CompareError(
-            f"{path}: not a benchmark JSON ({type(err).__name__}: {err})"
-        ) from err
-    config = bench.get("config", {})
-    out = {}
-    for name, entry in models.items():
-        measured = sorted(
-            set(entry.get("macs", {})) | set(entry.get("infer", {})),
-            key=lambda d: abs(float(d) - seconds),
-        )
-        if not measured:
-            continue
-        d = measured[0]
-        macs = entry.get("macs", {}).get(d, {}).get("total")
-        infer = entry.get("infer", {}).get(d, {}).get("median")
-        out[name] = {
-            "params": entry.get("params"),
-            "seconds": float(d),
-            "gmac_per_s": macs / float(d) / 1e9 if macs else math.nan,
-            "infer_s": float(infer) if infer is not None else math.nan,
-            "device": config.get("device"),
-            "threads": config.get("threads"),
-        }
     return out
 
 
@@ -493,7 +254,7 @@ def compare_folders(
             m: [r["scores"].get(m, [math.nan] * len(r["ids"]))[i] for i in rows]
             for m in metrics
         }
-        _add_parameters(r)
+        add_parameters(r)
         curve = read_train_log(r["log"]) if r["log"] else None
         times = curve["time"] if curve else None
         model = {
@@ -884,7 +645,7 @@ def main(argv=None, prog="s4m-compare"):
         comparison = compare_folders(
             args.folders, args.benchmark, args.intersect, args.bench_seconds
         )
-    except CompareError as err:
+    except (CompareError, ResultsError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     for gap in comparison["dropped"]:

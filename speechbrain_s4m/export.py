@@ -41,7 +41,7 @@ from speechbrain_s4m.inference.loading import (
     ModelFolderError,
     ModelNotFoundError,
 )
-from speechbrain_s4m.metrics import RESULTS_FILE, read_test_results
+from speechbrain_s4m.results import RESULTS_FILE, read_test_results
 
 #: What to do when a file of the checkpoint to export does not read.
 EXPORT_ADVICE = (
@@ -141,7 +141,7 @@ def find_best_checkpoint(save_folder, min_key="si-snr"):
 
 def results_averages(path):
     """The averages of a recipe's ``test_results.csv`` (read by
-    :func:`speechbrain_s4m.metrics.read_test_results`), for the model card.
+    :func:`speechbrain_s4m.results.read_test_results`), for the model card.
 
     Arguments
     ---------

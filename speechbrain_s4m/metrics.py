@@ -1,11 +1,8 @@
-"""Test-stage scores of separation and their report, ``test_results.csv``.
+"""Test-stage scores of separation.
 
 Per-utterance SI-SNR(i) (under the PIT permutation of the training loss,
-:mod:`speechbrain_s4m.losses`), SDR(i) and optional PESQ / STOI, and the
-one owner of the results file: :class:`TestReport` writes it (one row per
-utterance, an ``avg`` row, a ``notes`` column) and
-:func:`read_test_results` reads it (the Brain, ``s4m-export`` and
-``s4m-compare`` all go through these two).
+:mod:`speechbrain_s4m.losses`), SDR(i) and optional PESQ / STOI; their file,
+``test_results.csv``, is :class:`speechbrain_s4m.results.TestReport`.
 
 SDR is BSS-eval v3 SDR (as ``mir_eval.separation.bss_eval_sources``, 512-tap
 distortion filter) computed with ``fast_bss_eval``.
@@ -22,26 +19,18 @@ Authors
  * speechbrain-s4m contributors 2026
 """
 
-import csv
 import math
 
 import numpy as np
 import torch
-from speechbrain.utils.logger import get_logger
 
 from speechbrain_s4m.losses import _absolute_lengths, pit_si_snr_loss, si_snr
 
-logger = get_logger(__name__)
-
 __all__ = [
-    "RESULTS_FILE",
-    "ResultsFileError",
-    "TestReport",
     "UtteranceScores",
     "average_scores",
     "extra_metric_names",
     "extra_scores",
-    "read_test_results",
     "score_columns",
     "score_test_batch",
     "separation_scores",
@@ -412,242 +401,6 @@ def average_scores(utterances, columns=None):
         n_scored[key] = len(values)
         avg[key] = float(np.mean(values)) if values else None
     return avg, n_scored
-
-
-# ----------------------------------------------------------------------
-# The results file: one writer (TestReport), one reader
-# ----------------------------------------------------------------------
-#: The results file of a recipe run, in its ``output_folder``.
-RESULTS_FILE = "test_results.csv"
-#: The last column of the results file: why cells of a row are empty.
-NOTES_COLUMN = "notes"
-
-
-class ResultsFileError(ValueError):
-    """A file that is not a ``test_results.csv``."""
-
-
-class TestReport:
-    """The scores of a test run and their file, ``test_results.csv``.
-
-    Columns: ``snt_id``, the scores of :func:`score_columns` and ``notes``
-    (why cells of the row are empty); one row per utterance, then an
-    ``avg`` row: each score averaged over the utterances where it is
-    defined, and in ``notes`` how many utterances were not fully scored.
-    SpeechBrain's recipes write the same file without ``notes`` (and
-    without empty cells: they stop on an utterance they cannot score).
-
-    Arguments
-    ---------
-    extra_metrics : tuple of str
-        The optional metrics scored (see :func:`extra_metric_names`).
-
-    Example
-    -------
-    >>> import os, tempfile
-    >>> nan = float("nan")
-    >>> report = TestReport()
-    >>> report.add(
-    ...     [
-    ...         UtteranceScores("a", dict.fromkeys(SCORE_NAMES, 1.0), []),
-    ...         UtteranceScores(
-    ...             "b",
-    ...             {"sdr": nan, "sdr_i": nan, "si-snr": 3.0, "si-snr_i": 2.0},
-    ...             ["short"],
-    ...         ),
-    ...     ]
-    ... )
-    >>> path = os.path.join(tempfile.mkdtemp(), RESULTS_FILE)
-    >>> summary = report.write(path)
-    >>> summary["si-snr_i"], summary["n"], summary["n_incomplete"]
-    (1.5, 2, 1)
-    >>> print(open(path).read().strip())  # doctest: +NORMALIZE_WHITESPACE
-    snt_id,sdr,sdr_i,si-snr,si-snr_i,notes
-    a,1.0,1.0,1.0,1.0,
-    b,,,3.0,2.0,short
-    avg,1.0,1.0,2.0,1.5,mean over the utterances where each metric is
-    defined; 1 of 2 utterances not fully scored
-    >>> ids, columns = read_test_results(path)
-    >>> ids, columns["si-snr_i"]
-    (['a', 'b'], [1.0, 2.0])
-    """
-
-    __test__ = False  # not a pytest test class despite its name
-
-    def __init__(self, extra_metrics=()):
-        self.extra_metrics = tuple(extra_metrics)
-        self.utterances = []
-
-    @property
-    def scores(self):
-        """The score columns (after ``snt_id``)."""
-        return score_columns(self.extra_metrics)
-
-    @property
-    def columns(self):
-        """Every column of the file."""
-        return ["snt_id", *self.scores, NOTES_COLUMN]
-
-    @property
-    def incomplete(self):
-        """Ids of the utterances with an undefined metric."""
-        return [u.snt_id for u in self.utterances if not u.complete]
-
-    def add(self, utterances):
-        """Adds scored utterances (from :func:`score_test_batch`); warns
-        about each one that is not fully scored.
-
-        Arguments
-        ---------
-        utterances : list of UtteranceScores
-            The scored utterances.
-        """
-        for utt in utterances:
-            self.utterances.append(utt)
-            if not utt.complete:
-                logger.warning(
-                    "Test utterance %s: some metrics are undefined (%s); "
-                    "its row of %s has empty cells there.",
-                    utt.snt_id,
-                    "; ".join(utt.problems) or "non-finite value",
-                    RESULTS_FILE,
-                )
-
-    def rows(self):
-        """The rows of the file (the ``avg`` row last).
-
-        Returns
-        -------
-        rows : list of dict
-            Column -> value (None: an empty cell).
-        n_scored : dict
-            Score column -> number of utterances where it is defined.
-        """
-        rows = []
-        for utt in self.utterances:
-            row = utt.row()
-            row[NOTES_COLUMN] = "; ".join(utt.problems)
-            rows.append(row)
-        avg, n_scored = average_scores(self.utterances, self.scores)
-        note = "mean over the utterances where each metric is defined"
-        if self.incomplete:
-            note += (
-                f"; {len(self.incomplete)} of {len(self.utterances)} "
-                "utterances not fully scored"
-            )
-        avg[NOTES_COLUMN] = note
-        return rows + [avg], n_scored
-
-    def summary(self):
-        """The ``avg`` row as numbers: each score column (NaN where no
-        utterance was scored), ``n`` (utterances) and ``n_incomplete``."""
-        avg, _ = average_scores(self.utterances, self.scores)
-        out = {k: math.nan if avg[k] is None else avg[k] for k in self.scores}
-        out.update(n=len(self.utterances), n_incomplete=len(self.incomplete))
-        return out
-
-    def write(self, path):
-        """Writes the file and logs the averages.
-
-        Arguments
-        ---------
-        path : str
-            The file to write (``<output_folder>/test_results.csv``).
-
-        Returns
-        -------
-        dict
-            :meth:`summary`.
-        """
-        rows, n_scored = self.rows()
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        logger.info("Test results written to %s", path)
-        self.log(rows[-1], n_scored)
-        return self.summary()
-
-    def log(self, avg, n_scored):
-        """Logs the averages, and the utterances not fully scored."""
-
-        def fmt(key, unit=" dB"):
-            value = avg.get(key)
-            return "n/a" if value is None else f"{value:.2f}{unit}"
-
-        text = (
-            f"SI-SNR {fmt('si-snr')}, SI-SNRi {fmt('si-snr_i')}, "
-            f"SDR {fmt('sdr')}, SDRi {fmt('sdr_i')}"
-        )
-        for name in self.extra_metrics:
-            text += f", {name.upper()} {fmt(name, '')}"
-            text += f" ({name.upper()}i {fmt(name + '_i', '')})"
-        n, incomplete = len(self.utterances), self.incomplete
-        logger.info("Test (%d utterances): %s", n, text)
-        if incomplete:
-            more = len(incomplete) - 10
-            logger.warning(
-                "%d of %d test utterances could not be scored on every "
-                "metric (%s%s): their empty cells are left out of the "
-                "averages (scored per metric: %s).",
-                len(incomplete),
-                n,
-                ", ".join(incomplete[:10]),
-                f" and {more} more" if more > 0 else "",
-                ", ".join(f"{k} {v}" for k, v in n_scored.items()),
-            )
-
-
-def _float_cell(text):
-    """A CSV cell as a float; an empty cell (unscored) is NaN."""
-    text = (text or "").strip()
-    return float(text) if text else math.nan
-
-
-def read_test_results(path):
-    """Reads a ``test_results.csv`` (ours, or SpeechBrain's recipes').
-
-    Arguments
-    ---------
-    path : str
-        The file.
-
-    Returns
-    -------
-    ids : list of str
-        The utterances, in file order (without ``avg``).
-    columns : dict
-        Column -> per-utterance floats (NaN for an empty cell); text
-        columns (``notes``) are left out.
-
-    Raises
-    ------
-    ResultsFileError
-        No ``snt_id`` / ``si-snr_i`` column, no utterance, or repeated ids.
-    """
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        rows = [r for r in reader if r.get("snt_id") != "avg"]
-    if "snt_id" not in fields or "si-snr_i" not in fields:
-        raise ResultsFileError(
-            f"{path}: not a {RESULTS_FILE} (needs the columns snt_id and "
-            f"si-snr_i; has {', '.join(fields) or 'none'})"
-        )
-    if not rows:
-        raise ResultsFileError(f"{path}: no test utterance (only a header)")
-    ids = [r["snt_id"] for r in rows]
-    if len(set(ids)) != len(ids):
-        raise ResultsFileError(f"{path}: repeated utterance ids")
-    columns = {}
-    for key in fields:
-        if key in ("snt_id", NOTES_COLUMN):
-            continue
-        try:
-            columns[key] = [_float_cell(r.get(key)) for r in rows]
-        except ValueError:
-            continue  # another text column
-    return ids, columns
 
 
 def _utterances(estimate, target, mixture, lengths):

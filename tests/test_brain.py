@@ -291,7 +291,7 @@ def test_epoch_lines_record_time_and_throughput(tmp_path):
         assert rate * t == pytest.approx(4, rel=0.05)
     assert "train time: " in log_lines(tmp_path)[0]
 
-    from speechbrain_s4m.compare import read_train_log
+    from speechbrain_s4m.results import read_train_log
 
     read = read_train_log(tmp_path / "train_log.txt")
     assert read["time"] == curve["time"]

@@ -376,11 +376,8 @@ def test_report_writes_and_reads_empty_cells(tmp_path):
     it (empty cells are NaN, notes are text)."""
     import csv
 
-    from speechbrain_s4m.metrics import (
-        TestReport,
-        read_test_results,
-        score_test_batch,
-    )
+    from speechbrain_s4m.metrics import score_test_batch
+    from speechbrain_s4m.results import TestReport, read_test_results
 
     g = torch.Generator().manual_seed(10)
     tgt = torch.randn(3, 1000, 2, generator=g)

@@ -1,0 +1,518 @@
+"""Results of a recipe run: the results file and the output folder.
+
+One owner per artefact: :class:`TestReport` writes ``test_results.csv``
+(the Brain's test stage) and :func:`read_test_results` reads it back
+(``s4m-export``, ``s4m-compare``); :func:`load_result_folder` reads an
+output folder (results, the model in ``hyperparams.yaml``, the train log
+through :func:`speechbrain_s4m.training_curve.parse_train_log`) and
+:func:`load_benchmark` a benchmark JSON, for ``s4m-compare``.
+
+Authors
+ * speechbrain-s4m contributors 2026
+"""
+
+import csv
+import json
+import math
+import os
+import re
+
+from ruamel.yaml import YAML, YAMLError
+from speechbrain.utils.logger import get_logger
+
+from speechbrain_s4m.config import count_parameters
+from speechbrain_s4m.metrics import (
+    average_scores,
+    score_columns,
+)
+from speechbrain_s4m.training_curve import parse_train_log
+
+logger = get_logger(__name__)
+
+__all__ = [
+    "DEFAULT_BENCH_SECONDS",
+    "RESULTS_FILE",
+    "ResultsError",
+    "TestReport",
+    "add_parameters",
+    "load_benchmark",
+    "load_result_folder",
+    "model_description",
+    "read_test_results",
+    "read_train_log",
+]
+
+#: Benchmark duration (seconds of audio) used by default.
+DEFAULT_BENCH_SECONDS = 4.0
+
+
+#: The results file of a recipe run, in its ``output_folder``.
+RESULTS_FILE = "test_results.csv"
+#: The last column of the results file: why cells of a row are empty.
+NOTES_COLUMN = "notes"
+
+
+class ResultsError(ValueError):
+    """A result folder, results file or benchmark JSON that does not read
+    (one line)."""
+
+
+class TestReport:
+    """The scores of a test run and their file, ``test_results.csv``.
+
+    Columns: ``snt_id``, the scores of :func:`score_columns` and ``notes``
+    (why cells of the row are empty); one row per utterance, then an
+    ``avg`` row: each score averaged over the utterances where it is
+    defined, and in ``notes`` how many utterances were not fully scored.
+    SpeechBrain's recipes write the same file without ``notes`` (and
+    without empty cells: they stop on an utterance they cannot score).
+
+    Arguments
+    ---------
+    extra_metrics : tuple of str
+        The optional metrics scored (see :func:`extra_metric_names`).
+
+    Example
+    -------
+    >>> import os, tempfile
+    >>> from speechbrain_s4m.metrics import SCORE_NAMES, UtteranceScores
+    >>> nan = float("nan")
+    >>> report = TestReport()
+    >>> report.add(
+    ...     [
+    ...         UtteranceScores("a", dict.fromkeys(SCORE_NAMES, 1.0), []),
+    ...         UtteranceScores(
+    ...             "b",
+    ...             {"sdr": nan, "sdr_i": nan, "si-snr": 3.0, "si-snr_i": 2.0},
+    ...             ["short"],
+    ...         ),
+    ...     ]
+    ... )
+    >>> path = os.path.join(tempfile.mkdtemp(), RESULTS_FILE)
+    >>> summary = report.write(path)
+    >>> summary["si-snr_i"], summary["n"], summary["n_incomplete"]
+    (1.5, 2, 1)
+    >>> print(open(path).read().strip())  # doctest: +NORMALIZE_WHITESPACE
+    snt_id,sdr,sdr_i,si-snr,si-snr_i,notes
+    a,1.0,1.0,1.0,1.0,
+    b,,,3.0,2.0,short
+    avg,1.0,1.0,2.0,1.5,mean over the utterances where each metric is
+    defined; 1 of 2 utterances not fully scored
+    >>> ids, columns = read_test_results(path)
+    >>> ids, columns["si-snr_i"]
+    (['a', 'b'], [1.0, 2.0])
+    """
+
+    __test__ = False  # not a pytest test class despite its name
+
+    def __init__(self, extra_metrics=()):
+        self.extra_metrics = tuple(extra_metrics)
+        self.utterances = []
+
+    @property
+    def scores(self):
+        """The score columns (after ``snt_id``)."""
+        return score_columns(self.extra_metrics)
+
+    @property
+    def columns(self):
+        """Every column of the file."""
+        return ["snt_id", *self.scores, NOTES_COLUMN]
+
+    @property
+    def incomplete(self):
+        """Ids of the utterances with an undefined metric."""
+        return [u.snt_id for u in self.utterances if not u.complete]
+
+    def add(self, utterances):
+        """Adds scored utterances (from :func:`score_test_batch`); warns
+        about each one that is not fully scored.
+
+        Arguments
+        ---------
+        utterances : list of UtteranceScores
+            The scored utterances.
+        """
+        for utt in utterances:
+            self.utterances.append(utt)
+            if not utt.complete:
+                logger.warning(
+                    "Test utterance %s: some metrics are undefined (%s); "
+                    "its row of %s has empty cells there.",
+                    utt.snt_id,
+                    "; ".join(utt.problems) or "non-finite value",
+                    RESULTS_FILE,
+                )
+
+    def rows(self):
+        """The rows of the file (the ``avg`` row last).
+
+        Returns
+        -------
+        rows : list of dict
+            Column -> value (None: an empty cell).
+        n_scored : dict
+            Score column -> number of utterances where it is defined.
+        """
+        rows = []
+        for utt in self.utterances:
+            row = utt.row()
+            row[NOTES_COLUMN] = "; ".join(utt.problems)
+            rows.append(row)
+        avg, n_scored = average_scores(self.utterances, self.scores)
+        note = "mean over the utterances where each metric is defined"
+        if self.incomplete:
+            note += (
+                f"; {len(self.incomplete)} of {len(self.utterances)} "
+                "utterances not fully scored"
+            )
+        avg[NOTES_COLUMN] = note
+        return rows + [avg], n_scored
+
+    def summary(self):
+        """The ``avg`` row as numbers: each score column (NaN where no
+        utterance was scored), ``n`` (utterances) and ``n_incomplete``."""
+        avg, _ = average_scores(self.utterances, self.scores)
+        out = {k: math.nan if avg[k] is None else avg[k] for k in self.scores}
+        out.update(n=len(self.utterances), n_incomplete=len(self.incomplete))
+        return out
+
+    def write(self, path):
+        """Writes the file and logs the averages.
+
+        Arguments
+        ---------
+        path : str
+            The file to write (``<output_folder>/test_results.csv``).
+
+        Returns
+        -------
+        dict
+            :meth:`summary`.
+        """
+        rows, n_scored = self.rows()
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        logger.info("Test results written to %s", path)
+        self.log(rows[-1], n_scored)
+        return self.summary()
+
+    def log(self, avg, n_scored):
+        """Logs the averages, and the utterances not fully scored."""
+
+        def fmt(key, unit=" dB"):
+            value = avg.get(key)
+            return "n/a" if value is None else f"{value:.2f}{unit}"
+
+        text = (
+            f"SI-SNR {fmt('si-snr')}, SI-SNRi {fmt('si-snr_i')}, "
+            f"SDR {fmt('sdr')}, SDRi {fmt('sdr_i')}"
+        )
+        for name in self.extra_metrics:
+            text += f", {name.upper()} {fmt(name, '')}"
+            text += f" ({name.upper()}i {fmt(name + '_i', '')})"
+        n, incomplete = len(self.utterances), self.incomplete
+        logger.info("Test (%d utterances): %s", n, text)
+        if incomplete:
+            more = len(incomplete) - 10
+            logger.warning(
+                "%d of %d test utterances could not be scored on every "
+                "metric (%s%s): their empty cells are left out of the "
+                "averages (scored per metric: %s).",
+                len(incomplete),
+                n,
+                ", ".join(incomplete[:10]),
+                f" and {more} more" if more > 0 else "",
+                ", ".join(f"{k} {v}" for k, v in n_scored.items()),
+            )
+
+
+def _float_cell(text):
+    """A CSV cell as a float; an empty cell (unscored) is NaN."""
+    text = (text or "").strip()
+    return float(text) if text else math.nan
+
+
+def read_test_results(path):
+    """Reads a ``test_results.csv`` (ours, or SpeechBrain's recipes').
+
+    Arguments
+    ---------
+    path : str
+        The file.
+
+    Returns
+    -------
+    ids : list of str
+        The utterances, in file order (without ``avg``).
+    columns : dict
+        Column -> per-utterance floats (NaN for an empty cell); text
+        columns (``notes``) are left out.
+
+    Raises
+    ------
+    ResultsError
+        No ``snt_id`` / ``si-snr_i`` column, no utterance, or repeated ids.
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if r.get("snt_id") != "avg"]
+    if "snt_id" not in fields or "si-snr_i" not in fields:
+        raise ResultsError(
+            f"{path}: not a {RESULTS_FILE} (needs the columns snt_id and "
+            f"si-snr_i; has {', '.join(fields) or 'none'})"
+        )
+    if not rows:
+        raise ResultsError(f"{path}: no test utterance (only a header)")
+    ids = [r["snt_id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ResultsError(f"{path}: repeated utterance ids")
+    columns = {}
+    for key in fields:
+        if key in ("snt_id", NOTES_COLUMN):
+            continue
+        try:
+            columns[key] = [_float_cell(r.get(key)) for r in rows]
+        except ValueError:
+            continue  # another text column
+    return ids, columns
+
+
+# ----------------------------------------------------------------------
+# An output folder, and a benchmark JSON
+# ----------------------------------------------------------------------
+def read_train_log(path):
+    """Per-epoch validation SI-SNR and training time from a train log (read
+    by :func:`speechbrain_s4m.training_curve.parse_train_log`).
+
+    Arguments
+    ---------
+    path : str
+        The ``train_log.txt``.
+
+    Returns
+    -------
+    dict
+        ``{"epoch": [int], "valid_si_snr": [float], "time": [float] or
+        None}`` (validation SI-SNR in dB, i.e. minus the logged loss; time
+        None unless every epoch line has it).
+    """
+    curve = parse_train_log(path)
+    return {
+        "epoch": curve["epoch"],
+        "valid_si_snr": [-v for v in curve["valid"]],
+        "time": curve["time"],
+    }
+
+
+def model_description(hparams_text):
+    """Model name from a saved ``hyperparams.yaml`` text: the recipe's
+    hparams file (from the header SpeechBrain writes) and the masknet class.
+
+    Arguments
+    ---------
+    hparams_text : str
+        Content of ``hyperparams.yaml``.
+
+    Returns
+    -------
+    dict
+        ``{"hparams": stem or None, "masknet": class name or None,
+        "experiment_name": str or None}``.
+
+    Example
+    -------
+    >>> text = (
+    ...     "# Generated 2026-11-30 from:\\n"
+    ...     "# /x/recipes/WSJ0Mix/separation/hparams/dprnn.yaml\\n"
+    ...     "experiment_name: dprnn\\n"
+    ...     "MaskNet: &id3 !new:speechbrain.lobes.models.dual_path."
+    ...     "Dual_Path_Model\\n"
+    ... )
+    >>> model_description(text)["masknet"], model_description(text)["hparams"]
+    ('Dual_Path_Model', 'dprnn')
+    """
+    # The recipe's file is named in the comment SpeechBrain writes on top
+    m = re.search(
+        r"^# Generated .* from:\s*\n#\s*(\S+\.ya?ml)", hparams_text, re.M
+    )
+    stem = os.path.splitext(os.path.basename(m.group(1)))[0] if m else None
+    try:
+        hparams = YAML().load(hparams_text) or {}
+    except YAMLError:
+        hparams = {}
+    if not hasattr(hparams, "get"):
+        hparams = {}
+    tag = getattr(getattr(hparams.get("MaskNet"), "tag", None), "value", "")
+    name = hparams.get("experiment_name")
+    return {
+        "hparams": stem,
+        "masknet": tag.rsplit(".", 1)[-1] if tag else None,
+        "experiment_name": None if name is None else str(name),
+    }
+
+
+def hparams_parameters(hparams_file):
+    """Parameters of the model a saved ``hyperparams.yaml`` builds.
+
+    Loads the file (without its checkpointer and train logger, which would
+    touch the folders it names) and counts the distinct parameters of its
+    ``modules`` (or of ``Encoder``, ``MaskNet`` and ``Decoder``).
+
+    Arguments
+    ---------
+    hparams_file : str
+        Path of the file.
+
+    Returns
+    -------
+    int
+    """
+    from hyperpyyaml import load_hyperpyyaml
+
+    with open(hparams_file, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(
+            f,
+            {"checkpointer": None, "train_logger": None},
+            overrides_must_match=False,
+        )
+    modules = hparams.get("modules") or {
+        k: hparams[k] for k in ("Encoder", "MaskNet", "Decoder") if k in hparams
+    }
+    return count_parameters(*modules.values())
+
+
+def _recorded_parameters(folder):
+    """The parameter count SpeechBrain logged in ``log.txt`` (rounded,
+    e.g. ``1.8M``), or None."""
+    path = os.path.join(folder, "log.txt")
+    if not os.path.isfile(path):
+        return None
+    scale = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = re.search(
+                r"Total Number of Parameters: ([0-9.]+)\s*([kKMGB]?)", line
+            )
+            if m:
+                return int(round(float(m.group(1)) * scale[m.group(2)]))
+    return None
+
+
+def load_result_folder(folder):
+    """Reads one recipe output folder.
+
+    Arguments
+    ---------
+    folder : str
+        Holds ``test_results.csv`` and ``hyperparams.yaml`` (and usually
+        ``train_log.txt``).
+
+    Returns
+    -------
+    dict
+        ``folder``, ``ids``, ``scores`` (column -> per-utterance floats),
+        ``hparams`` / ``masknet`` / ``experiment_name`` (see
+        :func:`model_description`), ``params``, ``params_source``,
+        ``curve`` (see :func:`read_train_log`, or None without a log).
+
+    Raises
+    ------
+    ResultsError
+        If the folder or its ``test_results.csv`` / ``hyperparams.yaml`` is
+        missing or malformed.
+    """
+    if not os.path.isdir(folder):
+        raise ResultsError(f"{folder}: not a folder")
+    results = os.path.join(folder, "test_results.csv")
+    hparams_file = os.path.join(folder, "hyperparams.yaml")
+    for path in (results, hparams_file):
+        if not os.path.isfile(path):
+            raise ResultsError(
+                f"{folder}: no {os.path.basename(path)} (expected a recipe "
+                "output folder: hyperparams.yaml, test_results.csv, "
+                "train_log.txt)"
+            )
+    try:
+        ids, scores = read_test_results(results)
+    except ResultsError:
+        raise  # names the file already
+    except (ValueError, csv.Error) as err:
+        raise ResultsError(f"{results}: {err}") from err
+    with open(hparams_file, encoding="utf-8") as f:
+        info = model_description(f.read())
+    log = os.path.join(folder, "train_log.txt")
+    return {
+        "folder": folder,
+        "ids": ids,
+        "scores": scores,
+        **info,
+        "log": log if os.path.isfile(log) else None,
+        "hparams_file": hparams_file,
+    }
+
+
+def add_parameters(result):
+    """Fills ``params`` / ``params_source`` (loading the modules, else the
+    count SpeechBrain logged)."""
+    try:
+        result["params"] = hparams_parameters(result["hparams_file"])
+        result["params_source"] = "hyperparams.yaml"
+    except Exception as err:  # any failure to build the model
+        result["params"] = _recorded_parameters(result["folder"])
+        result["params_source"] = (
+            "log.txt (rounded)"
+            if result["params"] is not None
+            else f"n/a ({type(err).__name__})"
+        )
+
+
+def load_benchmark(path, seconds=DEFAULT_BENCH_SECONDS):
+    """GMAC per second of audio and inference time per model from a
+    benchmark JSON (``python -m speechbrain_s4m.benchmark --json``).
+
+    Arguments
+    ---------
+    path : str
+        The JSON file.
+    seconds : float
+        The input duration to read (the nearest one measured is used).
+
+    Returns
+    -------
+    dict
+        ``{model: {"params", "gmac_per_s", "infer_s", "seconds", "device",
+        "threads"}}`` (NaN where not measured).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            bench = json.load(f)
+        models = bench["models"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ResultsError(
+            f"{path}: not a benchmark JSON ({type(err).__name__}: {err})"
+        ) from err
+    config = bench.get("config", {})
+    out = {}
+    for name, entry in models.items():
+        measured = sorted(
+            set(entry.get("macs", {})) | set(entry.get("infer", {})),
+            key=lambda d: abs(float(d) - seconds),
+        )
+        if not measured:
+            continue
+        d = measured[0]
+        macs = entry.get("macs", {}).get(d, {}).get("total")
+        infer = entry.get("infer", {}).get(d, {}).get("median")
+        out[name] = {
+            "params": entry.get("params"),
+            "seconds": float(d),
+            "gmac_per_s": macs / float(d) / 1e9 if macs else math.nan,
+            "infer_s": float(infer) if infer is not None else math.nan,
+            "device": config.get("device"),
+            "threads": config.get("threads"),
+        }
+    return out
