@@ -13,32 +13,10 @@ stopping on SIGINT / SIGTERM with a checkpoint, and the epoch timer with
 speed and expected time. The test scores and ``test_results.csv`` are a
 :class:`~speechbrain_s4m.results.TestReport`.
 
-Differences from SpeechBrain's own separation recipes (on purpose):
-
-* the forward pass goes through ``self.modules.*`` (the DDP-wrapped
-  modules), so that multi-GPU replicas really synchronise;
-* the data pipeline crops the training signals (``training_signal_len``)
-  and provides the noise of noisy mixtures (``noise_sig``), so the Brain
-  does neither;
-* nothing calls ``reset_parameters()`` on the modules before training (the
-  modules' own initialisation, e.g. S4's, is kept);
-* the training loss masks the padding of batches (SI-SNR over the real
-  length of each utterance, kept right through speed perturbation); a
-  batch is skipped on every replica at once (loss thresholding,
-  ``loss_upper_lim``, non-finite losses or gradients), and gradient
-  clipping covers every parameter group
-  (:class:`~speechbrain_s4m.training.steps.ConsistentSteps`);
-* learning-rate annealing scales every parameter group by the same factor;
-* the test set is read once: per-utterance SI-SNR(i) and SDR(i) (and PESQ,
-  STOI with ``extra_metrics``) are computed while evaluating; an utterance
-  that cannot be scored on some metric gets empty cells and a warning
-  instead of stopping the test stage; the best checkpoint must exist
-  (``--test_only`` on an empty output folder is an error, not a score of
-  random weights);
-* the logs name the logged quantity ``loss`` (the negative SI-SNR in dB),
-  and each epoch line has both learning rates (main and S4 groups), the
-  skipped batches, the training time and the training mixtures per
-  second.
+What it does differently from SpeechBrain's recipes (DDP that really
+synchronises, masked SI-SNR, consistent skipping, clipping and annealing of
+every parameter group, never-failing test scoring, a required checkpoint)
+is listed in ``docs/training.md``; each place says so in a comment.
 
 Authors
  * speechbrain-s4m contributors 2026
