@@ -31,7 +31,6 @@ import torch
 from speechbrain.nnet.schedulers import ReduceLROnPlateau
 from speechbrain.utils.distributed import (
     if_main_process,
-    is_distributed_initialized,
 )
 from speechbrain.utils.logger import get_logger
 
@@ -46,7 +45,7 @@ from speechbrain_s4m.nnet.schedulers import (
 from speechbrain_s4m.results import RESULTS_FILE, TestReport
 from speechbrain_s4m.training.progress import ProgressReport
 from speechbrain_s4m.training.signals import StopOnSignals
-from speechbrain_s4m.training.steps import ConsistentSteps
+from speechbrain_s4m.training.steps import ConsistentSteps, over_replicas
 
 logger = get_logger(__name__)
 
@@ -462,11 +461,7 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
         """Skipped batches, training time and mixtures per second (summed
         over the DDP replicas) of the epoch that ends."""
         elapsed = self.epoch_seconds()
-        samples = self.train_samples
-        if is_distributed_initialized():
-            t = torch.tensor([float(samples)], device=self.device)
-            torch.distributed.all_reduce(t)
-            samples = int(t.item())
+        samples = over_replicas([self.train_samples], self.device, "sum")[0]
         return {
             "skipped": self.skipped_batches,
             "time": elapsed,

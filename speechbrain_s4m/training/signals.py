@@ -17,9 +17,9 @@ import signal
 import threading
 
 import speechbrain as sb
-import torch
-from speechbrain.utils.distributed import is_distributed_initialized
 from speechbrain.utils.logger import get_logger
+
+from speechbrain_s4m.training.steps import over_replicas
 
 logger = get_logger(__name__)
 
@@ -208,12 +208,7 @@ class StopOnSignals:
     def _shared_stop_signal(self):
         """The stop signal of any DDP rank (the largest), else 0; a
         collective: every rank calls it at the same points."""
-        stop = self._stop_signal
-        if is_distributed_initialized():
-            t = torch.tensor([float(stop)], device=self.device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            stop = int(t.item())
-        return stop
+        return int(over_replicas([self._stop_signal], self.device)[0])
 
     def _where(self):
         """``epoch 2, batch 3/6``: where training is now."""

@@ -25,7 +25,12 @@ from speechbrain_s4m.nnet.schedulers import WarmupDecayScheduler
 
 logger = get_logger(__name__)
 
-__all__ = ["NONFINITE_LOSS", "ConsistentSteps", "NonFiniteLossError"]
+__all__ = [
+    "NONFINITE_LOSS",
+    "ConsistentSteps",
+    "NonFiniteLossError",
+    "over_replicas",
+]
 
 #: The skip reason of a batch whose loss is not finite.
 NONFINITE_LOSS = "non-finite loss"
@@ -33,6 +38,25 @@ NONFINITE_LOSS = "non-finite loss"
 
 class NonFiniteLossError(RuntimeError):
     """Raised when too many consecutive training batches are non-finite."""
+
+
+def over_replicas(values, device, op="max"):
+    """``values`` reduced over the DDP replicas (``"max"`` or ``"sum"``),
+    the same on every replica; ``values`` themselves without DDP. A
+    collective: every replica calls it at the same point.
+
+    Example
+    -------
+    >>> over_replicas([0, 1, 2.5], "cpu")
+    [0.0, 1.0, 2.5]
+    """
+    values = [float(v) for v in values]
+    if is_distributed_initialized():
+        t = torch.tensor(values, device=device)
+        ops = torch.distributed.ReduceOp
+        torch.distributed.all_reduce(t, op=ops.MAX if op == "max" else ops.SUM)
+        values = t.tolist()
+    return values
 
 
 @sb.utils.checkpoints.register_checkpoint_hooks
@@ -147,11 +171,7 @@ class ConsistentSteps:
     def _any_replica(self, *flags):
         """Whether each flag is True on any DDP replica (a bool for a single
         flag); the same on every replica."""
-        out = tuple(bool(f) for f in flags)
-        if is_distributed_initialized():
-            t = torch.tensor([float(f) for f in out], device=self.device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            out = tuple(bool(v > 0) for v in t.tolist())
+        out = tuple(v > 0 for v in over_replicas(flags, self.device))
         return out[0] if len(out) == 1 else out
 
     def _log_skip(self, reason, nonfinite):
