@@ -29,9 +29,7 @@ import numpy as np
 import speechbrain as sb
 import torch
 from speechbrain.nnet.schedulers import ReduceLROnPlateau
-from speechbrain.utils.distributed import (
-    if_main_process,
-)
+from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_s4m.checkpoints import check_checkpoint_files
