@@ -3,8 +3,10 @@
 A recipe run leaves ``<output_folder>/hyperparams.yaml`` (resolved by
 SpeechBrain), ``save/CKPT+*/`` checkpoints with the negative validation
 SI-SNR as meta key ``si-snr``, and ``test_results.csv``. ``export_pretrained``
-turns the best checkpoint into a folder that both ``S4MSeparation`` and
-SpeechBrain's own ``SepformerSeparation`` load offline::
+turns the best checkpoint into a folder that ``S4MSeparation`` loads offline
+(and SpeechBrain's own ``SepformerSeparation`` too, for models that decode
+each source alone with SpeechBrain's decoder: the causal S4M, SepFormer,
+Conv-TasNet; it cannot run the authors' joint decoder)::
 
     target/
       hyperparams.yaml   sample_rate, num_spks, Encoder, MaskNet, Decoder,
@@ -73,7 +75,8 @@ HPARAMS_HEADER = """\
 # checkpoint: {ckpt} (validation SI-SNR: {valid})
 #
 # Load with speechbrain_s4m.inference.S4MSeparation.from_hparams(source=<this
-# folder>) or speechbrain.inference.separation.SepformerSeparation.from_hparams.
+# folder>) (SpeechBrain's SepformerSeparation.from_hparams works for models
+# with SpeechBrain's per-source decoder).
 # The pretrainer has no `paths`: each loadable is read from <source>/<name>.ckpt
 # (the folder itself, or the hub repository it is uploaded to), like
 # SpeechBrain's sepformer-* hub models.
@@ -328,11 +331,15 @@ def write_model_card(
         "Command line: `s4m-separate mixture.wav --model path/to/this/folder "
         "--output-folder separated/`.",
         "",
-        "The folder also loads with SpeechBrain's "
-        "`speechbrain.inference.separation.SepformerSeparation.from_hparams` "
-        "(with `speechbrain_s4m` installed).",
-        "",
     ]
+    if not getattr(dec, "all_sources", False):
+        # SepformerSeparation decodes each source alone: not a joint decoder
+        lines += [
+            "The folder also loads with SpeechBrain's "
+            "`speechbrain.inference.separation.SepformerSeparation."
+            "from_hparams` (with `speechbrain_s4m` installed).",
+            "",
+        ]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
