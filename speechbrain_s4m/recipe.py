@@ -312,10 +312,8 @@ def dynamic_mixing_train_set(hparams, dataset=None, num_mixtures=None):
         Items ``{"id", "mix_sig", "s1_sig", ...[, "noise_sig"]}``, cropped
         as the static training set (``training_signal_len``).
     """
-    from speechbrain_s4m.data.dataio import (
-        dynamic_mixing_dataset,
-        training_crop_len,
-    )
+    from speechbrain_s4m.data.dataio import training_crop_len
+    from speechbrain_s4m.data.dynamic_mixing import dynamic_mixing_dataset
 
     dataset = dataset or hparams["dataset"]
     return dynamic_mixing_dataset(

@@ -224,7 +224,7 @@ def test_grad_norms_match_torch_total_norm():
     torch.manual_seed(0)
     model = build_model("s4m_tiny", overrides=TINY_DICT)
     mix, src = torch.randn(2, 400), torch.randn(2, 400, 2)
-    from speechbrain_s4m.metrics import pit_si_snr_loss
+    from speechbrain_s4m.losses import pit_si_snr_loss
 
     pit_si_snr_loss(model(mix), src)[0].mean().backward()
     norms = ls.grad_norms(model)

@@ -28,7 +28,6 @@ from speechbrain_s4m.audio import (
     audio_frames,
     read_audio,
 )
-from speechbrain_s4m.data.dynamic_mixing import dynamic_mixing_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +38,6 @@ __all__ = [
     "make_dataset",
     "make_datasets",
     "datasets_from_hparams",
-    "dynamic_mixing_dataset",
 ]
 
 SORTINGS = ("ascending", "descending", "random")
