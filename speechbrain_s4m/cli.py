@@ -26,19 +26,6 @@ import warnings
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 
 
-def __getattr__(name):
-    """``AUDIO_EXTENSIONS`` (now in :mod:`speechbrain_s4m.audio`) on demand.
-
-    The package modules import torch; importing them only when used keeps
-    ``--help`` and argument errors instant.
-    """
-    if name == "AUDIO_EXTENSIONS":
-        from speechbrain_s4m.audio import AUDIO_EXTENSIONS
-
-        return AUDIO_EXTENSIONS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _one_line(err):
     """A one-line message for an exception."""
     text = " ".join(str(err).split()) or type(err).__name__
@@ -280,15 +267,13 @@ def separate_main(argv=None):
     import torch
     from tqdm import tqdm
 
-    from speechbrain_s4m.inference import (
-        OutputFolderError,
-        OutputScaleWarning,
-        OutputWriteError,
-        S4MSeparation,
-        check_output_folder,
-    )
+    from speechbrain_s4m.inference import S4MSeparation
+    from speechbrain_s4m.inference.interface import OutputScaleWarning
     from speechbrain_s4m.inference.outputs import (
         NO_SPACE,
+        OutputFolderError,
+        OutputWriteError,
+        check_output_folder,
         planned_outputs_problem,
     )
 

@@ -17,20 +17,21 @@ from speechbrain.lobes.models.dual_path import Decoder, Encoder
 from speechbrain.utils.checkpoints import Checkpointer
 
 from speechbrain_s4m import audio as s4m_audio
-from speechbrain_s4m import inference
+from speechbrain_s4m.audio import AudioInputError
 from speechbrain_s4m.config import model_config_path
 from speechbrain_s4m.export import (
     export_pretrained,
     find_best_checkpoint,
     results_averages,
 )
-from speechbrain_s4m.inference import (
-    AudioInputError,
+from speechbrain_s4m.inference import S4MSeparation, loading
+from speechbrain_s4m.inference.loading import (
     ModelFolderError,
     ModelNotFoundError,
+)
+from speechbrain_s4m.inference.streaming import (
     OverlapAddSeparator,
-    S4MSeparation,
-    loading,
+    StreamingResampler,
 )
 
 SR = 8000
@@ -667,7 +668,7 @@ def test_streaming_file_is_bounded(model, tmp_path, monkeypatch):
 def test_streaming_resampler_matches_whole():
     for orig, new in [(44100, 8000), (8000, 16000), (16000, 8000)]:
         x = torch.randn(2, orig * 2 + 7)
-        rs = inference.StreamingResampler(orig, new)
+        rs = StreamingResampler(orig, new)
         parts = [rs.push(b) for b in x.split(997, dim=-1)] + [rs.flush()]
         y = torch.cat(parts, dim=-1)
         ref = torchaudio.functional.resample(x, orig, new)

@@ -21,13 +21,15 @@ from speechbrain_s4m.audio import (
     check_audio_header,
 )
 from speechbrain_s4m.export import export_pretrained
-from speechbrain_s4m.inference import (
-    ModelFolderError,
+from speechbrain_s4m.inference import S4MSeparation
+from speechbrain_s4m.inference.interface import OutputScaleWarning
+from speechbrain_s4m.inference.loading import ModelFolderError
+from speechbrain_s4m.inference.outputs import (
     OutputFolderError,
-    OutputScaleWarning,
-    OverlapAddSeparator,
-    S4MSeparation,
     check_output_folder,
+)
+from speechbrain_s4m.inference.streaming import (
+    OverlapAddSeparator,
     mixture_gains,
     scale_to_mixture,
 )
