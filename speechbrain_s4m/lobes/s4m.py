@@ -923,6 +923,12 @@ class S4MMaskNet(nn.Module):
 FRAMINGS = ("authors", "right")
 
 
+def _check_framing(framing):
+    """Refuse a framing that is not one of :data:`FRAMINGS`."""
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
+
+
 class S4MEncoder(nn.Module):
     """Learned analysis filterbank of S4M (no bias, no nonlinearity).
 
@@ -983,10 +989,7 @@ class S4MEncoder(nn.Module):
         xavier_init=True,
     ):
         super().__init__()
-        if framing not in FRAMINGS:
-            raise ValueError(
-                f"framing must be one of {FRAMINGS}, got {framing!r}"
-            )
+        _check_framing(framing)
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else max(kernel_size // 4, 1)
         self.framing = framing
@@ -1211,10 +1214,7 @@ class S4MDecoder(nn.ConvTranspose1d):
         joint=True,
         xavier_init=True,
     ):
-        if framing not in FRAMINGS:
-            raise ValueError(
-                f"framing must be one of {FRAMINGS}, got {framing!r}"
-            )
+        _check_framing(framing)
         super().__init__(
             in_channels * num_spks if joint else in_channels,
             num_spks if joint else 1,

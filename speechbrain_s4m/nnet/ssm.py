@@ -678,9 +678,12 @@ class S4(nn.Module):
             if self.mode == "s4d":
                 k = self._kernel_s4d(length)
             else:
-                if int(self.c_length) == 0:
+                # one read of the buffer (a host sync on GPU) per kernel
+                c_length = int(self.c_length)
+                if c_length == 0:
                     self.setup_c_tilde(length)
-                k = self._kernel_nplr(length)
+                    c_length = int(self.c_length)
+                k = self._kernel_nplr(length, c_length)
         return k if self.bidirectional else k[0]
 
     def _kernel_s4d(self, L):
@@ -768,20 +771,19 @@ class S4(nn.Module):
         )
         return self._c_from_real(y.squeeze(-2))
 
-    def _kernel_nplr(self, L):
+    def _kernel_nplr(self, L, M):
         """Kernel of the bilinear-discretised DPLR SSM (S4, Algorithm 1).
 
         The generating function of the length-M kernel, ``K̂(ω) = Σ_k K_k
         ω^k = C̃ (I - Ā ω)^{-1} B̄`` with C̃ = C (I - Ā^M), is evaluated at
         the roots of unity ``ω_l = exp(-2πi l / M)`` (so ``K̂ = FFT(K)``),
-        with M = ``c_length`` (doubled, with C̃ times the constant (I +
+        with M = ``c_length`` (given; doubled, with C̃ times the constant (I +
         Ā^M), until M >= L, as the authors' code does), then truncated to L.
         With the bilinear transform, ``(I - Āω)^{-1} B̄ = 2 R(ω)^{-1} ΔB``
         with ``R(ω) = 2(1-ω) - (1+ω) Δ(Λ - P P*)``, inverted by Woodbury
         around its diagonal part (Cauchy sums). Then ``K = iFFT(K̂)``.
         """
         dt, Lam, B, C_t, P = self._ssm()
-        M = int(self.c_length)
         if M < L:
             # the authors' doubling C̃ <- C̃ (I + Ā^M), M <- 2M; they apply
             # it to the weights in place under no_grad: here the factor is
