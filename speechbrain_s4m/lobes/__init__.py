@@ -12,7 +12,7 @@ from speechbrain_s4m.lobes.s4m import (
     S4MEncoder,
     S4MMaskNet,
 )
-from speechbrain_s4m.lobes.separator import Separator, separate_batch
+from speechbrain_s4m.lobes.separator import Separator
 
 __all__ = [
     "S4MBlock",
@@ -20,5 +20,4 @@ __all__ = [
     "S4MEncoder",
     "S4MMaskNet",
     "Separator",
-    "separate_batch",
 ]

@@ -153,33 +153,3 @@ class Separator(nn.Module):
         if est.shape[1] < t_mix:
             est = F.pad(est, (0, 0, 0, t_mix - est.shape[1]))
         return est
-
-
-def separate_batch(mix, encoder, masknet, decoder, num_spks):
-    """Functional form of :class:`Separator` (kept for existing callers).
-
-    Arguments
-    ---------
-    mix : torch.Tensor
-        Mixtures, ``[batch, time]``.
-    encoder, masknet, decoder : torch.nn.Module
-        As :class:`Separator`.
-    num_spks : int
-        Number of sources.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[batch, time, num_spks]``.
-
-    Example
-    -------
-    >>> import torch
-    >>> from speechbrain.lobes.models.dual_path import Decoder, Encoder
-    >>> enc = Encoder(kernel_size=16, out_channels=8)
-    >>> dec = Decoder(8, 1, kernel_size=16, stride=8, bias=False)
-    >>> masknet = lambda w: torch.stack([torch.sigmoid(w)] * 2)
-    >>> separate_batch(torch.randn(3, 1000), enc, masknet, dec, 2).shape
-    torch.Size([3, 1000, 2])
-    """
-    return Separator(encoder, masknet, decoder, num_spks)(mix)
