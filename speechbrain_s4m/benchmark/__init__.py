@@ -1,2 +1,2 @@
 """Benchmarks: S4M vs SepFormer / Conv-TasNet (``python -m
-speechbrain_s4m.benchmark``) and the S4 layer (``benchmark.s4_layer``)."""
+speechbrain_s4m.benchmark``) and the streamer (``benchmark.streaming``)."""

@@ -17,7 +17,7 @@ unless ``--default-allocator``; the condition is printed and recorded.
 
 Usage::
 
-    python -m speechbrain_s4m.benchmark.s4_layer [--device cuda]
+    python bench/s4_layer.py [--device cuda]
         [--precision fp32 fp16] [--threads 2] [--d-model 256]
         [--lengths 1024 4096 ...] [--modes nplr s4d] [--json results.json]
 
@@ -231,8 +231,7 @@ def format_table(results, d_model, device, threads, allocator=None):
 def _run_subprocess(args, mode, length, precision):
     cmd = [
         sys.executable,
-        "-m",
-        "speechbrain_s4m.benchmark.s4_layer",
+        os.path.abspath(__file__),
         "--worker",
         "--modes",
         mode,
@@ -336,7 +335,7 @@ def main(argv=None):
     if args.json:
         info = {
             "command": " ".join(
-                ["python -m speechbrain_s4m.benchmark.s4_layer"]
+                ["python bench/s4_layer.py"]
                 + (sys.argv[1:] if argv is None else list(argv))
             ),
             "torch": torch.__version__,
