@@ -1,24 +1,18 @@
-"""Test-stage scores of separation.
+"""Test-stage scores of separation: per-utterance SI-SNR(i) (under the PIT
+permutation of :func:`speechbrain_s4m.losses.pit_si_snr_loss`), SDR(i) and
+optional PESQ / STOI (``pip install speechbrain-s4m[metrics]``), written to
+``test_results.csv`` by :class:`speechbrain_s4m.results.TestReport`.
 
-Per-utterance SI-SNR(i) (under the PIT permutation of the training loss,
-:mod:`speechbrain_s4m.losses`), SDR(i) and optional PESQ / STOI; their file,
-``test_results.csv``, is :class:`speechbrain_s4m.results.TestReport`.
-
-SDR is BSS-eval v3 SDR (as ``mir_eval.separation.bss_eval_sources``, 512-tap
-distortion filter) computed with ``fast_bss_eval``.
-
-The test stage scores with :func:`score_test_batch`, which never fails on bad
-data: a metric that is undefined for an utterance (silent reference, too
-short, non-finite samples) is NaN with the reason, the others are scored.
-Optional metrics (``pip install speechbrain-s4m[metrics]``): PESQ (``pesq``
-package; narrow-band at 8 kHz, wide-band at 16 kHz) and STOI (``pystoi``),
-per estimated source after PIT matching, with their improvement over the
-mixture.
+SDR is BSS-eval v3 (as ``mir_eval.separation.bss_eval_sources``, 512-tap
+filter) computed with ``fast_bss_eval``. :func:`score_test_batch` never fails
+on bad data: an undefined metric is NaN with the reason.
 
 Authors
  * speechbrain-s4m contributors 2026
 """
 
+import dataclasses
+import importlib
 import math
 
 import numpy as np
@@ -51,67 +45,30 @@ PESQ_MODES = {8000: "nb", 16000: "wb"}
 def separation_scores(estimate, target, mixture, lengths=None, ids=None):
     """Per-utterance SI-SNR, SI-SNRi, SDR and SDRi (averaged over sources).
 
-    SI-SNR uses the best permutation (as the PIT loss); SDR is BSS-eval v3
-    SDR from ``fast_bss_eval.sdr`` with its own permutation resolution
-    (identical to ``mir_eval.separation.bss_eval_sources``). Improvements are
-    relative to using the mixture as the estimate of every source. This
-    strict version raises on an utterance that cannot be scored; the test
-    stage uses :func:`score_test_batch`, which never does.
-
-    Arguments
-    ---------
-    estimate : torch.Tensor
-        Estimated sources ``[batch, time, spks]``.
-    target : torch.Tensor
-        Reference sources ``[batch, time, spks]``.
-    mixture : torch.Tensor
-        Input mixture ``[batch, time]``.
-    lengths : torch.Tensor or None
-        Relative lengths ``[batch]``; each utterance is scored on its valid
-        part only.
-    ids : list of str or None
-        Utterance ids, only used in error messages.
+    The strict form of :func:`score_test_batch` (same arguments; ``ids``
+    only name an utterance in errors): raises on one it cannot score.
 
     Returns
     -------
-    scores : dict
+    dict
         ``{"si-snr", "si-snr_i", "sdr", "sdr_i"}``, each a float64 tensor
         ``[batch]`` in dB.
 
     Raises
     ------
     ValueError
-        If a reference source is silent or an utterance is shorter than the
-        512-tap BSS-eval filter.
-
-    Example
-    -------
-    >>> g = torch.Generator().manual_seed(0)
-    >>> target = torch.randn(1, 4000, 2, generator=g)
-    >>> mixture = target.sum(-1)
-    >>> estimate = target + 0.1 * torch.randn(1, 4000, 2, generator=g)
-    >>> scores = separation_scores(estimate, target, mixture)
-    >>> sorted(scores)
-    ['sdr', 'sdr_i', 'si-snr', 'si-snr_i']
-    >>> bool(scores["si-snr_i"][0] > 15) and bool(scores["sdr_i"][0] > 15)
-    True
+        A silent reference source, or an utterance shorter than the 512-tap
+        BSS-eval filter.
     """
     out = {k: [] for k in SCORE_NAMES}
-    for b, (est, tgt, mix) in enumerate(
-        _utterances(estimate, target, mixture, lengths)
-    ):
-        name = f"utterance {ids[b] if ids is not None else b}"
-        values, problems, _ = _score_utterance(est, tgt, mix)
-        if problems:
-            raise ValueError(f"{name}: {'; '.join(problems)}")
+    for utt in score_test_batch(estimate, target, mixture, lengths, ids):
+        if utt.problems:
+            raise ValueError(
+                f"utterance {utt.snt_id}: {'; '.join(utt.problems)}"
+            )
         for key in SCORE_NAMES:
-            out[key].append(values[key])
+            out[key].append(utt.scores[key])
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}
-
-
-# ----------------------------------------------------------------------
-# Test-stage scoring: whatever can be scored, with the reasons for the rest
-# ----------------------------------------------------------------------
 
 
 def extra_metric_names(spec, sample_rate=None):
@@ -120,52 +77,40 @@ def extra_metric_names(spec, sample_rate=None):
     Arguments
     ---------
     spec : str, list of str or None
-        ``"pesq,stoi"`` (comma-separated, case and spaces ignored), a list
-        of names, or None / ``""`` for none.
+        ``"pesq,stoi"`` (case and spaces ignored), a list, or None / ``""``.
     sample_rate : int or None
-        If given, also checks that each metric is defined at this rate
-        (PESQ: narrow-band at 8 kHz, wide-band at 16 kHz only).
+        If given, checks that each metric is defined at this rate (PESQ:
+        8 or 16 kHz only).
 
     Returns
     -------
-    names : tuple of str
-        The metric names, in the order given, without repetitions.
+    tuple of str
+        The names, in the order given, without repetitions.
 
     Raises
     ------
     ValueError
         An unknown name, or PESQ at a rate other than 8 or 16 kHz.
     ImportError
-        The package computing a requested metric is not installed (names
-        the ``pip install`` that fixes it).
+        A requested metric's package is missing (says what to install).
 
     Example
     -------
     >>> extra_metric_names(" PESQ, stoi,pesq")
     ('pesq', 'stoi')
-    >>> extra_metric_names(None)
-    ()
-    >>> extra_metric_names("pesq,sisdr")
-    Traceback (most recent call last):
-    ...
-    ValueError: Unknown extra metric 'sisdr' in 'pesq,sisdr'; known: pesq, stoi
     """
-    import importlib
-
     if spec is None:
         return ()
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     names = []
     for item in items:
         name = str(item).strip().lower()
-        if not name:
-            continue
-        if name not in EXTRA_METRICS:
+        if name and name not in EXTRA_METRICS:
             raise ValueError(
                 f"Unknown extra metric '{name}' in '{spec}'; known: "
                 + ", ".join(EXTRA_METRICS)
             )
-        if name not in names:
+        if name and name not in names:
             names.append(name)
     for name in names:
         module, package = EXTRA_METRICS[name]
@@ -187,29 +132,15 @@ def extra_metric_names(spec, sample_rate=None):
 
 
 def score_columns(extra_metrics=()):
-    """The score columns of ``test_results.csv`` (after ``snt_id``).
-
-    Arguments
-    ---------
-    extra_metrics : tuple of str
-        Optional metrics (see :func:`extra_metric_names`); each adds its
-        column and its improvement over the mixture (``<name>_i``).
-
-    Returns
-    -------
-    list of str
-
-    Example
-    -------
-    >>> score_columns(("pesq", "stoi"))
-    ['sdr', 'sdr_i', 'si-snr', 'si-snr_i', 'pesq', 'pesq_i', 'stoi', 'stoi_i']
-    """
+    """The score columns of ``test_results.csv`` (after ``snt_id``): those
+    of ``SCORE_NAMES``, then each extra metric and its ``<name>_i``."""
     columns = list(SCORE_NAMES)
     for name in extra_metrics:
         columns += [name, f"{name}_i"]
     return columns
 
 
+@dataclasses.dataclass
 class UtteranceScores:
     """The scores of one test utterance.
 
@@ -225,16 +156,13 @@ class UtteranceScores:
     Example
     -------
     >>> u = UtteranceScores("a", {"sdr": float("nan"), "si-snr": 3.0}, ["x"])
-    >>> u.row()
-    {'snt_id': 'a', 'sdr': None, 'si-snr': 3.0}
-    >>> u.complete
-    False
+    >>> u.row(), u.complete
+    ({'snt_id': 'a', 'sdr': None, 'si-snr': 3.0}, False)
     """
 
-    def __init__(self, snt_id, scores, problems):
-        self.snt_id = snt_id
-        self.scores = scores
-        self.problems = problems
+    snt_id: str
+    scores: dict
+    problems: list
 
     @property
     def complete(self):
@@ -245,17 +173,11 @@ class UtteranceScores:
 
     def row(self):
         """A ``test_results.csv`` row: ``snt_id`` then the scores, None
-        (an empty cell with ``csv.DictWriter``) where undefined."""
+        (an empty cell) where undefined."""
         row = {"snt_id": self.snt_id}
         for key, value in self.scores.items():
             row[key] = float(value) if math.isfinite(value) else None
         return row
-
-    def __repr__(self):
-        return (
-            f"UtteranceScores({self.snt_id!r}, {self.scores!r}, "
-            f"{self.problems!r})"
-        )
 
 
 def score_test_batch(
@@ -269,14 +191,12 @@ def score_test_batch(
 ):
     """Scores each utterance of a test batch, never failing on bad data.
 
-    Each utterance gets SI-SNR(i) under the PIT permutation, SDR(i) (as
-    :func:`separation_scores`) and the optional metrics, computed per
-    estimated source after PIT matching (the SI-SNR permutation) and averaged
-    over sources, with their improvement over the mixture used as the
-    estimate of every source. A metric that is undefined for an utterance
-    (silent reference source, non-finite samples, shorter than the 512-tap
-    BSS-eval filter for SDR, too short for PESQ or STOI) is NaN, and the
-    reason is in ``problems``; the others are still scored.
+    SI-SNR(i) under PIT, SDR(i) and the optional metrics (per estimated
+    source after PIT matching, averaged over sources), each improvement
+    over the mixture used as the estimate of every source. A metric that
+    is undefined for an utterance (silent reference, non-finite samples,
+    too short) is NaN with the reason in ``problems``; the others are
+    still scored.
 
     Arguments
     ---------
@@ -299,8 +219,7 @@ def score_test_batch(
     Returns
     -------
     list of UtteranceScores
-        One per utterance, with the columns of
-        ``score_columns(extra_metrics)``.
+        One per utterance, with the columns of ``score_columns``.
 
     Example
     -------
@@ -309,9 +228,7 @@ def score_test_batch(
     >>> target[1, :, 1] = 0  # a silent source: nothing is defined
     >>> estimate = target + 0.1 * torch.randn(2, 4000, 2, generator=g)
     >>> scored = score_test_batch(estimate, target, target.sum(-1))
-    >>> scored[0].complete, round(scored[0].scores["si-snr"])
-    (True, 20)
-    >>> scored[1].row()["sdr"] is None, scored[1].problems
+    >>> scored[0].complete, scored[1].problems
     (True, ['reference source(s) [2] are silent (RMS < 1e-06)'])
     """
     extra_metrics = tuple(extra_metrics)
@@ -321,7 +238,6 @@ def score_test_batch(
     for b, (est, tgt, mix) in enumerate(
         _utterances(estimate, target, mixture, lengths)
     ):
-        snt_id = ids[b] if ids is not None else str(b)
         values, problems, perm = _score_utterance(est, tgt, mix)
         if extra_metrics and perm is not None:
             extra, extra_problems = extra_scores(
@@ -330,6 +246,7 @@ def score_test_batch(
             values.update(extra)
             problems += extra_problems
         scores = {key: values.get(key, math.nan) for key in columns}
+        snt_id = ids[b] if ids is not None else str(b)
         out.append(UtteranceScores(snt_id, scores, problems))
     return out
 
@@ -351,15 +268,6 @@ def average_scores(utterances, columns=None):
         ``{"snt_id": "avg", column: mean or None (no utterance scored)}``.
     n_scored : dict
         Column -> number of utterances where it is defined.
-
-    Example
-    -------
-    >>> nan = float("nan")
-    >>> utts = [UtteranceScores("a", {"sdr": 1.0}, []),
-    ...         UtteranceScores("b", {"sdr": nan}, ["too short"]),
-    ...         UtteranceScores("c", {"sdr": 2.0}, [])]
-    >>> average_scores(utts)
-    ({'snt_id': 'avg', 'sdr': 1.5}, {'sdr': 2})
     """
     if columns is None:
         columns = list(utterances[0].scores) if utterances else []
@@ -376,8 +284,8 @@ def average_scores(utterances, columns=None):
 
 
 def _utterances(estimate, target, mixture, lengths):
-    """Yields ``(est [n, spks], tgt [n, spks], mix [n])`` float64 CPU
-    tensors, each utterance cut to its valid length."""
+    """Yields each utterance's float64 CPU ``(est [n, spks], tgt [n, spks],
+    mix [n])``, cut to its valid length."""
     if mixture.dim() != 2 or mixture.shape != target.shape[:2]:
         raise ValueError(
             f"mixture {tuple(mixture.shape)} must be [batch, time] matching "
@@ -392,83 +300,74 @@ def _utterances(estimate, target, mixture, lengths):
     if lengths is None:
         lengths = torch.ones(batch)
     abs_len = _absolute_lengths(lengths, time).tolist()
-    est64 = estimate.detach().double().cpu()
-    tgt64 = target.detach().double().cpu()
-    mix64 = mixture.detach().double().cpu()
-    for b in range(batch):
-        n = abs_len[b]
+    est64, tgt64, mix64 = (
+        x.detach().double().cpu() for x in (estimate, target, mixture)
+    )
+    for b, n in enumerate(abs_len):
         yield est64[b, :n], tgt64[b, :n], mix64[b, :n]
 
 
 def _score_utterance(est, tgt, mix):
-    """SI-SNR(i) and SDR(i) of one utterance (``[n, spks]``, ``[n]``).
-
-    Returns ``(values, problems, perm)``: the defined scores, the reasons
-    for the missing ones, and the SI-SNR permutation (``perm[j]`` is the
-    estimate matched with target ``j``; None when SI-SNR is undefined).
-    """
-    import fast_bss_eval
-
-    values, problems = {}, []
-    n, spks = tgt.shape
-    for name, signal in (
-        ("reference", tgt),
-        ("mixture", mix),
-        ("estimate", est),
-    ):
-        if not torch.isfinite(signal).all():
-            problems.append(f"non-finite samples in the {name}")
-    if problems:
-        return values, problems, None
-    rms = tgt.pow(2).mean(0).sqrt()
-    silent = torch.nonzero(rms < SILENCE_RMS)[:, 0]
-    if silent.numel():
+    """SI-SNR(i) and SDR(i) of one utterance: ``(values, problems, perm)``,
+    ``perm[j]`` the estimate matched with target ``j`` (None when SI-SNR is
+    undefined)."""
+    signals = {"reference": tgt, "mixture": mix, "estimate": est}
+    problems = [
+        f"non-finite samples in the {name}"
+        for name, signal in signals.items()
+        if not torch.isfinite(signal).all()
+    ]
+    silent = torch.nonzero(tgt.pow(2).mean(0).sqrt() < SILENCE_RMS)[:, 0]
+    if not problems and silent.numel():
         problems.append(
             f"reference source(s) {(silent + 1).tolist()} are silent "
             f"(RMS < {SILENCE_RMS})"
         )
-        return values, problems, None
-
+    if problems:
+        return {}, problems, None
+    n, spks = tgt.shape
     loss, perm = pit_si_snr_loss(est[None], tgt[None])
-    si = -loss[0].item()
     si_mix = si_snr(mix[None, :, None].expand(1, n, spks), tgt[None])
-    values["si-snr"] = si
-    values["si-snr_i"] = si - si_mix[0].mean().item()
-
-    if n < BSS_EVAL_FILTER_LENGTH:
-        problems.append(
-            f"SDR undefined: {n} samples, shorter than the BSS-eval "
-            f"distortion filter ({BSS_EVAL_FILTER_LENGTH} taps)"
-        )
-        return values, problems, perm[0]
-    ref_np = tgt.T.contiguous().numpy()  # [spks, n]
+    values = {"si-snr": -loss[0].item()}
+    values["si-snr_i"] = values["si-snr"] - si_mix[0].mean().item()
     try:
-        with np.errstate(all="ignore"):
-            sdr = fast_bss_eval.sdr(
-                ref_np,
-                est.T.contiguous().numpy(),
-                filter_length=BSS_EVAL_FILTER_LENGTH,
-            )
-            sdr_mix = fast_bss_eval.sdr(
-                ref_np,
-                np.repeat(mix.numpy()[None], spks, axis=0),
-                filter_length=BSS_EVAL_FILTER_LENGTH,
-            )
-    except (ValueError, np.linalg.LinAlgError) as err:
-        problems.append(f"SDR undefined: BSS-eval failed ({err})")
-        return values, problems, perm[0]
-    sdr, sdr_mix = float(np.mean(sdr)), float(np.mean(sdr_mix))
-    if not (math.isfinite(sdr) and math.isfinite(sdr_mix)):
-        problems.append("SDR undefined: BSS-eval gave a non-finite value")
-        return values, problems, perm[0]
-    values["sdr"] = sdr
-    values["sdr_i"] = sdr - sdr_mix
+        values["sdr"], values["sdr_i"] = _sdr(est, tgt, mix)
+    except ValueError as err:
+        problems.append(f"SDR undefined: {err}")
     return values, problems, perm[0]
 
 
+def _sdr(est, tgt, mix):
+    """BSS-eval ``(SDR, SDRi)`` averaged over sources; ValueError with the
+    reason where undefined."""
+    import fast_bss_eval
+
+    (n, spks), taps = tgt.shape, BSS_EVAL_FILTER_LENGTH
+    if n < taps:
+        raise ValueError(
+            f"{n} samples, shorter than the BSS-eval distortion filter "
+            f"({taps} taps)"
+        )
+    ref = tgt.T.contiguous().numpy()  # [spks, n]
+    estimates = (
+        est.T.contiguous().numpy(),
+        np.repeat(mix.numpy()[None], spks, axis=0),
+    )
+    try:
+        with np.errstate(all="ignore"):
+            sdr, sdr_mix = (
+                float(np.mean(fast_bss_eval.sdr(ref, x, filter_length=taps)))
+                for x in estimates
+            )
+    except (ValueError, np.linalg.LinAlgError) as err:
+        raise ValueError(f"BSS-eval failed ({err})") from err
+    if not (math.isfinite(sdr) and math.isfinite(sdr_mix)):
+        raise ValueError("BSS-eval gave a non-finite value")
+    return sdr, sdr - sdr_mix
+
+
 def _pesq(reference, degraded, sample_rate):
-    """PESQ (MOS-LQO) of one source: narrow-band at 8 kHz, wide-band at
-    16 kHz."""
+    """PESQ (MOS-LQO) of one source, narrow/wide-band at 8/16 kHz."""
     from pesq import pesq
 
     mode = PESQ_MODES[int(sample_rate)]
@@ -476,8 +375,8 @@ def _pesq(reference, degraded, sample_rate):
 
 
 def _stoi(reference, degraded, sample_rate):
-    """STOI of one source; raises when pystoi cannot compute it (it warns
-    and returns 1e-5 when too few speech frames remain)."""
+    """STOI of one source; raises where pystoi only warns and returns its
+    1e-5 placeholder (too few speech frames)."""
     import warnings
 
     from pystoi import stoi
@@ -486,7 +385,7 @@ def _stoi(reference, degraded, sample_rate):
         warnings.simplefilter("always")
         value = float(stoi(reference, degraded, int(sample_rate)))
     too_short = any("STFT frames" in str(w.message) for w in caught)
-    if too_short or value == 1e-5:  # pystoi's placeholder value
+    if too_short or value == 1e-5:
         raise ValueError(
             "too few speech frames (pystoi needs 30 after removing the "
             "silent frames)"
@@ -510,12 +409,12 @@ def extra_scores(estimate, target, mixture, sample_rate, names, perm=None):
     mixture : torch.Tensor or numpy.ndarray
         The mixture ``[time]``.
     sample_rate : int
-        Sample rate (Hz); PESQ is narrow-band at 8000 Hz, wide-band at 16000.
+        Sample rate (Hz).
     names : tuple of str
         Metric names (see :func:`extra_metric_names`).
     perm : sequence of int or None
-        ``perm[j]`` is the estimate matched with target ``j`` (as returned
-        by :func:`pit_si_snr_loss`); None finds it here by SI-SNR PIT.
+        ``perm[j]`` is the estimate matched with target ``j`` (as
+        :func:`pit_si_snr_loss` returns); None finds it by SI-SNR PIT.
 
     Returns
     -------
@@ -524,22 +423,11 @@ def extra_scores(estimate, target, mixture, sample_rate, names, perm=None):
         each metric that could be computed.
     problems : list of str
         Why each missing metric could not be computed.
-
-    Example
-    -------
-    >>> from speechbrain_s4m.data.synthetic import random_speaker, synth_voice
-    >>> rng = np.random.default_rng(0)
-    >>> tgt = np.stack(
-    ...     [synth_voice(random_speaker(rng), 1.0, 8000, rng) for _ in "ab"], 1
-    ... )
-    >>> est = tgt[:, ::-1] + 0.01 * rng.standard_normal(tgt.shape)
-    >>> values, problems = extra_scores(est, tgt, tgt.sum(1), 8000, ["stoi"])
-    >>> values["stoi"] > 0.9, values["stoi_i"] > 0.1, problems
-    (True, True, [])
     """
-    est = torch.as_tensor(np.ascontiguousarray(estimate)).double()
-    tgt = torch.as_tensor(np.ascontiguousarray(target)).double()
-    mix = torch.as_tensor(np.ascontiguousarray(mixture)).double()
+    est, tgt, mix = (
+        torch.as_tensor(np.ascontiguousarray(x)).double()
+        for x in (estimate, target, mixture)
+    )
     if perm is None:
         perm = pit_si_snr_loss(est[None], tgt[None])[1][0]
     perm = [int(p) for p in perm]

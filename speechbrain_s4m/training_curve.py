@@ -1,8 +1,6 @@
-"""Training curves: the per-epoch losses read back from a recipe's
-``train_log.txt`` and plotted to ``training_curve.png``.
-
-:func:`parse_train_log` is the one reader of train logs (the plot, and
-``s4m-compare``'s curves and training times).
+"""Training curves: the per-epoch losses of a recipe's ``train_log.txt``
+(:func:`parse_train_log`, the one reader of train logs) and their plot,
+``training_curve.png``.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -10,20 +8,17 @@ Authors
 
 import math
 
-__all__ = ["TIME_KEYS", "parse_train_log", "plot_training_curve"]
+__all__ = ["parse_train_log", "plot_training_curve"]
 
-#: Names of the per-epoch losses in the logs: ``loss`` (negative SI-SNR in
-#: dB), or ``si-snr`` in logs written before it was renamed (same value).
+# ``si-snr``: the loss's name (same value) in logs written before ``loss``
 _LOSS_KEYS = ("loss", "si-snr")
-#: Keys of an epoch line that hold the epoch's training time in seconds:
-#: the recipes' ``train time``, and those of other logs.
-TIME_KEYS = ("train time", "time", "epoch_time", "time_s", "train time_s")
+# The epoch's training seconds: the recipes' ``train time``, other logs'
+_TIME_KEYS = ("train time", "time", "epoch_time", "time_s", "train time_s")
 
 
 def _fields(line):
-    """``{key: value}`` of a ``FileTrainLogger`` line; values are floats
-    where they parse as numbers (``nan`` too; ``12.5s`` too), strings
-    otherwise."""
+    """``{key: value}`` of a ``FileTrainLogger`` line; floats where they
+    parse (also ``nan`` and ``12.5s``), strings otherwise."""
     fields = {}
     for group in line.strip().split(" - "):
         for item in group.split(", "):
@@ -49,14 +44,13 @@ def _loss(fields, stage):
 
 
 def parse_train_log(train_log):
-    """Reads the per-epoch losses, learning rates and times from a
+    """Reads the per-epoch losses, learning rates and times of a
     SpeechBrain ``train_log.txt``.
 
-    Reads the epoch lines the recipes write (``epoch: 3, lr: 1.00e-03,
-    lr_ssm: 4.00e-04 - train loss: -5.1, train skipped: 0, train time:
-    12.3, train samples_per_s: 45.6 - valid loss: -4.2``) and those of
-    other logs (``train si-snr`` / ``valid si-snr`` for the loss, a time
-    under one of ``TIME_KEYS``, no learning rate or train loss: NaN).
+    Reads the recipes' epoch lines (``epoch: 3, lr: 1.00e-03, lr_ssm:
+    4.00e-04 - train loss: -5.1, train skipped: 0, train time: 12.3, train
+    samples_per_s: 45.6 - valid loss: -4.2``) and other logs' (``si-snr``
+    for the loss, a time under another key, no lr or train loss: NaN).
 
     Arguments
     ---------
@@ -66,30 +60,11 @@ def parse_train_log(train_log):
     Returns
     -------
     dict
-        ``"epoch"``, ``"lr"``, ``"lr_ssm"`` (the S4 parameters' learning
-        rate; ``lr`` where the log has no ``lr_ssm``), ``"train"`` and
-        ``"valid"`` (losses: negative SI-SNR in dB), lists over the epochs
-        with a valid loss;
-        ``"time"`` (training seconds per epoch), ``"samples_per_s"`` and
-        ``"skipped"`` (training batches skipped), lists too when every
-        epoch line records them, else None. The last line of each epoch
-        wins (a resumed epoch is logged again).
-
-    Example
-    -------
-    >>> import os
-    >>> import tempfile
-    >>> log = os.path.join(tempfile.mkdtemp(), "train_log.txt")
-    >>> with open(log, "w") as f:
-    ...     for epoch, loss in [(1, 2.5), (2, -2.0)]:
-    ...         _ = f.write(
-    ...             f"epoch: {epoch}, lr: 1.00e-03, lr_ssm: 4.00e-04 - "
-    ...             f"train loss: 3.10, train skipped: 0, train time: 12.50, "
-    ...             f"train samples_per_s: 8.00 - valid loss: {loss}\\n"
-    ...         )
-    >>> curve = parse_train_log(log)
-    >>> curve["valid"], curve["time"], curve["lr_ssm"]
-    ([2.5, -2.0], [12.5, 12.5], [0.0004, 0.0004])
+        Lists over the epochs with a valid loss: ``"epoch"``, ``"lr"``,
+        ``"lr_ssm"`` (``lr`` where not logged), ``"train"`` and ``"valid"``
+        (negative SI-SNR, dB); ``"time"`` (training seconds),
+        ``"samples_per_s"`` and ``"skipped"`` (batches): lists when every
+        epoch records them, else None. A resumed epoch's last line wins.
     """
     rows = {}
     with open(train_log, encoding="utf-8") as f:
@@ -103,7 +78,7 @@ def parse_train_log(train_log):
                 continue
             lr = lr if isinstance(lr, float) else math.nan
             lr_ssm = fields.get("lr_ssm")
-            time = [fields[k] for k in TIME_KEYS if k in fields]
+            time = [fields[k] for k in _TIME_KEYS if k in fields]
             rows[int(epoch)] = {
                 "lr": lr,
                 "lr_ssm": lr_ssm if isinstance(lr_ssm, float) else lr,
