@@ -1,12 +1,10 @@
 """The recipe runner: everything a recipe's ``train.py`` does.
 
 :func:`run_recipe` parses the command line, loads the hparams (the yaml
-names the dataset), prepares the data, builds the datasets (static or
-dynamic mixing), trains the :class:`~speechbrain_s4m.brain.Separation`
-Brain, evaluates the best checkpoint and plots the training curve, so that
-the recipes stay a few lines long; :func:`main` is its command-line entry.
-Data flows one way: ``train.py`` -> this runner -> the Brain -> the
-separator -> the loss.
+names the dataset), prepares the data, builds the datasets, trains the
+:class:`~speechbrain_s4m.brain.Separation` Brain, evaluates the best
+checkpoint and plots the training curve; :func:`main` is its command-line
+entry.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -74,15 +72,8 @@ PREPARE_KEYS = {
 
 
 def prepare_data(hparams):
-    """Checks ``data_folder`` and writes the manifests (main process only).
-
-    Arguments
-    ---------
-    hparams : dict
-        The recipe's hyperparameters (``data_folder``, ``save_folder``,
-        ``skip_prep`` and the dataset's options; ``dataset`` names it:
-        ``wsj0mix``, ``librimix`` or ``wham``).
-    """
+    """Checks ``data_folder`` and writes the manifests of the hparams'
+    ``dataset`` (main process only; nothing with ``skip_prep``)."""
     from speechbrain_s4m.data import prepare_dataset
 
     if hparams.get("skip_prep", False):
@@ -96,39 +87,16 @@ def prepare_data(hparams):
     )
 
 
-def _dataset_of(hparams, hparams_file):
-    """The dataset the hparams file names (its ``dataset`` key)."""
-    named = hparams.get("dataset")
-    if named not in PREPARE_KEYS:
-        raise ValueError(
-            f"{hparams_file} must name its dataset (key 'dataset', got "
-            f"{named!r}); choose one of " + ", ".join(PREPARE_KEYS)
-        )
-    return named
-
-
 def run_recipe(argv=None, before_prepare=None, brain_class=None):
     """Runs a separation recipe: what every recipe's ``train.py`` does.
 
-    1. parse ``argv`` (``hparams.yaml --key value ...`` plus SpeechBrain's
-       run options: ``--device``, ``--precision``, ``--test_only``,
-       ``--distributed_backend``, ``--debug`` ...) and load the hparams
-       (override keys are checked, also inside included model fragments);
-    2. initialise DDP when launched with ``torchrun``;
-    3. if the output folder holds checkpoints (``--test_only``, resumed
-       run), check that this run's model matches them
-       (:class:`CheckpointMismatchError` otherwise) and keep the trained
-       run's ``hyperparams.yaml``; else create the output folder
-       (``hyperparams.yaml``, ``log.txt``); on a CPU, mixed precision is
-       bf16 where native, else fp32 (:func:`cpu_precision`);
-    4. check the dataset folder and write the manifests (main process);
-    5. build the datasets (static or dynamic mixing);
-    6. train (unless ``--test_only``), resuming from the last checkpoint,
-       logging speed and ETA
-       (:class:`~speechbrain_s4m.training.progress.ProgressReport`);
-    7. evaluate the best checkpoint (``min_key="si-snr"``) on the test set,
-       writing ``test_results.csv``, and plot ``training_curve.png``;
-    8. under DDP, end the process group (all ranks together).
+    Parses ``argv`` (``hparams.yaml --key value ...`` and SpeechBrain's run
+    options) and checks the overrides; initialises DDP under ``torchrun``;
+    checks that a trained run in the output folder has readable
+    checkpoints of this model (keeping its ``hyperparams.yaml``); prepares
+    the data; trains, resuming from the last checkpoint (unless
+    ``--test_only``); evaluates the best checkpoint (``min_key="si-snr"``)
+    and plots ``training_curve.png``.
 
     Arguments
     ---------
@@ -153,7 +121,12 @@ def run_recipe(argv=None, before_prepare=None, brain_class=None):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     check_device(run_opts["device"])
     hparams = load_hparams(hparams_file, overrides)
-    dataset = _dataset_of(hparams, hparams_file)
+    dataset = hparams.get("dataset")
+    if dataset not in PREPARE_KEYS:
+        raise ValueError(
+            f"{hparams_file} must name its dataset (key 'dataset', got "
+            f"{dataset!r}); choose one of " + ", ".join(PREPARE_KEYS)
+        )
     _one_checkpoint_interval(hparams, run_opts)
 
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -188,7 +161,6 @@ def run_recipe(argv=None, before_prepare=None, brain_class=None):
 
     if hparams.get("dynamic_mixing", False):
         _check_dynamic_mixing_folders(hparams)
-
     if before_prepare is not None:
         run_on_main(before_prepare, args=[hparams])
     prepare_data(hparams)
@@ -239,10 +211,7 @@ def run_recipe(argv=None, before_prepare=None, brain_class=None):
         )
         if png:
             logger.info("Training curve: %s", png)
-    if is_distributed_initialized():
-        # Leave together; exiting with a live gloo group can abort a rank
-        sb.utils.distributed.ddp_barrier()
-        torch.distributed.destroy_process_group()
+    _leave_process_group()
     return brain
 
 
@@ -291,26 +260,23 @@ def _check_dynamic_mixing_folders(hparams):
 
 def dynamic_mixing_train_set(hparams, dataset=None, num_mixtures=None):
     """The training set of dynamic mixing: new mixtures every epoch from the
-    single-speaker sources in ``base_folder_dm`` (wsj0 ``si_tr_s`` for
-    WSJ0-mix and WHAM!, LibriSpeech for LibriMix), plus noise from
-    ``noise_folder_dm`` for noisy mixtures.
+    sources in ``base_folder_dm`` (wsj0 ``si_tr_s``, or LibriSpeech for
+    LibriMix), plus noise from ``noise_folder_dm`` for noisy mixtures.
 
     Arguments
     ---------
     hparams : dict
         The recipe's hyperparameters.
     dataset : str, None
-        ``wsj0mix``, ``librimix`` or ``wham``; default: the hparams key
-        ``dataset``.
+        ``wsj0mix``, ``librimix`` or ``wham`` (default: hparams ``dataset``).
     num_mixtures : int, None
-        Mixtures per epoch (the size of the static training set); None:
-        number of source utterances // ``num_spks``.
+        Mixtures per epoch (None: source utterances // ``num_spks``).
 
     Returns
     -------
     DynamicItemDataset
         Items ``{"id", "mix_sig", "s1_sig", ...[, "noise_sig"]}``, cropped
-        as the static training set (``training_signal_len``).
+        as the static training set.
     """
     from speechbrain_s4m.data.dataio import training_crop_len
     from speechbrain_s4m.data.dynamic_mixing import dynamic_mixing_dataset
@@ -330,26 +296,11 @@ def dynamic_mixing_train_set(hparams, dataset=None, num_mixtures=None):
 
 
 def main(argv=None, before_prepare=None, brain_class=None):
-    """Command-line entry of the recipes: :func:`run_recipe`, with a one-line
-    error (exit status 2) instead of a traceback for a wrong dataset folder
-    or bad audio in it, a missing checkpoint, a model that does not match
-    the checkpoints of the output folder, or a misspelt override key
-    (``--N_epoch``: the closest key is suggested).
-
-    Arguments
-    ---------
-    argv : list of str, None
-        See :func:`run_recipe`.
-    before_prepare : callable, None
-        See :func:`run_recipe`.
-    brain_class : type, None
-        See :func:`run_recipe`.
-
-    Returns
-    -------
-    Separation
-        The brain.
-    """
+    """Command-line entry of the recipes: :func:`run_recipe` (same
+    arguments), with a one-line error (exit status 2) instead of a traceback
+    for a wrong dataset folder, a missing, corrupt or mismatched checkpoint,
+    a missing device or a misspelt override; a signal exits with
+    ``128 + signal`` and says how to resume."""
     from speechbrain_s4m.data import DatasetLayoutError
 
     try:
@@ -383,27 +334,9 @@ def main(argv=None, before_prepare=None, brain_class=None):
 
 
 def interrupted_line(error, command):
-    """The one line printed when a signal stops training.
-
-    Arguments
-    ---------
-    error : TrainingInterrupted
-        The stop.
-    command : str
-        The command to rerun.
-
-    Returns
-    -------
-    str
-
-    Example
-    -------
-    >>> e = TrainingInterrupted(signal.SIGINT, "out/save/CKPT+1", "epoch 2")
-    >>> line = interrupted_line(e, "python train.py h.yaml")
-    >>> print(line)  # doctest: +NORMALIZE_WHITESPACE
-    stopped by SIGINT at epoch 2: checkpoint saved in out/save/CKPT+1;
-    rerun the same command to resume from it: python train.py h.yaml
-    """
+    """The line printed when a signal (``error``, a
+    :class:`TrainingInterrupted`) stops training: how to rerun
+    ``command``."""
     what = "resume from it" if error.checkpoint else "resume"
     if not error.checkpoint:
         what += " from the last checkpoint (if any)"
@@ -423,8 +356,8 @@ def _command(argv):
 
 
 def _leave_process_group():
-    """Ends DDP's process group; every rank stopped at the same update
-    (see :meth:`Separation.fit`), so they all reach this barrier."""
+    """Ends DDP's process group, all ranks together (a live gloo group at
+    exit can abort a rank)."""
     if is_distributed_initialized():
         sb.utils.distributed.ddp_barrier()
         torch.distributed.destroy_process_group()
@@ -432,13 +365,7 @@ def _leave_process_group():
 
 def check_device(device):
     """Raises :class:`DeviceUnavailableError` (one line) if ``device``
-    (``cpu``, ``cuda``, ``cuda:N``) is not on this machine: before the
-    data preparation, not in the middle of building the Brain.
-
-    Arguments
-    ---------
-    device : str
-        SpeechBrain's ``--device``.
+    (``cpu``, ``cuda``, ``cuda:N``) is not on this machine.
 
     Example
     -------
@@ -477,11 +404,9 @@ def _run_option(hparams, run_opts, key):
 
 
 def _one_checkpoint_interval(hparams, run_opts):
-    """``--ckpt_interval_steps N`` alone replaces the yaml's
-    ``ckpt_interval_minutes`` (and ``--ckpt_interval_minutes M`` alone the
-    yaml's ``ckpt_interval_steps``): SpeechBrain accepts only one of the two,
-    and the flag given on the command line wins over the file's other one.
-    """
+    """``--ckpt_interval_steps`` alone on the command line replaces the
+    yaml's ``ckpt_interval_minutes``, and vice versa (SpeechBrain accepts
+    only one of the two)."""
     keys = ("ckpt_interval_minutes", "ckpt_interval_steps")
     given = [k for k in keys if k in run_opts.overridden_args]
     if len(given) != 1 or not run_opts[given[0]] > 0:
@@ -498,41 +423,14 @@ def _one_checkpoint_interval(hparams, run_opts):
     hparams[other] = 0
 
 
-# ----------------------------------------------------------------------
-# Precision on CPUs
-# ----------------------------------------------------------------------
 #: CPU feature flags (``/proc/cpuinfo``) of native bf16 arithmetic.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
 def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
-    """Whether this CPU has native bf16 instructions.
-
-    ``torch.backends.cpu.get_cpu_capability()`` names the vector ISA
-    (``AVX2``, ``AVX512``) but not bf16 support, so the CPU flags are read:
-    ``avx512_bf16`` or ``amx_bf16`` (x86), ``bf16`` (Arm ``Features``).
-    Without them, bf16 autocast emulates bf16 and its matmuls run several
-    times slower than fp32.
-
-    Arguments
-    ---------
-    cpuinfo : str
-        The file to read (``/proc/cpuinfo``); unreadable (e.g. macOS): False.
-
-    Returns
-    -------
-    bool
-
-    Example
-    -------
-    >>> info = getfixture("tmp_path") / "cpuinfo"
-    >>> _ = info.write_text("flags\\t: fpu sse avx2 avx512f\\n")
-    >>> cpu_has_native_bf16(info)
-    False
-    >>> _ = info.write_text("flags\\t: fpu avx2 avx512f avx512_bf16\\n")
-    >>> cpu_has_native_bf16(info)
-    True
-    """
+    """Whether this CPU has native bf16 instructions (x86 ``avx512_bf16``
+    or ``amx_bf16``, Arm ``bf16``), read from ``cpuinfo`` (unreadable, e.g.
+    on macOS: False). torch names the vector ISA, not bf16 support."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             text = f.read()
@@ -549,9 +447,9 @@ def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
 def cpu_precision(requested, native_bf16):
     """The precision to train with on a CPU, and why it differs (or None).
 
-    fp16 autocast does not exist on CPUs: it becomes bf16 where the CPU has
-    native bf16, else fp32; bf16 is kept where native, else fp32 (emulated
-    bf16 is several times slower than fp32).
+    fp16 autocast does not run on CPUs, and emulated bf16 is several times
+    slower than fp32: fp16 and bf16 become bf16 where the CPU has native
+    bf16, else fp32.
 
     Arguments
     ---------
@@ -566,16 +464,6 @@ def cpu_precision(requested, native_bf16):
         ``fp32`` or ``bf16``.
     reason : str or None
         One line saying why the request was changed (None if it was not).
-
-    Example
-    -------
-    >>> cpu_precision("bf16", native_bf16=True)
-    ('bf16', None)
-    >>> cpu_precision("fp16", native_bf16=True)[0]
-    'bf16'
-    >>> precision, reason = cpu_precision("bf16", native_bf16=False)
-    >>> precision, reason.split(" (")[0]
-    ('fp32', 'bf16 requested on a CPU without native bf16')
     """
     if requested not in ("fp16", "bf16"):
         return requested, None
@@ -594,9 +482,8 @@ def cpu_precision(requested, native_bf16):
 
 
 def _resolve_precision(hparams, run_opts):
-    """Mixed precision on a CPU: bf16 where native, else fp32 (one-line
-    warning); see :func:`cpu_precision`. Returns the run options (a new
-    object when changed: SpeechBrain's are frozen)."""
+    """Applies :func:`cpu_precision` on a CPU (with a warning); returns the
+    run options (a new object when changed: SpeechBrain's are frozen)."""
     device = run_opts.get("device") or sb.utils.distributed.infer_device()
     if not str(device).startswith("cpu"):
         return run_opts

@@ -1,11 +1,10 @@
 """Stopping training on SIGINT / SIGTERM with a checkpoint: a Brain mixin.
 
 SpeechBrain's ``Brain.fit`` dies on Ctrl-C or a cluster's preemption
-(SIGTERM) with whatever the last interval checkpoint holds, and under
-``torchrun`` each rank stops at a different batch. :class:`StopOnSignals`
-finishes the update in progress on every rank, saves an intra-epoch
-checkpoint there and raises :class:`TrainingInterrupted`: rerunning the
-same command continues from that update.
+(SIGTERM), and under ``torchrun`` each rank stops at a different batch.
+:class:`StopOnSignals` finishes the update in progress on every rank, saves
+an intra-epoch checkpoint there and raises :class:`TrainingInterrupted`:
+rerunning the same command continues from that update.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -25,9 +24,7 @@ logger = get_logger(__name__)
 
 __all__ = ["STOP_SIGNALS", "StopOnSignals", "TrainingInterrupted"]
 
-
-#: Signals that stop training at the end of the update in progress, with
-#: a checkpoint: Ctrl-C, and the SIGTERM of cluster schedulers (preemption).
+#: Ctrl-C, and the SIGTERM of cluster schedulers (preemption).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -37,10 +34,9 @@ class TrainingInterrupted(Exception):
     Arguments
     ---------
     signum : int
-        The signal (``signal.SIGINT``, ``signal.SIGTERM``).
+        The signal.
     checkpoint : str, None
-        The checkpoint folder the rerun resumes from (None: nothing was
-        saved, e.g. a second Ctrl-C).
+        The checkpoint the rerun resumes from (None: nothing was saved).
     where : str
         Where training stopped (``"epoch 2, batch 3/6"``).
 
@@ -55,13 +51,13 @@ class TrainingInterrupted(Exception):
         self.signum = int(signum)
         self.checkpoint = checkpoint
         self.where = where
-        name = signal.Signals(self.signum).name
         saved = (
             f"checkpoint saved in {checkpoint}"
             if checkpoint
             else "no checkpoint saved (stopped at once)"
         )
         at = f" at {where}" if where else ""
+        name = signal.Signals(self.signum).name
         super().__init__(f"{name}{at}: {saved}")
 
     @property
@@ -71,11 +67,7 @@ class TrainingInterrupted(Exception):
 
 
 class StopOnSignals:
-    """Brain mixin: SIGINT / SIGTERM stop training cleanly (see :meth:`fit`).
-
-    Reads ``self.hparams.epoch_counter`` and ``batches_per_epoch`` (when
-    set) to say where training stopped.
-    """
+    """Brain mixin: SIGINT / SIGTERM stop training cleanly (see :meth:`fit`)."""
 
     _stop_signal = 0  # the stop signal this process received (0: none)
     _saving = False  # a stop checkpoint is being written
@@ -83,29 +75,14 @@ class StopOnSignals:
     def fit(self, *args, **kwargs):
         """SpeechBrain's ``fit``, stopping cleanly on SIGINT / SIGTERM.
 
-        The first SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption) lets
-        the update in progress finish (all its micro-batches, with gradient
-        accumulation), saves an intra-epoch checkpoint there, the way the
-        ``ckpt_interval_*`` checkpoints are saved, and raises
-        :class:`TrainingInterrupted`: the rerun of the same command
-        continues from that update (the data loader skips the batches
-        already trained on). A signal during validation stops once the
-        epoch's checkpoint is saved; one during the set-up stops before the
-        first update. A second Ctrl-C stops at once, without saving (the
-        rerun resumes from the last checkpoint).
-
-        Under DDP the decision is shared at every update boundary (one
-        all-reduce of a scalar), so every rank stops after the same update
-        whichever rank got the signal; the Checkpointer writes on rank 0.
-        The handlers are installed in the main thread only, for the
-        duration of ``fit``; the previous ones are restored after it.
-
-        Arguments
-        ---------
-        *args : tuple
-            See ``speechbrain.core.Brain.fit``.
-        **kwargs : dict
-            See ``speechbrain.core.Brain.fit``.
+        The first signal lets the update in progress finish (all its
+        micro-batches), saves an intra-epoch checkpoint there and raises
+        :class:`TrainingInterrupted`. A signal during validation stops once
+        the epoch's checkpoint is saved; a second Ctrl-C stops at once,
+        without saving. Under DDP the ranks share the decision at every
+        update boundary, so they all stop after the same update. The
+        handlers are installed (main thread only) for the duration of
+        ``fit``.
         """
         self._stop_signal = 0
         with self._stop_on_signals():
@@ -123,29 +100,12 @@ class StopOnSignals:
     def make_dataloader(
         self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs
     ):
-        """SpeechBrain's data loader; in training and validation its worker
-        processes ignore :data:`STOP_SIGNALS`.
+        """SpeechBrain's data loader; in training and validation its workers
+        ignore :data:`STOP_SIGNALS`.
 
-        Ctrl-C and ``kill -TERM -<group>`` reach the workers too; a worker
-        ended by SIGTERM makes PyTorch raise in the main process at any
-        point, even while the stop checkpoint is being written. :meth:`fit`
-        ends these workers itself when it returns or stops (they ignore the
-        SIGTERM with which Python would end them at exit).
-
-        Arguments
-        ---------
-        dataset : Dataset
-            See ``speechbrain.core.Brain.make_dataloader``.
-        stage : sb.Stage
-            The stage.
-        ckpt_prefix : str, None
-            See ``speechbrain.core.Brain.make_dataloader``.
-        **loader_kwargs : dict
-            Data loader options (``num_workers``, ``worker_init_fn`` ...).
-
-        Returns
-        -------
-        DataLoader
+        Ctrl-C and ``kill -TERM -<group>`` reach the workers too, and a
+        worker ended by SIGTERM makes PyTorch raise in the main process, even
+        while the stop checkpoint is written. :meth:`fit` ends these workers.
         """
         guarded = stage != sb.Stage.TEST and loader_kwargs.get("num_workers")
         if guarded:
@@ -161,8 +121,7 @@ class StopOnSignals:
         return loader
 
     def _end_guarded_workers(self):
-        """Ends the workers of the loaders made by :meth:`make_dataloader`
-        in training (an unfinished epoch leaves them running)."""
+        """Ends the workers an unfinished epoch leaves running."""
         for loader in self.__dict__.pop("_guarded_loaders", []):
             iterator = getattr(loader, "_speechbrain_iterator", None)
             shutdown = getattr(iterator, "_shutdown_workers", None)
@@ -171,7 +130,7 @@ class StopOnSignals:
 
     @contextlib.contextmanager
     def _stop_on_signals(self):
-        """Installs :meth:`_on_stop_signal` for :data:`STOP_SIGNALS`."""
+        """Installs :meth:`_on_stop_signal`, restores the previous handlers."""
         if threading.current_thread() is not threading.main_thread():
             yield  # Python delivers signals to the main thread only
             return
@@ -207,7 +166,7 @@ class StopOnSignals:
 
     def _shared_stop_signal(self):
         """The stop signal of any DDP rank (the largest), else 0; a
-        collective: every rank calls it at the same points."""
+        collective."""
         return int(over_replicas([self._stop_signal], self.device)[0])
 
     def _where(self):
@@ -228,7 +187,7 @@ class StopOnSignals:
 
     def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
         """SpeechBrain's interval decision, or a stop signal at an update
-        boundary (after the batch whose optimizer step ends the update)."""
+        boundary."""
         self._stopping = 0
         if self.step % self.grad_accumulation_factor == 0:
             self._stopping = self._shared_stop_signal()
@@ -241,8 +200,7 @@ class StopOnSignals:
         )
 
     def _save_intra_epoch_ckpt(self):
-        """SpeechBrain's intra-epoch checkpoint; then, when a signal asked
-        for it, :class:`TrainingInterrupted`."""
+        """SpeechBrain's intra-epoch checkpoint; then the stop, if asked."""
         self._saving = True
         try:
             super()._save_intra_epoch_ckpt()
@@ -254,8 +212,7 @@ class StopOnSignals:
             )
 
     def on_stage_start(self, stage, epoch=None):
-        """Stops before a training epoch when a signal asked for it (the
-        last checkpoint holds everything trained)."""
+        """Stops before a training epoch when a signal asked for it."""
         if stage == sb.Stage.TRAIN:
             stop = self._shared_stop_signal()
             if stop:
@@ -268,7 +225,7 @@ class StopOnSignals:
 
 
 def _worker_ignoring_stop_signals(init_fn, worker_id):
-    """A data loader worker's start: ignore :data:`STOP_SIGNALS` (the main
+    """A loader worker's start: ignore :data:`STOP_SIGNALS` (the main
     process decides when to stop), then the loader's own ``init_fn``."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)

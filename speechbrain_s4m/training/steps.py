@@ -1,12 +1,10 @@
 """DDP-consistent skipping and stepping: a Brain mixin.
 
-SpeechBrain's ``Brain.fit_batch`` skips a batch whose loss is not finite on
-the replica that saw it, and the separation recipes skip thresholded or
-too-large losses the same way; under DDP the other replicas then wait in the
-gradient all-reduce for a replica that left (a hang), or step without it.
-:class:`ConsistentSteps` replaces ``fit_batch`` so that the decision to skip
-is shared by every replica, also with gradient accumulation, and the weights
-are never touched by a skipped batch.
+SpeechBrain's ``Brain.fit_batch`` (and the separation recipes' loss
+thresholds) skip a batch on the replica that saw it; under DDP the others
+then hang in the gradient all-reduce, or step without it.
+:class:`ConsistentSteps` shares the decision between the replicas, also with
+gradient accumulation, and a skipped batch never touches the weights.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -25,15 +23,9 @@ from speechbrain_s4m.nnet.schedulers import WarmupDecayScheduler
 
 logger = get_logger(__name__)
 
-__all__ = [
-    "NONFINITE_LOSS",
-    "ConsistentSteps",
-    "NonFiniteLossError",
-    "over_replicas",
-]
+__all__ = ["ConsistentSteps", "NonFiniteLossError", "over_replicas"]
 
-#: The skip reason of a batch whose loss is not finite.
-NONFINITE_LOSS = "non-finite loss"
+_NONFINITE = "non-finite loss"  # the skip reason of a non-finite loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -41,15 +33,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def over_replicas(values, device, op="max"):
-    """``values`` reduced over the DDP replicas (``"max"`` or ``"sum"``),
-    the same on every replica; ``values`` themselves without DDP. A
-    collective: every replica calls it at the same point.
-
-    Example
-    -------
-    >>> over_replicas([0, 1, 2.5], "cpu")
-    [0.0, 1.0, 2.5]
-    """
+    """``values`` (floats) reduced over the DDP replicas (``"max"`` or
+    ``"sum"``); ``values`` themselves without DDP. A collective."""
     values = [float(v) for v in values]
     if is_distributed_initialized():
         t = torch.tensor(values, device=device)
@@ -63,26 +48,21 @@ def over_replicas(values, device, op="max"):
 class ConsistentSteps:
     """Brain mixin: training steps that skip a batch on all replicas at once.
 
-    A batch is skipped (no backward, no optimizer update) when every
-    utterance is below ``threshold`` (hparams ``threshold_byloss``), when
-    the loss is not finite, or when it is above ``loss_upper_lim``; an
-    update whose gradient norm is not finite is skipped too. The train loss
-    averages the batches that counted (:meth:`update_average`), and more
-    than ``nonfinite_patience`` consecutive non-finite batches stop
-    training (:class:`NonFiniteLossError`).
-
-    The Brain provides :meth:`training_losses` (the per-utterance loss of a
-    batch). The counters (``skipped_batches``, ``counted_batches``,
-    ``train_samples``) are saved with SpeechBrain's Brain state, so an
-    intra-epoch checkpoint resumes the epoch's mean loss.
+    A batch is skipped (no backward, no update) when every utterance is
+    below ``threshold`` (with ``threshold_byloss``), when its loss is not
+    finite or above ``loss_upper_lim``; an update with a non-finite gradient
+    norm is skipped too. The train loss averages the batches that counted;
+    more than ``nonfinite_patience`` (3) non-finite batches in a row raise
+    :class:`NonFiniteLossError`. The Brain provides :meth:`training_losses`.
+    The epoch's counters are saved with the Brain's state, so an intra-epoch
+    checkpoint resumes the epoch's mean loss.
     """
 
     skipped_batches = 0  # training batches skipped in the current epoch
-    nonfinite_count = 0  # of which non-finite losses or gradients
     nonfinite_streak = 0  # consecutive non-finite training batches
     counted_batches = 0  # training batches in the epoch's mean loss
     train_samples = 0  # training mixtures seen in the current epoch
-    _stage = None  # the current stage (set by on_stage_start)
+    _stage = None
 
     def training_losses(self, batch):
         """The per-utterance training loss of ``batch``, `[batch]`."""
@@ -93,23 +73,16 @@ class ConsistentSteps:
         super().on_stage_start(stage, epoch)
         self._stage = stage
         if stage == sb.Stage.TRAIN and self.step == 0:
-            self.skipped_batches = 0
-            self.counted_batches = 0
+            self.skipped_batches = self.counted_batches = 0
             self.train_samples = 0
 
     def fit_batch(self, batch):
-        """Trains on one batch; skips it on all replicas when needed.
+        """Trains on one batch, or skips it on every replica.
 
-        In DDP the decision to skip is shared: if one replica skips, all
-        do, so the gradient all-reduce never waits for a replica that left.
-        With gradient accumulation, the micro-batches before the one that
-        steps run under ``no_sync``: their gradients are all-reduced by the
-        backward of the stepping micro-batch. When that one is skipped no
-        backward runs, so the accumulated gradients are all-reduced here
-        (:meth:`_sync_accumulated_gradients`) before the step: every replica
-        applies the update DDP would have applied had the skipped
-        micro-batch contributed a zero gradient, and the work of the earlier
-        micro-batches is kept.
+        With gradient accumulation the micro-batches before the stepping one
+        run under ``no_sync``; if the stepping one is skipped (no backward,
+        hence no all-reduce), the accumulated gradients are averaged here
+        before the step, as if it had contributed a zero gradient.
 
         Arguments
         ---------
@@ -119,20 +92,18 @@ class ConsistentSteps:
         Returns
         -------
         torch.Tensor
-            The training loss of the batch (NaN if the batch was skipped,
-            which keeps it out of the epoch's average).
+            The batch's training loss; NaN if skipped (left out of the mean).
         """
         should_step = self.step % self.grad_accumulation_factor == 0
         self.train_samples += len(batch.id)
 
         with self.no_sync(not should_step):
-            loss = self.training_losses(batch)  # [batch]
-            loss, reason = self._select_loss(loss)
+            loss, reason = self._select_loss(self.training_losses(batch))
             skip, nonfinite = self._any_replica(
-                reason is not None, reason == NONFINITE_LOSS
+                reason is not None, reason == _NONFINITE
             )
             if skip:
-                self._log_skip(reason, nonfinite)
+                self._log_skip(reason)
             else:
                 self.scaler.scale(
                     loss / self.grad_accumulation_factor
@@ -141,22 +112,15 @@ class ConsistentSteps:
         if should_step:
             if skip:
                 self._sync_accumulated_gradients()
-            if self._optimizer_step() == "non-finite gradient":
-                nonfinite = True
+            nonfinite |= self._optimizer_step()
         self._check_nonfinite_patience(nonfinite, skip)
-
-        if skip:
-            return torch.tensor(float("nan"))
-        return loss.detach().cpu()
+        return torch.tensor(float("nan")) if skip else loss.detach().cpu()
 
     def _select_loss(self, loss):
-        """Applies loss thresholding and the sanity limits.
-
-        Returns the scalar loss to optimise and the reason to skip the batch
-        (None when the batch is used).
-        """
+        """Thresholds the per-utterance loss: ``(scalar loss, reason to
+        skip or None)``."""
         if not torch.isfinite(loss).all():
-            return loss.mean(), NONFINITE_LOSS
+            return loss.mean(), _NONFINITE
         if getattr(self.hparams, "threshold_byloss", False):
             # Keep only the utterances not yet separated well enough
             loss = loss[loss > self.hparams.threshold]
@@ -169,16 +133,11 @@ class ConsistentSteps:
         return loss, None
 
     def _any_replica(self, *flags):
-        """Whether each flag is True on any DDP replica (a bool for a single
-        flag); the same on every replica."""
-        out = tuple(v > 0 for v in over_replicas(flags, self.device))
-        return out[0] if len(out) == 1 else out
+        """Whether each flag is True on any DDP replica (same everywhere)."""
+        return tuple(v > 0 for v in over_replicas(flags, self.device))
 
-    def _log_skip(self, reason, nonfinite):
-        """Counts and logs a skipped training batch."""
+    def _log_skip(self, reason):
         self.skipped_batches += 1
-        if nonfinite:
-            self.nonfinite_count += 1
         # Thresholded batches are routine late in training
         routine = reason is not None and "threshold" in reason
         logger.log(
@@ -189,13 +148,9 @@ class ConsistentSteps:
         )
 
     def _check_nonfinite_patience(self, nonfinite, skipped):
-        """Counts consecutive non-finite batches; raises past the patience
-        (SpeechBrain's run option ``nonfinite_patience``, default 3).
-
-        A batch that trained normally resets the count; a thresholded batch
-        leaves it as it is. The flags are the same on every replica, so the
-        replicas stop together.
-        """
+        """Counts consecutive non-finite batches (a trained batch resets the
+        count, a thresholded one does not); raises past the patience. The
+        flags are shared, so the replicas stop together."""
         if nonfinite:
             self.nonfinite_streak += 1
         elif not skipped:
@@ -223,63 +178,35 @@ class ConsistentSteps:
 
     def _sync_accumulated_gradients(self):
         """Averages the gradients accumulated under ``no_sync`` over the DDP
-        replicas (what the backward of a stepping micro-batch does).
-
-        A gradient that exists on some replicas only counts as zero on the
-        others. Nothing to do without DDP.
-        """
+        replicas; a gradient missing on some replicas counts as zero."""
         if not is_distributed_initialized():
             return
         params = self._trained_parameters()
-        if not params:
-            return
-        has_grad = torch.tensor(
-            [float(p.grad is not None) for p in params], device=self.device
+        has_grad = over_replicas(
+            [p.grad is not None for p in params], self.device
         )
-        torch.distributed.all_reduce(
-            has_grad, op=torch.distributed.ReduceOp.MAX
-        )
-        synced = [p for p, h in zip(params, has_grad.tolist()) if h > 0]
-        for p in synced:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        # One all-reduce per dtype over the flattened gradients
-        by_dtype = {}
-        for p in synced:
-            by_dtype.setdefault(p.grad.dtype, []).append(p)
         world = torch.distributed.get_world_size()
-        for group in by_dtype.values():
-            flat = torch.cat([p.grad.reshape(-1) for p in group])
-            torch.distributed.all_reduce(flat)
-            flat /= world
-            offset = 0
-            for p in group:
-                n = p.grad.numel()
-                p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-                offset += n
+        for p, h in zip(params, has_grad):
+            if h > 0:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                grad = p.grad.contiguous()
+                torch.distributed.all_reduce(grad)
+                p.grad.copy_(grad / world)
 
     def _optimizer_step(self):
         """Unscales, clips, applies the per-update schedule and steps.
 
-        If the gradient norm is not finite the update is skipped (with fp16
-        the GradScaler does it and lowers its scale; otherwise we do), so
-        the weights are never corrupted. After a DDP all-reduce the
-        gradients, hence the decision, are identical on all replicas.
-
-        Returns
-        -------
-        str
-            ``"stepped"``, ``"no gradient"`` (every micro-batch since the
-            last step was skipped), ``"non-finite gradient"`` (update
-            skipped) or ``"scaler"`` (fp16: the GradScaler decides).
+        Returns True when the update was skipped for a non-finite gradient
+        norm (with fp16 the GradScaler skips such steps itself). The
+        gradients are all-reduced, so the decision is the same everywhere.
         """
-        # Every optimizer group, not only self.modules.parameters() as in
-        # SpeechBrain's Brain.check_gradients / the recipes' clipping: the
-        # S4 parameters may sit in a group of their own (own learning rate)
+        # Every optimizer group, not only self.modules.parameters() as
+        # SpeechBrain clips: the S4 parameters may have a group of their own
         params = self._trained_parameters(with_grad=True)
         if not params:  # every micro-batch since the last step was skipped
             self.optimizer.zero_grad(set_to_none=True)
-            return "no gradient"
+            return False
         self.scaler.unscale_(self.optimizer)
         max_norm = getattr(self.hparams, "clip_grad_norm", None)
         if max_norm is None:
@@ -288,36 +215,29 @@ class ConsistentSteps:
             max_norm = float("inf")  # only measure the norm
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         finite = bool(torch.isfinite(norm))
-        status = "stepped"
         if finite or self.scaler.is_enabled():
             scheduler = getattr(self.hparams, "lr_scheduler", None)
             if isinstance(scheduler, WarmupDecayScheduler):
                 scheduler(self.optimizer)  # this update's rates
-            # With fp16 the scaler skips non-finite steps and lowers its scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
         if finite:
             self.optimizer_step += 1
-        elif self.scaler.is_enabled():
-            status = "scaler"
-        else:
-            status = "non-finite gradient"
-            self.nonfinite_count += 1
-            self.skipped_batches += 1
-            logger.warning(
-                "Non-finite gradient norm: update skipped (%d skipped this "
-                "epoch).",
-                self.skipped_batches,
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        return status
+            return False
+        if self.scaler.is_enabled():
+            return False
+        self.skipped_batches += 1
+        logger.warning(
+            "Non-finite gradient norm: update skipped (%d skipped this epoch).",
+            self.skipped_batches,
+        )
+        return True
 
     def update_average(self, loss, avg_loss):
-        """Running mean of the training loss over the batches that counted.
-
-        Skipped batches (NaN loss) are left out of the mean and of its
-        count; an epoch in which every batch was skipped averages to NaN
-        (not 0). Validation and test use SpeechBrain's running mean.
+        """Running mean of the training loss over the batches that counted:
+        a skipped batch (NaN) is left out; if all are, the mean is NaN.
+        Validation and test use SpeechBrain's running mean.
 
         Arguments
         ---------
@@ -342,7 +262,7 @@ class ConsistentSteps:
 
     @sb.utils.checkpoints.mark_as_saver
     def _save(self, path):
-        """Saves SpeechBrain's Brain state plus this epoch's counters."""
+        """SpeechBrain's Brain state plus this epoch's counters."""
         super()._save(path)
         with open(path, encoding="utf-8") as f:
             state = yaml.safe_load(f) or {}
