@@ -1,35 +1,19 @@
-"""SpeechBrain datasets for the separation recipes.
+"""SpeechBrain datasets from the manifests of :mod:`.prepare`.
 
-``make_datasets`` builds ``DynamicItemDataset``s from the manifests written
-by :mod:`speechbrain_s4m.data.prepare`, with output keys
-``id, mix_sig, s1_sig, s2_sig[, s3_sig][, noise_sig]`` (float32 ``[time]``
-tensors; batched by SpeechBrain's ``PaddedBatch`` to ``[batch, time]`` with
-relative lengths). ``dynamic_mixing_dataset`` (from
-:mod:`speechbrain_s4m.data.dynamic_mixing`) gives the same keys from new
-mixtures drawn at every access.
-
+Items have the keys ``id, mix_sig, s1_sig, s2_sig[, s3_sig][, noise_sig]``
+(float32 ``[time]`` tensors, batched by SpeechBrain's ``PaddedBatch``).
 The data pipeline is the one place that crops training signals
-(:func:`training_crop_len` reads ``limit_training_signal_len`` and
-``training_signal_len``), and a dataset provides ``noise_sig`` whenever its
-manifest has a ``noise_wav`` column: the Brain neither crops nor guesses.
-
-Authors
- * speechbrain-s4m contributors 2026
+(:func:`training_crop_len`), and a dataset provides ``noise_sig`` whenever
+its manifest has a ``noise_wav`` column: the Brain neither crops nor
+guesses.
 """
 
 import csv
-import logging
 
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from speechbrain_s4m.audio import (
-    AudioFormatError,
-    audio_frames,
-    read_audio,
-)
-
-logger = logging.getLogger(__name__)
+from speechbrain_s4m.audio import AudioFormatError, audio_frames, read_audio
 
 __all__ = [
     "signal_keys",
@@ -45,17 +29,6 @@ SORTINGS = ("ascending", "descending", "random")
 
 def signal_keys(num_spks=2, noise=False):
     """Output keys of the signals, in order.
-
-    Arguments
-    ---------
-    num_spks : int
-        Number of target sources.
-    noise : bool
-        Whether a ``noise_sig`` is provided.
-
-    Returns
-    -------
-    keys : list of str
 
     Example
     -------
@@ -73,44 +46,14 @@ def _header(csv_path):
 
 
 def has_noise(csv_path):
-    """Whether a manifest has a ``noise_wav`` column (noisy mixtures).
-
-    Arguments
-    ---------
-    csv_path : str
-        Manifest written by :mod:`speechbrain_s4m.data.prepare`.
-
-    Returns
-    -------
-    bool
-
-    Example
-    -------
-    >>> csv_path = getfixture("tmp_path") / "m.csv"
-    >>> _ = csv_path.write_text("ID,duration,mix_wav,s1_wav,noise_wav\\n")
-    >>> has_noise(csv_path)
-    True
-    """
+    """Whether a manifest has a ``noise_wav`` column (noisy mixtures)."""
     return "noise_wav" in _header(csv_path)
 
 
 def training_crop_len(hparams):
-    """Length of the random training crops, from the recipe hparams.
-
-    The one reader of ``limit_training_signal_len`` and
-    ``training_signal_len``: static and dynamic-mixing training sets crop
-    to this length, nothing else crops.
-
-    Arguments
-    ---------
-    hparams : dict
-        Recipe hyperparameters.
-
-    Returns
-    -------
-    int or None
-        ``training_signal_len`` (samples) when ``limit_training_signal_len``
-        is set, else None (whole utterances).
+    """Length of the random training crops (samples), from the recipe
+    hparams: ``training_signal_len`` when ``limit_training_signal_len`` is
+    set, else None (whole utterances). The one reader of these two keys.
 
     Example
     -------
@@ -124,16 +67,6 @@ def training_crop_len(hparams):
     if not hparams.get("limit_training_signal_len", False):
         return None
     return int(hparams.get("training_signal_len", 32000))
-
-
-def _check_columns(csv_path, columns):
-    header = _header(csv_path)
-    lacking = [c for c in ["ID", "duration"] + columns if c not in header]
-    if lacking:
-        raise ValueError(
-            f"manifest '{csv_path}' lacks column(s) {lacking} (has {header}); "
-            "check num_spks / noise against the prepared dataset"
-        )
 
 
 def _make_loader(sample_rate, crop_len):
@@ -181,7 +114,7 @@ def make_dataset(
         Expected sample rate; other rates raise :class:`AudioFormatError`.
     noise : bool or None
         Also provide ``noise_sig``: True needs a ``noise_wav`` column;
-        None: whenever the manifest has one (see :func:`has_noise`).
+        None: whenever the manifest has one.
     crop_len : int or None
         If set, longer items give a random crop of ``crop_len`` samples, at
         the same offset in the mixture and every source.
@@ -194,18 +127,6 @@ def make_dataset(
     Returns
     -------
     dataset : speechbrain.dataio.dataset.DynamicItemDataset
-        Items ``{"id", "mix_sig", "s1_sig", ...}``.
-
-    Example
-    -------
-    >>> from speechbrain_s4m.data import prepare_wsj0mix
-    >>> from speechbrain_s4m.data.synthetic import write_wsj0mix
-    >>> tmp = getfixture("tmp_path")
-    >>> root = write_wsj0mix(tmp / "wsj", sizes=1, duration=(0.2, 0.2))
-    >>> csvs = prepare_wsj0mix(root, tmp / "save")
-    >>> item = make_dataset(csvs["test"], crop_len=800)[0]
-    >>> list(item), item["mix_sig"].shape
-    (['id', 'mix_sig', 's1_sig', 's2_sig'], torch.Size([800]))
     """
     if sorting not in SORTINGS:
         raise ValueError(f"sorting must be one of {SORTINGS}, got {sorting!r}")
@@ -213,13 +134,17 @@ def make_dataset(
         noise = has_noise(csv_path)
     columns = ["mix_wav"] + [f"s{i + 1}_wav" for i in range(num_spks)]
     columns += ["noise_wav"] if noise else []
-    _check_columns(csv_path, columns)
+    header = _header(csv_path)
+    lacking = [c for c in ["ID", "duration"] + columns if c not in header]
+    if lacking:
+        raise ValueError(
+            f"manifest '{csv_path}' lacks column(s) {lacking} (has {header}); "
+            "check num_spks / noise against the prepared dataset"
+        )
     dataset = DynamicItemDataset.from_csv(csv_path)
     provides = signal_keys(num_spks, noise)
     dataset.add_dynamic_item(
-        _make_loader(sample_rate, crop_len),
-        takes=columns,
-        provides=provides,
+        _make_loader(sample_rate, crop_len), takes=columns, provides=provides
     )
     dataset.set_output_keys(["id"] + provides)
     limits = {"duration": max_duration} if max_duration else {}
@@ -248,34 +173,21 @@ def make_datasets(
 ):
     """Train / valid / test datasets from the prepared manifests.
 
-    Only the training set is cropped (``limit_training_signal_len``),
-    sorted and filtered by ``max_duration``; valid and test items are whole
-    utterances in manifest order.
+    Only the training set is cropped, sorted and filtered by
+    ``max_duration``; valid and test items are whole, in manifest order.
 
     Arguments
     ---------
-    train_csv : str
-        Training manifest.
-    valid_csv : str
-        Validation manifest.
+    train_csv, valid_csv : str
+        Training and validation manifests.
     test_csv : str or None
         Test manifest (None: no test set).
-    num_spks : int
-        Number of target sources.
-    sample_rate : int
-        Expected sample rate of every file.
-    noise : bool or None
-        Provide ``noise_sig`` too: True needs ``noise_wav`` in the
-        manifests; None: for each manifest that has it.
-    sorting : str
-        ``ascending``, ``descending`` or ``random`` (sorted sets must not
-        be shuffled by the dataloader).
+    num_spks, sample_rate, noise, sorting, max_duration
+        As in :func:`make_dataset` (sorted sets must not be shuffled).
     limit_training_signal_len : bool
         Random crops of ``training_signal_len`` samples for training.
     training_signal_len : int
         Crop length (samples).
-    max_duration : float or None
-        Drop training items longer than this (seconds).
 
     Returns
     -------
@@ -292,8 +204,8 @@ def make_datasets(
     >>> train, valid, test = make_datasets(
     ...     csvs["train"], csvs["valid"], csvs["test"], sorting="ascending"
     ... )
-    >>> len(train), len(valid), len(test)
-    (2, 2, 2)
+    >>> len(train), list(test[0])
+    (2, ['id', 'mix_sig', 's1_sig', 's2_sig'])
     """
     crop = training_signal_len if limit_training_signal_len else None
     common = {"num_spks": num_spks, "sample_rate": sample_rate, "noise": noise}
@@ -310,22 +222,11 @@ def make_datasets(
 
 
 def datasets_from_hparams(hparams):
-    """``make_datasets`` with the usual recipe hparams keys.
-
-    Reads ``train_data``, ``valid_data``, ``test_data``, ``num_spks``,
-    ``sample_rate`` and the optional ``sorting``,
-    ``limit_training_signal_len`` and ``training_signal_len`` (see
-    :func:`training_crop_len`) and ``max_duration``. Items have
-    ``noise_sig`` whenever the manifests have ``noise_wav``.
-
-    Arguments
-    ---------
-    hparams : dict
-        Loaded recipe hyperparameters.
-
-    Returns
-    -------
-    train, valid, test : DynamicItemDataset
+    """:func:`make_datasets` from the recipe hparams (``train_data``,
+    ``valid_data``, ``test_data``, ``num_spks``, ``sample_rate``, optional
+    ``sorting``, ``max_duration`` and the crop keys of
+    :func:`training_crop_len`); items have ``noise_sig`` whenever the
+    manifests have ``noise_wav``.
 
     Example
     -------

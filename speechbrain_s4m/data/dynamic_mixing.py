@@ -1,19 +1,10 @@
 """Dynamic mixing: new training mixtures drawn at every access.
 
-Mixtures are made on the fly from single-speaker utterances (wsj0
-``si_tr_s`` or LibriSpeech) and, for noisy variants, WHAM! noise files:
-``num_spks`` distinct random speakers, one random utterance each, a random
-crop of ``training_signal_len`` samples (all cut to the shortest), then a
-random level per source, set on the samples that are mixed (RMS in dBFS
-drawn uniformly in ``level_db``, so relative gains span +-5 dB as in
-wsj0-2mix), noise at a random SNR relative to the loudest source, and a
-rescale that keeps every signal under a 0.9 peak (no clipping; relative
-levels and SNR unchanged). This is
-what SpeechBrain's Sepformer recipes call ``dynamic_mixing``, with RMS levels
-instead of pyloudnorm loudness.
-
-Authors
- * speechbrain-s4m contributors 2026
+As SpeechBrain's Sepformer recipes' ``dynamic_mixing``, with RMS levels
+instead of pyloudnorm loudness: ``num_spks`` distinct random speakers (wsj0
+``si_tr_s`` or LibriSpeech), one random utterance and crop each (cut to the
+shortest), a random RMS level per source, WHAM! noise at a random SNR to the
+loudest source, and a rescale under a 0.9 peak (levels and SNR unchanged).
 """
 
 import logging
@@ -25,6 +16,7 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from speechbrain_s4m.audio import DATASET_EXTENSIONS, audio_frames, read_audio
+from speechbrain_s4m.data.dataio import signal_keys
 from speechbrain_s4m.data.layouts import PEAK as _PEAK
 from speechbrain_s4m.data.prepare import DatasetLayoutError
 
@@ -68,30 +60,9 @@ def _audio_files(folder, what):
 
 
 def collect_speakers(folder, source_format="wsj0"):
-    """Groups the utterances of a source folder by speaker.
-
-    Arguments
-    ---------
-    folder : str
-        Single-speaker utterances (searched recursively): wsj0 ``si_tr_s``
-        converted to wav (speaker = first 3 characters of the file name) or
-        a LibriSpeech subset (speaker = file name before the first ``-``).
-    source_format : str
-        ``wsj0`` or ``librispeech``.
-
-    Returns
-    -------
-    speakers : dict
-        ``{speaker: [paths]}`` (sorted).
-
-    Example
-    -------
-    >>> from speechbrain_s4m.data.synthetic import write_wsj0_sources
-    >>> root = write_wsj0_sources(
-    ...     getfixture("tmp_path"), 2, 2, duration=(0.2, 0.2)
-    ... )
-    >>> {k: len(v) for k, v in collect_speakers(root).items()}
-    {'00a': 2, '01a': 2}
+    """Groups the utterances under ``folder`` (recursively) by speaker:
+    ``{speaker: [paths]}``, sorted; the speaker is read from each file name
+    as :data:`SOURCE_FORMATS` (``wsj0`` or ``librispeech``) says.
     """
     if source_format not in SOURCE_FORMATS:
         raise ValueError(
@@ -106,24 +77,8 @@ def collect_speakers(folder, source_format="wsj0"):
 
 
 def collect_noises(folder):
-    """Lists the noise files (e.g. ``wham_noise/tr``), recursively.
-
-    Arguments
-    ---------
-    folder : str
-        Noise folder.
-
-    Returns
-    -------
-    files : list of str
-
-    Example
-    -------
-    >>> from speechbrain_s4m.data.synthetic import write_noise_sources
-    >>> root = write_noise_sources(getfixture("tmp_path"), 2, 8000, (0.2, 0.2))
-    >>> len(collect_noises(root))
-    2
-    """
+    """Lists the noise files under ``folder`` (e.g. ``wham_noise/tr``),
+    recursively."""
     return [str(p) for p in _audio_files(folder, "noise")]
 
 
@@ -137,12 +92,11 @@ class DynamicMixer:
     num_spks : int
         Sources per mixture (distinct speakers).
     sample_rate : int
-        Output rate; sources at another rate are resampled on the fly with
-        ``torchaudio.functional.resample`` (slower: pre-resample for
-        training at scale).
+        Output rate; sources at another rate are resampled on the fly
+        (slower: pre-resample for training at scale).
     training_signal_len : int or None
-        Length of the mixtures (samples); shorter utterances give shorter
-        mixtures (cut to the shortest source, as "min"). None: whole
+        Length of the mixtures (samples; random crops); shorter utterances
+        give shorter mixtures (cut to the shortest source). None: whole
         utterances.
     source_format : str
         ``wsj0`` or ``librispeech``.
@@ -150,21 +104,11 @@ class DynamicMixer:
         Noise files (WHAM! noise); if given, items get ``noise_sig`` and
         ``mix_sig`` includes the noise.
     level_db : tuple
-        Range of the source RMS levels (dBFS).
+        Range of the source RMS levels (dBFS), set on the mixed samples
+        (relative gains within +-5 dB, as wsj0-2mix).
     snr_db : tuple
         Range of the SNR of the loudest source over the noise (dB; WHAM!
         uses -6 to +3).
-
-    Example
-    -------
-    >>> from speechbrain_s4m.data.synthetic import write_wsj0_sources
-    >>> root = write_wsj0_sources(
-    ...     getfixture("tmp_path"), 3, 1, duration=(0.3, 0.3)
-    ... )
-    >>> mixer = DynamicMixer(root, num_spks=2, training_signal_len=1600)
-    >>> sigs = mixer.draw(np.random.default_rng(0))
-    >>> sorted(sigs), sigs["mix_sig"].shape
-    (['mix_sig', 's1_sig', 's2_sig'], torch.Size([1600]))
     """
 
     def __init__(
@@ -194,11 +138,6 @@ class DynamicMixer:
         self.level_db = level_db
         self.snr_db = snr_db
         self._warned_rates = set()
-
-    @property
-    def num_utterances(self):
-        """Number of source utterances."""
-        return sum(len(v) for v in self.speakers.values())
 
     def _read_crop(self, path, length, rng, loop=False):
         """Random crop of ``length`` output samples (resampled if needed)."""
@@ -232,19 +171,9 @@ class DynamicMixer:
         return wav * (10 ** (level_db / 20) / rms)
 
     def draw(self, rng):
-        """Draws one mixture.
-
-        Arguments
-        ---------
-        rng : numpy.random.Generator
-            Random generator.
-
-        Returns
-        -------
-        sigs : dict
-            ``mix_sig``, ``s1_sig`` ... (and ``noise_sig``): float32
-            ``[time]`` tensors with ``mix = sum of sources (+ noise)``.
-        """
+        """Draws one mixture with a numpy Generator: ``mix_sig``, ``s1_sig``
+        ... (and ``noise_sig``), float32 ``[time]`` tensors, ``mix`` the sum
+        of the others."""
         spks = rng.choice(len(self.speaker_ids), self.num_spks, replace=False)
         sources = []
         for s in spks:
@@ -287,38 +216,12 @@ def dynamic_mixing_dataset(
 ):
     """Training set of mixtures drawn anew at every access (every epoch).
 
-    Arguments
-    ---------
-    base_folder_dm : str
-        Single-speaker sources: wsj0 ``si_tr_s`` as wav (speaker folders,
-        speaker = first 3 characters of the file name) or a LibriSpeech
-        subset (``speaker/chapter/*.flac``).
-    num_spks : int
-        Sources per mixture.
-    sample_rate : int
-        Output sample rate (sources at another rate are resampled).
-    training_signal_len : int or None
-        Mixture length in samples (random crops); None for whole
-        utterances.
-    source_format : str
-        ``wsj0`` or ``librispeech``.
-    noise_folder : str or None
-        WHAM! noise folder for noisy mixtures (adds ``noise_sig``).
-    num_mixtures : int or None
-        Items per epoch; None: number of source utterances // num_spks.
-    level_db : tuple
-        Range of the source RMS levels (dBFS).
-    snr_db : tuple
-        Range of the loudest-source-to-noise ratio (dB).
-
-    Returns
-    -------
-    dataset : speechbrain.dataio.dataset.DynamicItemDataset
-        Items ``{"id", "mix_sig", "s1_sig", ...[, "noise_sig"]}``, like
-        :func:`speechbrain_s4m.data.dataio.make_datasets`. Randomness comes
-        from torch's RNG (seeded by the recipe, per dataloader worker)
-        mixed with the item index, so items differ across epochs, workers
-        and DDP ranks.
+    The arguments are those of :class:`DynamicMixer`, and ``num_mixtures``,
+    the items per epoch (None: number of source utterances // num_spks).
+    Items are ``{"id", "mix_sig", "s1_sig", ...[, "noise_sig"]}``, like
+    :func:`speechbrain_s4m.data.dataio.make_datasets`. Randomness comes
+    from torch's RNG (seeded by the recipe, per dataloader worker) mixed
+    with the item index, so items differ across epochs, workers and ranks.
 
     Example
     -------
@@ -341,10 +244,10 @@ def dynamic_mixing_dataset(
         snr_db=snr_db,
     )
     if num_mixtures is None:
-        num_mixtures = max(1, mixer.num_utterances // num_spks)
+        utterances = sum(len(v) for v in mixer.speakers.values())
+        num_mixtures = max(1, utterances // num_spks)
     data = {f"dm{i:07d}": {"index": i} for i in range(num_mixtures)}
-    keys = ["mix_sig"] + [f"s{i + 1}_sig" for i in range(num_spks)]
-    keys += ["noise_sig"] if noise_folder else []
+    keys = signal_keys(num_spks, noise=bool(noise_folder))
 
     def make(index):
         seed = int(torch.randint(0, 2**31 - 1, ()))

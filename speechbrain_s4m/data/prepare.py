@@ -1,23 +1,12 @@
-"""Manifest preparation for WSJ0-2mix/3mix, Libri2Mix/Libri3Mix and WHAM!.
+"""Manifest preparation for WSJ0-2mix/3mix, Libri2Mix/3Mix and WHAM!.
 
-Each ``prepare_*`` function first checks that ``data_folder`` has the layout
-written by the dataset's official generation scripts and raises
-:class:`DatasetLayoutError` naming exactly what is missing otherwise (the
-dataset type is never guessed from the path). It then writes SpeechBrain CSV
-manifests ``save_folder/{train,valid,test}.csv`` with columns
-``ID, duration, mix_wav, s1_wav, s2_wav[, s3_wav][, noise_wav]``, where
-``duration`` is the real duration in seconds (from the file headers, or from
-the ``length`` column of the LibriMix metadata).
-
-Preparation is skipped when the three manifests exist and the options saved
-beside them (``save_folder/prepare_options.json``) equal the requested ones.
-
-The layouts (folder and file names, shared with the synthetic writers) and
-the checks of a folder against them (:class:`ExpectedLayout`) live in
-:mod:`speechbrain_s4m.data.layouts`.
-
-Authors
- * speechbrain-s4m contributors 2026
+Each ``prepare_*`` function checks ``data_folder`` against the layout of the
+dataset's generation scripts (:mod:`speechbrain_s4m.data.layouts`; the
+dataset is never guessed from the path), then every file header, and writes
+the SpeechBrain manifests ``save_folder/{train,valid,test}.csv`` with
+columns ``ID, duration, mix_wav, s1_wav, s2_wav[, s3_wav][, noise_wav]``
+(real durations in seconds). It is skipped when the manifests exist and
+``prepare_options.json`` beside them records the same options.
 """
 
 import csv
@@ -28,31 +17,33 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from speechbrain_s4m.audio import AudioError, check_audio_header
+from speechbrain_s4m.audio import (
+    DATASET_EXTENSIONS,
+    AudioError,
+    check_audio_header,
+)
 from speechbrain_s4m.data.layouts import (
-    LIBRIMIX_TRAIN_SETS,
     METADATA_ID,
     METADATA_LENGTH,
-    MIXTURES,
     MODES,
     WHAM_SPLITS,
     WSJ0MIX_MIX,
     WSJ0MIX_SPLITS,
-    DatasetAudioError,
-    DatasetLayoutError,
-    ExpectedLayout,
+    check_choice,
     librimix_splits,
     metadata_columns,
     metadata_file,
     mixture_parts,
+    rate_folder,
     source_folders,
 )
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DatasetAudioError",
     "DatasetLayoutError",
+    "DatasetAudioError",
+    "ExpectedLayout",
     "check_dataset_audio",
     "prepare_wsj0mix",
     "prepare_librimix",
@@ -68,25 +59,201 @@ SPLITS = ("train", "valid", "test")
 OPTIONS_FILE = "prepare_options.json"
 #: Bumped when the manifest format changes (forces re-preparation).
 MANIFEST_VERSION = 1
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
-def _rows_from_folders(layout, split):
-    """Manifest rows of one split from the folder contents."""
-    split_dir = layout.base / layout.split_dirs[split]
-    rows = []
-    for name in layout.scan(split):
-        paths = {sub: split_dir / sub / name for sub in layout.subdirs}
-        rows.append({"ID": Path(name).stem, "duration": None, "paths": paths})
-    return rows
-
-
 #: Below this many files, the headers are read without a thread pool.
 _POOL_MIN_FILES = 256
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The data folder does not have the expected dataset layout; the
+    message names what is missing and the layout that was expected."""
+
+
+class DatasetAudioError(DatasetLayoutError):
+    """Unusable audio files of a dataset, all found in one pass.
+
+    Arguments
+    ---------
+    name : str
+        The dataset (``WSJ0-2mix``, ...).
+    data_folder : str or Path
+        The folder checked.
+    problems : list of str
+        One line per bad file, naming it (kept as ``problems``).
+
+    Example
+    -------
+    >>> print(DatasetAudioError("WSJ0-2mix", "/d", ["/d/a.wav: truncated"]))
+    ... # doctest: +ELLIPSIS
+    WSJ0-2mix: 1 bad audio file(s) under '/d' (headers checked: ...):
+      /d/a.wav: truncated
+    """
+
+    def __init__(self, name, data_folder, problems):
+        self.problems = list(problems)
+        super().__init__(
+            f"{name}: {len(self.problems)} bad audio file(s) under "
+            f"'{data_folder}' (headers checked: readable, rate, mono, data "
+            "size, sources as long as the mixture):\n  "
+            + "\n  ".join(self.problems)
+        )
+
+
+def _listing(folder):
+    """Short description of the entries of ``folder`` for error messages."""
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError:
+        return "(unreadable)"
+    if not entries:
+        return "(empty)"
+    more = f", ... ({len(entries)} entries)" if len(entries) > 10 else ""
+    return ", ".join(entries[:10]) + more
+
+
+def _audio_names(folder):
+    """Sorted audio file names directly in ``folder``."""
+    with os.scandir(folder) as it:
+        return sorted(
+            e.name
+            for e in it
+            if e.is_file() and e.name.lower().endswith(DATASET_EXTENSIONS)
+        )
+
+
+class ExpectedLayout:
+    """Expected layout of one dataset: checks a folder, lists its files.
+
+    Arguments
+    ---------
+    name : str
+        Dataset name used in messages.
+    data_folder : str or Path
+        The folder given by the user (``--data_folder``).
+    sample_rate : int
+        8000 or 16000.
+    mode : str
+        ``min`` or ``max``.
+    split_dirs : dict
+        Manifest split -> folder name (e.g. ``{"train": "tr", ...}``).
+    parts : tuple
+        ``(mix folder, source folders, noise folder or None)``.
+    hint : str
+        What ``--data_folder`` should point at.
+    """
+
+    #: How many file names an error message lists at most.
+    max_listed = 5
+
+    def __init__(
+        self, name, data_folder, sample_rate, mode, split_dirs, parts, hint
+    ):
+        self.name = name
+        self.data_folder = Path(data_folder).expanduser().absolute()
+        self.rate_dir = rate_folder(sample_rate)
+        self.sample_rate = sample_rate
+        self.mode = mode
+        self.split_dirs = dict(split_dirs)
+        self.mix_dir, self.source_dirs, self.noise_dir = parts
+        self.hint = hint
+
+    @property
+    def base(self):
+        """``<data_folder>/wavXk/<mode>``."""
+        return self.data_folder / self.rate_dir / self.mode
+
+    @property
+    def subdirs(self):
+        """All per-split folders the manifest needs, mixture first."""
+        subs = [self.mix_dir] + self.source_dirs
+        return subs + ([self.noise_dir] if self.noise_dir else [])
+
+    def error(self, problem):
+        """A DatasetLayoutError with the problem and the expected layout."""
+        splits = ",".join(self.split_dirs.values())
+        return DatasetLayoutError(
+            f"{self.name}: {problem}\n  data_folder: {self.data_folder}\n"
+            f"  expected {self.name} layout: <data_folder>/{self.rate_dir}/"
+            f"{self.mode}/{{{splits}}}/{{{','.join(self.subdirs)}}}/"
+            "<mixture_name>.wav (same file names in every folder); " + self.hint
+        )
+
+    def check_base(self):
+        """Checks the ``data_folder``, ``wavXk`` and ``mode`` folders."""
+        root = self.data_folder
+        if not root.is_dir():
+            raise self.error(f"data_folder '{root}' does not exist")
+        for sub in (self.rate_dir, self.mode):
+            parent, root = root, root / sub
+            if root.is_dir():
+                continue
+            problem = (
+                f"missing folder '{root}' (found in '{parent}': "
+                f"{_listing(parent)})"
+            )
+            known = set(self.split_dirs.values()) | set(MODES)
+            if parent == self.data_folder and set(os.listdir(parent)) & known:
+                problem += (
+                    "; data_folder seems to point inside the dataset: "
+                    f"pass the folder that contains '{self.rate_dir}'"
+                )
+            raise self.error(problem)
+
+    def check_dirs(self, splits=None):
+        """Checks that every split and sub-folder exists (no file listing)."""
+        self.check_base()
+        missing = []
+        for split in splits or self.split_dirs:
+            split_dir = self.base / self.split_dirs[split]
+            if not split_dir.is_dir():
+                missing.append(f"'{split_dir}' ({split} split)")
+                continue
+            missing += [
+                f"'{split_dir / sub}' (found in '{split_dir}': "
+                f"{_listing(split_dir)})"
+                for sub in self.subdirs
+                if not (split_dir / sub).is_dir()
+            ]
+        if missing:
+            raise self.error("missing folder(s): " + "; ".join(missing))
+
+    def folder_rows(self, split):
+        """Manifest rows of a split from its folders, whose file sets must
+        match: ``{"ID", "duration": None, "paths": {folder: path}}``."""
+        split_dir = self.base / self.split_dirs[split]
+        mix_dir = split_dir / self.mix_dir
+        names = {sub: _audio_names(split_dir / sub) for sub in self.subdirs}
+        ref = set(names[self.mix_dir])
+        if not ref:
+            raise self.error(f"no .wav/.flac files in '{mix_dir}'")
+        problems = []
+        for sub in self.subdirs[1:]:
+            other = set(names[sub])
+            if not other:
+                problems.append(f"no .wav/.flac files in '{split_dir / sub}'")
+                continue
+            lacking, extra = sorted(ref - other), sorted(other - ref)
+            if lacking:
+                problems.append(
+                    f"{len(lacking)} file(s) of '{mix_dir}' missing in "
+                    f"'{split_dir / sub}' (e.g. "
+                    f"{', '.join(lacking[: self.max_listed])})"
+                )
+            if extra:
+                problems.append(
+                    f"{len(extra)} file(s) in '{split_dir / sub}' without a "
+                    f"mixture in '{mix_dir}' (e.g. "
+                    f"{', '.join(extra[: self.max_listed])})"
+                )
+        if problems:
+            raise self.error("mismatched file sets: " + "; ".join(problems))
+        return [
+            {
+                "ID": Path(name).stem,
+                "duration": None,
+                "paths": {s: split_dir / s / name for s in self.subdirs},
+            }
+            for name in names[self.mix_dir]
+        ]
 
 
 def _frames(path, sample_rate):
@@ -99,52 +266,24 @@ def _frames(path, sample_rate):
 
 
 def check_dataset_audio(layout, rows, workers=None):
-    """Checks the header of every file of the manifest rows, in one pass,
-    and fills the missing durations.
-
-    Each file must open, be at ``layout.sample_rate`` and mono, and (WAV)
-    hold the data its header declares
-    (:func:`speechbrain_s4m.audio.check_audio_header`: headers only, no
-    decoding); each source must have as many samples as its mixture. All
-    bad files are reported at once.
+    """Checks every file header of the manifest rows in one pass (see
+    :func:`speechbrain_s4m.audio.check_audio_header`; each source as long as
+    its mixture) and sets the durations left None from the mixtures.
 
     Arguments
     ---------
     layout : ExpectedLayout
-        The dataset's layout (name, sample rate, mixture folder).
+        The dataset's layout.
     rows : list of dict
-        Manifest rows (``{"ID", "duration", "paths": {folder: path}}``);
-        a ``duration`` of None is set from the mixture's header.
+        Manifest rows (``{"ID", "duration", "paths": {folder: path}}``).
     workers : int, None
-        Threads reading the headers (default: ``min(32, 4 * cpus)``;
-        file opening waits on the disk, so threads help on a cold cache
-        and on network storage).
+        Threads reading the headers (default ``min(32, 4 * cpus)``: opening
+        files waits on the disk, on a cold cache or network storage).
 
     Raises
     ------
     DatasetAudioError
         Naming every bad file and why.
-
-    Example
-    -------
-    >>> from speechbrain_s4m.data.synthetic import write_wsj0mix
-    >>> from speechbrain_s4m.data.layouts import WSJ0MIX_MIX, WSJ0MIX_SPLITS
-    >>> root = write_wsj0mix(getfixture("tmp_path"), sizes=1)
-    >>> layout = ExpectedLayout(
-    ...     "WSJ0-2mix", root, 8000, "min", WSJ0MIX_SPLITS, WSJ0MIX_MIX,
-    ...     source_folders(2), None, "",
-    ... )
-    >>> rows = _rows_from_folders(layout, "test")
-    >>> check_dataset_audio(layout, rows)
-    >>> rows[0]["duration"] > 0
-    True
-    >>> mix = rows[0]["paths"]["mix"]
-    >>> _ = mix.write_bytes(mix.read_bytes()[:-100])  # cut short
-    >>> try:
-    ...     check_dataset_audio(layout, rows)
-    ... except DatasetAudioError as err:
-    ...     print(len(err.problems), "corrupt" in err.problems[0])
-    1 True
     """
     paths = sorted({str(p) for row in rows for p in row["paths"].values()})
     rate = layout.sample_rate
@@ -176,48 +315,46 @@ def check_dataset_audio(layout, rows, workers=None):
         raise DatasetAudioError(layout.name, layout.data_folder, problems)
 
 
-def _columns(layout):
-    """Manifest columns for a layout."""
-    cols = ["ID", "duration", "mix_wav"]
-    cols += [f"s{i + 1}_wav" for i in range(len(layout.source_dirs))]
-    return cols + (["noise_wav"] if layout.noise_dir else [])
-
-
 def _write_csv(path, layout, rows):
     """Writes one manifest atomically (tmp file then rename)."""
-    cols = _columns(layout)
+    cols = ["ID", "duration", "mix_wav"]
+    cols += [f"s{i + 1}_wav" for i in range(len(layout.source_dirs))]
+    cols += ["noise_wav"] if layout.noise_dir else []
     tmp = Path(str(path) + ".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(cols)
         for row in rows:
-            paths = row["paths"]
-            line = [row["ID"], f"{row['duration']:.6f}"]
-            line += [str(paths[sub]) for sub in layout.subdirs]
-            writer.writerow(line)
+            writer.writerow(
+                [row["ID"], f"{row['duration']:.6f}"]
+                + [str(row["paths"][sub]) for sub in layout.subdirs]
+            )
     os.replace(tmp, path)
 
 
 def _options_match(save_folder, options):
     """True if the manifests exist and were prepared with ``options``."""
-    save_folder = Path(save_folder)
     opt_file = save_folder / OPTIONS_FILE
-    if not opt_file.is_file():
-        return False
-    if not all((save_folder / f"{s}.csv").is_file() for s in SPLITS):
+    files = [opt_file] + [save_folder / f"{s}.csv" for s in SPLITS]
+    if not all(f.is_file() for f in files):
         return False
     try:
-        saved = json.loads(opt_file.read_text())
+        return json.loads(opt_file.read_text()) == options
     except (OSError, ValueError):
         return False
-    return saved == options
 
 
-def _run(layout, save_folder, options, rows_fn):
-    """Common driver: skip check, layout check, manifests, options file."""
-    options = dict(options, version=MANIFEST_VERSION)
-    options["data_folder"] = str(layout.data_folder)
+def _run(layout, save_folder, rows_fn, **options):
+    """Skips or checks the audio and writes the manifests and options."""
+    options.update(
+        num_spks=len(layout.source_dirs),
+        sample_rate=layout.sample_rate,
+        mode=layout.mode,
+        version=MANIFEST_VERSION,
+        data_folder=str(layout.data_folder),
+    )
     save_folder = Path(save_folder)
+    manifests = {s: str(save_folder / f"{s}.csv") for s in SPLITS}
     if _options_match(save_folder, options):
         layout.check_base()
         logger.info(
@@ -225,29 +362,25 @@ def _run(layout, save_folder, options, rows_fn):
             "preparation.",
             save_folder,
         )
-        return _manifest_paths(save_folder)
+        return manifests
     rows = {split: rows_fn(split) for split in SPLITS}
     check_dataset_audio(layout, [r for split in SPLITS for r in rows[split]])
     save_folder.mkdir(parents=True, exist_ok=True)
     (save_folder / OPTIONS_FILE).unlink(missing_ok=True)
     for split in SPLITS:
-        _write_csv(save_folder / f"{split}.csv", layout, rows[split])
+        _write_csv(manifests[split], layout, rows[split])
         logger.info(
             "%s: %d %s mixtures (%.2f h) -> %s",
             layout.name,
             len(rows[split]),
             split,
             sum(r["duration"] for r in rows[split]) / 3600,
-            save_folder / f"{split}.csv",
+            manifests[split],
         )
     (save_folder / OPTIONS_FILE).write_text(
         json.dumps(options, indent=2, sort_keys=True)
     )
-    return _manifest_paths(save_folder)
-
-
-def _manifest_paths(save_folder):
-    return {s: str(Path(save_folder) / f"{s}.csv") for s in SPLITS}
+    return manifests
 
 
 def _warn_extra_sources(layout, num_spks):
@@ -272,8 +405,7 @@ def prepare_wsj0mix(
     Arguments
     ---------
     data_folder : str
-        The ``wsj0-mix/2speakers`` (or ``3speakers``) folder, containing
-        ``wav8k|wav16k/min|max/tr|cv|tt/mix,s1,s2(,s3)``.
+        The ``wsj0-mix/2speakers`` (or ``3speakers``) folder.
     save_folder : str
         Where ``train.csv``, ``valid.csv`` and ``test.csv`` are written.
     num_spks : int
@@ -288,11 +420,6 @@ def prepare_wsj0mix(
     manifests : dict
         ``{"train": path, "valid": path, "test": path}``.
 
-    Raises
-    ------
-    DatasetLayoutError
-        If a folder or file is missing or the file sets do not match.
-
     Example
     -------
     >>> from speechbrain_s4m.data.synthetic import write_wsj0mix
@@ -302,35 +429,24 @@ def prepare_wsj0mix(
     >>> open(paths["test"]).readline().strip()
     'ID,duration,mix_wav,s1_wav,s2_wav'
     """
-    _check_choice("num_spks", num_spks, (2, 3))
-    _check_choice("mode", mode, MODES)
+    check_choice("num_spks", num_spks, (2, 3))
+    check_choice("mode", mode, MODES)
     layout = ExpectedLayout(
         f"WSJ0-{num_spks}mix",
         data_folder,
         sample_rate,
         mode,
         WSJ0MIX_SPLITS,
-        WSJ0MIX_MIX,
-        source_folders(num_spks),
-        None,
+        (WSJ0MIX_MIX, source_folders(num_spks), None),
         f"pass --data_folder .../wsj0-mix/{num_spks}speakers",
     )
     layout.check_dirs()
     _warn_extra_sources(layout, num_spks)
-    options = {
-        "dataset": "wsj0mix",
-        "num_spks": num_spks,
-        "sample_rate": sample_rate,
-        "mode": mode,
-    }
-    return _run(
-        layout, save_folder, options, partial(_rows_from_folders, layout)
-    )
+    return _run(layout, save_folder, layout.folder_rows, dataset="wsj0mix")
 
 
-def _wham_like_dirs(mixture, num_spks):
-    """(mix folder, source folders, noise folder) for LibriMix / WHAM!."""
-    _check_choice("mixture", mixture, MIXTURES)
+def _noisy_parts(mixture, num_spks):
+    """``mixture_parts``, refusing ``single`` unless ``num_spks`` is 1."""
     if mixture == "single" and num_spks != 1:
         raise ValueError(
             "mixture='single' (mix_single = s1 + noise) is the "
@@ -349,8 +465,7 @@ def _read_metadata(layout, split, meta_path):
     columns = metadata_columns(
         layout.mix_dir, layout.source_dirs, layout.noise_dir
     )
-    need = [METADATA_ID] + list(columns.values())
-    lacking = [c for c in need if c not in fields]
+    lacking = [c for c in [METADATA_ID, *columns.values()] if c not in fields]
     if lacking:
         raise layout.error(
             f"metadata file '{meta_path}' lacks column(s) {lacking} (has "
@@ -363,10 +478,9 @@ def _read_metadata(layout, split, meta_path):
     for entry in entries:
         paths = {}
         for sub, col in columns.items():
-            path = _resolve(entry[col], split_dir, sub, layout.data_folder)
-            if path is None:
+            paths[sub] = _resolve(entry[col], split_dir / sub, layout)
+            if paths[sub] is None:
                 missing.append(entry[col])
-            paths[sub] = path
         length = entry.get(METADATA_LENGTH)
         duration = int(float(length)) / layout.sample_rate if length else None
         rows.append(
@@ -381,19 +495,16 @@ def _read_metadata(layout, split, meta_path):
     return rows
 
 
-def _resolve(path, split_dir, sub, data_folder):
-    """Resolves a metadata path (maybe from another machine) locally.
-
-    Tries the path itself, then ``<split_dir>/<sub>/<file name>`` (the file
-    in this data_folder's layout), then the path relative to data_folder.
-    """
+def _resolve(path, folder, layout):
+    """A metadata path (maybe from another machine) found locally: the path
+    itself, else the file of that name in ``folder``, else the path relative
+    to data_folder; None if none exists."""
     if os.path.isabs(path) and os.path.isfile(path):
         return Path(path)
-    name = path.replace("\\", "/").rsplit("/", 1)[-1]
-    local = split_dir / sub / name
+    local = folder / path.replace("\\", "/").rsplit("/", 1)[-1]
     if local.is_file():
         return local
-    rel = Path(data_folder) / path.lstrip("/\\")
+    rel = layout.data_folder / path.lstrip("/\\")
     if not os.path.isabs(path) and rel.is_file():
         return rel
     return None
@@ -409,23 +520,13 @@ def prepare_librimix(
     train_set="train-360",
     use_metadata=True,
 ):
-    """Prepares Libri2Mix / Libri3Mix manifests.
+    """Prepares Libri2Mix / Libri3Mix manifests (arguments and result as
+    :func:`prepare_wsj0mix`, and the following).
 
     Arguments
     ---------
-    data_folder : str
-        The ``Libri2Mix`` (or ``Libri3Mix``) folder, containing
-        ``wav8k|wav16k/min|max/{train-360,train-100,dev,test}/{mix_clean,
-        mix_both,mix_single,s1,s2(,s3),noise}`` and optionally
-        ``wav8k/min/metadata/mixture_<split>_mix_<mixture>.csv``.
-    save_folder : str
-        Where ``train.csv``, ``valid.csv`` and ``test.csv`` are written.
     num_spks : int
         2 or 3 (1 with ``mixture="single"``).
-    sample_rate : int
-        8000 or 16000.
-    mode : str
-        ``min`` or ``max``.
     mixture : str
         ``both`` (s1+s2+noise, the paper's noisy LibriMix), ``clean``
         (s1+s2) or ``single`` (s1+noise, needs ``num_spks=1``). Noisy
@@ -433,48 +534,26 @@ def prepare_librimix(
     train_set : str
         ``train-360`` or ``train-100``.
     use_metadata : bool
-        Use the metadata CSVs when present (durations from their
-        ``length`` column, foreign absolute paths resolved under
-        data_folder); otherwise, or when absent, scan the folders.
-
-    Returns
-    -------
-    manifests : dict
-        ``{"train": path, "valid": path, "test": path}``.
-
-    Raises
-    ------
-    DatasetLayoutError
-        If a folder, file or metadata column is missing.
-
-    Example
-    -------
-    >>> from speechbrain_s4m.data.synthetic import write_librimix
-    >>> tmp = getfixture("tmp_path")
-    >>> root = write_librimix(tmp / "Libri2Mix", sizes=1, duration=(0.2, 0.2))
-    >>> paths = prepare_librimix(root, tmp / "save")
-    >>> open(paths["train"]).readline().strip()
-    'ID,duration,mix_wav,s1_wav,s2_wav,noise_wav'
+        Use the metadata CSVs when present (durations from their ``length``
+        column, foreign absolute paths resolved under data_folder);
+        otherwise, or when absent, scan the folders.
     """
-    _check_choice("num_spks", num_spks, (1, 2, 3))
-    _check_choice("mode", mode, MODES)
-    _check_choice("train_set", train_set, LIBRIMIX_TRAIN_SETS)
-    mix_dir, sources, noise = _wham_like_dirs(mixture, num_spks)
+    check_choice("num_spks", num_spks, (1, 2, 3))
+    check_choice("mode", mode, MODES)
+    splits = librimix_splits(train_set)
     layout = ExpectedLayout(
         f"Libri{num_spks}Mix" if mixture != "single" else "LibriMix",
         data_folder,
         sample_rate,
         mode,
-        librimix_splits(train_set),
-        mix_dir,
-        sources,
-        noise,
+        splits,
+        _noisy_parts(mixture, num_spks),
         "pass --data_folder .../Libri2Mix (or Libri3Mix)",
     )
     layout.check_base()
     meta = {
-        s: layout.base / metadata_file(d, mix_dir)
-        for s, d in layout.split_dirs.items()
+        s: layout.base / metadata_file(d, layout.mix_dir)
+        for s, d in splits.items()
     }
     from_meta = {s: use_metadata and meta[s].is_file() for s in SPLITS}
     folder_splits = [s for s in SPLITS if not from_meta[s]]
@@ -492,18 +571,17 @@ def prepare_librimix(
     def rows_fn(split):
         if from_meta[split]:
             return _read_metadata(layout, split, meta[split])
-        return _rows_from_folders(layout, split)
+        return layout.folder_rows(split)
 
-    options = {
-        "dataset": "librimix",
-        "num_spks": num_spks,
-        "sample_rate": sample_rate,
-        "mode": mode,
-        "mixture": mixture,
-        "train_set": train_set,
-        "use_metadata": bool(use_metadata),
-    }
-    return _run(layout, save_folder, options, rows_fn)
+    return _run(
+        layout,
+        save_folder,
+        rows_fn,
+        dataset="librimix",
+        mixture=mixture,
+        train_set=train_set,
+        use_metadata=bool(use_metadata),
+    )
 
 
 def prepare_wham(
@@ -514,69 +592,24 @@ def prepare_wham(
     mixture="both",
     num_spks=2,
 ):
-    """Prepares WHAM! manifests (targets: the clean ``s1``, ``s2``).
-
-    Arguments
-    ---------
-    data_folder : str
-        The WHAM! output folder (``wham_mix``, any name), containing
-        ``wav8k|wav16k/min|max/tr|cv|tt/{mix_clean,mix_both,mix_single,s1,
-        s2,noise}``.
-    save_folder : str
-        Where ``train.csv``, ``valid.csv`` and ``test.csv`` are written.
-    sample_rate : int
-        8000 or 16000.
-    mode : str
-        ``min`` or ``max``.
-    mixture : str
-        ``both`` (noisy separation, the WHAM! task), ``clean`` or
-        ``single`` (s1 + noise, with ``num_spks=1``).
-    num_spks : int
-        2 (1 with ``mixture="single"``).
-
-    Returns
-    -------
-    manifests : dict
-        ``{"train": path, "valid": path, "test": path}``.
-
-    Raises
-    ------
-    DatasetLayoutError
-        If a folder or file is missing or the file sets do not match.
-
-    Example
-    -------
-    >>> from speechbrain_s4m.data.synthetic import write_wham
-    >>> tmp = getfixture("tmp_path")
-    >>> root = write_wham(tmp / "wham", sizes=1, duration=(0.2, 0.2))
-    >>> paths = prepare_wham(root, tmp / "save")
-    >>> open(paths["valid"]).readline().strip()
-    'ID,duration,mix_wav,s1_wav,s2_wav,noise_wav'
-    """
-    _check_choice("mode", mode, MODES)
-    _check_choice("num_spks", num_spks, (1, 2))
-    mix_dir, sources, noise = _wham_like_dirs(mixture, num_spks)
+    """Prepares WHAM! manifests, targets the clean ``s1``, ``s2`` (arguments
+    and result as :func:`prepare_librimix`; ``data_folder`` is the WHAM!
+    output folder, e.g. ``wham_mix``; ``num_spks`` is 2, or 1 with
+    ``mixture="single"``)."""
+    check_choice("mode", mode, MODES)
+    check_choice("num_spks", num_spks, (1, 2))
     layout = ExpectedLayout(
         "WHAM!",
         data_folder,
         sample_rate,
         mode,
         WHAM_SPLITS,
-        mix_dir,
-        sources,
-        noise,
+        _noisy_parts(mixture, num_spks),
         "pass --data_folder <the WHAM! output folder, e.g. wham_mix>",
     )
     layout.check_dirs()
-    options = {
-        "dataset": "wham",
-        "num_spks": num_spks,
-        "sample_rate": sample_rate,
-        "mode": mode,
-        "mixture": mixture,
-    }
     return _run(
-        layout, save_folder, options, partial(_rows_from_folders, layout)
+        layout, save_folder, layout.folder_rows, dataset="wham", mixture=mixture
     )
 
 
@@ -588,25 +621,8 @@ _PREPARERS = {
 
 
 def prepare_dataset(dataset, data_folder, save_folder, **kwargs):
-    """Dispatches to ``prepare_<dataset>``.
-
-    Arguments
-    ---------
-    dataset : str
-        ``wsj0mix``, ``librimix`` or ``wham`` (explicit: never guessed from
-        the path).
-    data_folder : str
-        Dataset root (see the ``prepare_*`` functions).
-    save_folder : str
-        Where the manifests are written.
-    **kwargs : dict
-        Options of the chosen ``prepare_*`` function (``num_spks``,
-        ``sample_rate``, ``mode``, ``mixture``, ...).
-
-    Returns
-    -------
-    manifests : dict
-        ``{"train": path, "valid": path, "test": path}``.
+    """Calls ``prepare_<dataset>`` (``wsj0mix``, ``librimix`` or ``wham``:
+    explicit, never guessed from the path) with the other arguments.
 
     Example
     -------

@@ -1,20 +1,7 @@
-"""Synthetic data: procedural voices and tiny datasets in the real layouts.
-
-No speech corpus can be downloaded here, so tests and the SynthMix recipe use
-generated data:
-
-- :mod:`speechbrain_s4m.data.synthetic.voices`: speech-like voices of
-  distinguishable speakers (``SpeakerProfile``, ``random_speaker``,
-  ``synth_voice``) and ambient-like noise (``synth_noise``).
-- :mod:`speechbrain_s4m.data.synthetic.writers`: writers of small datasets in
-  the official layouts (``write_wsj0mix``, ``write_librimix``,
-  ``write_wham``) and of single-speaker and noise folders for dynamic mixing
-  (``write_wsj0_sources``, ``write_librispeech_sources``,
-  ``write_noise_sources``).
-
-Authors
- * speechbrain-s4m contributors 2026
-"""
+"""Synthetic data for the tests and the SynthMix recipe (no corpus can be
+downloaded here): speech-like voices of distinguishable speakers and noise
+(``voices``), and writers of small datasets in the official layouts and of
+source and noise folders for dynamic mixing (``writers``)."""
 
 from speechbrain_s4m.data.synthetic.voices import (
     SpeakerProfile,
