@@ -4,16 +4,7 @@ Example::
 
     python -m speechbrain_s4m.benchmark --durations 1 4 16 60 --repeats 5 \\
         --threads 2 --json benchmark.json
-
-    # with and without activation checkpointing of the S4M iterations
-    python -m speechbrain_s4m.benchmark --models s4m_tiny \\
-        --checkpoint-iterations --durations 4 16 --json ckpt.json
-
-    # GPU, fp32 and fp16 autocast
-    python -m speechbrain_s4m.benchmark --device cuda --precision fp32 fp16
-
-    # tables and plot of an existing JSON, nothing measured
-    python -m speechbrain_s4m.benchmark --from-json benchmark.json
+    python -m speechbrain_s4m.benchmark --from-json benchmark.json  # re-print
 """
 
 import argparse
@@ -34,24 +25,15 @@ from speechbrain_s4m.benchmark.models import (
     run_case,
 )
 
+# options passed to run_benchmark as they are
+_AS_GIVEN = (
+    "repeats device threads skip_train max_seconds max_memory_gib "
+    "sample_rate num_spks default_allocator"
+).split()
+
 
 def parse_model_overrides(items):
-    """``LABEL:YAML`` strings to ``{label: dict}``.
-
-    Arguments
-    ---------
-    items : list of str
-        E.g. ``['s4m_tiny:{checkpoint_iterations: True}']``.
-
-    Returns
-    -------
-    dict
-
-    Example
-    -------
-    >>> parse_model_overrides(["s4m_tiny:{checkpoint_iterations: True}"])
-    {'s4m_tiny': {'checkpoint_iterations': True}}
-    """
+    """``LABEL:YAML`` strings (``--model-overrides``) to ``{label: dict}``."""
     out = {}
     for item in items or []:
         label, sep, text = item.partition(":")
@@ -73,41 +55,42 @@ def parse_args(argv=None):
         description="Parameters, MACs, speed and memory of S4M-tiny, S4M, "
         "SepFormer and Conv-TasNet side by side.",
     )
-    p.add_argument(
+    add = p.add_argument
+    add(
         "--models",
         nargs="+",
         default=list(DEFAULT_MODELS),
         help="model fragments, or LABEL=FRAGMENT to measure a fragment "
         "under another name (default: %(default)s)",
     )
-    p.add_argument(
+    add(
         "--model-overrides",
         nargs="+",
         metavar="LABEL:YAML",
         help="fragment overrides of one model, e.g. "
         "'s4m_tiny:{checkpoint_iterations: True}'",
     )
-    p.add_argument(
+    add(
         "--checkpoint-iterations",
         action="store_true",
         help="also measure each S4M model with activation checkpointing of "
         "its iterations (label <model>+ckpt), beside the plain one",
     )
-    p.add_argument(
+    add(
         "--durations",
         nargs="+",
         type=float,
         default=[1, 4, 16, 60],
         help="input durations in seconds (default: %(default)s)",
     )
-    p.add_argument(
+    add(
         "--repeats",
         type=int,
         default=5,
         help="timed runs up to 4 s inputs; half up to 16 s, 1 beyond",
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    p.add_argument(
+    add("--device", default="cpu", help="cpu or cuda[:i]")
+    add(
         "--precision",
         nargs="+",
         default=["fp32"],
@@ -115,61 +98,52 @@ def parse_args(argv=None):
         help="fp32 and/or autocast fp16 / bf16, each measured "
         "(default: %(default)s)",
     )
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
-    p.add_argument("--skip-train", action="store_true", help="inference only")
-    p.add_argument(
+    add("--threads", type=int, default=2, help="torch threads")
+    add("--skip-train", action="store_true", help="inference only")
+    add(
         "--max-seconds",
         type=float,
         default=120.0,
         help="skip cases predicted to take longer per run (default 120)",
     )
-    p.add_argument(
+    add(
         "--max-memory-gib",
         type=float,
         default=8.0,
         help="skip cases predicted to need more memory (default 8)",
     )
-    p.add_argument("--sample-rate", type=int, default=8000)
-    p.add_argument("--num-spks", type=int, default=2)
-    p.add_argument(
+    add("--sample-rate", type=int, default=8000)
+    add("--num-spks", type=int, default=2)
+    add(
         "--default-allocator",
         action="store_true",
         help="leave the C allocator as it is (default: every case process "
         "keeps freed memory for reuse, all models alike)",
     )
-    p.add_argument("--json", help="write the results to this JSON file")
-    p.add_argument(
+    add("--json", help="write the results to this JSON file")
+    add(
         "--plot",
         help="log-log plot (PNG) of time per second of audio; default: "
         "the JSON's path with .png",
     )
-    p.add_argument(
+    add(
         "--from-json",
         metavar="JSON",
         help="measure nothing: print the tables of this results file and "
         "write its plot (--plot, default next to it)",
     )
-    p.add_argument(
+    add(
         "--overwrite",
         action="store_true",
         help="replace an existing JSON / plot",
     )
-    p.add_argument(
+    add(
         "--in-process",
         action="store_true",
         help="no subprocess per case (default on GPU)",
     )
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    add("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
-
-
-def _outputs(args):
-    """The (json, plot) paths this run writes."""
-    plot = args.plot
-    source = args.json or args.from_json
-    if plot is None and source:
-        plot = os.path.splitext(source)[0] + ".png"
-    return (None if args.from_json else args.json), plot
 
 
 def main(argv=None):
@@ -178,14 +152,14 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(run_case(json.loads(args.worker))), flush=True)
         return 0
-    json_path, plot_path = _outputs(args)
+    source = args.json or args.from_json
+    plot_path = args.plot or (source and os.path.splitext(source)[0] + ".png")
+    json_path = None if args.from_json else args.json
     existing = [p for p in (json_path, plot_path) if p and os.path.exists(p)]
     if existing and not args.overwrite:
-        print(
-            f"error: {', '.join(existing)} exist(s); pass --overwrite to "
-            "replace",
-            file=sys.stderr,
-        )
+        names = ", ".join(existing)
+        msg = f"error: {names} exist(s); pass --overwrite to replace"
+        print(msg, file=sys.stderr)
         return 2
     if args.from_json:
         with open(args.from_json, encoding="utf-8") as fin:
@@ -202,19 +176,11 @@ def main(argv=None):
             results = run_benchmark(
                 models=models,
                 durations=durations,
-                repeats=args.repeats,
-                device=args.device,
-                threads=args.threads,
-                skip_train=args.skip_train,
-                max_seconds=args.max_seconds,
-                max_memory_gib=args.max_memory_gib,
-                sample_rate=args.sample_rate,
-                num_spks=args.num_spks,
                 in_process=args.in_process or args.device.startswith("cuda"),
                 log=lambda msg: print(msg, file=sys.stderr, flush=True),
                 precisions=args.precision,
                 model_overrides=overrides,
-                default_allocator=args.default_allocator,
+                **{key: getattr(args, key) for key in _AS_GIVEN},
             )
         except (RuntimeError, ValueError, KeyError) as err:
             print(f"error: {err}", file=sys.stderr)
