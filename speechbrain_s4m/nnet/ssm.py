@@ -1,38 +1,22 @@
-"""Structured state-space (S4) layers: S4D (diagonal) and S4 (NPLR).
+"""Structured state-space (S4) layers: S4 (NPLR) and S4D (diagonal).
 
-One linear time-invariant state-space model per channel,
-
-    x'(t) = A x(t) + B u(t),    y(t) = C x(t) + D u(t),
-
-discretised with a learned step Δ and applied to a sequence either as a long
-convolution with the materialised kernel ``K = (C B̄, C Ā B̄, ..., C Ā^{L-1} B̄)``
-(computed with FFTs) or, for causal layers, step by step as a recurrence.
-
-Two parameterisations of ``A`` are implemented:
-
-* ``mode="s4d"`` (Gu et al., 2022, "On the parameterization and
-  initialization of diagonal state space models"): diagonal ``A``
-  (S4D-Lin or S4D-Inv initialisation), zero-order-hold discretisation,
-  Vandermonde kernel.
-* ``mode="nplr"`` (Gu et al., 2022, "Efficiently modeling long sequences
-  with structured state spaces"): HiPPO-LegS ``A`` written in diagonal plus
-  low-rank form ``A = Λ - P P*``, bilinear discretisation, kernel computed
-  from its truncated generating function at the roots of unity with a
-  Cauchy kernel and the Woodbury identity, then an inverse FFT.
-
-``N = d_state`` real state dimensions are stored as ``N/2`` complex
-conjugate pairs: only one element of each pair is kept and sums over the
-state are ``2 Re(...)`` (S4D) or conjugate-completed (NPLR).
+One linear SSM per channel, ``x' = A x + B u``, ``y = C x + D u``,
+discretised with a learned step Δ and applied as a long FFT convolution
+with its kernel ``K = (C B̄, C Ā B̄, ..., C Ā^{L-1} B̄)``, or (causal layers)
+step by step as a recurrence. ``mode="nplr"``: HiPPO-LegS ``A = Λ - P P*``,
+bilinear, Cauchy kernel + Woodbury (Gu et al. 2022, S4); ``mode="s4d"``:
+diagonal A, zero-order hold, Vandermonde kernel (Gu et al. 2022, S4D).
+``N = d_state`` real dimensions are stored as N/2 conjugate pairs.
 
 Authors
  * speechbrain-s4m contributors 2026
 """
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
+from scipy.fft import next_fast_len
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -45,70 +29,28 @@ __all__ = [
     "ssm_parameter_groups",
 ]
 
-# Names of the parameters of :class:`S4` that define A, B and Δ. They are
-# trained with their own learning rate and without weight decay.
+# The parameters that define A, B and Δ: own learning rate, no weight decay.
 SSM_PARAMETER_NAMES = ("log_dt", "log_A_real", "A_imag", "B", "P")
 
 
-def _complex(p):
-    """View a real tensor ``[..., 2]`` as a complex tensor ``[...]``."""
-    return torch.view_as_complex(p)
-
-
 def _real_dtype(dtype):
-    """Float dtype used for the kernel math (float32 unless float64)."""
+    """Float dtype of the kernel math (float32 unless float64)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-@functools.lru_cache(maxsize=256)
-def next_fast_len(n):
-    """Smallest integer ``>= n`` whose prime factors are 2, 3 and 5.
-
-    Arguments
-    ---------
-    n : int
-        Minimum length.
-
-    Returns
-    -------
-    int
-        A 5-smooth length at least ``n``; FFTs of that size are fast.
-
-    Example
-    -------
-    >>> next_fast_len(7), next_fast_len(2 * 17), next_fast_len(1)
-    (8, 36, 1)
-    """
-    best = 1 << max(0, (n - 1).bit_length())  # a power of two is always ok
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            # smallest power of two that brings p35 to at least n
-            m = p35
-            while m < n:
-                m *= 2
-            best = min(best, m)
-            p35 *= 3
-        p5 *= 5
-    return best
-
-
 def fft_conv(u, kernel):
-    """Long convolution of a sequence with an SSM kernel through FFTs.
+    """Long convolution of ``u`` with an SSM kernel through FFTs.
 
-    The FFT size is a fast length of at least ``2 L`` so that the circular
-    convolution does not wrap around.
+    The FFT size is a fast length of at least ``2 L`` (no wrap-around).
 
     Arguments
     ---------
     u : torch.Tensor
-        Input sequence ``[batch, channels, time]`` (real).
+        ``[batch, channels, time]`` (real).
     kernel : torch.Tensor
-        Causal kernel ``[channels, time]``, or bidirectional kernel
-        ``[2, channels, time]``: ``kernel[0]`` is applied forward in time
-        (``y_t += K0_j u_{t-j}``, ``j >= 0``) and ``kernel[1]`` backward in
-        time starting one step later (``y_t += K1_j u_{t+j+1}``).
+        Causal ``[channels, time]`` (``y_t += K_j u_{t-j}``), or
+        bidirectional ``[2, channels, time]``: ``kernel[1]`` runs backward
+        in time from one step later (``y_t += K1_j u_{t+j+1}``).
 
     Returns
     -------
@@ -121,13 +63,12 @@ def fft_conv(u, kernel):
     >>> k = torch.tensor([[1.0, 0.5, 0.25, 0.0, 0.0]])
     >>> fft_conv(u, k).round(decimals=4) + 0.0
     tensor([[[0.0000, 0.0000, 1.0000, 0.5000, 0.2500]]])
-    >>> kb = torch.stack([k, 2 * k])
-    >>> fft_conv(u, kb).round(decimals=4) + 0.0
+    >>> fft_conv(u, torch.stack([k, 2 * k])).round(decimals=4) + 0.0
     tensor([[[1.0000, 2.0000, 1.0000, 0.5000, 0.2500]]])
     """
     if torch.jit.is_tracing():  # plain differentiable ops, traceable
         L = int(u.shape[-1])
-        n = next_fast_len(2 * L)
+        n = next_fast_len(2 * L, real=True)
         k_f = torch.fft.rfft(_two_sided(kernel, n), n=n)
         return torch.fft.irfft(torch.fft.rfft(u, n=n) * k_f, n=n)[..., :L]
     return _FFTConv.apply(u, kernel)
@@ -146,16 +87,13 @@ def _two_sided(kernel, n):
 
 
 class _FFTConv(torch.autograd.Function):
-    """``y = irfft(rfft(u, n) rfft(k, n), n)[:L]`` with a lean backward.
-
-    The backward pass uses the adjoint directly (circular correlations,
-    3 real FFTs) instead of differentiating through each FFT.
-    """
+    """``irfft(rfft(u, n) rfft(k, n), n)[:L]``; the backward is the adjoint
+    (circular correlations, 3 real FFTs), not autograd through each FFT."""
 
     @staticmethod
     def forward(ctx, u, kernel):
         L = int(u.shape[-1])
-        n = next_fast_len(2 * L)
+        n = next_fast_len(2 * L, real=True)
         k_f = torch.fft.rfft(_two_sided(kernel, n), n=n)  # [H, n/2+1]
         u_f = torch.fft.rfft(u, n=n)  # [..., H, n/2+1]
         y = torch.fft.irfft(u_f * k_f, n=n)[..., :L]
@@ -183,34 +121,18 @@ class _FFTConv(torch.autograd.Function):
         return grad_u, grad_k
 
 
-# Number of complex elements of the largest intermediate tensor of the
-# Cauchy kernel; longer kernels are computed in chunks of frequencies to
-# keep memory at O(channels * length) (and the chunks cache friendly).
+# Complex elements of the largest intermediate of the Cauchy kernel: longer
+# kernels run in frequency chunks (memory O(channels * length), cache sized).
 _CHUNK_ELEMENTS = 1 << 21
 
 
 def _vandermonde(W, x, L):
     """``out[c, h, l] = Σ_n W[c, h, n] exp(x[h, n] l)`` for ``l < L``.
 
-    With ``l = i m + j`` (``m ≈ sqrt(L)``), ``exp(x l) = exp(x i m) exp(x j)``,
-    so the product is one batched matrix product of
-    ``W exp(x i m)`` ``[H, channels * L/m, N]`` with ``exp(x j)``
-    ``[H, N, m]``: memory O(H (L + N sqrt(L))) instead of O(H N L), and
-    every power is computed directly from ``x l`` (no accumulated error).
-
-    Arguments
-    ---------
-    W : torch.Tensor
-        Weights ``[channels, H, N]`` (complex).
-    x : torch.Tensor
-        Log of the nodes ``[H, N]`` (complex).
-    L : int
-        Number of powers.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[channels, H, L]`` (complex).
+    With ``l = i m + j`` (``m ≈ sqrt(L)``), ``exp(x l) = exp(x i m)
+    exp(x j)``: one batched matmul, memory O(H (L + N sqrt(L))) instead of
+    O(H N L), every power computed directly (no accumulated error).
+    ``W`` ``[channels, H, N]``, ``x`` ``[H, N]`` -> ``[channels, H, L]``.
     """
     m = max(1, math.isqrt(L - 1) + 1) if L > 1 else 1
     n_blocks = -(-L // m)
@@ -228,10 +150,8 @@ def _vandermonde(W, x, L):
 
 
 def _cauchy_chunks(H, N, F_, device):
-    """Frequency chunk size so that ``[H, N, chunk]`` stays small.
-
-    CPU chunks stay cache sized; GPU chunks are 16x larger (fewer launches).
-    """
+    """Frequencies per chunk so that ``[H, N, chunk]`` stays small (GPU
+    chunks 16x larger: fewer launches)."""
     elements = _CHUNK_ELEMENTS * (16 if device.type == "cuda" else 1)
     return max(1, min(F_, elements // (H * N)))
 
@@ -244,11 +164,10 @@ def _reciprocals(w, a, s):
 class _Cauchy(torch.autograd.Function):
     """``r[k, h, f] = Σ_n v[k, h, n] / (a_f - s_f w[h, n])``, chunked.
 
-    The ``[H, N, F]`` matrix of reciprocals is never stored: forward and
-    backward rebuild it chunk by chunk (``a`` and ``s`` are constants).
-    Holomorphic in ``v`` and ``w``, so the gradients are
-    ``grad_v = Σ_f g conj(1 / R)`` and
-    ``grad_w = conj(v) Σ_f g conj(s / R^2)`` (summed over k).
+    The ``[H, N, F]`` reciprocals are rebuilt chunk by chunk in forward and
+    backward, never stored (``a``, ``s`` constant). Holomorphic in ``v``,
+    ``w``: ``grad_v = Σ_f g conj(1 / R)``, ``grad_w = conj(v) Σ_f g conj(s
+    / R^2)`` (summed over k).
     """
 
     @staticmethod
@@ -270,8 +189,7 @@ class _Cauchy(torch.autograd.Function):
         v, w, a, s = ctx.saved_tensors
         H, N = w.shape
         chunk = _cauchy_chunks(H, N, a.shape[-1], w.device)
-        # conj(g) so that the products below are plain matmuls with the
-        # (transposed, contiguous) chunk of reciprocals; conj at the end
+        # conj(g): plain matmuls with the transposed chunk; conj at the end
         g_c = grad.conj().transpose(0, 1)  # [H, K, F]
         acc_v = torch.zeros_like(v.transpose(0, 1))  # [H, K, N]
         acc_w = torch.zeros_like(acc_v)  # [H, K, N]
@@ -293,25 +211,9 @@ class _Cauchy(torch.autograd.Function):
 
 
 def _cauchy(v, w, a, s):
-    """Cauchy-like sums ``Σ_n v[k, h, n] / (a_f - s_f w[h, n])``.
-
-    Computed in chunks of frequencies with a custom backward pass, so
-    memory stays O(K H F + H N chunk) instead of O(H N F).
-
-    Arguments
-    ---------
-    v : torch.Tensor
-        Numerators ``[K, H, N]`` (complex).
-    w : torch.Tensor
-        Nodes ``[H, N]`` (complex).
-    a, s : torch.Tensor
-        Frequency-dependent coefficients ``[F]`` (complex, constant).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[K, H, F]`` (complex).
-    """
+    """``Σ_n v[k, h, n] / (a_f - s_f w[h, n])`` ``[K, H, F]`` for ``v``
+    ``[K, H, N]``, ``w`` ``[H, N]``, constant ``a``, ``s`` ``[F]``; memory
+    O(K H F + H N chunk) (:class:`_Cauchy`)."""
     if torch.jit.is_tracing():  # plain differentiable ops, traceable
         inv = torch.reciprocal(a - s * w.unsqueeze(-1))  # [H, N, F]
         return torch.matmul(v.transpose(0, 1), inv).transpose(0, 1)
@@ -321,10 +223,9 @@ def _cauchy(v, w, a, s):
 def _woodbury(v, w, a, s):
     """Generating function of the DPLR kernel at some frequencies.
 
-    ``v`` stacks the numerators ``[C̃ ΔB, C̃ ΔP, P* ΔB, P* ΔP]``
-    ``[2 * channels + 2, H, N]``; the Cauchy sums ``k_xy = x* R^{-1} y``
-    with ``R = 2(1-ω) - (1+ω) ΔΛ`` give
-    ``K̂ = 2 (k_CB - k_CP (1+ω) k_PB / (1 + (1+ω) k_PP))`` ``[channels, H, F]``.
+    ``v`` stacks ``[C̃ ΔB, C̃ ΔP, P* ΔB, P* ΔP]``; with the Cauchy sums
+    ``k_xy = x* R^{-1} y``, ``R = 2(1-ω) - (1+ω) ΔΛ``: ``K̂ = 2 (k_CB -
+    k_CP (1+ω) k_PB / (1 + (1+ω) k_PP))`` ``[channels, H, F]``.
     """
     channels = (v.shape[0] - 2) // 2
     r = _cauchy(v, w, a, s)  # [2 * channels + 2, H, F]
@@ -334,11 +235,8 @@ def _woodbury(v, w, a, s):
 
 
 def _dplr_response(v, w, a, s):
-    """:func:`_woodbury` over all frequencies, chunked for long kernels.
-
-    With several chunks under autograd, each chunk is checkpointed so that
-    only the ``[channels, H, F]`` result is kept, not the Cauchy sums.
-    """
+    """:func:`_woodbury` over all frequencies in chunks; under autograd each
+    chunk is checkpointed (only the ``[channels, H, F]`` result is kept)."""
     H, N = w.shape
     F_ = a.shape[-1]
     chunk = _cauchy_chunks(H, N, F_, w.device)
@@ -356,10 +254,8 @@ def _dplr_response(v, w, a, s):
 
 
 def _row_times_power(v, M, L):
-    """``v M^L`` by binary exponentiation (``v`` [c, H, N], ``M`` [H, N, N]).
-
-    Squares ``M`` log2(L) times but multiplies only the row vectors by it.
-    """
+    """``v M^L`` (``v`` [c, H, N], ``M`` [H, N, N]) by binary
+    exponentiation, multiplying only the rows by the squares of ``M``."""
     while True:
         if L & 1:
             v = torch.einsum("chn,hnm->chm", v, M)
@@ -369,29 +265,13 @@ def _row_times_power(v, M, L):
         M = torch.bmm(M, M)
 
 
-def _matrix_power(M, L):
-    """``M^L`` for a batch of square matrices ``[..., N, N]`` (L >= 1), by
-    binary exponentiation."""
-    result = None
-    while True:
-        if L & 1:
-            result = M if result is None else torch.matmul(result, M)
-        L >>= 1
-        if not L:
-            return result
-        M = torch.matmul(M, M)
-
-
 def _legs_dplr(N):
-    """HiPPO-LegS matrix in diagonal plus low-rank form (float64).
+    """HiPPO-LegS in diagonal plus low-rank form: ``Λ, P̃, B̃`` ``[N/2]``.
 
-    ``A = -(sqrt(2n+1) sqrt(2k+1) [n > k] + (n+1) [n == k])``,
-    ``B_n = sqrt(2n+1)``. With ``P_n = sqrt(n + 1/2)``, ``A + P P^T`` is
-    ``-1/2 I`` plus a skew-symmetric matrix, hence normal and unitarily
-    diagonalisable: ``A = V (Λ - P̃ P̃*) V*`` with ``P̃ = V* P``.
-
-    Returns the half of the eigen-decomposition with positive imaginary
-    parts: ``Λ [N/2]``, ``P̃ [N/2]``, ``B̃ [N/2]`` (complex128).
+    ``A_nk = -(sqrt(2n+1) sqrt(2k+1) [n > k] + (n+1) [n == k])``, ``B_n =
+    sqrt(2n+1)``; with ``P_n = sqrt(n + 1/2)``, ``A + P P^T`` is ``-I/2`` +
+    skew-symmetric, so ``A = V (Λ - P̃ P̃*) V*``, ``P̃ = V* P``. The half with
+    positive imaginary parts, complex128.
     """
     n = torch.arange(N, dtype=torch.float64)
     q = torch.sqrt(2 * n + 1)
@@ -410,8 +290,7 @@ def _legs_dplr(N):
 
 def _agree_on_length(length, like, training):
     """The largest ``length`` over the ranks of a distributed training run
-    (each rank sets C̃ up at its first batch; they must agree to keep equal
-    weights), else ``length``."""
+    (each sets C̃ up at its first batch; weights must stay equal)."""
     dist = torch.distributed
     if not (training and dist.is_available() and dist.is_initialized()):
         return length
@@ -425,53 +304,42 @@ def _agree_on_length(length, like, training):
 
 
 class S4(nn.Module):
-    """S4 layer: SSM convolution, skip term, GELU, 1x1 conv and GLU.
+    """S4 layer: ``y = GLU(W GELU(K * u + D u))``, ``K`` the SSM kernel.
 
-    ``y = GLU(W GELU(K * u + D u))`` with ``K`` the SSM kernel of each
-    channel. Input and output are ``[batch, d_model, time]``; any length
-    works (the convolution uses FFTs of at least twice the length).
+    Input and output ``[batch, d_model, time]``, any length.
 
     Arguments
     ---------
     d_model : int
-        Number of channels H (one SSM per channel).
+        Channels H (one SSM each).
     d_state : int
-        State size N per SSM (even; stored as N/2 conjugate pairs).
+        State size N per SSM (even: N/2 conjugate pairs).
     mode : str
-        ``"nplr"`` (S4, HiPPO-LegS, bilinear, Cauchy kernel) or ``"s4d"``
+        ``"nplr"`` (S4: HiPPO-LegS, bilinear, Cauchy kernel) or ``"s4d"``
         (diagonal, zero-order hold, Vandermonde kernel).
     bidirectional : bool
-        If True, a second output matrix C gives a kernel applied backward in
-        time (starting at t+1); both directions are summed. Recurrent mode
-        is only available for causal (``bidirectional=False``) layers.
-    dt_min : float
-        Lower bound of the initial step Δ (log-uniform).
-    dt_max : float
-        Upper bound of the initial step Δ.
+        Add a second C whose kernel runs backward in time (from t+1);
+        recurrent modes need a causal layer.
+    dt_min, dt_max : float
+        Range of the initial step Δ (log-uniform).
     s4d_init : str
-        ``"lin"`` (S4D-Lin) or ``"inv"`` (S4D-Inv), only for ``mode="s4d"``.
+        ``"lin"`` (S4D-Lin) or ``"inv"`` (S4D-Inv), for ``mode="s4d"``.
     dropout : float
         Dropout after the GELU.
 
     Notes
     -----
-    NPLR layers train C̃ = C (I - Ā^L), as the authors' S4 (and the official
-    S4 of 2022) do: the parameter ``C`` holds C̃ for the length L kept in the
-    buffer ``c_length`` (saved with the weights). Until the first kernel is
-    computed ``c_length`` is 0 and ``C`` is the output matrix itself; the
-    first :meth:`kernel` call turns it into C̃ for its length, in place and
-    without gradient (the authors' ``_setup_C``). A kernel of length L is
-    then the length-``c_length`` kernel truncated (longer kernels use the
-    authors' doubling C̃ (I + Ā^L) as a constant factor, without changing
-    the weights), so the trained parameter is C̃ and no gradient flows
-    through Ā^L: the function and the gradients are the authors'.
+    NPLR layers train C̃ = C (I - Ā^L) as the authors' S4 does: ``C`` holds
+    C̃ for the length in the buffer ``c_length`` (saved with the weights;
+    0: ``C`` is still the output matrix). The first :meth:`kernel` sets C̃
+    up in place (the authors' ``_setup_C``); longer kernels use their
+    doubling C̃ (I + Ā^L) as a constant factor, so no gradient flows
+    through Ā^L and function and gradients are the authors'.
 
     Example
     -------
     >>> layer = S4(8, d_state=4, bidirectional=True)
     >>> x = torch.randn(2, 8, 13)
-    >>> layer(x).shape
-    torch.Size([2, 8, 13])
     >>> k = layer.kernel(13)
     >>> k.shape
     torch.Size([2, 8, 13])
@@ -507,11 +375,10 @@ class S4(nn.Module):
         H, N2 = d_model, d_state // 2
         channels = 2 if bidirectional else 1
 
-        # A = -exp(log_A_real) + i A_imag: [H, N/2]
+        # A = -exp(log_A_real) + i A_imag; complex parameters as real [..., 2]
         self.log_dt = nn.Parameter(torch.empty(H))
         self.log_A_real = nn.Parameter(torch.empty(H, N2))
         self.A_imag = nn.Parameter(torch.empty(H, N2))
-        # complex parameters stored as real [..., 2]
         self.B = nn.Parameter(torch.empty(H, N2, 2))
         if mode == "nplr":
             self.P = nn.Parameter(torch.empty(H, N2, 2))
@@ -538,13 +405,16 @@ class S4(nn.Module):
         super().__setstate__(state)
         self._mark_ssm_parameters()
 
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_recurrence_cache", None)  # not part of a copy/pickle
+        return state
+
     @torch.no_grad()
     def reset_parameters(self):
-        """(Re-)initialise all parameters with the S4 / S4D initialisation.
-
-        Safe to call at any time (SpeechBrain's ``reset_layer_recursively``
-        does): it redraws Δ and C and restores the structured A, B (and P).
-        """
+        """(Re-)draw Δ, C, D and restore the structured A, B (and P): the
+        S4 / S4D initialisation (SpeechBrain's ``reset_layer_recursively``
+        calls it)."""
         H, N2 = self.d_model, self.d_state // 2
         dev = self.log_dt.device
         dtype = self.log_dt.dtype
@@ -582,49 +452,24 @@ class S4(nn.Module):
         self.D.normal_(0.0, 1.0)
         self.output_linear.reset_parameters()
 
-    # ------------------------------------------------------------------
-    # SSM parameters
-    # ------------------------------------------------------------------
     def _ssm(self):
-        """Continuous-time parameters as complex tensors.
-
-        Returns dt ``[H]``, A (Λ for NPLR) ``[H, N/2]``, B ``[H, N/2]``,
-        C ``[channels, H, N/2]`` and P ``[H, N/2]`` (None for S4D).
-        """
+        """Complex parameters: dt ``[H]``, A (Λ for NPLR), B ``[H, N/2]``,
+        C ``[channels, H, N/2]``, P ``[H, N/2]`` (None for S4D)."""
         dt = torch.exp(self.log_dt)
         A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        B = _complex(self.B)
-        C = _complex(self.C)
-        P = _complex(self.P) if self.mode == "nplr" else None
+        B = torch.view_as_complex(self.B)
+        C = torch.view_as_complex(self.C)
+        P = torch.view_as_complex(self.P) if self.mode == "nplr" else None
         return dt, A, B, C, P
 
-    def _dense_A(self, A, P):
-        """Full N x N matrix ``diag(Λ, Λ̄) - P_f P_f*`` ``[H, N, N]``."""
+    def _bilinear(self, dt, A, B, P):
+        """Bilinear discretisation of ``diag(Λ, Λ̄) - P_f P_f*``, dense,
+        conjugate completed: Ā ``[H, N, N]``, B̄ ``[H, N]``."""
         Lam_f = torch.cat([A, A.conj()], dim=-1)  # [H, N]
         P_f = torch.cat([P, P.conj()], dim=-1)  # [H, N]
-        return torch.diag_embed(Lam_f) - P_f.unsqueeze(
+        A_d = torch.diag_embed(Lam_f) - P_f.unsqueeze(
             -1
         ) * P_f.conj().unsqueeze(-2)
-
-    def _real_A(self, Lam, P):
-        """``T^{-1} (diag(Λ, Λ̄) - P_f P_f*) T`` in real coordinates.
-
-        With the blocks ``A11 = diag(Λ) - P P*`` and ``A12 = -P P^T`` of
-        the conjugate-completed matrix, ``A_r = [[Re(A11 + A12),
-        Im(A12 - A11)], [Im(A11 + A12), Re(A11 - A12)]]`` ``[H, N, N]``.
-        """
-        A11 = torch.diag_embed(Lam) - P.unsqueeze(-1) * P.conj().unsqueeze(-2)
-        A12 = -P.unsqueeze(-1) * P.unsqueeze(-2)
-        top = torch.cat([(A11 + A12).real, (A12 - A11).imag], dim=-1)
-        bottom = torch.cat([(A11 + A12).imag, (A11 - A12).real], dim=-1)
-        return torch.cat([top, bottom], dim=-2)
-
-    def _bilinear(self, dt, A, B, P):
-        """Bilinear discretisation of the NPLR system, dense.
-
-        Returns Ā ``[H, N, N]`` and B̄ ``[H, N]`` (conjugate completed).
-        """
-        A_d = self._dense_A(A, P)
         N = A_d.shape[-1]
         eye = torch.eye(N, dtype=A_d.dtype, device=A_d.device)
         half = (dt / 2).to(A_d.dtype)[:, None, None]
@@ -634,32 +479,51 @@ class S4(nn.Module):
         B_bar = torch.linalg.solve(M, dt[:, None] * B_f)
         return A_bar, B_bar
 
-    # ------------------------------------------------------------------
-    # Convolution kernel
-    # ------------------------------------------------------------------
-    def kernel(self, length):
-        """Materialised SSM convolution kernel (without the D skip term).
+    # C̃ in real coordinates: the completed state [x, x̄] is T r with r =
+    # [Re x, Im x], T = [[I, iI], [I, -iI]]; T^-1 A T, Ā and the row C_f T
+    # = [2 Re C, -2 Im C] are real, so solves and powers are 4x cheaper.
+    def _bar_A_real(self, dt, Lam, P):
+        """Bilinear Ā in real coordinates ``[H, N, N]``."""
+        # blocks of the completed matrix: A11 = diag(Λ) - P P*, A12 = -P P^T
+        A11 = torch.diag_embed(Lam) - P.unsqueeze(-1) * P.conj().unsqueeze(-2)
+        A12 = -P.unsqueeze(-1) * P.unsqueeze(-2)
+        top = torch.cat([(A11 + A12).real, (A12 - A11).imag], dim=-1)
+        bottom = torch.cat([(A11 + A12).imag, (A11 - A12).real], dim=-1)
+        A_r = torch.cat([top, bottom], dim=-2)
+        eye = torch.eye(A_r.shape[-1], dtype=A_r.dtype, device=A_r.device)
+        half = (dt / 2)[:, None, None]
+        return torch.linalg.solve(eye - half * A_r, eye + half * A_r)
 
-        Computed in float32 / complex64 (float64 / complex128 if the module
-        is double) with autocast disabled. Nothing is cached. An NPLR layer
-        sets up C̃ at its first call (see the class notes; the only change
-        of state).
+    @staticmethod
+    def _c_to_real(C):
+        """``C_f T`` = ``[2 Re C, -2 Im C]`` ``[..., N]`` (real)."""
+        return torch.cat([2 * C.real, -2 * C.imag], dim=-1)
+
+    @staticmethod
+    def _c_from_real(y):
+        """Inverse of :meth:`_c_to_real`: the kept half ``(y1 - i y2) / 2``."""
+        n2 = y.shape[-1] // 2
+        return torch.complex(y[..., :n2], -y[..., n2:]) / 2
+
+    def kernel(self, length):
+        """The SSM convolution kernel (without the D skip term).
+
+        Computed in float32 (float64 for a double module), autocast off,
+        not cached. An NPLR layer's first call sets C̃ up (class notes).
 
         Arguments
         ---------
         length : int
-            Kernel length L (at least 1).
+            Kernel length L (>= 1).
 
         Returns
         -------
         torch.Tensor
-            ``[d_model, L]`` for a causal layer, ``[2, d_model, L]``
-            (forward, backward) for a bidirectional one.
+            ``[d_model, L]``, or ``[2, d_model, L]`` (forward, backward)
+            for a bidirectional layer.
 
         Example
         -------
-        >>> S4(4, d_state=4, mode="s4d").kernel(6).shape
-        torch.Size([4, 6])
         >>> layer = S4(4, d_state=4)
         >>> k = layer.kernel(6)  # sets C̃ up for L = 6
         >>> int(layer.c_length)
@@ -687,55 +551,26 @@ class S4(nn.Module):
         return k if self.bidirectional else k[0]
 
     def _kernel_s4d(self, L):
-        """Vandermonde kernel of the ZOH-discretised diagonal SSM.
-
-        ``K_l = 2 Re Σ_n C_n B̄_n Ā_n^l`` with ``Ā = exp(ΔA)`` and
-        ``B̄ = (ΔA)^{-1} (exp(ΔA) - 1) ΔB``.
-        """
+        """``K_l = 2 Re Σ_n C_n B̄_n Ā_n^l``, ``Ā = exp(ΔA)``, ``B̄ =
+        (ΔA)^{-1} (exp(ΔA) - 1) ΔB`` (zero-order hold)."""
         dt, A, B, C, _ = self._ssm()
         dtA = dt[:, None] * A  # [H, N/2]
         B_bar = (torch.exp(dtA) - 1.0) / A * B  # [H, N/2]
         W = C * B_bar  # [channels, H, N/2]
         return 2 * _vandermonde(W, dtA, L).real
 
-    # C̃ in real coordinates. The conjugate-completed state x_f = [x, x̄] is
-    # T r with r = [Re x, Im x], T = [[I, iI], [I, -iI]]. In them
-    # A_r = T^{-1} A T and Ā_r are real, and so is the row C_f T = [2 Re C,
-    # -2 Im C]: the solve, the powers Ā^L and the products with them are
-    # real (4x cheaper) matrix operations.
-    def _bar_A_real(self, dt, Lam, P):
-        """Bilinear Ā in real coordinates ``[H, N, N]``."""
-        A_r = self._real_A(Lam, P)
-        eye = torch.eye(A_r.shape[-1], dtype=A_r.dtype, device=A_r.device)
-        half = (dt / 2)[:, None, None]
-        return torch.linalg.solve(eye - half * A_r, eye + half * A_r)
-
-    @staticmethod
-    def _c_to_real(C):
-        """``C_f T`` = ``[2 Re C, -2 Im C]`` ``[..., N]`` (real)."""
-        return torch.cat([2 * C.real, -2 * C.imag], dim=-1)
-
-    @staticmethod
-    def _c_from_real(y):
-        """Inverse of :meth:`_c_to_real`: the kept half ``(y1 - i y2) / 2``."""
-        n2 = y.shape[-1] // 2
-        return torch.complex(y[..., :n2], -y[..., n2:]) / 2
-
     @torch.no_grad()
     def setup_c_tilde(self, length):
         """Turn the output matrix C into C̃ = C (I - Ā^L) for ``length``.
 
-        What the authors' S4 does at its first forward (``_setup_C``): the
-        parameter ``C`` then holds C̃ and ``c_length`` = L. Called by the
-        first :meth:`kernel`; call it yourself to fix L before training
-        (e.g. on every DDP rank alike). Under ``torch.distributed`` in
-        training mode the ranks agree on the largest length first, so that
-        they keep identical weights.
+        The authors' ``_setup_C``; the first :meth:`kernel` calls it. Under
+        ``torch.distributed`` in training mode the ranks first agree on the
+        largest length (identical weights).
 
         Arguments
         ---------
         length : int
-            Kernel length L (at least 1).
+            Kernel length L (>= 1).
         """
         if self.mode != "nplr":
             return
@@ -753,17 +588,15 @@ class S4(nn.Module):
         self.c_length.fill_(length)
 
     def output_matrix(self):
-        """The output matrix C of the SSM ``[channels, H, N/2]`` (complex).
-
-        S4D: the parameter. NPLR: ``C = C̃ (I - Ā^L)^{-1}`` with L =
-        ``c_length`` (the parameter itself before C̃ is set up). The
-        recurrence uses it; differentiable.
-        """
+        """The SSM's output matrix C ``[channels, H, N/2]`` (complex,
+        differentiable): the parameter for S4D, ``C̃ (I - Ā^L)^{-1}`` with L
+        = ``c_length`` for NPLR (the parameter while L = 0)."""
         dt, Lam, _, C, P = self._ssm()
         L = int(self.c_length) if self.mode == "nplr" else 0
         if L == 0:
             return C
-        A_L = _matrix_power(self._bar_A_real(dt, Lam, P), L)  # [H, N, N]
+        A_bar = self._bar_A_real(dt, Lam, P)
+        A_L = torch.linalg.matrix_power(A_bar, L)  # [H, N, N]
         eye = torch.eye(A_L.shape[-1], dtype=A_L.dtype, device=dt.device)
         # y (I - Ā^L) = C̃_r for each row y [channels, H, 1, N]
         y = torch.linalg.solve(
@@ -772,24 +605,22 @@ class S4(nn.Module):
         return self._c_from_real(y.squeeze(-2))
 
     def _kernel_nplr(self, L, M):
-        """Kernel of the bilinear-discretised DPLR SSM (S4, Algorithm 1).
+        """Kernel of the bilinear DPLR SSM (S4, Algorithm 1).
 
-        The generating function of the length-M kernel, ``K̂(ω) = Σ_k K_k
-        ω^k = C̃ (I - Ā ω)^{-1} B̄`` with C̃ = C (I - Ā^M), is evaluated at
-        the roots of unity ``ω_l = exp(-2πi l / M)`` (so ``K̂ = FFT(K)``),
-        with M = ``c_length`` (given; doubled, with C̃ times the constant (I +
-        Ā^M), until M >= L, as the authors' code does), then truncated to L.
-        With the bilinear transform, ``(I - Āω)^{-1} B̄ = 2 R(ω)^{-1} ΔB``
-        with ``R(ω) = 2(1-ω) - (1+ω) Δ(Λ - P P*)``, inverted by Woodbury
-        around its diagonal part (Cauchy sums). Then ``K = iFFT(K̂)``.
+        ``K̂(ω) = C̃ (I - Ā ω)^{-1} B̄`` of the length-M kernel (M =
+        ``c_length``, doubled as the authors do until M >= L) at the roots
+        of unity ``ω_l = exp(-2πi l / M)``, so ``K = iFFT(K̂)[:L]``. With the
+        bilinear transform ``(I - Āω)^{-1} B̄ = 2 R(ω)^{-1} ΔB``, ``R(ω) =
+        2(1-ω) - (1+ω) Δ(Λ - P P*)``, inverted by Woodbury (Cauchy sums).
         """
         dt, Lam, B, C_t, P = self._ssm()
         if M < L:
-            # the authors' doubling C̃ <- C̃ (I + Ā^M), M <- 2M; they apply
-            # it to the weights in place under no_grad: here the factor is
-            # a constant and the weights stay (same kernel, same gradients)
+            # the authors' doubling C̃ <- C̃ (I + Ā^M), M <- 2M, in place
+            # under no_grad in theirs; here a constant factor (same kernel
+            # and gradients, weights unchanged)
             with torch.no_grad():
-                A_M = _matrix_power(self._bar_A_real(dt, Lam, P), M)
+                A_bar = self._bar_A_real(dt, Lam, P)
+                A_M = torch.linalg.matrix_power(A_bar, M)
                 n = A_M.shape[-1]
                 eye = torch.eye(n, dtype=A_M.dtype, device=dt.device)
                 factor = eye.expand_as(A_M)
@@ -805,8 +636,7 @@ class S4(nn.Module):
         omega = torch.polar(torch.ones_like(freqs), -2 * math.pi * freqs / M)
         a = 2 * (1 - omega)  # [F]
         s = 1 + omega  # [F]
-        # Cauchy sums over the full (conjugate completed) state of
-        # v_n / (2(1-ω) - (1+ω) Δλ_n) for the four vectors of Woodbury
+        # the four Woodbury numerators over the conjugate-completed state
         dtLam = dt[:, None] * Lam  # [H, N/2]
         dtB = dt[:, None] * B  # [H, N/2]
         dtP = dt[:, None] * P  # [H, N/2]
@@ -822,24 +652,11 @@ class S4(nn.Module):
         )  # [channels, H, F]
         return torch.fft.irfft(k_hat, n=M)[..., :L]  # [channels, H, L]
 
-    # ------------------------------------------------------------------
-    # Convolution mode
-    # ------------------------------------------------------------------
     def forward(self, x, kernel=None):
-        """Apply the layer to a whole sequence.
+        """Apply the layer to a whole sequence ``[batch, d_model, time]``.
 
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, d_model, time]``.
-        kernel : torch.Tensor, optional
-            Precomputed ``self.kernel(L)`` with L >= time (longer kernels
-            are truncated), to avoid recomputing it.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, d_model, time]``.
+        ``kernel``: optional precomputed ``self.kernel(L)``, L >= time
+        (truncated), to avoid recomputing it.
         """
         L = int(x.shape[-1])
         with torch.autocast(x.device.type, enabled=False):
@@ -867,12 +684,9 @@ class S4(nn.Module):
     # Recurrent mode
     # ------------------------------------------------------------------
     def _discrete_recurrence(self):
-        """Discretised (Ā, B̄, C) for the recurrence, on the kept half state.
-
-        S4D: Ā ``[H, N/2]`` (diagonal). NPLR: Ā ``[H, N/2, N]`` (the first
-        half of the rows of the dense matrix; it acts on the conjugate
-        completed state). B̄ ``[H, N/2]``, C ``[H, N/2]``.
-        """
+        """(Ā, B̄, C) on the kept half state: Ā ``[H, N/2]`` (S4D,
+        diagonal) or ``[H, N/2, N]`` (NPLR: the first half of the rows, on
+        the completed state), B̄ and C ``[H, N/2]``."""
         dt, A, B, _, P = self._ssm()
         C = self.output_matrix()[0]
         if self.mode == "s4d":
@@ -884,29 +698,23 @@ class S4(nn.Module):
         N2 = A.shape[-1]
         return A_bar[:, :N2, :], B_bar[:, :N2], C
 
+    def _recording_recurrence_grad(self):
+        """True while autograd records gradients of the recurrence's
+        parameters (a cached discretisation would cut them off)."""
+        return torch.is_grad_enabled() and any(
+            p.requires_grad for p in self._recurrence_params()
+        )
+
     def _recurrence_params(self):
-        """The parameters (and the C̃ length buffer) that the discretised
-        recurrence is built from."""
         params = [self.log_dt, self.log_A_real, self.A_imag, self.B, self.C]
         if self.mode == "nplr":
             params += [self.P, self.c_length]
         return params
 
-    def _recording_recurrence_grad(self):
-        """True while autograd records gradients for those parameters (a
-        cached recurrence would then cut them off)."""
-        return torch.is_grad_enabled() and any(
-            p.requires_grad for p in self._recurrence_params()
-        )
-
     def _cached(self, name, build):
-        """``build()``, cached under ``name`` while the parameters do not
-        change (by version counter) and no gradient is being recorded.
-
-        The discretisations (a batched N x N solve for NPLR, an
-        eigendecomposition for the diagonal form) would otherwise be
-        recomputed at every :meth:`step` or streamed chunk.
-        """
+        """``build()``, cached under ``name`` while the parameters keep their
+        version counters and no gradient is recorded (saves an N x N solve
+        or an eigendecomposition per :meth:`step` or streamed chunk)."""
         if self._recording_recurrence_grad():
             return build()
         params = self._recurrence_params()
@@ -919,27 +727,17 @@ class S4(nn.Module):
             caches[name] = entry
         return entry[1]
 
-    def _recurrence(self):
-        """:meth:`_discrete_recurrence`, cached (see :meth:`_cached`)."""
-        return self._cached("dense", self._discrete_recurrence)
+    def _real_diagonal_form(self):
+        """The recurrence in the eigenbasis of Ā, float64 real and imaginary
+        parts: ``(lam_re, lam_im, b_re, b_im, c, cond)``.
 
-    def _diagonal_recurrence(self):
-        """The recurrence in the eigenbasis of Ā, in complex128.
-
-        ``z_k = lam * z_{k-1} + b u_k``, ``y_k = Re(sum_m c_m z_{k,m}) + D
-        u_k``. S4D is diagonal already (``z`` = the kept half state, ``c =
-        2 C``). For NPLR, the conjugate-completed Ā ``[H, N, N]`` = V
-        diag(lam) V^-1: ``b = V^-1 B̄``, ``c = [C, C̄] V``. V is far from
-        orthogonal at the HiPPO initialisation (condition number ~3e7 for
-        N = 16), hence float64 throughout; the condition number is returned
-        so that callers can refuse the form where it would lose precision.
-
-        Returns
-        -------
-        lam, b, c : torch.Tensor
-            ``[H, M]`` complex128 (M = N/2 for S4D, N for NPLR).
-        cond : float
-            Largest condition number of V over the channels (1 for S4D).
+        ``z_k = lam z_{k-1} + b u_k``, ``y_k = Re(Σ_m c_m z_{k,m}) + D u_k``
+        with ``c = [Re c, -Im c]`` ``[H, 2M]`` (``Re(c z) = c . [Re z, Im
+        z]``), ``[H, M]`` otherwise (M = N/2 for S4D, N for NPLR). S4D is
+        diagonal (``c = 2 C``); NPLR: completed Ā = V diag(lam) V^-1, ``b =
+        V^-1 B̄``, ``c = [C, C̄] V``. V is far from orthogonal at the HiPPO
+        init (cond ~3e7 for N = 16), hence float64; ``cond`` = the largest
+        condition number of V (1 for S4D).
         """
         dt, A, B, _, P = self._ssm()
         C = self.output_matrix()[0]
@@ -947,37 +745,28 @@ class S4(nn.Module):
         dt, A, B, C = dt.double(), A.to(cdt), B.to(cdt), C.to(cdt)
         if self.mode == "s4d":
             lam = torch.exp(dt[:, None] * A)
-            return lam, (lam - 1.0) / A * B, 2 * C, 1.0
-        A_bar, B_bar = self._bilinear(dt, A, B, P.to(cdt))
-        lam, V = torch.linalg.eig(A_bar)
-        cond = float(torch.linalg.cond(V.detach()).abs().max())
-        b = torch.linalg.solve(V, B_bar.unsqueeze(-1)).squeeze(-1)
-        c_full = torch.cat([C, C.conj()], dim=-1)  # [H, N]
-        c = torch.matmul(c_full.unsqueeze(-2), V).squeeze(-2)
-        return lam, b, c, cond
-
-    def _real_diagonal_form(self):
-        """:meth:`_diagonal_recurrence` as real and imaginary parts:
-        ``(lam_re, lam_im, b_re, b_im, c, cond)`` with ``c = [Re c, -Im c]``
-        ``[H, 2M]`` (so that ``Re(c z) = c . [Re z, Im z]``)."""
-        lam, b, c, cond = self._diagonal_recurrence()
+            b, c, cond = (lam - 1.0) / A * B, 2 * C, 1.0
+        else:
+            A_bar, B_bar = self._bilinear(dt, A, B, P.to(cdt))
+            lam, V = torch.linalg.eig(A_bar)
+            cond = float(torch.linalg.cond(V.detach()).abs().max())
+            b = torch.linalg.solve(V, B_bar.unsqueeze(-1)).squeeze(-1)
+            c_full = torch.cat([C, C.conj()], dim=-1)  # [H, N]
+            c = torch.matmul(c_full.unsqueeze(-2), V).squeeze(-2)
         c = torch.cat([c.real, -c.imag], dim=-1)
         return lam.real, lam.imag, b.real, b.imag, c, cond
 
     def stream_form(self):
-        """The diagonal form for :meth:`forward_stream` in real arithmetic,
-        or None where the dense recurrence must run instead: under
-        autograd, and where the eigenbasis is too ill-conditioned for the
-        module's precision (``cond(V) * eps(float64) >= eps(dtype)``:
-        float64 modules always take the dense path, float32 ones while
-        ``cond(V) < 5e8``).
+        """The diagonal form for :meth:`forward_stream` (real arithmetic),
+        or None where the dense recurrence must run: under autograd, or
+        when ``cond(V) * eps(float64) >= eps(dtype)`` (float64 modules
+        always, float32 ones from ``cond(V)`` ~5e8 on).
 
         Returns
         -------
         tuple of torch.Tensor or None
-            ``(lam_re, lam_im, b_re, b_im, c)``, float64: real and
-            imaginary parts ``[H, M]``, and ``c`` ``[H, 2M]`` = ``[Re c,
-            -Im c]`` (so that ``Re(c z) = c . [Re z, Im z]``).
+            ``(lam_re, lam_im, b_re, b_im, c)`` (float64, see
+            :meth:`_real_diagonal_form`).
         """
         if self._recording_recurrence_grad():
             return None
@@ -988,28 +777,11 @@ class S4(nn.Module):
         return tuple(form)
 
     def _diagonal_ssm_recurrence(self, u, state, form):
-        """:meth:`_ssm_recurrence` in the eigenbasis (see
-        :meth:`_diagonal_recurrence`), complex numbers as real and
-        imaginary parts: four fused multiply-adds per frame on ``[batch, H,
-        M]`` float64 maps instead of an ``N x N`` complex product (complex
-        element-wise kernels are several times slower on CPUs).
-
-        Arguments
-        ---------
-        u : torch.Tensor
-            ``[batch, d_model, time]``.
-        state : torch.Tensor or None
-            ``[batch, 2, d_model, M]`` float64: real and imaginary parts
-            of ``z`` (None: zero state).
-        form : tuple
-            From :meth:`stream_form`.
-
-        Returns
-        -------
-        y : torch.Tensor
-            ``[batch, d_model, time]`` in ``u``'s dtype.
-        state : torch.Tensor
-            State after the last frame.
+        """:meth:`_ssm_recurrence` in the eigenbasis (``form``: from
+        :meth:`stream_form`): four float64 fused multiply-adds per frame on
+        ``[batch, H, M]`` instead of an N x N complex product (complex
+        element-wise kernels are slow on CPUs). ``state``: ``[batch, 2, H,
+        M]`` float64, real and imaginary parts (None: zero).
         """
         lam_re, lam_im, b_re, b_im, c = form
         if state is None:
@@ -1020,9 +792,8 @@ class S4(nn.Module):
             return u.new_zeros(u.shape), state
         with torch.autocast(u.device.type, enabled=False):
             ud = u.to(torch.float64)
-            # frames first and the state index last in every map: CPU
-            # element-wise kernels are slow on broadcasts with a tiny
-            # innermost dimension
+            # frames first, state index last in every map: CPU element-wise
+            # kernels are slow on broadcasts with a tiny innermost dimension
             ut = ud.transpose(-1, -2).unsqueeze(-1)  # [batch, time, H, 1]
             bu_re, bu_im = ut * b_re, ut * b_im  # [batch, time, H, M]
             z_re, z_im = state.unbind(1)
@@ -1039,46 +810,26 @@ class S4(nn.Module):
             y = y.transpose(-1, -2) + self.D.to(torch.float64)[:, None] * ud
         return y.to(u.dtype), torch.stack([z_re, z_im], dim=1)
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_recurrence_cache", None)  # not part of a copy/pickle
-        return state
-
     def default_state(self, batch_size):
-        """Zero initial state for :meth:`step`.
-
-        Arguments
-        ---------
-        batch_size : int
-            Batch size.
-
-        Returns
-        -------
-        torch.Tensor
-            Complex state ``[batch, d_model, d_state // 2]``.
-        """
-        cdtype = _complex(self.B).dtype
+        """Zero state for :meth:`step`: ``[batch, d_model, d_state // 2]``,
+        complex."""
         return torch.zeros(
             batch_size,
             self.d_model,
             self.d_state // 2,
-            dtype=cdtype,
+            dtype=torch.view_as_complex(self.B).dtype,
             device=self.B.device,
         )
 
     def step(self, u, state):
-        """One step of the recurrence ``x_k = Ā x_{k-1} + B̄ u_k``.
-
-        Running ``step`` over a sequence from :meth:`default_state` gives
-        the same output as :meth:`forward` on the whole sequence (causal
-        layers only).
+        """One step ``x_k = Ā x_{k-1} + B̄ u_k`` of a causal layer.
 
         Arguments
         ---------
         u : torch.Tensor
             Input frame ``[batch, d_model]``.
         state : torch.Tensor
-            State ``[batch, d_model, d_state // 2]`` (complex).
+            From :meth:`default_state` or the previous step.
 
         Returns
         -------
@@ -1107,24 +858,11 @@ class S4(nn.Module):
         return F.glu(F.linear(y, w, self.output_linear.bias), dim=-1), state
 
     def _ssm_recurrence(self, u, state):
-        """``y_k = C x_k + D u_k``, ``x_k = Ā x_{k-1} + B̄ u_k`` over frames.
-
-        Arguments
-        ---------
-        u : torch.Tensor
-            ``[batch, d_model, time]``.
-        state : torch.Tensor
-            ``[batch, d_model, d_state // 2]`` (complex).
-
-        Returns
-        -------
-        y : torch.Tensor
-            ``[batch, d_model, time]`` in ``u``'s dtype.
-        state : torch.Tensor
-            State after the last frame.
-        """
+        """``y_k = C x_k + D u_k``, ``x_k = Ā x_{k-1} + B̄ u_k`` over the
+        frames of ``u`` ``[batch, d_model, time]``; returns ``y`` (in
+        ``u``'s dtype) and the last state."""
         with torch.autocast(u.device.type, enabled=False):
-            A_bar, B_bar, C = self._recurrence()
+            A_bar, B_bar, C = self._cached("dense", self._discrete_recurrence)
             ctype = _real_dtype(self.D.dtype)
             uc = u.to(ctype)
             bu = B_bar.unsqueeze(-1) * uc.unsqueeze(-2)  # [B, H, N/2, time]
@@ -1148,27 +886,21 @@ class S4(nn.Module):
     def forward_stream(self, x, state=None, form=None):
         """Apply a causal layer to the next frames of a stream.
 
-        The recurrent mode over a chunk of any length (0 included): the
-        concatenated outputs of consecutive chunks equal :meth:`forward` on
-        the whole sequence. The discretisation is cached between calls.
-
-        In eval mode (no autograd) a float32 layer runs the recurrence in
-        the eigenbasis of Ā (:meth:`_diagonal_recurrence`: one multiply-add
-        per frame, complex128), ~5x cheaper per streamed chunk than the
-        dense ``N x N`` product of :meth:`step`, which float64 layers, an
-        ill-conditioned eigenbasis and autograd keep using.
+        Consecutive chunks (any length, 0 included) give :meth:`forward`'s
+        output on the whole sequence. Without autograd a float32 layer runs
+        the diagonal form (:meth:`stream_form`, ~5x cheaper per chunk),
+        else the dense recurrence of :meth:`step`.
 
         Arguments
         ---------
         x : torch.Tensor
             ``[batch, d_model, time]``.
         state : torch.Tensor, optional
-            From the previous call (None: the zero state). Opaque: its
-            form depends on the path taken (not :meth:`step`'s state).
+            From the previous call (None: zero). Opaque: its form depends
+            on the path taken (not :meth:`step`'s state).
         form : tuple of torch.Tensor, optional
-            :meth:`stream_form`, fetched by the caller: the recurrence is
-            then tensor operations only (what ``torch.compile`` can put in
-            one graph with the layers around it).
+            :meth:`stream_form`, fetched by the caller (the recurrence is
+            then tensor operations only, for ``torch.compile``).
 
         Returns
         -------
@@ -1213,16 +945,11 @@ class S4(nn.Module):
         )
 
 
-# ----------------------------------------------------------------------
-# Optimiser helpers
-# ----------------------------------------------------------------------
 def _split_params(params):
-    """Split a module or an iterable of parameters into (ssm, other).
-
-    Parameters marked ``_ssm_param`` are SSM parameters. A module's
-    :class:`S4` layers mark theirs again first (``copy.deepcopy`` of a
-    bare parameter drops the marker). Duplicates are removed.
-    """
+    """(ssm, other) parameters of a module or an iterable of parameters or
+    ``(name, parameter)`` pairs, by the ``_ssm_param`` marker (a module's
+    :class:`S4` layers mark theirs again first: ``copy.deepcopy`` of a bare
+    parameter drops it); duplicates removed."""
     if isinstance(params, nn.Module):
         for mod in params.modules():
             if isinstance(mod, S4):
@@ -1241,17 +968,17 @@ def _split_params(params):
 
 
 def ssm_parameter_groups(module, lr, ssm_lr=1e-3, weight_decay=0.0):
-    """Optimizer parameter groups with special settings for A, B and Δ.
+    """Optimizer parameter groups: A, B, Δ apart, without weight decay.
 
-    The SSM parameters (marked ``p._ssm_param = True`` by :class:`S4`:
-    ``log_dt``, ``log_A_real``, ``A_imag``, ``B`` and ``P``) get
-    ``lr=ssm_lr`` and ``weight_decay=0``; all other parameters get
-    ``lr`` and ``weight_decay``. Empty groups are left out.
+    The SSM parameters (marked ``_ssm_param`` by :class:`S4`: ``log_dt``,
+    ``log_A_real``, ``A_imag``, ``B``, ``P``) get ``ssm_lr`` and no weight
+    decay, the others ``lr`` and ``weight_decay``; empty groups are left
+    out.
 
     Arguments
     ---------
     module : torch.nn.Module or iterable
-        Module, or iterable of parameters / ``(name, parameter)`` pairs.
+        Module, or parameters / ``(name, parameter)`` pairs.
     lr : float
         Learning rate of the ordinary parameters.
     ssm_lr : float
@@ -1270,7 +997,6 @@ def ssm_parameter_groups(module, lr, ssm_lr=1e-3, weight_decay=0.0):
     >>> groups = ssm_parameter_groups(model, lr=1e-3, weight_decay=0.01)
     >>> [(len(g["params"]), g["lr"], g["weight_decay"]) for g in groups]
     [(5, 0.001, 0.0), (6, 0.001, 0.01)]
-    >>> opt = torch.optim.AdamW(groups)
     """
     ssm, other = _split_params(module)
     groups = []
@@ -1289,35 +1015,27 @@ def ssm_aware_optimizer(
     optimizer=torch.optim.AdamW,
     **optimizer_kwargs,
 ):
-    """Build an optimizer that treats SSM parameters separately.
+    """An optimizer over :func:`ssm_parameter_groups`.
 
-    Usable as SpeechBrain's ``opt_class``, which is called with
-    ``modules.parameters()`` (plain parameters without names): the split
-    uses the ``_ssm_param`` marker that :class:`S4` puts on its A, B and Δ
-    parameters. In a hparams file::
+    Usable as SpeechBrain's ``opt_class`` (called with plain
+    ``modules.parameters()``: the split uses the ``_ssm_param`` marker)::
 
         opt_class: !name:speechbrain_s4m.nnet.ssm_aware_optimizer
             lr: 0.001
             ssm_lr: 0.001
-            weight_decay: 0.0
 
-    Note that learning-rate schedulers that set one learning rate for all
-    groups overwrite ``ssm_lr``.
+    A scheduler that sets one rate for all groups overwrites ``ssm_lr``.
 
     Arguments
     ---------
     params : iterable or torch.nn.Module
         Parameters (or a module) to optimise.
-    lr : float
-        Learning rate of the ordinary parameters.
-    ssm_lr : float
-        Learning rate of A, B, Δ (no weight decay).
-    weight_decay : float
-        Weight decay of the ordinary parameters.
+    lr, ssm_lr, weight_decay : float
+        As in :func:`ssm_parameter_groups`.
     optimizer : type
         Optimizer class (default ``torch.optim.AdamW``).
     **optimizer_kwargs
-        Extra arguments for the optimizer (e.g. ``betas``).
+        Extra arguments of the optimizer (e.g. ``betas``).
 
     Returns
     -------
