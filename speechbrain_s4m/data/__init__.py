@@ -2,8 +2,8 @@
 SpeechBrain datasets (``dataio``), dynamic mixing (``dynamic_mixing``) and
 synthetic voices and datasets in the official layouts (``synthetic``)."""
 
+from speechbrain_s4m.data.layouts import DatasetLayoutError
 from speechbrain_s4m.data.prepare import (
-    DatasetLayoutError,
     prepare_dataset,
     prepare_librimix,
     prepare_wham,

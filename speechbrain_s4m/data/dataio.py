@@ -15,15 +15,6 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 
 from speechbrain_s4m.audio import AudioFormatError, audio_frames, read_audio
 
-__all__ = [
-    "signal_keys",
-    "has_noise",
-    "training_crop_len",
-    "make_dataset",
-    "make_datasets",
-    "datasets_from_hparams",
-]
-
 SORTINGS = ("ascending", "descending", "random")
 
 
@@ -93,41 +84,10 @@ def _make_loader(sample_rate, crop_len):
     return load
 
 
-def make_dataset(
-    csv_path,
-    num_spks=2,
-    sample_rate=8000,
-    noise=False,
-    crop_len=None,
-    sorting="random",
-    max_duration=None,
+def _make_dataset(
+    csv_path, num_spks, sample_rate, noise, crop_len, sorting, max_duration
 ):
-    """One ``DynamicItemDataset`` from a manifest.
-
-    Arguments
-    ---------
-    csv_path : str
-        Manifest with ``ID, duration, mix_wav, s1_wav, ...``.
-    num_spks : int
-        Number of target sources (``s1_wav`` ... ``s<num_spks>_wav``).
-    sample_rate : int
-        Expected sample rate; other rates raise :class:`AudioFormatError`.
-    noise : bool or None
-        Also provide ``noise_sig``: True needs a ``noise_wav`` column;
-        None: whenever the manifest has one.
-    crop_len : int or None
-        If set, longer items give a random crop of ``crop_len`` samples, at
-        the same offset in the mixture and every source.
-    sorting : str
-        ``ascending`` / ``descending`` by duration, or ``random`` (manifest
-        order; shuffle in the dataloader).
-    max_duration : float or None
-        Drop items longer than this (seconds).
-
-    Returns
-    -------
-    dataset : speechbrain.dataio.dataset.DynamicItemDataset
-    """
+    """One ``DynamicItemDataset`` from a manifest (see make_datasets)."""
     if sorting not in SORTINGS:
         raise ValueError(f"sorting must be one of {SORTINGS}, got {sorting!r}")
     if noise is None:
@@ -179,15 +139,27 @@ def make_datasets(
     Arguments
     ---------
     train_csv, valid_csv : str
-        Training and validation manifests.
+        Training and validation manifests (``ID, duration, mix_wav,
+        s1_wav, ...``).
     test_csv : str or None
         Test manifest (None: no test set).
-    num_spks, sample_rate, noise, sorting, max_duration
-        As in :func:`make_dataset` (sorted sets must not be shuffled).
+    num_spks : int
+        Number of target sources (``s1_wav`` ... ``s<num_spks>_wav``).
+    sample_rate : int
+        Expected sample rate; other rates raise :class:`AudioFormatError`.
+    noise : bool or None
+        Also provide ``noise_sig``: True needs a ``noise_wav`` column;
+        None: for each manifest that has one.
+    sorting : str
+        ``ascending`` / ``descending`` by duration (then not to be shuffled
+        by the dataloader), or ``random`` (manifest order).
     limit_training_signal_len : bool
-        Random crops of ``training_signal_len`` samples for training.
+        Random crops of ``training_signal_len`` samples for training, at
+        the same offset in the mixture and every source.
     training_signal_len : int
         Crop length (samples).
+    max_duration : float or None
+        Drop training items longer than this (seconds).
 
     Returns
     -------
@@ -208,16 +180,10 @@ def make_datasets(
     (2, ['id', 'mix_sig', 's1_sig', 's2_sig'])
     """
     crop = training_signal_len if limit_training_signal_len else None
-    common = {"num_spks": num_spks, "sample_rate": sample_rate, "noise": noise}
-    train = make_dataset(
-        train_csv,
-        crop_len=crop,
-        sorting=sorting,
-        max_duration=max_duration,
-        **common,
-    )
-    valid = make_dataset(valid_csv, **common)
-    test = make_dataset(test_csv, **common) if test_csv else None
+    whole = (num_spks, sample_rate, noise, None, "random", None)
+    train = _make_dataset(train_csv, *whole[:3], crop, sorting, max_duration)
+    valid = _make_dataset(valid_csv, *whole)
+    test = _make_dataset(test_csv, *whole) if test_csv else None
     return train, valid, test
 
 

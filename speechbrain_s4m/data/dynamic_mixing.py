@@ -18,17 +18,10 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain_s4m.audio import DATASET_EXTENSIONS, audio_frames, read_audio
 from speechbrain_s4m.data.dataio import signal_keys
 from speechbrain_s4m.data.layouts import PEAK as _PEAK
-from speechbrain_s4m.data.prepare import DatasetLayoutError
+from speechbrain_s4m.data.layouts import DatasetLayoutError
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "SOURCE_FORMATS",
-    "collect_speakers",
-    "collect_noises",
-    "DynamicMixer",
-    "dynamic_mixing_dataset",
-]
 
 _AUDIO_GLOBS = tuple(f"*{ext}" for ext in DATASET_EXTENSIONS)
 

@@ -17,11 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from speechbrain_s4m.audio import (
-    DATASET_EXTENSIONS,
-    AudioError,
-    check_audio_header,
-)
+from speechbrain_s4m.audio import AudioError, check_audio_header
 from speechbrain_s4m.data.layouts import (
     METADATA_ID,
     METADATA_LENGTH,
@@ -29,29 +25,18 @@ from speechbrain_s4m.data.layouts import (
     WHAM_SPLITS,
     WSJ0MIX_MIX,
     WSJ0MIX_SPLITS,
+    DatasetLayoutError,
+    ExpectedLayout,
     check_choice,
     librimix_splits,
     metadata_columns,
     metadata_file,
     mixture_parts,
-    rate_folder,
     source_folders,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DatasetLayoutError",
-    "DatasetAudioError",
-    "ExpectedLayout",
-    "check_dataset_audio",
-    "prepare_wsj0mix",
-    "prepare_librimix",
-    "prepare_wham",
-    "prepare_dataset",
-    "SPLITS",
-    "OPTIONS_FILE",
-]
 
 #: Manifest names, in the order they are written.
 SPLITS = ("train", "valid", "test")
@@ -63,22 +48,9 @@ MANIFEST_VERSION = 1
 _POOL_MIN_FILES = 256
 
 
-class DatasetLayoutError(FileNotFoundError):
-    """The data folder does not have the expected dataset layout; the
-    message names what is missing and the layout that was expected."""
-
-
 class DatasetAudioError(DatasetLayoutError):
-    """Unusable audio files of a dataset, all found in one pass.
-
-    Arguments
-    ---------
-    name : str
-        The dataset (``WSJ0-2mix``, ...).
-    data_folder : str or Path
-        The folder checked.
-    problems : list of str
-        One line per bad file, naming it (kept as ``problems``).
+    """Unusable audio files of dataset ``name`` under ``data_folder``, all
+    found in one pass: ``problems`` has one line per bad file, naming it.
 
     Example
     -------
@@ -98,164 +70,6 @@ class DatasetAudioError(DatasetLayoutError):
         )
 
 
-def _listing(folder):
-    """Short description of the entries of ``folder`` for error messages."""
-    try:
-        entries = sorted(os.listdir(folder))
-    except OSError:
-        return "(unreadable)"
-    if not entries:
-        return "(empty)"
-    more = f", ... ({len(entries)} entries)" if len(entries) > 10 else ""
-    return ", ".join(entries[:10]) + more
-
-
-def _audio_names(folder):
-    """Sorted audio file names directly in ``folder``."""
-    with os.scandir(folder) as it:
-        return sorted(
-            e.name
-            for e in it
-            if e.is_file() and e.name.lower().endswith(DATASET_EXTENSIONS)
-        )
-
-
-class ExpectedLayout:
-    """Expected layout of one dataset: checks a folder, lists its files.
-
-    Arguments
-    ---------
-    name : str
-        Dataset name used in messages.
-    data_folder : str or Path
-        The folder given by the user (``--data_folder``).
-    sample_rate : int
-        8000 or 16000.
-    mode : str
-        ``min`` or ``max``.
-    split_dirs : dict
-        Manifest split -> folder name (e.g. ``{"train": "tr", ...}``).
-    parts : tuple
-        ``(mix folder, source folders, noise folder or None)``.
-    hint : str
-        What ``--data_folder`` should point at.
-    """
-
-    #: How many file names an error message lists at most.
-    max_listed = 5
-
-    def __init__(
-        self, name, data_folder, sample_rate, mode, split_dirs, parts, hint
-    ):
-        self.name = name
-        self.data_folder = Path(data_folder).expanduser().absolute()
-        self.rate_dir = rate_folder(sample_rate)
-        self.sample_rate = sample_rate
-        self.mode = mode
-        self.split_dirs = dict(split_dirs)
-        self.mix_dir, self.source_dirs, self.noise_dir = parts
-        self.hint = hint
-
-    @property
-    def base(self):
-        """``<data_folder>/wavXk/<mode>``."""
-        return self.data_folder / self.rate_dir / self.mode
-
-    @property
-    def subdirs(self):
-        """All per-split folders the manifest needs, mixture first."""
-        subs = [self.mix_dir] + self.source_dirs
-        return subs + ([self.noise_dir] if self.noise_dir else [])
-
-    def error(self, problem):
-        """A DatasetLayoutError with the problem and the expected layout."""
-        splits = ",".join(self.split_dirs.values())
-        return DatasetLayoutError(
-            f"{self.name}: {problem}\n  data_folder: {self.data_folder}\n"
-            f"  expected {self.name} layout: <data_folder>/{self.rate_dir}/"
-            f"{self.mode}/{{{splits}}}/{{{','.join(self.subdirs)}}}/"
-            "<mixture_name>.wav (same file names in every folder); " + self.hint
-        )
-
-    def check_base(self):
-        """Checks the ``data_folder``, ``wavXk`` and ``mode`` folders."""
-        root = self.data_folder
-        if not root.is_dir():
-            raise self.error(f"data_folder '{root}' does not exist")
-        for sub in (self.rate_dir, self.mode):
-            parent, root = root, root / sub
-            if root.is_dir():
-                continue
-            problem = (
-                f"missing folder '{root}' (found in '{parent}': "
-                f"{_listing(parent)})"
-            )
-            known = set(self.split_dirs.values()) | set(MODES)
-            if parent == self.data_folder and set(os.listdir(parent)) & known:
-                problem += (
-                    "; data_folder seems to point inside the dataset: "
-                    f"pass the folder that contains '{self.rate_dir}'"
-                )
-            raise self.error(problem)
-
-    def check_dirs(self, splits=None):
-        """Checks that every split and sub-folder exists (no file listing)."""
-        self.check_base()
-        missing = []
-        for split in splits or self.split_dirs:
-            split_dir = self.base / self.split_dirs[split]
-            if not split_dir.is_dir():
-                missing.append(f"'{split_dir}' ({split} split)")
-                continue
-            missing += [
-                f"'{split_dir / sub}' (found in '{split_dir}': "
-                f"{_listing(split_dir)})"
-                for sub in self.subdirs
-                if not (split_dir / sub).is_dir()
-            ]
-        if missing:
-            raise self.error("missing folder(s): " + "; ".join(missing))
-
-    def folder_rows(self, split):
-        """Manifest rows of a split from its folders, whose file sets must
-        match: ``{"ID", "duration": None, "paths": {folder: path}}``."""
-        split_dir = self.base / self.split_dirs[split]
-        mix_dir = split_dir / self.mix_dir
-        names = {sub: _audio_names(split_dir / sub) for sub in self.subdirs}
-        ref = set(names[self.mix_dir])
-        if not ref:
-            raise self.error(f"no .wav/.flac files in '{mix_dir}'")
-        problems = []
-        for sub in self.subdirs[1:]:
-            other = set(names[sub])
-            if not other:
-                problems.append(f"no .wav/.flac files in '{split_dir / sub}'")
-                continue
-            lacking, extra = sorted(ref - other), sorted(other - ref)
-            if lacking:
-                problems.append(
-                    f"{len(lacking)} file(s) of '{mix_dir}' missing in "
-                    f"'{split_dir / sub}' (e.g. "
-                    f"{', '.join(lacking[: self.max_listed])})"
-                )
-            if extra:
-                problems.append(
-                    f"{len(extra)} file(s) in '{split_dir / sub}' without a "
-                    f"mixture in '{mix_dir}' (e.g. "
-                    f"{', '.join(extra[: self.max_listed])})"
-                )
-        if problems:
-            raise self.error("mismatched file sets: " + "; ".join(problems))
-        return [
-            {
-                "ID": Path(name).stem,
-                "duration": None,
-                "paths": {s: split_dir / s / name for s in self.subdirs},
-            }
-            for name in names[self.mix_dir]
-        ]
-
-
 def _frames(path, sample_rate):
     """``(frames, None)`` of a good file, ``(None, reason)`` of a bad one."""
     try:
@@ -268,7 +82,8 @@ def _frames(path, sample_rate):
 def check_dataset_audio(layout, rows, workers=None):
     """Checks every file header of the manifest rows in one pass (see
     :func:`speechbrain_s4m.audio.check_audio_header`; each source as long as
-    its mixture) and sets the durations left None from the mixtures.
+    its mixture), raising one :class:`DatasetAudioError` naming every bad
+    file, and sets the durations left None from the mixtures.
 
     Arguments
     ---------
@@ -279,11 +94,6 @@ def check_dataset_audio(layout, rows, workers=None):
     workers : int, None
         Threads reading the headers (default ``min(32, 4 * cpus)``: opening
         files waits on the disk, on a cold cache or network storage).
-
-    Raises
-    ------
-    DatasetAudioError
-        Naming every bad file and why.
     """
     paths = sorted({str(p) for row in rows for p in row["paths"].values()})
     rate = layout.sample_rate
@@ -356,7 +166,7 @@ def _run(layout, save_folder, rows_fn, **options):
     save_folder = Path(save_folder)
     manifests = {s: str(save_folder / f"{s}.csv") for s in SPLITS}
     if _options_match(save_folder, options):
-        layout.check_base()
+        layout.check(())
         logger.info(
             "Manifests in %s match the requested options; skipping "
             "preparation.",
@@ -440,7 +250,7 @@ def prepare_wsj0mix(
         (WSJ0MIX_MIX, source_folders(num_spks), None),
         f"pass --data_folder .../wsj0-mix/{num_spks}speakers",
     )
-    layout.check_dirs()
+    layout.check()
     _warn_extra_sources(layout, num_spks)
     return _run(layout, save_folder, layout.folder_rows, dataset="wsj0mix")
 
@@ -550,21 +360,19 @@ def prepare_librimix(
         _noisy_parts(mixture, num_spks),
         "pass --data_folder .../Libri2Mix (or Libri3Mix)",
     )
-    layout.check_base()
     meta = {
         s: layout.base / metadata_file(d, layout.mix_dir)
         for s, d in splits.items()
     }
     from_meta = {s: use_metadata and meta[s].is_file() for s in SPLITS}
     folder_splits = [s for s in SPLITS if not from_meta[s]]
-    if folder_splits:
-        layout.check_dirs(folder_splits)
-        if use_metadata:
-            logger.info(
-                "No LibriMix metadata for %s (%s); scanning folders.",
-                folder_splits,
-                [str(meta[s]) for s in folder_splits],
-            )
+    layout.check(folder_splits)
+    if folder_splits and use_metadata:
+        logger.info(
+            "No LibriMix metadata for %s (%s); scanning folders.",
+            folder_splits,
+            [str(meta[s]) for s in folder_splits],
+        )
     if mixture != "single":
         _warn_extra_sources(layout, num_spks)
 
@@ -607,7 +415,7 @@ def prepare_wham(
         _noisy_parts(mixture, num_spks),
         "pass --data_folder <the WHAM! output folder, e.g. wham_mix>",
     )
-    layout.check_dirs()
+    layout.check()
     return _run(
         layout, save_folder, layout.folder_rows, dataset="wham", mixture=mixture
     )

@@ -1,31 +1,15 @@
 """Procedural speech-like voices and ambient-like noise.
 
-No speech corpus can be downloaded here, so tests and the SynthMix recipe use
-generated voices: harmonic sources whose pitch moves (intonation glides,
-declination, vibrato) filtered by 3 moving formant resonances (vowel targets
-with coarticulation), shaped by syllable-rate (3-6 Hz) envelopes with pauses,
-plus aspiration and fricative-like noise bursts. Each speaker has its own
-pitch range (median f0 in 90-250 Hz), vocal-tract scale, speaking rate,
-brightness and breathiness, so that speakers are distinguishable and a
-separator can learn them.
-
-:mod:`speechbrain_s4m.data.synthetic.writers` writes these voices and noises
-as datasets in the official layouts.
-
-Authors
- * speechbrain-s4m contributors 2026
+Harmonic sources whose pitch moves (glides, declination, vibrato), filtered
+by 3 moving formant resonances (vowel targets with coarticulation), shaped
+by syllable-rate (3-6 Hz) envelopes with pauses, plus aspiration and
+fricative-like noise. Each speaker has its own pitch range, vocal tract,
+speaking rate and voice quality, so that a separator can tell them apart.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
-
-__all__ = [
-    "SpeakerProfile",
-    "random_speaker",
-    "synth_voice",
-    "synth_noise",
-]
 
 # F1, F2, F3 (Hz) of a few vowels (Peterson & Barney, adult male averages).
 _VOWELS = np.array(
@@ -48,51 +32,21 @@ _FRAME_S = 0.01  # control rate of pitch, formants and envelopes (10 ms)
 
 @dataclass
 class SpeakerProfile:
-    """Parameters of one synthetic speaker.
+    """Parameters of one synthetic speaker (see :func:`random_speaker`)."""
 
-    Arguments
-    ---------
-    f0 : float
-        Median fundamental frequency (Hz).
-    f0_span : float
-        Intonation range (semitones, about +-1.5 std of pitch targets).
-    formant_scale : float
-        Vocal-tract scaling of the formant frequencies.
-    rate : float
-        Syllables per second (3-6).
-    tilt : float
-        Spectral tilt exponent of the harmonics (larger = darker voice).
-    breath : float
-        Level of the aspiration noise relative to the voiced part.
-    vibrato_rate : float
-        Vibrato frequency (Hz).
-    vibrato_depth : float
-        Relative vibrato depth of f0.
-    """
-
-    f0: float
-    f0_span: float
-    formant_scale: float
-    rate: float
-    tilt: float
-    breath: float
-    vibrato_rate: float
-    vibrato_depth: float
+    f0: float  # median fundamental frequency (Hz)
+    f0_span: float  # intonation range (semitones, ~ +-1.5 std of targets)
+    formant_scale: float  # vocal-tract scaling of the formant frequencies
+    rate: float  # syllables per second (3-6)
+    tilt: float  # spectral tilt exponent of the harmonics (larger: darker)
+    breath: float  # aspiration noise level relative to the voiced part
+    vibrato_rate: float  # Hz
+    vibrato_depth: float  # relative depth of the f0 vibrato
 
 
 def random_speaker(rng, f0_range=(90.0, 250.0)):
-    """Draws a random speaker (pitch log-uniform in ``f0_range``).
-
-    Arguments
-    ---------
-    rng : numpy.random.Generator
-        Random generator.
-    f0_range : tuple
-        Range of the speaker's median f0 (Hz).
-
-    Returns
-    -------
-    profile : SpeakerProfile
+    """Draws a random :class:`SpeakerProfile` from a numpy Generator, its
+    median f0 log-uniform in ``f0_range`` (Hz).
 
     Example
     -------
@@ -178,7 +132,7 @@ def _control_tracks(profile, n_frames, rng):
 
 
 def synth_voice(profile, duration, sample_rate, rng):
-    """Generates one utterance of a speaker.
+    """Generates one utterance of ``duration`` seconds of a speaker.
 
     Arguments
     ---------
@@ -259,27 +213,8 @@ def synth_voice(profile, duration, sample_rate, rng):
 
 
 def synth_noise(duration, sample_rate, rng):
-    """Ambient-like noise: coloured noise with slow level changes and hum.
-
-    Arguments
-    ---------
-    duration : float
-        Duration in seconds.
-    sample_rate : int
-        Sample rate (Hz).
-    rng : numpy.random.Generator
-        Random generator.
-
-    Returns
-    -------
-    noise : numpy.ndarray
-        ``[time]`` float32, RMS about 0.1.
-
-    Example
-    -------
-    >>> synth_noise(0.25, 8000, np.random.default_rng(0)).shape
-    (2000,)
-    """
+    """Ambient-like noise: coloured, with slow level changes and hum;
+    ``[time]`` float32, RMS about 0.1 (arguments as :func:`synth_voice`)."""
     from scipy.signal import lfilter
 
     n = int(round(duration * sample_rate))

@@ -38,15 +38,6 @@ from speechbrain_s4m.data.synthetic.voices import (
     synth_voice,
 )
 
-__all__ = [
-    "write_wsj0mix",
-    "write_librimix",
-    "write_wham",
-    "write_wsj0_sources",
-    "write_librispeech_sources",
-    "write_noise_sources",
-]
-
 
 def _sizes(sizes, splits, default):
     """Mixtures per split: ``sizes`` None (``default``), an int (for each
@@ -77,14 +68,16 @@ def _pools(seed, pool_sizes):
     return pools
 
 
-def _wsj_pools(num_speakers, seed):
-    """``seen`` speakers (``tr``, ``cv``) and ``unseen`` ones (``tt``), as
-    wsj0-2mix's si_tr_s vs si_dt_05/si_et_05."""
-    pools = _pools(
-        seed, {"seen": num_speakers, "unseen": max(4, num_speakers // 3)}
-    )
+def _wsj_splits(sizes, num_speakers, seed):
+    """Mixtures per wsj0-mix split (default 20/5/5) and the speaker pool of
+    a split: ``tt`` speakers are unseen in ``tr`` and ``cv`` (as wsj0-2mix's
+    si_tr_s vs si_dt_05/si_et_05)."""
+    splits = tuple(WSJ0MIX_SPLITS.values())
+    sizes = _sizes(sizes, splits, dict(zip(splits, (20, 5, 5))))
+    small = max(4, num_speakers // 3)
+    pools = _pools(seed, {"seen": num_speakers, "unseen": small})
     test = WSJ0MIX_SPLITS["test"]
-    return lambda split: pools["unseen" if split == test else "seen"]
+    return sizes, lambda split: pools["unseen" if split == test else "seen"]
 
 
 def _voices(rng, pool, num_spks, sample_rate, duration, wsj_gains=False):
@@ -173,9 +166,10 @@ def _noisy_mixture(rng, pool, num_spks, sample_rate, mode, duration, snr):
     return _quantised(parts, mixes), speakers
 
 
-def _write_splits(base, sizes, sample_rate, seed, offset, draw):
+def _write_splits(root, sample_rate, mode, sizes, seed, offset, draw):
     """Writes the mixtures ``draw(rng, split, s_idx, m) -> (name, {folder:
     data})`` of every split; returns ``{split: [(name, length)]}``."""
+    base = Path(root) / _rate_mode(sample_rate, mode)
     written = {}
     for s_idx, (split, count) in enumerate(sizes.items()):
         rng = np.random.default_rng([seed, offset + s_idx])
@@ -198,12 +192,10 @@ def write_wsj0mix(
     num_speakers=16,
     seed=0,
 ):
-    """Writes a synthetic WSJ0-2mix/3mix in the official layout.
-
+    """Writes a synthetic WSJ0-2mix/3mix in the official layout:
     ``root/wav8k/min/{tr,cv,tt}/{mix,s1,s2(,s3)}/<utt1>_<g1>_<utt2>_<g2>.wav``
-    where utterance names start with their 3-character speaker id (as wsj0)
-    and ``g`` are the relative gains in dB. ``tt`` has speakers unseen in
-    ``tr`` and ``cv``.
+    (utterance names start with a 3-character speaker id, as wsj0; ``g``
+    are the relative gains in dB); ``tt`` speakers are unseen in ``tr``.
 
     Arguments
     ---------
@@ -212,7 +204,7 @@ def write_wsj0mix(
     num_spks : int
         2 or 3.
     sample_rate : int
-        8000 or 16000 (``wav8k`` / ``wav16k``).
+        8000 or 16000.
     mode : str
         ``min`` (cut to the shortest source) or ``max`` (zero-pad).
     sizes : int or dict
@@ -220,7 +212,7 @@ def write_wsj0mix(
     duration : tuple
         Range of the source utterance durations (seconds).
     num_speakers : int
-        Speakers in the training pool (the test pool has a third, >= 4).
+        Speakers of the training pool (the test pool has a third, >= 4).
     seed : int
         Random seed (same seed, same dataset).
 
@@ -230,14 +222,12 @@ def write_wsj0mix(
 
     Example
     -------
-    >>> root = write_wsj0mix(getfixture("tmp_path"), sizes=1)
+    >>> root = write_wsj0mix(getfixture("tmp_path"), sizes=1, duration=(1, 1))
     >>> sorted(p.name for p in (root / "wav8k" / "min" / "tt").iterdir())
     ['mix', 's1', 's2']
     """
     check_choice("num_spks", num_spks, (2, 3))
-    splits = tuple(WSJ0MIX_SPLITS.values())
-    sizes = _sizes(sizes, splits, dict(zip(splits, (20, 5, 5))))
-    pool_of = _wsj_pools(num_speakers, seed)
+    sizes, pool_of = _wsj_splits(sizes, num_speakers, seed)
 
     def draw(rng, split, s_idx, m):
         wavs, speakers, gains = _voices(
@@ -247,10 +237,8 @@ def write_wsj0mix(
         folders = _quantised(sources, {WSJ0MIX_MIX: list(sources)})
         return _wsj_name(speakers, gains, s_idx, m), folders
 
-    root = Path(root)
-    base = root / _rate_mode(sample_rate, mode)
-    _write_splits(base, sizes, sample_rate, seed, 0, draw)
-    return root
+    _write_splits(root, sample_rate, mode, sizes, seed, 0, draw)
+    return Path(root)
 
 
 def write_librimix(
@@ -266,48 +254,29 @@ def write_librimix(
     metadata_prefix=None,
     seed=0,
 ):
-    """Writes a synthetic Libri2Mix/Libri3Mix in the official layout.
-
+    """Writes a synthetic Libri2Mix/Libri3Mix in the official layout:
     ``root/wav8k/min/{train-360,dev,test}/{mix_clean,mix_both,mix_single,
-    s1,s2(,s3),noise}/<spk>-<chap>-<utt>_<spk>-<chap>-<utt>.wav`` and, with
-    ``metadata``, ``root/wav8k/min/metadata/mixture_<split>_<mix>.csv``
-    with absolute paths.
+    s1,s2(,s3),noise}/<spk>-<chap>-<utt>_<spk>-<chap>-<utt>.wav`` and the
+    metadata CSVs ``root/wav8k/min/metadata/mixture_<split>_<mix>.csv``.
+
+    Arguments are those of :func:`write_wsj0mix` (``sizes`` keys among
+    ``train-360, train-100, dev, test``; default 20 mixtures in
+    ``train-360``, 5 in ``dev`` and ``test``; an int gives that many to
+    each of these three), and:
 
     Arguments
     ---------
-    root : str or Path
-        Output folder (the ``Libri2Mix`` folder).
-    num_spks : int
-        2 or 3.
-    sample_rate : int
-        8000 or 16000.
-    mode : str
-        ``min`` or ``max``.
-    sizes : int or dict
-        Mixtures per split (keys among ``train-360, train-100, dev,
-        test``; default ``{"train-360": 20, "dev": 5, "test": 5}``; an int
-        gives that many to ``train-360``, ``dev`` and ``test``).
-    duration : tuple
-        Range of the source durations (seconds).
-    num_speakers : int
-        Speakers of the training pool (dev and test get disjoint pools).
     snr : tuple
         Range of the s1-to-noise ratio (dB).
     metadata : bool
-        Write the metadata CSVs.
+        Write the metadata CSVs (with absolute paths).
     metadata_prefix : str or None
-        Absolute path written in place of ``root`` in the metadata (as if
-        generated on another machine); None: ``root``.
-    seed : int
-        Random seed.
-
-    Returns
-    -------
-    root : Path
+        Path written in place of ``root`` in the metadata (as if generated
+        on another machine); None: ``root``.
 
     Example
     -------
-    >>> root = write_librimix(getfixture("tmp_path"), sizes=1)
+    >>> root = write_librimix(getfixture("tmp_path"), sizes=1, duration=(1, 1))
     >>> sorted(p.name for p in (root / "wav8k" / "min").iterdir())
     ['dev', 'metadata', 'test', 'train-360']
     """
@@ -327,8 +296,8 @@ def write_librimix(
         return "_".join(f"{100 + s}-{chap}-{m:04d}" for s in speakers), folders
 
     root = Path(root).absolute()
+    written = _write_splits(root, sample_rate, mode, sizes, seed, 100, draw)
     rel = _rate_mode(sample_rate, mode)
-    written = _write_splits(root / rel, sizes, sample_rate, seed, 100, draw)
     prefix = Path(metadata_prefix) if metadata_prefix else root
     for split, mixtures in written.items() if metadata else ():
         for kind in MIXTURES:
@@ -360,43 +329,11 @@ def write_wham(
     snr=(-3.0, 6.0),
     seed=0,
 ):
-    """Writes a synthetic WHAM! in the official layout.
-
-    ``root/wav8k/min/{tr,cv,tt}/{mix_clean,mix_both,mix_single,s1,s2,
-    noise}/<utt1>_<g1>_<utt2>_<g2>.wav`` (wsj0-2mix names).
-
-    Arguments
-    ---------
-    root : str or Path
-        Output folder.
-    sample_rate : int
-        8000 or 16000.
-    mode : str
-        ``min`` or ``max``.
-    sizes : int or dict
-        Mixtures per split ``{"tr", "cv", "tt"}`` (default 20/5/5).
-    duration : tuple
-        Range of the source durations (seconds).
-    num_speakers : int
-        Speakers of the training pool (``tt`` gets unseen speakers).
-    snr : tuple
-        Range of the s1-to-noise ratio (dB).
-    seed : int
-        Random seed.
-
-    Returns
-    -------
-    root : Path
-
-    Example
-    -------
-    >>> root = write_wham(getfixture("tmp_path"), sizes=1)
-    >>> len(list((root / "wav8k" / "min" / "cv").iterdir()))
-    6
+    """Writes a synthetic WHAM! in the official layout: ``root/wav8k/min/
+    {tr,cv,tt}/{mix_clean,mix_both,mix_single,s1,s2,noise}/`` with the
+    wsj0-2mix names (arguments as :func:`write_librimix`).
     """
-    splits = tuple(WSJ0MIX_SPLITS.values())
-    sizes = _sizes(sizes, splits, dict(zip(splits, (20, 5, 5))))
-    pool_of = _wsj_pools(num_speakers, seed)
+    sizes, pool_of = _wsj_splits(sizes, num_speakers, seed)
 
     def draw(rng, split, s_idx, m):
         folders, speakers = _noisy_mixture(
@@ -405,10 +342,8 @@ def write_wham(
         g = rng.uniform(0, 2.5)
         return _wsj_name(speakers, [g, -g], s_idx, m), folders
 
-    root = Path(root)
-    base = root / _rate_mode(sample_rate, mode)
-    _write_splits(base, sizes, sample_rate, seed, 200, draw)
-    return root
+    _write_splits(root, sample_rate, mode, sizes, seed, 200, draw)
+    return Path(root)
 
 
 def _write_float(path, wav, sample_rate, fmt=None):
@@ -419,7 +354,7 @@ def _write_float(path, wav, sample_rate, fmt=None):
 
 def _write_speakers(root, num_speakers, utts, sample_rate, duration, rng, path):
     """Writes ``utts`` utterances of each speaker at ``root / path(s, u)``."""
-    root = Path(root)
+    root, rng = Path(root), np.random.default_rng(rng)
     for s in range(num_speakers):
         profile = random_speaker(rng)
         for u in range(utts):
@@ -444,10 +379,8 @@ def write_wsj0_sources(
     ---------
     root : str or Path
         Output folder (the ``si_tr_s`` folder).
-    num_speakers : int
-        Number of speakers.
-    utts_per_speaker : int
-        Utterances per speaker.
+    num_speakers, utts_per_speaker : int
+        Number of speakers and of utterances per speaker.
     sample_rate : int
         Sample rate (Hz).
     duration : tuple
@@ -458,19 +391,13 @@ def write_wsj0_sources(
     Returns
     -------
     root : Path
-
-    Example
-    -------
-    >>> root = write_wsj0_sources(getfixture("tmp_path"), 2, 1)
-    >>> sorted(p.name for p in root.glob("*/*.wav"))
-    ['00ac0000.wav', '01ac0100.wav']
     """
 
     def path(s, u):
         spk = _wsj_speaker(s)
         return f"{spk}/{spk}c{s:02d}{u:02d}.wav"
 
-    rng = np.random.default_rng([seed, 300])
+    rng = [seed, 300]
     return _write_speakers(
         root, num_speakers, utts_per_speaker, sample_rate, duration, rng, path
     )
@@ -485,22 +412,14 @@ def write_librispeech_sources(
     seed=0,
 ):
     """Writes single-speaker utterances like LibriSpeech (flac):
-    ``root/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac``.
-
-    Arguments are those of :func:`write_wsj0_sources` (16 kHz by default).
-
-    Example
-    -------
-    >>> root = write_librispeech_sources(getfixture("tmp_path"), 1, 1)
-    >>> [p.relative_to(root).as_posix() for p in root.rglob("*.flac")]
-    ['100/2000/100-2000-0000.flac']
-    """
+    ``root/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac`` (arguments
+    as :func:`write_wsj0_sources`)."""
 
     def path(s, u):
         spk, chap = 100 + s, 2000 + s
         return f"{spk}/{chap}/{spk}-{chap}-{u:04d}.flac"
 
-    rng = np.random.default_rng([seed, 400])
+    rng = [seed, 400]
     return _write_speakers(
         root, num_speakers, utts_per_speaker, sample_rate, duration, rng, path
     )
@@ -509,25 +428,8 @@ def write_librispeech_sources(
 def write_noise_sources(
     root, num_files=3, sample_rate=8000, duration=(2.0, 4.0), seed=0
 ):
-    """Writes noise recordings like the WHAM! noise folders:
-    ``root/noise<i>.wav``.
-
-    Arguments
-    ---------
-    root : str or Path
-        Output folder (e.g. ``wham_noise/tr``).
-    num_files : int
-        Number of noise files.
-    sample_rate : int
-        Sample rate (Hz).
-    duration : tuple
-        Range of the file durations (seconds).
-    seed : int
-        Random seed.
-
-    Returns
-    -------
-    root : Path
+    """Writes ``num_files`` noise recordings like a WHAM! noise folder:
+    ``root/noise<i>.wav`` (other arguments as :func:`write_wsj0_sources`).
     """
     root = Path(root)
     rng = np.random.default_rng([seed, 500])
