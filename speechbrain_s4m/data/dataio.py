@@ -14,18 +14,14 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from speechbrain_s4m.audio import AudioFormatError, audio_frames, read_audio
+from speechbrain_s4m.data.layouts import check_choice
 
 SORTINGS = ("ascending", "descending", "random")
 
 
 def signal_keys(num_spks=2, noise=False):
-    """Output keys of the signals, in order.
-
-    Example
-    -------
-    >>> signal_keys(3, noise=True)
-    ['mix_sig', 's1_sig', 's2_sig', 's3_sig', 'noise_sig']
-    """
+    """Output keys of the signals: ``mix_sig``, ``s1_sig``, ... and, with
+    ``noise``, ``noise_sig``."""
     keys = ["mix_sig"] + [f"s{i + 1}_sig" for i in range(num_spks)]
     return keys + (["noise_sig"] if noise else [])
 
@@ -88,8 +84,7 @@ def _make_dataset(
     csv_path, num_spks, sample_rate, noise, crop_len, sorting, max_duration
 ):
     """One ``DynamicItemDataset`` from a manifest (see make_datasets)."""
-    if sorting not in SORTINGS:
-        raise ValueError(f"sorting must be one of {SORTINGS}, got {sorting!r}")
+    check_choice("sorting", sorting, SORTINGS)
     if noise is None:
         noise = has_noise(csv_path)
     columns = ["mix_wav"] + [f"s{i + 1}_wav" for i in range(num_spks)]

@@ -18,7 +18,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain_s4m.audio import DATASET_EXTENSIONS, audio_frames, read_audio
 from speechbrain_s4m.data.dataio import signal_keys
 from speechbrain_s4m.data.layouts import PEAK as _PEAK
-from speechbrain_s4m.data.layouts import DatasetLayoutError
+from speechbrain_s4m.data.layouts import DatasetLayoutError, check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +57,7 @@ def collect_speakers(folder, source_format="wsj0"):
     ``{speaker: [paths]}``, sorted; the speaker is read from each file name
     as :data:`SOURCE_FORMATS` (``wsj0`` or ``librispeech``) says.
     """
-    if source_format not in SOURCE_FORMATS:
-        raise ValueError(
-            f"source_format must be one of {list(SOURCE_FORMATS)}, got "
-            f"{source_format!r}"
-        )
+    check_choice("source_format", source_format, list(SOURCE_FORMATS))
     speaker_of = SOURCE_FORMATS[source_format]
     speakers = {}
     for path in _audio_files(folder, f"{source_format} source"):

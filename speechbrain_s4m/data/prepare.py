@@ -14,26 +14,11 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 from speechbrain_s4m.audio import AudioError, check_audio_header
-from speechbrain_s4m.data.layouts import (
-    METADATA_ID,
-    METADATA_LENGTH,
-    MODES,
-    WHAM_SPLITS,
-    WSJ0MIX_MIX,
-    WSJ0MIX_SPLITS,
-    DatasetLayoutError,
-    ExpectedLayout,
-    check_choice,
-    librimix_splits,
-    metadata_columns,
-    metadata_file,
-    mixture_parts,
-    source_folders,
-)
+from speechbrain_s4m.data import layouts
+from speechbrain_s4m.data.layouts import ExpectedLayout, check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +33,7 @@ MANIFEST_VERSION = 1
 _POOL_MIN_FILES = 256
 
 
-class DatasetAudioError(DatasetLayoutError):
+class DatasetAudioError(layouts.DatasetLayoutError):
     """Unusable audio files of dataset ``name`` under ``data_folder``, all
     found in one pass: ``problems`` has one line per bad file, naming it.
 
@@ -103,7 +88,7 @@ def check_dataset_audio(layout, rows, workers=None):
         results = [_frames(p, rate) for p in paths]
     else:
         with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(partial(_frames, sample_rate=rate), paths))
+            results = list(pool.map(lambda p: _frames(p, rate), paths))
     found = dict(zip(paths, results))
     problems = [reason for _, reason in results if reason is not None]
     for row in rows:
@@ -196,7 +181,7 @@ def _run(layout, save_folder, rows_fn, **options):
 def _warn_extra_sources(layout, num_spks):
     """Warns when a further ``s<n+1>`` folder suggests more speakers."""
     split_dir = layout.base / next(iter(layout.split_dirs.values()))
-    if (split_dir / source_folders(num_spks + 1)[-1]).is_dir():
+    if (split_dir / layouts.source_folders(num_spks + 1)[-1]).is_dir():
         logger.warning(
             "%s has a folder 's%d' but num_spks=%d: is this a %d-speaker "
             "dataset?",
@@ -240,14 +225,14 @@ def prepare_wsj0mix(
     'ID,duration,mix_wav,s1_wav,s2_wav'
     """
     check_choice("num_spks", num_spks, (2, 3))
-    check_choice("mode", mode, MODES)
+    check_choice("mode", mode, layouts.MODES)
     layout = ExpectedLayout(
         f"WSJ0-{num_spks}mix",
         data_folder,
         sample_rate,
         mode,
-        WSJ0MIX_SPLITS,
-        (WSJ0MIX_MIX, source_folders(num_spks), None),
+        layouts.WSJ0MIX_SPLITS,
+        (layouts.WSJ0MIX_MIX, layouts.source_folders(num_spks), None),
         f"pass --data_folder .../wsj0-mix/{num_spks}speakers",
     )
     layout.check()
@@ -263,7 +248,7 @@ def _noisy_parts(mixture, num_spks):
             f"single-speaker enhancement task: use num_spks=1, got "
             f"{num_spks}"
         )
-    return mixture_parts(mixture, num_spks)
+    return layouts.mixture_parts(mixture, num_spks)
 
 
 def _read_metadata(layout, split, meta_path):
@@ -272,10 +257,11 @@ def _read_metadata(layout, split, meta_path):
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         entries = list(reader)
-    columns = metadata_columns(
+    columns = layouts.metadata_columns(
         layout.mix_dir, layout.source_dirs, layout.noise_dir
     )
-    lacking = [c for c in [METADATA_ID, *columns.values()] if c not in fields]
+    need = [layouts.METADATA_ID, *columns.values()]
+    lacking = [c for c in need if c not in fields]
     if lacking:
         raise layout.error(
             f"metadata file '{meta_path}' lacks column(s) {lacking} (has "
@@ -291,11 +277,10 @@ def _read_metadata(layout, split, meta_path):
             paths[sub] = _resolve(entry[col], split_dir / sub, layout)
             if paths[sub] is None:
                 missing.append(entry[col])
-        length = entry.get(METADATA_LENGTH)
+        length = entry.get(layouts.METADATA_LENGTH)
         duration = int(float(length)) / layout.sample_rate if length else None
-        rows.append(
-            {"ID": entry[METADATA_ID], "duration": duration, "paths": paths}
-        )
+        name = entry[layouts.METADATA_ID]
+        rows.append({"ID": name, "duration": duration, "paths": paths})
     if missing:
         raise layout.error(
             f"{len(missing)} file(s) named in '{meta_path}' exist neither at "
@@ -349,8 +334,8 @@ def prepare_librimix(
         otherwise, or when absent, scan the folders.
     """
     check_choice("num_spks", num_spks, (1, 2, 3))
-    check_choice("mode", mode, MODES)
-    splits = librimix_splits(train_set)
+    check_choice("mode", mode, layouts.MODES)
+    splits = layouts.librimix_splits(train_set)
     layout = ExpectedLayout(
         f"Libri{num_spks}Mix" if mixture != "single" else "LibriMix",
         data_folder,
@@ -361,7 +346,7 @@ def prepare_librimix(
         "pass --data_folder .../Libri2Mix (or Libri3Mix)",
     )
     meta = {
-        s: layout.base / metadata_file(d, layout.mix_dir)
+        s: layout.base / layouts.metadata_file(d, layout.mix_dir)
         for s, d in splits.items()
     }
     from_meta = {s: use_metadata and meta[s].is_file() for s in SPLITS}
@@ -404,14 +389,14 @@ def prepare_wham(
     and result as :func:`prepare_librimix`; ``data_folder`` is the WHAM!
     output folder, e.g. ``wham_mix``; ``num_spks`` is 2, or 1 with
     ``mixture="single"``)."""
-    check_choice("mode", mode, MODES)
+    check_choice("mode", mode, layouts.MODES)
     check_choice("num_spks", num_spks, (1, 2))
     layout = ExpectedLayout(
         "WHAM!",
         data_folder,
         sample_rate,
         mode,
-        WHAM_SPLITS,
+        layouts.WHAM_SPLITS,
         _noisy_parts(mixture, num_spks),
         "pass --data_folder <the WHAM! output folder, e.g. wham_mix>",
     )

@@ -13,25 +13,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speechbrain_s4m.data.layouts import (
-    LIBRIMIX_SPLITS,
-    LIBRIMIX_TRAIN_SETS,
-    METADATA_ID,
-    METADATA_LENGTH,
-    MIXTURES,
-    MODES,
-    NOISE_FOLDER,
-    PEAK,
-    WSJ0MIX_MIX,
-    WSJ0MIX_SPLITS,
-    check_choice,
-    librimix_splits,
-    metadata_columns,
-    metadata_file,
-    mixture_parts,
-    rate_folder,
-    source_folders,
-)
+from speechbrain_s4m.data import layouts
+from speechbrain_s4m.data.layouts import check_choice, source_folders
 from speechbrain_s4m.data.synthetic.voices import (
     random_speaker,
     synth_noise,
@@ -54,8 +37,8 @@ def _sizes(sizes, splits, default):
 
 def _rate_mode(sample_rate, mode):
     """``wavXk/<mode>``: the folder above the splits (arguments checked)."""
-    check_choice("mode", mode, MODES)
-    return Path(rate_folder(sample_rate)) / mode
+    check_choice("mode", mode, layouts.MODES)
+    return Path(layouts.rate_folder(sample_rate)) / mode
 
 
 def _pools(seed, pool_sizes):
@@ -72,11 +55,11 @@ def _wsj_splits(sizes, num_speakers, seed):
     """Mixtures per wsj0-mix split (default 20/5/5) and the speaker pool of
     a split: ``tt`` speakers are unseen in ``tr`` and ``cv`` (as wsj0-2mix's
     si_tr_s vs si_dt_05/si_et_05)."""
-    splits = tuple(WSJ0MIX_SPLITS.values())
+    splits = tuple(layouts.WSJ0MIX_SPLITS.values())
     sizes = _sizes(sizes, splits, dict(zip(splits, (20, 5, 5))))
     small = max(4, num_speakers // 3)
     pools = _pools(seed, {"seen": num_speakers, "unseen": small})
-    test = WSJ0MIX_SPLITS["test"]
+    test = layouts.WSJ0MIX_SPLITS["test"]
     return sizes, lambda split: pools["unseen" if split == test else "seen"]
 
 
@@ -116,7 +99,7 @@ def _quantised(parts, mixes):
     peak = max(np.abs(x).max() for x in parts.values())
     for used in mixes.values():
         peak = max(peak, np.abs(sum(parts[p] for p in used)).max())
-    scale = PEAK / max(peak, 1e-8)
+    scale = layouts.PEAK / max(peak, 1e-8)
     out = {
         k: np.round(x * scale * 32767).astype(np.int32)
         for k, x in parts.items()
@@ -158,10 +141,10 @@ def _noisy_mixture(rng, pool, num_spks, sample_rate, mode, duration, snr):
     speech_db = 10 * np.log10(np.mean(wavs[0] ** 2) + 1e-12)
     noise = _scaled_db(noise, speech_db - rng.uniform(*snr))
     parts = dict(zip(source_folders(num_spks), wavs))
-    parts[NOISE_FOLDER] = noise
+    parts[layouts.NOISE_FOLDER] = noise
     mixes = {}
-    for kind in MIXTURES:
-        mix, sources, noisy = mixture_parts(kind, num_spks)
+    for kind in layouts.MIXTURES:
+        mix, sources, noisy = layouts.mixture_parts(kind, num_spks)
         mixes[mix] = sources + ([noisy] if noisy else [])
     return _quantised(parts, mixes), speakers
 
@@ -234,7 +217,7 @@ def write_wsj0mix(
             rng, pool_of(split), num_spks, sample_rate, duration, True
         )
         sources = dict(zip(source_folders(num_spks), _align(wavs, mode)))
-        folders = _quantised(sources, {WSJ0MIX_MIX: list(sources)})
+        folders = _quantised(sources, {layouts.WSJ0MIX_MIX: list(sources)})
         return _wsj_name(speakers, gains, s_idx, m), folders
 
     _write_splits(root, sample_rate, mode, sizes, seed, 0, draw)
@@ -281,14 +264,14 @@ def write_librimix(
     ['dev', 'metadata', 'test', 'train-360']
     """
     check_choice("num_spks", num_spks, (2, 3))
-    default = dict(zip(librimix_splits().values(), (20, 5, 5)))
-    sizes = _sizes(sizes, LIBRIMIX_SPLITS, default)
-    small = max(4, num_speakers // 3)
-    evals = [s for s in LIBRIMIX_SPLITS if s not in LIBRIMIX_TRAIN_SETS]
+    default = dict(zip(layouts.librimix_splits().values(), (20, 5, 5)))
+    sizes = _sizes(sizes, layouts.LIBRIMIX_SPLITS, default)
+    small, train_sets = max(4, num_speakers // 3), layouts.LIBRIMIX_TRAIN_SETS
+    evals = [s for s in layouts.LIBRIMIX_SPLITS if s not in train_sets]
     pools = _pools(seed, {"train": num_speakers, **dict.fromkeys(evals, small)})
 
     def draw(rng, split, s_idx, m):
-        pool = pools["train" if split in LIBRIMIX_TRAIN_SETS else split]
+        pool = pools["train" if split in train_sets else split]
         folders, speakers = _noisy_mixture(
             rng, pool, num_spks, sample_rate, mode, duration, snr
         )
@@ -300,20 +283,19 @@ def write_librimix(
     rel = _rate_mode(sample_rate, mode)
     prefix = Path(metadata_prefix) if metadata_prefix else root
     for split, mixtures in written.items() if metadata else ():
-        for kind in MIXTURES:
-            parts = mixture_parts(kind, num_spks)
-            columns = metadata_columns(*parts).items()
-            out = root / rel / metadata_file(split, parts[0])
+        for kind in layouts.MIXTURES:
+            parts = layouts.mixture_parts(kind, num_spks)
+            columns = layouts.metadata_columns(*parts)
+            header = [*columns.values(), layouts.METADATA_LENGTH]
+            out = root / rel / layouts.metadata_file(split, parts[0])
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(out, "w", newline="") as f:
                 writer = csv.writer(f)
-                writer.writerow(
-                    [METADATA_ID, *dict(columns).values(), METADATA_LENGTH]
-                )
+                writer.writerow([layouts.METADATA_ID, *header])
                 for name, length in mixtures:
                     paths = [
                         str(prefix / rel / split / sub / f"{name}.wav")
-                        for sub, _ in columns
+                        for sub in columns
                     ]
                     writer.writerow([name, *paths, length])
     return root
@@ -348,7 +330,7 @@ def write_wham(
 
 def _write_float(path, wav, sample_rate, fmt=None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    wav = wav / max(np.abs(wav).max() / PEAK, 1.0)
+    wav = wav / max(np.abs(wav).max() / layouts.PEAK, 1.0)
     sf.write(str(path), wav, sample_rate, subtype="PCM_16", format=fmt)
 
 
