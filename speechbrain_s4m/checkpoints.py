@@ -1,15 +1,11 @@
-"""Reading a SpeechBrain checkpoint folder: is every file readable?
+"""Checks of SpeechBrain checkpoint folders before anything is loaded.
 
-A ``CKPT+*`` folder written by SpeechBrain's ``Checkpointer`` holds
-``CKPT.yaml`` (its meta data) and one ``<name>.ckpt`` per recoverable: a
-PyTorch archive (modules, optimizer) or a short YAML text (the Brain's
-counters, the epoch counter, a data loader's position). A file cut short
-(disk full, a copy that stopped) or overwritten makes PyTorch fail with a
-message that does not name it; :func:`check_checkpoint_files` names it
-before anything is loaded. The recipe runner, the ``Separation`` Brain and
-``s4m-export`` use it. :func:`latest_checkpoint` finds the checkpoint a run
-resumes from (with SpeechBrain's ``Checkpointer``), and
-:func:`check_model_matches_checkpoint` refuses a model that cannot load it.
+A ``CKPT+*`` folder holds ``CKPT.yaml`` and one ``<name>.ckpt`` per
+recoverable (a PyTorch archive, or a short YAML text for counters). A file
+cut short or overwritten makes PyTorch fail without naming it:
+:func:`check_checkpoint_files` names it (recipe runner, ``Separation``
+Brain, ``s4m-export``). :func:`check_model_matches_checkpoint` refuses a
+model that cannot load the checkpoint a run would resume from.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -38,10 +34,10 @@ RESUME_ADVICE = (
     "checkpoint before it, or starts again if there is none), or use "
     "another --output_folder"
 )
-
-#: Text files of SpeechBrain's recoverables are a few bytes; larger
-#: files that are not PyTorch archives are not read as text.
+#: Larger files that are not PyTorch archives are not read as text.
 MAX_TEXT_BYTES = 1 << 20
+#: Model keys that change how a model trains, not the trained function.
+TRAINING_ONLY_MODEL_KEYS = ("checkpoint_iterations", "dropout")
 
 
 class CorruptCheckpointError(ValueError):
@@ -64,12 +60,16 @@ class CorruptCheckpointError(ValueError):
         )
 
 
-def check_checkpoint_files(ckpt, names=None, advice=RESUME_ADVICE):
-    """Raises :class:`CorruptCheckpointError` naming the first file of the
-    checkpoint folder ``ckpt`` that cannot be read.
+class CheckpointMismatchError(ValueError):
+    """This run's model does not fit the checkpoints of its output folder."""
 
-    PyTorch archives are opened as PyTorch opens them (the tensors are
-    memory-mapped, not read); the other files must be non-empty YAML text.
+
+def check_checkpoint_files(ckpt, names=None, advice=RESUME_ADVICE):
+    """Raises :class:`CorruptCheckpointError` naming the first unreadable
+    file of the checkpoint folder ``ckpt``.
+
+    PyTorch archives are opened memory-mapped (the tensors are not read);
+    other files must be non-empty YAML text.
 
     Arguments
     ---------
@@ -89,13 +89,11 @@ def check_checkpoint_files(ckpt, names=None, advice=RESUME_ADVICE):
     >>> check_checkpoint_files(ckpt)
     >>> raw = (ckpt / "model.ckpt").read_bytes()
     >>> _ = (ckpt / "model.ckpt").write_bytes(raw[: len(raw) // 2])
-    >>> try:
-    ...     check_checkpoint_files(ckpt, advice="delete it")
-    ... except CorruptCheckpointError as e:
-    ...     print(e.path.name)
-    ...     print(str(e).split(": ", 1)[1])
-    model.ckpt
-    corrupt checkpoint file (neither a PyTorch archive nor text: truncated \
+    >>> check_checkpoint_files(ckpt, advice="delete it")
+    Traceback (most recent call last):
+      ...
+    speechbrain_s4m.checkpoints.CorruptCheckpointError: ...model.ckpt: \
+corrupt checkpoint file (neither a PyTorch archive nor text: truncated \
 or overwritten); delete it
     """
     ckpt = pathlib.Path(ckpt)
@@ -120,7 +118,6 @@ def _problem(path):
         return "empty file"
     if zipfile.is_zipfile(path):
         try:
-            # The tensors are memory-mapped: only the records are read
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as err:
             return f"unreadable PyTorch archive: {_first_line(err)}"
@@ -149,24 +146,9 @@ def _first_line(err):
     return text[0] if text else type(err).__name__
 
 
-class CheckpointMismatchError(ValueError):
-    """The model of this run does not fit the checkpoints in its output
-    folder (another model trained there)."""
-
-
 def latest_checkpoint(save_folder):
-    """The newest checkpoint in ``save_folder`` (None if none), as
-    SpeechBrain's ``Checkpointer`` finds it (the one a run resumes from).
-
-    Arguments
-    ---------
-    save_folder : str
-        The run's ``save_folder``.
-
-    Returns
-    -------
-    str or None
-        The checkpoint folder.
+    """The checkpoint folder a run in ``save_folder`` resumes from (the
+    newest, as SpeechBrain's ``Checkpointer`` finds it), or None.
 
     Example
     -------
@@ -183,15 +165,15 @@ def check_model_matches_checkpoint(hparams, ckpt, record=None):
     """Raises :class:`CheckpointMismatchError` (one line) if the modules
     of ``hparams`` cannot load the checkpoint ``ckpt``.
 
-    Compares, for each ``torch.nn.Module`` among the checkpointer's
-    recoverables, the names and shapes of its state with the saved file
-    (``<ckpt>/<name>.ckpt``). Only the tensors' headers are compared
-    (memory-mapped): fast, before any data preparation or training.
+    Compares the state names and shapes of each ``torch.nn.Module``
+    recoverable with ``<ckpt>/<name>.ckpt`` (memory-mapped headers only:
+    fast, before any data preparation), then the plain model settings with
+    those recorded in ``record``.
 
     Arguments
     ---------
     hparams : dict
-        The run's hparams (``checkpointer``, or ``modules``).
+        The run's hparams (``checkpointer``, or ``modules``; ``model``).
     ckpt : str
         A ``CKPT+*`` folder.
     record : str, None
@@ -199,19 +181,15 @@ def check_model_matches_checkpoint(hparams, ckpt, record=None):
 
     Example
     -------
-    >>> import torch
     >>> ckpt = getfixture("tmp_path")
     >>> torch.save(torch.nn.Linear(4, 2).state_dict(), ckpt / "net.ckpt")
     >>> check_model_matches_checkpoint(
-    ...     {"modules": {"net": torch.nn.Linear(4, 2)}}, ckpt
+    ...     {"modules": {"net": torch.nn.Linear(8, 2)}}, ckpt
     ... )
-    >>> try:
-    ...     check_model_matches_checkpoint(
-    ...         {"modules": {"net": torch.nn.Linear(8, 2)}}, ckpt
-    ...     )
-    ... except CheckpointMismatchError as e:
-    ...     print(str(e).split(": ", 1)[1][:60])
-    net: 'weight' is [2, 4] in the checkpoint, [2, 8] in this mo
+    Traceback (most recent call last):
+      ...
+    speechbrain_s4m.checkpoints.CheckpointMismatchError: ...: net: 'weight' \
+is [2, 4] in the checkpoint, [2, 8] in this model. Use the trained run's ...
     """
     checkpointer = hparams.get("checkpointer")
     modules = getattr(checkpointer, "recoverables", None) or hparams.get(
@@ -233,41 +211,32 @@ def check_model_matches_checkpoint(hparams, ckpt, record=None):
             for k, v in own.items()
             if k in shapes and shapes[k] != list(v.shape)
         ]
-        missing = [k for k in own if k not in shapes]
-        unexpected = [k for k in shapes if k not in own]
+        missing = sum(k not in shapes for k in own)
+        unexpected = sum(k not in own for k in shapes)
         if missing:
-            diff.append(f"{len(missing)} tensor(s) not in the checkpoint")
+            diff.append(f"{missing} tensor(s) not in the checkpoint")
         if unexpected:
-            diff.append(f"{len(unexpected)} checkpoint tensor(s) not here")
+            diff.append(f"{unexpected} checkpoint tensor(s) not here")
         if diff:
             more = f" (+{len(diff) - 2} more)" if len(diff) > 2 else ""
             problems.append(f"{name}: " + "; ".join(diff[:2]) + more)
-    if not problems and record and os.path.isfile(record):
+    has_record = bool(record) and os.path.isfile(record)
+    if not problems and has_record:
         problems = _model_settings_differ(record, hparams.get("model"))
     if problems:
-        where = (
-            f" (its model is recorded in {record})"
-            if record and os.path.isfile(record)
-            else ""
-        )
+        where = f" (its model is recorded in {record})" if has_record else ""
         raise CheckpointMismatchError(
-            f"this run's model does not match the checkpoint {ckpt}"
-            f"{where}: "
+            f"this run's model does not match the checkpoint {ckpt}{where}: "
             + " | ".join(problems)
             + ". Use the trained run's model options, or another "
             "--output_folder."
         )
 
 
-#: Model keys that change how a model trains, not the trained function.
-TRAINING_ONLY_MODEL_KEYS = ("checkpoint_iterations", "dropout")
-
-
 def _model_settings_differ(record, model):
-    """Differences between the plain settings (numbers, strings) of the
-    ``model`` fragment recorded in ``record`` and this run's ``model``
-    (e.g. ``num_iterations``, which shares weights and so keeps the
-    shapes). Returns a list with at most one message."""
+    """At most one message listing the plain settings (numbers, strings)
+    of ``model`` that differ from the ``model`` recorded in ``record``
+    (e.g. ``num_iterations``: shared weights, same shapes)."""
     if not isinstance(model, dict):
         return []
     try:

@@ -1,16 +1,11 @@
 """Command-line tools: ``s4m-separate`` and ``s4m-export``.
 
-``s4m-separate`` separates files (or every audio file of a folder) with a
-pretrained model folder or hub id and writes ``<name>_s1.wav``,
-``<name>_s2.wav``, ... Long files are streamed chunk by chunk. The output
-folder, the inputs (never overwritten) and existing outputs (replaced only
-with ``--overwrite``) are checked before any file is separated. With
-``--stream`` a causal model separates each file hop by hop through
-:class:`~speechbrain_s4m.inference.S4MStreamer` (docs/streaming.md).
-``s4m-export`` turns a recipe output folder into a pretrained folder.
-
-Both print one line per problem (no traceback) and return a non-zero exit
-code: 1 when some input failed, 2 for bad arguments or an unusable model.
+``s4m-separate`` separates audio files (or folders of them) with a
+pretrained model into ``<name>_s1.wav``, ``<name>_s2.wav``, ...; inputs,
+output folder and existing outputs are checked before any file is
+separated. ``s4m-export`` turns a recipe output folder into a pretrained
+model folder. Problems are printed one per line, without traceback; exit
+code 1 when an input failed, 2 for bad arguments or an unusable model.
 ``python -m speechbrain_s4m.cli {separate,export} ...`` works as well.
 
 Authors
@@ -27,37 +22,26 @@ EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 
 
 def _one_line(err):
-    """A one-line message for an exception."""
+    """A one-line message for an exception (or a message)."""
     text = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, (KeyError, RuntimeError, TypeError, AttributeError)):
         text = f"{type(err).__name__}: {text}"
     return text
 
 
-def _error(prog, message):
-    print(f"{prog}: error: {message}", file=sys.stderr)
-
-
-def _report(prog, err, show_traceback):
-    """Prints ``err`` in one line (after its traceback if asked)."""
+def _error(prog, problem, show_traceback=False):
+    """Prints ``problem`` (a message or an exception) in one line, after
+    the current traceback if asked."""
     if show_traceback:
         traceback.print_exc()
-    _error(prog, _one_line(err))
-
-
-def _add_traceback_option(parser):
-    parser.add_argument(
-        "--traceback",
-        action="store_true",
-        help="print full tracebacks (for bug reports)",
-    )
+    print(f"{prog}: error: {_one_line(problem)}", file=sys.stderr)
 
 
 def collect_inputs(paths, recursive=False):
     """Expands files and folders into a sorted list of audio files.
 
-    Hidden files (``.name``, such as the temporary ``.part.wav`` files of an
-    interrupted run) in folders are skipped.
+    Hidden files in folders (such as the ``.part.wav`` temporaries of an
+    interrupted run) are skipped.
 
     Arguments
     ---------
@@ -78,13 +62,12 @@ def collect_inputs(paths, recursive=False):
     for given in paths:
         path = pathlib.Path(given).expanduser()
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
             found = sorted(
                 p
-                for p in path.glob(pattern)
+                for p in path.glob("**/*" if recursive else "*")
                 if p.is_file()
                 and is_audio_file(p)
-                and not p.name.startswith(".")  # e.g. our .part.wav files
+                and not p.name.startswith(".")
             )
             if not found:
                 problems.append(
@@ -100,6 +83,7 @@ def collect_inputs(paths, recursive=False):
 
 
 def _rate_arg(value):
+    """``--output-rate``: 'input', 'model' or a positive rate in Hz."""
     if value in ("input", "model"):
         return value
     try:
@@ -130,48 +114,43 @@ def separate_parser(prog="s4m-separate"):
         description="Separate the speakers of audio mixtures with a "
         "pretrained model; writes <name>_s1.wav, <name>_s2.wav, ...",
     )
-    parser.add_argument(
-        "inputs", nargs="+", help="audio files and/or folders of audio files"
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("inputs", nargs="+", help="audio files and/or folders of audio files")
+    add(
         "--model",
         required=True,
         help="pretrained model folder (from s4m-export) or hub id owner/name",
     )
-    parser.add_argument(
+    add(
         "--output-folder",
         default="separated",
         help="where to write the separated sources (default: ./separated)",
     )
-    parser.add_argument(
+    add(
         "--device",
-        default=None,
         help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if "
         "available, else cpu)",
     )
-    parser.add_argument(
+    add(
         "--chunk-seconds",
         type=_positive_float,
-        default=None,
         help="files longer than this are separated chunk by chunk "
         "(default: 30)",
     )
-    parser.add_argument(
+    add(
         "--overlap-seconds",
         type=_positive_float,
-        default=None,
         help="overlap between chunks, used to keep the speaker order and "
         "cross-faded (default: 2)",
     )
-    parser.add_argument(
+    add(
         "--output-rate",
         type=_rate_arg,
         default="input",
         help="sample rate of the outputs: 'input' (default), 'model' or Hz",
     )
-    parser.add_argument(
+    add(
         "--scale",
-        default=None,
         choices=["mixture", "none"],
         help="output scale: 'mixture' (default) scales each source so that "
         "the sources sum to the mixture (least squares, per chunk); 'none' "
@@ -179,7 +158,7 @@ def separate_parser(prog="s4m-separate"):
         "arbitrary (the only choice with --stream: per-chunk gains would "
         "need future samples)",
     )
-    parser.add_argument(
+    add(
         "--stream",
         action="store_true",
         help="separate through the live streamer (causal models only): "
@@ -187,19 +166,19 @@ def separate_parser(prog="s4m-separate"):
         "equals the causal model on the whole file; prints the latency "
         "and the real-time factor",
     )
-    parser.add_argument(
+    add(
         "--hop-ms",
         type=_positive_float,
         default=16.0,
         help="with --stream: milliseconds of audio per streamer call "
         "(default: 16)",
     )
-    parser.add_argument(
+    add(
         "--normalize",
         action="store_true",
         help="peak-normalise each output to 1 (like SpeechBrain)",
     )
-    parser.add_argument(
+    add(
         "--subtype",
         default="FLOAT",
         choices=["FLOAT", "PCM_16", "PCM_24", "PCM_32"],
@@ -207,24 +186,24 @@ def separate_parser(prog="s4m-separate"):
         "Never clipped: with PCM_*, sources beyond full scale are scaled "
         "down by one factor per file, with a warning",
     )
-    parser.add_argument(
+    add(
         "--overwrite",
         action="store_true",
         help="replace existing outputs (without it, existing outputs are "
         "named and nothing is done); inputs are never overwritten",
     )
-    parser.add_argument(
+    add(
         "--recursive",
         action="store_true",
         help="search input folders recursively",
     )
-    parser.add_argument(
-        "--savedir",
-        default=None,
-        help="where to keep files fetched for a hub model",
+    add("--savedir", help="where to keep files fetched for a hub model")
+    add("--quiet", action="store_true", help="no progress bar")
+    add(
+        "--traceback",
+        action="store_true",
+        help="print full tracebacks (for bug reports)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_traceback_option(parser)
     return parser
 
 
@@ -242,27 +221,24 @@ def separate_main(argv=None):
         0 on success, 1 if some input failed, 2 for usage/model errors.
     """
     prog = "s4m-separate"
-    parser = separate_parser(prog)
     try:
-        args = parser.parse_args(argv)
+        args = separate_parser(prog).parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
 
     files, problems = collect_inputs(args.inputs, args.recursive)
+    seen = {}
+    for path in files:
+        if path.stem in seen and not problems:
+            problems.append(
+                f"{seen[path.stem]} and {path} would write the same outputs "
+                f"({path.stem}_s1.wav, ...); separate them in two runs"
+            )
+        seen.setdefault(path.stem, path)
     for problem in problems:
         _error(prog, problem)
     if problems:
         return EXIT_USAGE
-    names = {}
-    for path in files:
-        if path.stem in names:
-            _error(
-                prog,
-                f"{names[path.stem]} and {path} would write the same outputs "
-                f"({path.stem}_s1.wav, ...); separate them in two runs",
-            )
-            return EXIT_USAGE
-        names[path.stem] = path
 
     import torch
     from tqdm import tqdm
@@ -280,9 +256,8 @@ def separate_main(argv=None):
     try:
         check_output_folder(args.output_folder)
     except OutputFolderError as err:
-        _error(prog, _one_line(err))
+        _error(prog, err)
         return EXIT_USAGE
-
     problem = _stream_arguments_problem(args)
     if problem:
         _error(prog, problem)
@@ -298,9 +273,9 @@ def separate_main(argv=None):
             run_opts={"device": device},
         )
         model.chunk_sizes(args.chunk_seconds, args.overlap_seconds)
-        streamer = _streamer(model, args.hop_ms) if args.stream else None
+        streamer = _FileStreamer(model, args.hop_ms) if args.stream else None
     except Exception as err:
-        _report(prog, err, args.traceback)
+        _error(prog, err, args.traceback)
         return EXIT_USAGE
 
     plan = [(p, model.output_paths(args.output_folder, p.stem)) for p in files]
@@ -334,18 +309,13 @@ def separate_main(argv=None):
                     overwrite=args.overwrite,
                     scale=args.scale,
                 )
-            for warning in caught:
-                if issubclass(warning.category, OutputScaleWarning):
-                    tqdm.write(
-                        f"{prog}: warning: {_one_line(warning.message)}",
-                        file=sys.stderr,
-                    )
+            for w in caught:
+                if issubclass(w.category, OutputScaleWarning):
+                    message = f"{prog}: warning: {_one_line(w.message)}"
+                    tqdm.write(message, file=sys.stderr)
                 else:
                     warnings.showwarning(
-                        warning.message,
-                        warning.category,
-                        warning.filename,
-                        warning.lineno,
+                        w.message, w.category, w.filename, w.lineno
                     )
         except KeyboardInterrupt:
             _error(prog, "interrupted")
@@ -359,23 +329,20 @@ def separate_main(argv=None):
                 message = f"{path}: {message}"
             left = len(files) - done_count - 1
             full = isinstance(err, OutputWriteError) and err.errno in NO_SPACE
-            if full and left:
-                # every later file would fail the same way
+            if full and left:  # every later file would fail the same way
                 failed += left
                 message += f" (stopped: {left} more file(s) not separated)"
             tqdm.write(f"{prog}: error: {message}", file=sys.stderr)
             if full:
                 break
     progress.close()
-    done = len(files) - failed
     if not args.quiet:
         print(
-            f"{prog}: separated {done}/{len(files)} file(s) into "
-            f"{args.output_folder}",
+            f"{prog}: separated {len(files) - failed}/{len(files)} file(s) "
+            f"into {args.output_folder}",
             file=sys.stderr,
         )
-    if streamer is not None and streamer.seconds > 0:
-        # nothing streamed (every file refused): no timing to report
+    if streamer is not None and streamer.seconds > 0:  # something streamed
         print(f"{prog}: {streamer.summary()}", file=sys.stderr)
     return EXIT_INPUT if failed else EXIT_OK
 
@@ -399,23 +366,25 @@ def _stream_arguments_problem(args):
 
 
 class _FileStreamer:
-    """Feeds files to ``S4MSeparation.separate_file_to_folder`` through an
-    :class:`~speechbrain_s4m.inference.S4MStreamer` (its block source,
-    ``_stream_file``, replaced on the instance) and sums the timings."""
+    """Feeds files to ``model.separate_file_to_folder`` through an
+    :class:`~speechbrain_s4m.inference.S4MStreamer` (ValueError if the
+    model is not causal), replacing the model's ``_stream_file`` block
+    source, and sums the timings."""
 
-    def __init__(self, model, streamer, hop_ms):
-        self.model, self.streamer, self.hop_ms = model, streamer, hop_ms
-        self.hop = max(1, round(hop_ms * streamer.sample_rate / 1000))
+    def __init__(self, model, hop_ms):
+        from speechbrain_s4m.inference import S4MStreamer
+
+        self.model, self.hop_ms = model, hop_ms
+        self.streamer = S4MStreamer(model)
+        self.hop = max(1, round(hop_ms * self.streamer.sample_rate / 1000))
         self.seconds, self.compute, self.calls = 0.0, 0.0, 0
 
     def use_for(self, path):
         from speechbrain_s4m.inference.streamer import stream_file_blocks
 
         def blocks(path, chunk_seconds, overlap_seconds, out_rate, scale):
-            yield from stream_file_blocks(
-                self.streamer, path, out_rate, self.hop
-            )
             st = self.streamer
+            yield from stream_file_blocks(st, path, out_rate, self.hop)
             self.seconds += st.samples_in / st.sample_rate
             self.compute += st.compute_seconds
             self.calls += st.calls
@@ -435,13 +404,6 @@ class _FileStreamer:
         )
 
 
-def _streamer(model, hop_ms):
-    """A :class:`_FileStreamer` for ``model`` (ValueError if not causal)."""
-    from speechbrain_s4m.inference import S4MStreamer
-
-    return _FileStreamer(model, S4MStreamer(model), hop_ms)
-
-
 def export_parser(prog="s4m-export"):
     """The argument parser of ``s4m-export``."""
     parser = argparse.ArgumentParser(
@@ -450,26 +412,27 @@ def export_parser(prog="s4m-export"):
         "as a pretrained model folder (hyperparams.yaml, encoder/masknet/"
         "decoder.ckpt, README.md model card).",
     )
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "recipe_output_folder",
         help="the recipe's output folder (hyperparams.yaml, save/, ...)",
     )
-    parser.add_argument("target_folder", help="the folder to create")
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        help="export this CKPT+* folder instead of the best one",
+    add("target_folder", help="the folder to create")
+    add(
+        "--checkpoint", help="export this CKPT+* folder instead of the best one"
     )
-    parser.add_argument(
+    add(
         "--min-key",
         default="si-snr",
         help="checkpoint meta key to minimise (default: si-snr, the "
         "negative validation SI-SNR)",
     )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace target_folder"
+    add("--overwrite", action="store_true", help="replace target_folder")
+    add(
+        "--traceback",
+        action="store_true",
+        help="print full tracebacks (for bug reports)",
     )
-    _add_traceback_option(parser)
     return parser
 
 
@@ -502,7 +465,7 @@ def export_main(argv=None):
             overwrite=args.overwrite,
         )
     except Exception as err:
-        _report(prog, err, args.traceback)
+        _error(prog, err, args.traceback)
         return EXIT_INPUT
     print(f"{prog}: exported {args.recipe_output_folder} -> {target}")
     return EXIT_OK

@@ -1,21 +1,12 @@
 """Export a recipe output folder as a pretrained model folder.
 
-A recipe run leaves ``<output_folder>/hyperparams.yaml`` (resolved by
-SpeechBrain), ``save/CKPT+*/`` checkpoints with the negative validation
-SI-SNR as meta key ``si-snr``, and ``test_results.csv``. ``export_pretrained``
-turns the best checkpoint into a folder that ``S4MSeparation`` loads offline
-(and SpeechBrain's own ``SepformerSeparation`` too, for models that decode
-each source alone with SpeechBrain's decoder: the causal S4M, SepFormer,
-Conv-TasNet; it cannot run the authors' joint decoder)::
-
-    target/
-      hyperparams.yaml   sample_rate, num_spks, Encoder, MaskNet, Decoder,
-                         modules, pretrainer (loadables encoder/masknet/decoder)
-      encoder.ckpt  masknet.ckpt  decoder.ckpt   (plain state dicts)
-      README.md          model card
-
-The model definition is copied node by node from the recipe's resolved
-``hyperparams.yaml`` (ruamel round trip, tags kept), so any masknet works.
+:func:`export_pretrained` writes the best checkpoint of a recipe run
+(lowest meta ``si-snr``, the negative validation SI-SNR) as
+``hyperparams.yaml`` (the model nodes copied from the recipe's resolved
+file, tags kept, so any masknet works; ``modules``, ``pretrainer``),
+``encoder/masknet/decoder.ckpt`` and a ``README.md`` model card. It loads
+offline in ``S4MSeparation``, and in SpeechBrain's ``SepformerSeparation``
+for models that decode each source alone (not the authors' joint decoder).
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -53,20 +44,9 @@ EXPORT_ADVICE = (
 # Keys of the pretrained file whose nodes come from the recipe.
 MODEL_KEYS = {"encoder": "Encoder", "masknet": "MaskNet", "decoder": "Decoder"}
 # Recipe keys quoted in the model card when present.
-TRAINING_KEYS = (
-    "dataset",
-    "data_folder",
-    "train_data",
-    "N_epochs",
-    "batch_size",
-    "lr",
-    "training_signal_len",
-    "limit_training_signal_len",
-    "dynamic_mixing",
-    "use_speedperturb",
-    "use_wavedrop",
-    "seed",
-)
+TRAINING_KEYS = """dataset data_folder train_data N_epochs batch_size lr
+training_signal_len limit_training_signal_len dynamic_mixing use_speedperturb
+use_wavedrop seed""".split()
 
 HPARAMS_HEADER = """\
 # ############################################################################
@@ -98,18 +78,9 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 """
 
 
-def _read_meta(ckpt):
-    """The meta data (``CKPT.yaml``) of a checkpoint folder, as a dict."""
-    with open(ckpt / METAFNAME, encoding="utf-8") as fin:
-        return pyyaml.safe_load(fin) or {}
-
-
 def find_best_checkpoint(save_folder, min_key="si-snr"):
-    """The checkpoint with the smallest ``min_key`` meta value, as
-    SpeechBrain's ``Checkpointer`` finds it.
-
-    The recipes log the negative validation SI-SNR as ``si-snr``, so the
-    smallest value is the best model (as ``Checkpointer(min_keys=...)``).
+    """The checkpoint with the smallest meta ``min_key``, as SpeechBrain's
+    ``Checkpointer`` finds it.
 
     Arguments
     ---------
@@ -128,7 +99,8 @@ def find_best_checkpoint(save_folder, min_key="si-snr"):
     save_folder = pathlib.Path(save_folder)
     ckpts = []
     if save_folder.is_dir():  # the Checkpointer would create it
-        ckpts = Checkpointer(save_folder).list_checkpoints()
+        checkpointer = Checkpointer(save_folder)
+        ckpts = checkpointer.list_checkpoints()
     if not ckpts:
         raise ModelNotFoundError(
             f"{save_folder}: no checkpoints (CKPT+*/{METAFNAME}) found"
@@ -138,13 +110,12 @@ def find_best_checkpoint(save_folder, min_key="si-snr"):
             f"{save_folder}: no checkpoint has the meta key '{min_key}' "
             f"(found keys: {sorted({k for c in ckpts for k in c.meta})})"
         )
-    best = Checkpointer(save_folder).find_checkpoint(min_key=min_key)
+    best = checkpointer.find_checkpoint(min_key=min_key)
     return pathlib.Path(best.path), dict(best.meta)
 
 
 def results_averages(path):
-    """The averages of a recipe's ``test_results.csv`` (read by
-    :func:`speechbrain_s4m.results.read_test_results`), for the model card.
+    """The averages of a recipe's ``test_results.csv``, for the model card.
 
     Arguments
     ---------
@@ -155,7 +126,7 @@ def results_averages(path):
     -------
     dict or None
         Metric name -> mean over the utterances where it is defined, and
-        ``n`` (number of test utterances); None if the file does not exist.
+        ``n`` (number of utterances); None if the file does not exist.
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -170,18 +141,8 @@ def results_averages(path):
     return out
 
 
-def _load_recipe_yaml(path):
-    """Round-trip loads the recipe's resolved yaml (tags kept)."""
-    yaml = YAML()
-    try:
-        with open(path, encoding="utf-8") as fin:
-            return yaml.load(fin)
-    except Exception as err:
-        raise ModelFolderError(f"{path}: cannot parse ({err})") from err
-
-
 def extract_model_yaml(recipe_hparams, recipe_file="hyperparams.yaml"):
-    """Extracts the model definition from a recipe's resolved hparams.
+    """The pretrained ``hyperparams.yaml`` text (without header) of a recipe.
 
     Arguments
     ---------
@@ -193,9 +154,9 @@ def extract_model_yaml(recipe_hparams, recipe_file="hyperparams.yaml"):
     Returns
     -------
     str
-        YAML text with ``sample_rate``, ``num_spks``, ``Encoder``,
-        ``MaskNet``, ``Decoder`` (nodes inlined; shared sub-nodes kept as
-        anchors/aliases), ``modules`` and ``pretrainer``.
+        ``sample_rate``, ``num_spks``, ``Encoder``, ``MaskNet``, ``Decoder``
+        (shared sub-nodes kept as anchors/aliases), ``modules``,
+        ``pretrainer``.
     """
     out = CommentedMap()
     for key in ("sample_rate", "num_spks"):
@@ -232,17 +193,16 @@ def _describe(node):
 
 
 def _variant(encoder, decoder):
-    """Which framing and decoder the model has, in words (the model card
-    names the S4M variant: the authors' or speechbrain-s4m 0.1's)."""
+    """The model's framing and decoder, in words (the authors' S4M?)."""
     framing = getattr(encoder, "framing", None)
     joint = getattr(decoder, "all_sources", False) and getattr(
         decoder, "joint", False
     )
     if framing is None:
         return f"{type(encoder).__name__} / {type(decoder).__name__}"
-    decoding = "joint decoder" if joint else "each source decoded alone"
     if framing == "authors" and joint:
         return "the authors' S4M (their framing and joint decoder)"
+    decoding = "joint decoder" if joint else "each source decoded alone"
     return f"framing `{framing}`, {decoding} (not the authors' S4M)"
 
 
@@ -256,13 +216,47 @@ def _valid_text(meta, min_key):
     return f"meta `{min_key}` = {value:.4f} (best = min)"
 
 
-def _read_epoch(ckpt):
-    counter = ckpt / "counter.ckpt"
-    if counter.is_file():
-        text = counter.read_text().strip()
-        if text.isdigit():
-            return int(text)
-    return None
+#: The ``README.md`` model card of an exported folder.
+MODEL_CARD = """\
+# Speech separation model (speechbrain-s4m)
+
+Exported on {date} from the recipe output `{recipe}`, checkpoint `{ckpt}`.
+
+## Architecture
+
+- Sample rate: {rate} Hz; sources: {spks}
+- Encoder: {Encoder}
+- MaskNet: {MaskNet}
+- Decoder: {Decoder}
+- Variant: {variant}
+- Parameters: {total:,} (encoder {enc:,}, masknet {mask:,}, decoder {dec:,})
+
+## Training
+
+{training}- Validation SI-SNR of the exported checkpoint: {valid}
+
+## Test results
+
+{test}
+
+## Usage
+
+```python
+from speechbrain_s4m.inference import S4MSeparation
+
+model = S4MSeparation.from_hparams(source="path/to/this/folder")
+est = model.separate_file("mixture.wav")  # [1, time, sources]
+```
+
+Command line: `s4m-separate mixture.wav --model path/to/this/folder \
+--output-folder separated/`.
+{sepformer}"""
+# SepformerSeparation decodes each source alone: not a joint decoder
+SEPFORMER_NOTE = """
+The folder also loads with SpeechBrain's \
+`speechbrain.inference.separation.SepformerSeparation.from_hparams` \
+(with `speechbrain_s4m` installed).
+"""
 
 
 def write_model_card(
@@ -270,77 +264,45 @@ def write_model_card(
 ):
     """Writes the ``README.md`` model card of an exported folder."""
     enc, mask, dec = (model.mods[k] for k in MODULE_KEYS)
-    total = sum(count_parameters(m) for m in (enc, mask, dec))
-    lines = [
-        "# Speech separation model (speechbrain-s4m)",
-        "",
-        f"Exported on {datetime.date.today().isoformat()} from the recipe "
-        f"output `{recipe_folder}`, checkpoint `{ckpt.name}`.",
-        "",
-        "## Architecture",
-        "",
-        f"- Sample rate: {model.sample_rate} Hz; sources: {model.num_spks}",
-        f"- Encoder: {_describe(recipe_hparams.get('Encoder'))}",
-        f"- MaskNet: {_describe(recipe_hparams.get('MaskNet'))}",
-        f"- Decoder: {_describe(recipe_hparams.get('Decoder'))}",
-        f"- Variant: {_variant(enc, dec)}",
-        f"- Parameters: {total:,} (encoder {count_parameters(enc):,}, "
-        f"masknet {count_parameters(mask):,}, decoder "
-        f"{count_parameters(dec):,})",
-        "",
-        "## Training",
-        "",
-    ]
-    for key in TRAINING_KEYS:
-        if key in recipe_hparams and not hasattr(recipe_hparams[key], "items"):
-            lines.append(f"- `{key}`: {recipe_hparams[key]}")
-    epoch = _read_epoch(ckpt)
-    if epoch is not None:
-        lines.append(f"- Epoch of the exported checkpoint: {epoch}")
-    lines += [
-        "- Validation SI-SNR of the exported checkpoint: "
-        f"{_valid_text(meta, min_key)}",
-        "",
-        "## Test results",
-        "",
-    ]
+    training = "".join(
+        f"- `{key}`: {recipe_hparams[key]}\n"
+        for key in TRAINING_KEYS
+        if key in recipe_hparams and not hasattr(recipe_hparams[key], "items")
+    )
+    counter = ckpt / "counter.ckpt"
+    epoch = counter.read_text().strip() if counter.is_file() else ""
+    if epoch.isdigit():
+        training += f"- Epoch of the exported checkpoint: {int(epoch)}\n"
     if test:
         head = [k for k in ("si-snr", "si-snr_i", "sdr", "sdr_i") if k in test]
-        lines += [
-            "| " + " | ".join(head) + " | utterances |",
-            "|" + "---|" * (len(head) + 1),
-            "| "
-            + " | ".join(f"{test[k]:.2f}" for k in head)
-            + f" | {test['n']} |",
-            "",
-            "(dB, average row of the recipe's `test_results.csv`.)",
-        ]
+        test = (
+            f"| {' | '.join(head)} | utterances |\n"
+            + "|"
+            + "---|" * (len(head) + 1)
+            + f"\n| {' | '.join(f'{test[k]:.2f}' for k in head)} | "
+            f"{test['n']} |\n\n"
+            "(dB, average row of the recipe's `test_results.csv`.)"
+        )
     else:
-        lines.append("No `test_results.csv` with an `avg` row was found.")
-    lines += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from speechbrain_s4m.inference import S4MSeparation",
-        "",
-        'model = S4MSeparation.from_hparams(source="path/to/this/folder")',
-        'est = model.separate_file("mixture.wav")  # [1, time, sources]',
-        "```",
-        "",
-        "Command line: `s4m-separate mixture.wav --model path/to/this/folder "
-        "--output-folder separated/`.",
-        "",
-    ]
-    if not getattr(dec, "all_sources", False):
-        # SepformerSeparation decodes each source alone: not a joint decoder
-        lines += [
-            "The folder also loads with SpeechBrain's "
-            "`speechbrain.inference.separation.SepformerSeparation."
-            "from_hparams` (with `speechbrain_s4m` installed).",
-            "",
-        ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+        test = "No `test_results.csv` with an `avg` row was found."
+    text = MODEL_CARD.format(
+        date=datetime.date.today().isoformat(),
+        recipe=recipe_folder,
+        ckpt=ckpt.name,
+        rate=model.sample_rate,
+        spks=model.num_spks,
+        **{k: _describe(recipe_hparams.get(k)) for k in MODEL_KEYS.values()},
+        variant=_variant(enc, dec),
+        total=sum(count_parameters(m) for m in (enc, mask, dec)),
+        enc=count_parameters(enc),
+        mask=count_parameters(mask),
+        dec=count_parameters(dec),
+        training=training,
+        valid=_valid_text(meta, min_key),
+        test=test,
+        sepformer="" if getattr(dec, "all_sources", False) else SEPFORMER_NOTE,
+    )
+    path.write_text(text, encoding="utf-8")
 
 
 def export_pretrained(
@@ -352,10 +314,14 @@ def export_pretrained(
 ):
     """Exports the best checkpoint of a recipe run as a pretrained folder.
 
+    The folder is written next to the target under a temporary name,
+    loaded back strictly with ``S4MSeparation`` as a check, and only then
+    renamed: a failed export leaves nothing behind.
+
     Arguments
     ---------
     recipe_output_folder : str or pathlib.Path
-        The recipe's output folder (with ``hyperparams.yaml``, ``save/``,
+        The recipe's output folder (``hyperparams.yaml``, ``save/``,
         ``test_results.csv``).
     target_folder : str or pathlib.Path
         The folder to create.
@@ -369,9 +335,7 @@ def export_pretrained(
     Returns
     -------
     pathlib.Path
-        ``target_folder``. It is written to a temporary folder next to it,
-        loaded back strictly with ``S4MSeparation`` as a check, and only then
-        renamed: a failed export leaves nothing behind.
+        ``target_folder``.
     """
     recipe = pathlib.Path(recipe_output_folder).expanduser()
     target = pathlib.Path(target_folder).expanduser()
@@ -386,13 +350,18 @@ def export_pretrained(
         raise FileExistsError(
             f"{target}: already exists (use --overwrite to replace it)"
         )
-    recipe_hparams = _load_recipe_yaml(hp_file)
+    try:  # round trip: tags kept
+        with open(hp_file, encoding="utf-8") as fin:
+            recipe_hparams = YAML().load(fin)
+    except Exception as err:
+        raise ModelFolderError(f"{hp_file}: cannot parse ({err})") from err
 
     if checkpoint is not None:
         ckpt = pathlib.Path(checkpoint).expanduser()
         if not (ckpt / METAFNAME).is_file():
             raise ModelNotFoundError(f"{ckpt}: not a checkpoint folder")
-        meta = _read_meta(ckpt)
+        with open(ckpt / METAFNAME, encoding="utf-8") as fin:
+            meta = pyyaml.safe_load(fin) or {}
     else:
         save = recipe / "save"
         if not save.is_dir():
