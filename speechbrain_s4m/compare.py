@@ -1,33 +1,20 @@
-"""Recipe results side by side: accuracy with confidence intervals, paired
-differences on the same test utterances, training time and compute.
+"""Recipe results side by side (``s4m-compare``): accuracy with confidence
+intervals, paired differences on the same test utterances, training time and
+compute.
 
 ::
 
-    python -m speechbrain_s4m.compare results/SynthMix/s4m_tiny/1234 \\
+    s4m-compare results/SynthMix/s4m_tiny/1234 \\
         results/SynthMix/convtasnet/1234 \\
         --benchmark docs/benchmarks/s4m_benchmark.json --out comparison
 
-Each RESULT_FOLDER is the ``output_folder`` of a recipe run: it holds
-``hyperparams.yaml``, ``test_results.csv`` (one row per test utterance and an
-``avg`` row) and ``train_log.txt``. For each folder the command reports the
-model, its parameters, the mean SI-SNRi and SDRi with 95% confidence
-intervals (Student's t), the test set size, the epochs and the training time
-from the log (when its epoch lines carry a ``time`` field, in seconds), and
-the GMAC per second of audio and the inference time from a benchmark JSON
-(``python -m speechbrain_s4m.benchmark --json ...``). For each pair of
-folders: the mean paired difference on the utterances both scored, its 95%
-confidence interval and the share of utterances each model wins.
-
-It prints a Markdown table and writes into ``--out``: ``comparison.md``,
-``comparison.json``, ``comparison.csv`` (one row per model),
-``comparison_pairs.csv``, one ``scatter_<a>_vs_<b>.png`` per pair
-(per-utterance SI-SNRi of one model against the other's) and
-``valid_vs_epoch.png`` / ``valid_vs_time.png`` (validation SI-SNR against
-epochs and against training time, the latter when the logs record times).
-
-Folders whose test utterances differ are refused unless ``--intersect`` is
-given (then the utterances common to all are kept, and the count is said).
-Existing output files are never overwritten without ``--overwrite``.
+Each folder is a recipe's ``output_folder`` (read by
+:mod:`speechbrain_s4m.results`). Printed: a Markdown table; written into
+``--out``: ``comparison.md``, ``.json``, ``.csv``, ``comparison_pairs.csv``,
+a ``scatter_<a>_vs_<b>.png`` per pair (per-utterance SI-SNRi) and
+``valid_vs_epoch.png`` / ``valid_vs_time.png``. Different test sets are
+refused unless ``--intersect``; outputs are replaced only with
+``--overwrite``.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -70,16 +57,13 @@ class CompareError(Exception):
     """A problem with the inputs, reported in one line (exit code 2)."""
 
 
-# ----------------------------------------------------------------------
-# Statistics
-# ----------------------------------------------------------------------
 def mean_ci(values, confidence=0.95):
-    """Mean and its confidence interval from Student's t distribution.
+    """Mean and its Student's t confidence interval, NaN values ignored.
 
     Arguments
     ---------
     values : sequence of float
-        The per-utterance values (NaN values are ignored).
+        The per-utterance values.
     confidence : float
         Coverage of the interval.
 
@@ -88,57 +72,31 @@ def mean_ci(values, confidence=0.95):
     dict
         ``{"mean", "ci_low", "ci_high", "n"}``; the bounds are NaN for fewer
         than two values, everything is NaN for none.
-
-    Example
-    -------
-    >>> r = mean_ci([1.0, 2.0, 3.0])
-    >>> r["mean"], round(r["ci_low"], 4), round(r["ci_high"], 4), r["n"]
-    (2.0, -0.4841, 4.4841, 3)
     """
     from scipy import stats
 
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
-    n = int(x.size)
+    n, nan = int(x.size), math.nan
     if n == 0:
-        return {
-            "mean": math.nan,
-            "ci_low": math.nan,
-            "ci_high": math.nan,
-            "n": 0,
-        }
+        return {"mean": nan, "ci_low": nan, "ci_high": nan, "n": 0}
     mean = float(x.mean())
     if n < 2:
-        return {"mean": mean, "ci_low": math.nan, "ci_high": math.nan, "n": 1}
+        return {"mean": mean, "ci_low": nan, "ci_high": nan, "n": 1}
     half = stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1)
     half = float(half / math.sqrt(n))
     return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": n}
 
 
 def paired_comparison(a, b, confidence=0.95):
-    """Paired difference ``a - b`` over the items both scored.
-
-    Arguments
-    ---------
-    a : sequence of float
-        Per-utterance scores of model A (NaN where unscored).
-    b : sequence of float
-        Per-utterance scores of model B, same utterance order.
-    confidence : float
-        Coverage of the interval.
+    """Paired difference ``a - b`` over the utterances both scored (not NaN).
 
     Returns
     -------
     dict
-        ``{"mean", "ci_low", "ci_high", "n"}`` of the differences, and
-        ``a_wins``, ``b_wins``, ``ties``: shares of the ``n`` utterances on
-        which A scores higher, B scores higher, both the same.
-
-    Example
-    -------
-    >>> r = paired_comparison([3.0, 5.0, 4.0, 1.0], [1.0, 4.0, 4.0, 2.0])
-    >>> r["mean"], r["n"], r["a_wins"], r["b_wins"], r["ties"]
-    (0.5, 4, 0.5, 0.25, 0.25)
+        :func:`mean_ci` of the differences, and ``a_wins``, ``b_wins``,
+        ``ties``: the shares of utterances where A is higher, B is higher,
+        both are equal.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -146,35 +104,33 @@ def paired_comparison(a, b, confidence=0.95):
     diff = a[keep] - b[keep]
     out = mean_ci(diff, confidence)
     n = max(out["n"], 1)
-    out["a_wins"] = float(np.sum(diff > 0) / n) if diff.size else math.nan
-    out["b_wins"] = float(np.sum(diff < 0) / n) if diff.size else math.nan
+    for key, won in (("a_wins", diff > 0), ("b_wins", diff < 0)):
+        out[key] = float(np.sum(won) / n) if diff.size else math.nan
     out["ties"] = float(np.sum(diff == 0) / n) if diff.size else math.nan
     return out
 
 
-# ----------------------------------------------------------------------
-# The comparison
-# ----------------------------------------------------------------------
 def _labels(results):
-    """A short unique label per folder: the experiment name (or folder
-    name), with the folder added where two are the same."""
+    """A unique label per folder: the experiment (or folder) name, with the
+    folder added where two are the same."""
     base = [
         r["experiment_name"] or os.path.basename(os.path.normpath(r["folder"]))
         for r in results
     ]
-    labels = []
-    for i, label in enumerate(base):
-        if base.count(label) > 1:
-            label = f"{label} ({os.path.normpath(results[i]['folder'])})"
-        labels.append(label)
+    labels = [
+        f"{label} ({os.path.normpath(r['folder'])})"
+        if base.count(label) > 1
+        else label
+        for label, r in zip(base, results)
+    ]
     if len(set(labels)) != len(labels):
         raise CompareError("the same folder is given twice")
     return labels
 
 
 def _align(results, intersect):
-    """Common utterance ids; refuses different test sets unless
-    ``intersect``. Returns ``(ids, note)``."""
+    """``(ids, note)``: the utterances common to all folders; different test
+    sets are refused unless ``intersect``."""
     first = results[0]["ids"]
     sets = [set(r["ids"]) for r in results]
     common = set.intersection(*sets)
@@ -190,10 +146,9 @@ def _align(results, intersect):
     if not common:
         raise CompareError("no test utterance is common to all folders")
     ids = [i for i in first if i in common]
-    union = set.union(*sets)
     note = (
         f"--intersect: kept {len(ids)} utterances common to all folders "
-        f"(of {len(union)} in any)"
+        f"(of {len(set.union(*sets))} in any)"
     )
     return ids, note
 
@@ -204,14 +159,14 @@ def compare_folders(
     intersect=False,
     bench_seconds=DEFAULT_BENCH_SECONDS,
 ):
-    """Compares recipe output folders (see the module docstring).
+    """Compares recipe output folders.
 
     Arguments
     ---------
     folders : list of str
         Recipe output folders.
     benchmark : str or None
-        A benchmark JSON.
+        A benchmark JSON (``python -m speechbrain_s4m.benchmark --json``).
     intersect : bool
         Compare on the utterances common to all folders when they differ.
     bench_seconds : float
@@ -220,11 +175,10 @@ def compare_folders(
     Returns
     -------
     dict
-        ``{"models": [...], "pairs": [...], "n_utterances", "note",
-        "metrics", "dropped"}`` (``dropped``: ``{"folder", "columns"}`` of
-        each folder lacking optional columns that others have), ready for
-        :func:`write_outputs`; each model also keeps its aligned
-        ``per_utterance`` scores and ``curve``.
+        ``models`` (per folder: statistics, training, benchmark figures,
+        aligned ``per_utterance`` scores and ``curve``), ``pairs``, ``ids``,
+        ``n_utterances``, ``note``, ``metrics`` and ``dropped`` (``{"folder",
+        "columns"}`` of each folder lacking optional columns others have).
     """
     results = [load_result_folder(f) for f in folders]
     bench = load_benchmark(benchmark, bench_seconds) if benchmark else None
@@ -234,7 +188,6 @@ def compare_folders(
         m for m in OPTIONAL_METRICS if all(m in r["scores"] for r in results)
     ]
     metrics = list(MAIN_METRICS) + extra
-    # Columns some folders have and others lack: left out, and said so
     dropped = []
     for r in results:
         lacking = [
@@ -275,23 +228,21 @@ def compare_folders(
         if bench is not None and r["hparams"] in bench:
             model["bench"] = {"model": r["hparams"], **bench[r["hparams"]]}
         models.append(model)
-    pairs = []
-    for i in range(len(models)):
-        for j in range(i + 1, len(models)):
-            a, b = models[i], models[j]
-            pairs.append(
-                {
-                    "a": a["label"],
-                    "b": b["label"],
-                    "n": len(ids),
-                    "diff": {
-                        m: paired_comparison(
-                            a["per_utterance"][m], b["per_utterance"][m]
-                        )
-                        for m in MAIN_METRICS
-                    },
-                }
-            )
+    pairs = [
+        {
+            "a": a["label"],
+            "b": b["label"],
+            "n": len(ids),
+            "diff": {
+                m: paired_comparison(
+                    a["per_utterance"][m], b["per_utterance"][m]
+                )
+                for m in MAIN_METRICS
+            },
+        }
+        for i, a in enumerate(models)
+        for b in models[i + 1 :]
+    ]
     return {
         "ids": ids,
         "n_utterances": len(ids),
@@ -304,26 +255,7 @@ def compare_folders(
 
 
 def dropped_columns_line(folder, columns):
-    """The line that says a folder lacks columns the others have.
-
-    Arguments
-    ---------
-    folder : str
-        The folder whose ``test_results.csv`` lacks them.
-    columns : list of str
-        The missing columns.
-
-    Returns
-    -------
-    str
-
-    Example
-    -------
-    >>> print(dropped_columns_line("res/a", ["pesq", "pesq_i"]))
-    res/a has no pesq, pesq_i column in test_results.csv: left out of the \
-comparison for every folder (add them: train.py <its hparams> --output_folder \
-res/a --test_only --extra_metrics pesq,stoi)
-    """
+    """The line that says ``folder`` lacks ``columns`` that others have."""
     line = (
         f"{folder} has no {', '.join(columns)} column in test_results.csv: "
         "left out of the comparison for every folder"
@@ -336,11 +268,8 @@ res/a --test_only --extra_metrics pesq,stoi)
     return line
 
 
-# ----------------------------------------------------------------------
-# Output
-# ----------------------------------------------------------------------
+# ---------------------------------------------------------------- output --
 def _fmt(value, digits=2):
-    """A number for the table, ``n/a`` when missing."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     return f"{value:.{digits}f}"
@@ -356,7 +285,6 @@ def _fmt_ci(stat):
 
 
 def _fmt_params(n):
-    """``1.82M``."""
     if n is None:
         return "n/a"
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
@@ -383,28 +311,19 @@ def markdown_table(comparison):
     has_bench = any(m["bench"] for m in comparison["models"])
     if has_bench:
         head += ["GMAC/s", "inference (s)"]
-    lines = ["| " + " | ".join(head) + " |"]
-    lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+    rows = [head, ["---"] * 2 + ["---:"] * (len(head) - 2)]
     for m in comparison["models"]:
-        cells = [
-            m["label"],
-            m["masknet"] or "n/a",
-            _fmt_params(m["params"]),
-            str(m["n_test"]),
-        ]
+        cells = [m["label"], m["masknet"] or "n/a", _fmt_params(m["params"])]
+        cells += [str(m["n_test"])]
         cells += [_fmt_ci(m["stats"][k]) for k in metrics]
-        cells += [
-            str(m["epochs"]) if m["epochs"] is not None else "n/a",
-            _fmt_time(m["train_time_s"]),
-        ]
+        epochs = m["epochs"]
+        cells += [str(epochs) if epochs is not None else "n/a"]
+        cells += [_fmt_time(m["train_time_s"])]
         if has_bench:
             b = m["bench"] or {}
-            cells += [
-                _fmt(b.get("gmac_per_s"), 1),
-                _fmt(b.get("infer_s"), 3),
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
-    out = "\n".join(lines)
+            cells += [_fmt(b.get("gmac_per_s"), 1), _fmt(b.get("infer_s"), 3)]
+        rows.append(cells)
+    out = _markdown(rows)
     if has_bench:
         b = next(m["bench"] for m in comparison["models"] if m["bench"])
         out += (
@@ -417,22 +336,25 @@ def markdown_table(comparison):
         head = ["A", "B", "utts"]
         for k in MAIN_METRICS:
             head += [f"{names[k]} A - B [95% CI]", "A wins", "B wins"]
-        lines = ["| " + " | ".join(head) + " |"]
-        lines.append("|---|---|" + "|".join(["---:"] * (len(head) - 2)) + "|")
+        rows = [head, ["---"] * 2 + ["---:"] * (len(head) - 2)]
         for p in comparison["pairs"]:
             cells = [p["a"], p["b"], str(p["diff"][MAIN_METRICS[0]]["n"])]
             for k in MAIN_METRICS:
                 d = p["diff"][k]
-                cells += [
-                    _fmt_ci(d),
-                    _fmt(100 * d["a_wins"], 0) + "%",
-                    _fmt(100 * d["b_wins"], 0) + "%",
-                ]
-            lines.append("| " + " | ".join(cells) + " |")
-        out += "\n\nPaired, on the same test utterances:\n\n" + "\n".join(lines)
+                cells += [_fmt_ci(d), _fmt(100 * d["a_wins"], 0) + "%"]
+                cells += [_fmt(100 * d["b_wins"], 0) + "%"]
+            rows.append(cells)
+        out += "\n\nPaired, on the same test utterances:\n\n" + _markdown(rows)
     if comparison["note"]:
         out += f"\n\n{comparison['note']}"
     return out + "\n"
+
+
+def _markdown(rows):
+    """Markdown table of rows of cells; the second row is the rule."""
+    head, rule, *body = rows
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(rule) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
 
 
 def _slug(label):
@@ -440,18 +362,12 @@ def _slug(label):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "model"
 
 
-def output_files(comparison_labels, has_pairs=True):
+def output_files(labels):
     """Names of the files written for models with these labels."""
-    names = [
-        "comparison.md",
-        "comparison.json",
-        "comparison.csv",
-        "comparison_pairs.csv",
-        "valid_vs_epoch.png",
-        "valid_vs_time.png",
-    ]
-    for i, a in enumerate(comparison_labels):
-        for b in comparison_labels[i + 1 :]:
+    names = ["comparison.md", "comparison.json", "comparison.csv"]
+    names += ["comparison_pairs.csv", "valid_vs_epoch.png", "valid_vs_time.png"]
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
             names.append(f"scatter_{_slug(a)}_vs_{_slug(b)}.png")
     return names
 
@@ -467,6 +383,11 @@ def _json_ready(value):
     return value
 
 
+def _write_csv(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+
+
 def write_outputs(comparison, out_dir):
     """Writes the Markdown, JSON, CSV and PNG files; returns their paths."""
     import matplotlib
@@ -478,47 +399,40 @@ def write_outputs(comparison, out_dir):
     written = []
 
     def path(name):
-        p = os.path.join(out_dir, name)
-        written.append(p)
-        return p
+        written.append(os.path.join(out_dir, name))
+        return written[-1]
 
     with open(path("comparison.md"), "w", encoding="utf-8") as f:
         f.write(markdown_table(comparison))
     with open(path("comparison.json"), "w", encoding="utf-8") as f:
         json.dump(_json_ready(comparison), f, indent=2)
         f.write("\n")
-    metrics = comparison["metrics"]
-    with open(path("comparison.csv"), "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        header = ["model", "folder", "hparams", "masknet", "params", "n_test"]
+    metrics, models = comparison["metrics"], comparison["models"]
+    header = ["model", "folder", "hparams", "masknet", "params", "n_test"]
+    for k in metrics:
+        header += [k, f"{k}_ci_low", f"{k}_ci_high", f"{k}_n"]
+    rows = [header + ["epochs", "train_time_s", "gmac_per_s", "infer_s"]]
+    for m in models:
+        row = [m["label"], m["folder"], m["hparams"], m["masknet"]]
+        row += [m["params"], m["n_test"]]
         for k in metrics:
-            header += [k, f"{k}_ci_low", f"{k}_ci_high", f"{k}_n"]
-        header += ["epochs", "train_time_s", "gmac_per_s", "infer_s"]
-        w.writerow(header)
-        for m in comparison["models"]:
-            row = [m["label"], m["folder"], m["hparams"], m["masknet"]]
-            row += [m["params"], m["n_test"]]
-            for k in metrics:
-                s = m["stats"][k]
-                row += [s["mean"], s["ci_low"], s["ci_high"], s["n"]]
-            b = m["bench"] or {}
-            row += [m["epochs"], m["train_time_s"]]
-            row += [b.get("gmac_per_s"), b.get("infer_s")]
-            w.writerow(["" if v is None else v for v in row])
-    with open(
-        path("comparison_pairs.csv"), "w", newline="", encoding="utf-8"
-    ) as f:
-        w = csv.writer(f)
-        header = ["a", "b", "metric", "n", "mean_diff", "ci_low", "ci_high"]
-        w.writerow(header + ["a_wins", "b_wins", "ties"])
-        for p in comparison["pairs"]:
-            for k, d in p["diff"].items():
-                w.writerow(
-                    [p["a"], p["b"], k, d["n"], d["mean"], d["ci_low"]]
-                    + [d["ci_high"], d["a_wins"], d["b_wins"], d["ties"]]
-                )
+            s = m["stats"][k]
+            row += [s["mean"], s["ci_low"], s["ci_high"], s["n"]]
+        b = m["bench"] or {}
+        row += [m["epochs"], m["train_time_s"]]
+        row += [b.get("gmac_per_s"), b.get("infer_s")]
+        rows.append(["" if v is None else v for v in row])
+    _write_csv(path("comparison.csv"), rows)
+    rows = [["a", "b", "metric", "n", "mean_diff", "ci_low", "ci_high"]]
+    rows[0] += ["a_wins", "b_wins", "ties"]
+    for p in comparison["pairs"]:
+        for k, d in p["diff"].items():
+            rows.append(
+                [p["a"], p["b"], k, d["n"], d["mean"], d["ci_low"]]
+                + [d["ci_high"], d["a_wins"], d["b_wins"], d["ties"]]
+            )
+    _write_csv(path("comparison_pairs.csv"), rows)
 
-    models = comparison["models"]
     for i, a in enumerate(models):
         for b in models[i + 1 :]:
             xa = np.asarray(a["per_utterance"]["si-snr_i"])
@@ -563,9 +477,7 @@ def write_outputs(comparison, out_dir):
     return written
 
 
-# ----------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------
+# ---------------------------------------------------------- command line --
 def parser(prog="s4m-compare"):
     """The command-line parser."""
     p = argparse.ArgumentParser(
@@ -576,57 +488,45 @@ def parser(prog="s4m-compare"):
             "utterances, training time, parameters and compute."
         ),
     )
-    p.add_argument("folders", nargs="+", metavar="RESULT_FOLDER")
-    p.add_argument(
+    add = p.add_argument
+    add("folders", nargs="+", metavar="RESULT_FOLDER")
+    add(
         "--benchmark",
         metavar="JSON",
         help="benchmark JSON (python -m speechbrain_s4m.benchmark --json)",
     )
-    p.add_argument(
+    add(
         "--bench-seconds",
         type=float,
         default=DEFAULT_BENCH_SECONDS,
         help="input duration of the benchmark figures (default %(default)s)",
     )
-    p.add_argument(
+    add(
         "--out",
         default="comparison",
         metavar="DIR",
         help="output folder (default: %(default)s)",
     )
-    p.add_argument(
+    add(
         "--intersect",
         action="store_true",
         help="compare on the utterances common to all folders",
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace existing output files",
+    add(
+        "--overwrite", action="store_true", help="replace existing output files"
     )
     return p
 
 
 def main(argv=None, prog="s4m-compare"):
-    """Entry point of ``s4m-compare`` / ``python -m speechbrain_s4m.compare``.
-
-    Arguments
-    ---------
-    argv : list of str or None
-        Command-line arguments (default: ``sys.argv[1:]``).
-    prog : str
-        Program name in messages.
-
-    Returns
-    -------
-    int
-        0 on success, 2 on a problem with the inputs (one line on stderr).
-    """
+    """Entry point of ``s4m-compare``; returns 0, or 2 on a problem with
+    the inputs (one line on stderr)."""
     try:
         args = parser(prog).parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     try:
+        # the inputs are checked before any work
         results = [load_result_folder(f) for f in args.folders]
         if args.benchmark:
             load_benchmark(args.benchmark, args.bench_seconds)
@@ -653,8 +553,7 @@ def main(argv=None, prog="s4m-compare"):
         print(f"{prog}: note: {line}", file=sys.stderr)
     for stale in existing:  # --overwrite: no output left from a former run
         os.remove(stale)
-    text = markdown_table(comparison)
-    print(text, end="")
+    print(markdown_table(comparison), end="")
     written = write_outputs(comparison, args.out)
     print(f"\nWrote {len(written)} files to {args.out}")
     return 0

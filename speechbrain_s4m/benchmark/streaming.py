@@ -1,31 +1,12 @@
 """Streaming benchmark: ``python -m speechbrain_s4m.benchmark.streaming``.
 
-Times :class:`~speechbrain_s4m.inference.S4MStreamer` hop by hop on CPU:
-per-hop compute time (median, 99th percentile), real-time factor (compute
-time / audio time), latency (algorithmic + hop + compute), at several hop
-sizes and thread counts; the resident memory after streaming and its growth
-over a longer stream; and the naive baseline: re-running the causal model
-on a sliding window of its receptive field for every hop.
-
-The naive window is the receptive field of the causal convolution and
-pooling stack (:func:`conv_receptive_field`, per block application times
-the number of iterations) plus the S4 context: the coarse frames until the
-S4 kernel has decayed below ``1e-3`` of its peak (:func:`s4_context`),
-times the coarse factor. (The cumulative norms read the whole past, which
-no finite window reproduces: the baseline measures the cost, not the
-output.) Weights are random (the S4 kernel at its initialisation) unless
-``--model`` names a trained model folder; a trained model has its own
-decay, so the window is printed with the results.
-
-Example::
-
-    python -m speechbrain_s4m.benchmark.streaming --json streaming.json
-    python -m speechbrain_s4m.benchmark.streaming --hops-ms 16 --threads 1 \\
-        --seconds 5 --long-minutes 10
-    python -m speechbrain_s4m.benchmark.streaming --model pretrained/causal \\
-        --compile --hops-ms 16 --threads 1 --no-naive
-
-Timings on a shared machine are indicative.
+Times :class:`~speechbrain_s4m.inference.S4MStreamer` hop by hop on CPU
+(per-hop compute, real-time factor, latency, resident memory over a long
+stream) against the naive baseline: the causal model re-run for every hop
+on a sliding window of its receptive field (:func:`naive_window_frames`;
+the cumulative norms read the whole past, which no finite window
+reproduces: the baseline measures the cost, not the output). Weights are
+random unless ``--model`` names a trained model folder.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -63,26 +44,13 @@ COLUMNS = [
 
 
 def conv_receptive_field(masknet):
-    """Past frames that a causal masknet output can read through its
-    convolutions, pooling and resizing (the S4 layer aside): an upper
-    bound, checked against an impulse in the tests.
+    """Past encoder frames that a causal masknet's output reads through its
+    convolutions, pooling and resizing (the S4 layer aside): an upper bound.
 
-    Per block application: the pyramid (kernel ``k`` at stride 1, then
-    stride 2: ``(k - 1) * 2**(s - 1)`` fine frames at scale ``s >= 1``),
-    the pooling and nearest up-sampling windows (``2**(S-1) - 1`` fine
-    frames each) and the merge fusions at scale ``i`` (local kernel at
-    scale ``i``, global kernel at scale ``i + 1``, up-sampling: ``(k - 1)
-    * 2**(i + 1) + 2**i``); times the number of iterations.
-
-    Arguments
-    ---------
-    masknet : S4MMaskNet
-        A causal masknet.
-
-    Returns
-    -------
-    int
-        Frames of past context (encoder frames).
+    Per block application: the pyramid (kernel ``k``, stride 2 from scale 1:
+    ``(k - 1) * 2**(s - 1)`` fine frames at scale ``s``), the pooling and
+    up-sampling windows (``2**(S-1) - 1`` each) and the merge fusions at
+    scale ``i`` (``(k - 1) * 2**(i + 1) + 2**i``); times the iterations.
 
     Example
     -------
@@ -101,22 +69,8 @@ def conv_receptive_field(masknet):
 
 
 def s4_context(masknet, tol=1e-3, max_length=1 << 15):
-    """Coarse frames until the S4 kernel stays below ``tol`` of its peak.
-
-    Arguments
-    ---------
-    masknet : S4MMaskNet
-        A causal masknet.
-    tol : float
-        Relative threshold on ``max_h |K[h, t]|``.
-    max_length : int
-        Longest kernel computed (returned if it has not decayed by then).
-
-    Returns
-    -------
-    int
-        Coarse frames of S4 context.
-    """
+    """Coarse frames until the S4 kernel (``max_h |K[h, t]|``, computed up
+    to ``max_length``) stays below ``tol`` of its peak."""
     with torch.no_grad():
         kernel = masknet.block.s4.s4.kernel(max_length)  # [H, L]
     mag = kernel.abs().amax(dim=0)
@@ -135,10 +89,8 @@ def naive_window_frames(masknet, tol=1e-3):
 def build_streamer(
     config="s4m_tiny_causal", overrides=None, seed=0, compile=False, model=None
 ):
-    """A streamer over randomly initialised modules of a model fragment, or
-    over a trained causal model folder (``model``, as written by
-    ``s4m-export``); ``compile``: :class:`S4MStreamer`'s compiled block
-    step."""
+    """A streamer over randomly initialised modules of a model fragment,
+    or over a trained causal model folder (``model``, from ``s4m-export``)."""
     if model is not None:
         if overrides:
             raise ValueError(MODEL_WITH_OVERRIDES)
@@ -157,20 +109,9 @@ def build_streamer(
     )
 
 
-def _percentile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def time_streamer(streamer, hop, seconds, warmup=3, seed=0):
-    """Feeds ``seconds`` of noise in hops of ``hop`` samples.
-
-    Returns
-    -------
-    list of float
-        Seconds per :meth:`S4MStreamer.process` call (after ``warmup``
-        untimed calls).
-    """
+    """Seconds of each :meth:`S4MStreamer.process` call over ``seconds``
+    of noise in hops of ``hop`` samples, after ``warmup`` untimed calls."""
     gen = torch.Generator().manual_seed(seed)
     n_hops = max(1, round(seconds * streamer.sample_rate / hop))
     streamer.reset()
@@ -192,29 +133,9 @@ def warm_up(streamer, hop, calls=6, seed=2):
 
 
 def rss_growth(streamer, hop, minutes, points=None, seed=1, on_point=None):
-    """RSS (MiB) after each ``minutes / points`` of streamed audio.
-
-    Arguments
-    ---------
-    streamer : S4MStreamer
-        Reset first, then fed ``hop`` samples of noise at a time.
-    hop : int
-        Samples per :meth:`S4MStreamer.process` call.
-    minutes : float
-        Audio streamed in all.
-    points : int, optional
-        Readings (default: one per minute of audio, at least 4).
-    seed : int
-        Of the noise.
-    on_point : callable, optional
-        ``on_point(minutes_streamed, rss_mib)`` after each reading (a long
-        run reports as it goes).
-
-    Returns
-    -------
-    list of (float, float)
-        ``(minutes streamed, RSS MiB)``.
-    """
+    """``(minutes streamed, RSS MiB)`` after each ``minutes / points`` of
+    noise streamed in hops of ``hop`` samples (``points``: one a minute, at
+    least 4); ``on_point(minutes, rss)`` is called after each reading."""
     gen = torch.Generator().manual_seed(seed)
     rate = streamer.sample_rate
     points = points or max(4, round(minutes))
@@ -258,24 +179,22 @@ def run(
     compile=False,
     model=None,
 ):
-    """Runs the benchmark; returns the list of JSON rows.
+    """Runs the benchmark; returns the JSON rows (the options are those of
+    the command line).
 
-    Every row has ``method`` ("streamer" or "naive"), ``hop_ms``,
-    ``threads``, ``rtf``, ``latency_ms`` (algorithmic + hop + p99 compute),
-    ``algorithmic_latency_ms``, ``per_hop_ms_median``, ``per_hop_ms_p99``
-    and ``rss_mib`` (after the run). The streamer row at the hop closest
-    to 16 ms on the first thread count also has ``rss_growth``: ``[minutes,
-    MiB]`` pairs over ``long_minutes`` of stream. ``on_row(rows)`` is
-    called after each new row (e.g. to save partial results). With
-    ``compile``, the streamer rows are "streamer (compiled)" and have
-    ``warmup_s``: the first hops of each hop size, compilation included.
-    With ``model`` (a trained causal model folder), that model is timed
-    and named in ``config``; every row also has ``num_iterations`` and
-    ``allocator`` (:func:`speechbrain_s4m.allocator.allocator_mode`).
+    Every row has ``method`` ("streamer", "streamer (compiled)" or
+    "naive"), ``config``, ``num_iterations``, ``allocator``, ``hop_ms``,
+    ``threads``, ``rtf``, ``per_hop_ms_median`` and ``_p99``,
+    ``algorithmic_latency_ms``, ``latency_ms`` (algorithmic + hop + p99
+    compute) and ``rss_mib``; compiled rows have ``warmup_s`` (the first
+    hops, compilation included), and the streamer row at the hop closest to
+    16 ms on the first thread count ``rss_growth`` (``[minutes, MiB]``).
+    ``on_row(rows)`` is called after each new row (to save partial results).
     """
     streamer = build_streamer(config, overrides, compile=compile, model=model)
+    on_row = on_row or (lambda rows: None)
     config = str(model) if model is not None else config
-    rate = streamer.sample_rate
+    rate, latency = streamer.sample_rate, streamer.latency_ms
     window = naive_window_frames(streamer.masknet) if naive else None
     if naive:
         log(
@@ -298,18 +217,18 @@ def run(
             hop = max(1, round(hop_ms * rate / 1000))
             warmup_s = warm_up(streamer, hop) if compile else None
             times = time_streamer(streamer, hop, seconds)
-            med, p99 = statistics.median(times), _percentile(times, 0.99)
+            med = statistics.median(times)
+            p99 = sorted(times)[min(len(times) - 1, int(0.99 * len(times)))]
+            head = {**common, "hop_ms": hop_ms, "hop_samples": hop}
             row = {
                 "method": "streamer (compiled)" if compile else "streamer",
-                **common,
-                "hop_ms": hop_ms,
-                "hop_samples": hop,
+                **head,
                 "threads": n_threads,
                 "per_hop_ms_median": 1000 * med,
                 "per_hop_ms_p99": 1000 * p99,
                 "rtf": sum(times) / (len(times) * hop / rate),
-                "algorithmic_latency_ms": streamer.latency_ms,
-                "latency_ms": streamer.latency_ms + hop_ms + 1000 * p99,
+                "algorithmic_latency_ms": latency,
+                "latency_ms": latency + hop_ms + 1000 * p99,
                 "seconds_streamed": len(times) * hop / rate,
             }
             if compile:
@@ -322,15 +241,13 @@ def run(
                     # run keeps the readings it took
                     row["rss_growth"].append([minutes, rss])
                     log(f"  streamed {minutes:.2f} min: RSS {rss:.0f} MiB")
-                    if on_row:
-                        on_row(rows + [row])
+                    on_row(rows + [row])
 
                 rss_growth(streamer, hop, long_minutes, on_point=on_point)
             row["rss_mib"] = current_rss_mib()
             rows.append(row)
             log(format_table([row], header=len(rows) == 1))
-            if on_row:
-                on_row(rows)
+            on_row(rows)
             if naive:
                 if n_threads not in naive_cost:  # the same for every hop
                     naive_cost[n_threads] = time_naive(
@@ -340,40 +257,25 @@ def run(
                 rows.append(
                     {
                         "method": "naive",
-                        **common,
-                        "hop_ms": hop_ms,
-                        "hop_samples": hop,
+                        **head,
                         "threads": n_threads,
                         "window_frames": window,
                         "per_hop_ms_median": 1000 * cost,
                         "per_hop_ms_p99": 1000 * cost,
                         "rtf": cost / (hop / rate),
-                        "algorithmic_latency_ms": streamer.latency_ms,
-                        "latency_ms": streamer.latency_ms
-                        + hop_ms
-                        + 1000 * cost,
+                        "algorithmic_latency_ms": latency,
+                        "latency_ms": latency + hop_ms + 1000 * cost,
                         "rss_mib": current_rss_mib(),
                         "cost_vs_streamer": cost / med,
                     }
                 )
                 log(format_table(rows[-1:], header=False))
-                if on_row:
-                    on_row(rows)
+                on_row(rows)
     return rows
 
 
 def format_table(rows, header=True):
-    """A fixed-width text table of benchmark rows.
-
-    Example
-    -------
-    >>> row = {"method": "streamer", "hop_ms": 16, "threads": 1,
-    ...        "per_hop_ms_median": 5.0, "per_hop_ms_p99": 7.0, "rtf": 0.31,
-    ...        "latency_ms": 26.9, "rss_mib": 400.0}
-    >>> print(format_table([row]))  # doctest: +NORMALIZE_WHITESPACE
-    method  hop ms thr hop compute ms (med)  p99   RTF latency ms RSS MiB
-    streamer    16   1                 5.00 7.00 0.310       26.9     400
-    """
+    """A fixed-width text table of benchmark rows (:data:`COLUMNS`)."""
     widths = [max(len(title), 8) for _, title, _ in COLUMNS]
     lines = []
     if header:
@@ -393,47 +295,48 @@ def parser():
         description="Per-hop cost, real-time factor, latency and memory of "
         "S4MStreamer against the naive sliding-window baseline (CPU).",
     )
-    p.add_argument(
+    add = p.add_argument
+    add(
         "--config",
         default="s4m_tiny_causal",
         help="model fragment, randomly initialised (default s4m_tiny_causal)",
     )
-    p.add_argument(
+    add(
         "--model",
         default=None,
         help="a trained causal model folder (s4m-export) to time instead "
         "of --config",
     )
-    p.add_argument(
+    add(
         "--overrides",
         default=None,
         help="YAML dict of model overrides, e.g. '{num_iterations: 2}'",
     )
-    p.add_argument("--hops-ms", type=float, nargs="+", default=[4, 8, 16, 32])
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument(
+    add("--hops-ms", type=float, nargs="+", default=[4, 8, 16, 32])
+    add("--threads", type=int, nargs="+", default=[1, 2])
+    add(
         "--seconds",
         type=float,
         default=5.0,
         help="audio streamed per configuration (default 5)",
     )
-    p.add_argument(
+    add(
         "--long-minutes",
         type=float,
         default=1.0,
         help="minutes streamed to follow the RSS (at the 16 ms hop, "
         "first thread count; 0 skips it)",
     )
-    p.add_argument(
+    add(
         "--compile",
         action="store_true",
         help="time S4MStreamer(compile=True): the block step compiled by "
         "torch.compile (minutes of compilation per hop size, reported as "
         "warmup_s)",
     )
-    p.add_argument("--no-naive", action="store_true")
-    p.add_argument("--naive-repeats", type=int, default=3)
-    p.add_argument(
+    add("--no-naive", action="store_true")
+    add("--naive-repeats", type=int, default=3)
+    add(
         "--json",
         default=None,
         help="write the rows here (rewritten after every row)",
