@@ -1,14 +1,8 @@
-"""Hyperparameters: loading recipe hparams with checked overrides, and the
-registry of the model fragments shipped in ``speechbrain_s4m/hparams/models``.
-
-* :func:`load_hparams` loads a recipe's hparams file; every override key,
-  also the nested ones passed into an ``!include:``-d model fragment, must
-  exist in the file (:func:`check_overrides`), where HyperPyYAML alone would
-  accept a misspelt nested key silently.
-* :func:`load_model_config` builds one of the model fragments (``s4m_tiny``,
-  ``s4m``, ``sepformer``, ``convtasnet``); each defines ``Encoder``,
-  ``MaskNet`` and ``Decoder``. :func:`list_model_configs` names them and
-  :func:`model_config_path` finds their files.
+"""Hyperparameters: recipe hparams loaded with checked overrides
+(:func:`load_hparams`; HyperPyYAML alone accepts a misspelt key nested in an
+``!include:``-d model fragment), the shipped model fragments
+(``speechbrain_s4m/hparams/models``: :func:`load_model_config`), the command
+line's stray words (:func:`check_glued_values`) and :func:`count_parameters`.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -38,56 +32,31 @@ __all__ = [
 
 #: Folder of the shipped model fragments.
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "hparams" / "models"
-
-#: Top-level keys that the recipe code reads with a default (the Brain's
-#: ``extra_metrics``, e.g. ``--extra_metrics pesq,stoi``): accepted as
-#: overrides even where a recipe's hparams file does not define them.
+#: Keys the recipe code reads with a default (``--extra_metrics pesq,stoi``):
+#: accepted as overrides where a recipe's hparams file lacks them.
 OPTIONAL_KEYS = ("extra_metrics",)
 
 
-# ----------------------------------------------------------------------
-# Recipe hparams
-# ----------------------------------------------------------------------
 class UnknownOverrideError(KeyError):
-    """An override (``--key value``) that cannot apply: a key the hparams
-    file lacks, or a new class (``!new:``) for an object of the file.
-
-    The message is one line: the key, the file and the closest existing
-    key or what to do (a ``KeyError``, printed without the quotes
-    ``KeyError`` adds).
-    """
+    """An override that cannot apply (a key the hparams file lacks, or a
+    new ``!new:`` class); one line, without the quotes of ``KeyError``."""
 
     def __str__(self):
         return str(self.args[0]) if self.args else ""
 
 
-class _DropMessage(logging.Filter):
-    """Drops log records whose message starts with ``prefix``."""
-
-    def __init__(self, prefix):
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record):
-        return not str(record.msg).startswith(self.prefix)
-
-
 def _import_train_logger_quietly():
-    """Imports ``speechbrain.utils.train_logger`` without its warning
-    ``torchvision is not available - cannot save figures``.
-
-    The recipes' ``train_logger`` (``FileTrainLogger``) lives in that
-    module; at import, its ``ProgressSampleLogger`` (image samples of
-    generative recipes, unused here) looks for torchvision and warns on
-    every run without it. The training curve does not need torchvision
-    (matplotlib draws it), so that warning misleads; every other record of
-    the module still gets through.
-    """
+    """Imports ``speechbrain.utils.train_logger`` without its misleading
+    ``torchvision is not available`` warning (our curve uses matplotlib);
+    its other records still get through."""
     name = "speechbrain.utils.train_logger"
     if name in sys.modules:
         return
     log = logging.getLogger(name)
-    quiet = _DropMessage("torchvision is not available")
+
+    def quiet(record):
+        return not str(record.msg).startswith("torchvision is not available")
+
     log.addFilter(quiet)
     try:
         __import__(name)
@@ -96,14 +65,9 @@ def _import_train_logger_quietly():
 
 
 def load_hparams(hparams_file, overrides=None):
-    """Loads a recipe's hparams file with overrides, checking every
-    override key (nested ones too) against the file.
-
-    Model fragments are included with ``!include:`` (e.g. ``model:
-    !include:.../s4m_tiny.yaml``); an override such as ``--model
-    "{num_iterations: 1}"`` is passed into the included file and its keys
-    are checked against that file. HyperPyYAML alone would accept a
-    misspelt nested key silently.
+    """Loads a recipe's hparams file with overrides, checking every override
+    key, also those passed into an ``!include:``-d fragment (``--model
+    "{num_iterations: 1}"``), against the file (:func:`check_overrides`).
 
     Arguments
     ---------
@@ -139,28 +103,9 @@ def load_hparams(hparams_file, overrides=None):
 
 
 def check_overrides(yaml_file, overrides):
-    """Raises :class:`UnknownOverrideError` (a ``KeyError``) naming any
-    override key absent from ``yaml_file`` (following ``!include:`` tags
-    into the included files), with the closest existing key.
-
-    Arguments
-    ---------
-    yaml_file : str
-        The yaml file the overrides apply to.
-    overrides : dict
-        The overrides.
-
-    Example
-    -------
-    >>> yaml_file = getfixture("tmp_path") / "hparams.yaml"
-    >>> _ = yaml_file.write_text("N_epochs: 10\\nlr: 0.1\\n")
-    >>> check_overrides(yaml_file, {"N_epochs": 1})
-    >>> try:
-    ...     check_overrides(yaml_file, {"N_epoch": 1})
-    ... except UnknownOverrideError as e:
-    ...     print(str(e).split("; ")[-1])
-    did you mean 'N_epochs'?
-    """
+    """Raises :class:`UnknownOverrideError` naming an ``overrides`` key (a
+    dict) absent from ``yaml_file`` (following ``!include:`` tags), with
+    the closest existing key."""
     with open(yaml_file, encoding="utf-8") as f:
         tree = ruamel.yaml.YAML().load(f)
     overrides = {k: v for k, v in overrides.items() if k not in OPTIONAL_KEYS}
@@ -168,8 +113,8 @@ def check_overrides(yaml_file, overrides):
 
 
 def _glued_mapping_key(key, value):
-    """Whether ``key: value`` came from ``{key:value}`` written without a
-    space (YAML reads it as the key ``"key:value"`` with no value)."""
+    """Whether ``key: value`` came from ``{key:value}`` without a space
+    (YAML's key ``"key:value"`` with no value)."""
     return value is None and isinstance(key, str) and ":" in key.strip(":")
 
 
@@ -185,7 +130,6 @@ def _check_keys(node, overrides, prefix, yaml_file):
                 else f"the file has {len(known)} keys"
             )
             if _glued_mapping_key(key, value):
-                # {tr:200} is YAML for the key "tr:200" with no value
                 fixed = ", ".join(
                     str(k).replace(":", ": ", 1)
                     if _glued_mapping_key(k, v)
@@ -206,8 +150,8 @@ def _check_keys(node, overrides, prefix, yaml_file):
         tag = getattr(getattr(sub, "tag", None), "value", None) or ""
         new_tag = getattr(getattr(value, "tag", None), "value", None)
         if new_tag and new_tag != tag:
-            # HyperPyYAML merges an override into the node and keeps the
-            # file's tag: the new class would be silently dropped
+            # HyperPyYAML would merge the override into the node and keep
+            # the file's tag: the new class would be silently dropped
             raise UnknownOverrideError(
                 f"Override '{prefix}{key}' replaces {tag or 'a mapping'} "
                 f"with {new_tag}: a different class cannot be set from the "
@@ -228,38 +172,14 @@ def _check_keys(node, overrides, prefix, yaml_file):
             _check_keys(sub, value, f"{prefix}{key}.", yaml_file)
 
 
-# ----------------------------------------------------------------------
-# Model fragments
-# ----------------------------------------------------------------------
 def list_model_configs():
-    """Names of the shipped model fragments.
-
-    Returns
-    -------
-    list of str
-        E.g. ``["convtasnet", "s4m", "s4m_tiny", "sepformer"]``.
-
-    Example
-    -------
-    >>> "s4m_tiny" in list_model_configs()
-    True
-    """
+    """Names of the shipped model fragments (``s4m_tiny``, ``s4m``,
+    ``sepformer``, ``convtasnet``)."""
     return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
 
 
 def model_config_path(name):
-    """Path of a model fragment given its name (or a path to a yaml file).
-
-    Arguments
-    ---------
-    name : str or pathlib.Path
-        ``"s4m_tiny"``, ``"s4m"``, ``"sepformer"``, ``"convtasnet"`` or a path.
-
-    Returns
-    -------
-    pathlib.Path
-        The yaml file.
-    """
+    """The yaml file of a model fragment, given its name or a path."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
@@ -273,7 +193,7 @@ def model_config_path(name):
 
 
 def load_model_config(name, sample_rate=8000, num_spks=2, overrides=None):
-    """Build a model fragment with HyperPyYAML.
+    """Builds a model fragment with HyperPyYAML.
 
     Arguments
     ---------
@@ -289,8 +209,8 @@ def load_model_config(name, sample_rate=8000, num_spks=2, overrides=None):
     Returns
     -------
     dict
-        The loaded hparams, with at least ``Encoder``, ``MaskNet``,
-        ``Decoder``, ``kernel_size``, ``kernel_stride`` and ``N_encoder_out``.
+        The hparams: ``Encoder``, ``MaskNet``, ``Decoder``, ``kernel_size``,
+        ``kernel_stride``, ``N_encoder_out``, ...
 
     Example
     -------
@@ -307,19 +227,8 @@ def load_model_config(name, sample_rate=8000, num_spks=2, overrides=None):
 
 
 def count_parameters(*modules):
-    """Parameters of a model: of ``modules`` together, each counted once
-    (the parameter counts of the model card, ``s4m-compare`` and the
-    benchmark).
-
-    Arguments
-    ---------
-    *modules : torch.nn.Module
-        The model, or its parts (encoder, masknet, decoder); anything else
-        is ignored.
-
-    Returns
-    -------
-    int
+    """Parameters of ``modules`` together, each counted once (anything but
+    a ``torch.nn.Module`` is ignored).
 
     Example
     -------
@@ -339,25 +248,16 @@ def count_parameters(*modules):
 
 class GluedValueError(ValueError):
     """A command-line word that SpeechBrain would glue onto the value of
-    the override before it (``--output_folder X --noprogressbar True``
-    would write into ``"X True"``)."""
+    the override before it."""
 
 
 def check_glued_values(argv):
     """Raises :class:`GluedValueError` (one line) for a word of ``argv``
-    that is the value of no option.
+    (hparams file first) that is the value of no option.
 
-    SpeechBrain's parser takes its own options (``--device cuda``,
-    ``--noprogressbar``) out of the command line and joins what is left
-    into YAML overrides, so a stray word becomes part of the previous
-    override's value: ``--output_folder X --noprogressbar True`` sets
-    ``output_folder: X True`` (``--noprogressbar`` takes no value). An
-    override takes exactly one word (quote a value with spaces).
-
-    Arguments
-    ---------
-    argv : list of str
-        The command line after the script (hparams file first).
+    SpeechBrain's parser takes out its own options and joins the rest into
+    YAML overrides, so ``--output_folder X --noprogressbar True`` would set
+    ``output_folder: X True`` (``--noprogressbar`` takes no value).
 
     Example
     -------
@@ -396,7 +296,7 @@ def check_glued_values(argv):
 def _glued_message(argv, key, words, allowed, flags):
     """The one line of :func:`check_glued_values`."""
     stray = words[allowed]
-    # The word before the stray one in the command line as typed
+    # the word before the stray one, as typed
     before = None
     start = argv.index(key) if key in argv else 0
     for i in range(start + 1, len(argv)):

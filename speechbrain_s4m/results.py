@@ -1,11 +1,7 @@
-"""Results of a recipe run: the results file and the output folder.
-
-One owner per artefact: :class:`TestReport` writes ``test_results.csv``
-(the Brain's test stage) and :func:`read_test_results` reads it back
-(``s4m-export``, ``s4m-compare``); :func:`load_result_folder` reads an
-output folder (results, the model in ``hyperparams.yaml``, the train log
-through :func:`speechbrain_s4m.training_curve.parse_train_log`) and
-:func:`load_benchmark` a benchmark JSON, for ``s4m-compare``.
+"""Results of a recipe run: :class:`TestReport` writes ``test_results.csv``
+(the Brain's test stage), :func:`read_test_results` reads it back
+(``s4m-export``, ``s4m-compare``); :func:`load_result_folder` reads an output
+folder and :func:`load_benchmark` a benchmark JSON, for ``s4m-compare``.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -21,10 +17,7 @@ from ruamel.yaml import YAML, YAMLError
 from speechbrain.utils.logger import get_logger
 
 from speechbrain_s4m.config import count_parameters
-from speechbrain_s4m.metrics import (
-    average_scores,
-    score_columns,
-)
+from speechbrain_s4m.metrics import average_scores, score_columns
 from speechbrain_s4m.training_curve import parse_train_log
 
 logger = get_logger(__name__)
@@ -44,8 +37,6 @@ __all__ = [
 
 #: Benchmark duration (seconds of audio) used by default.
 DEFAULT_BENCH_SECONDS = 4.0
-
-
 #: The results file of a recipe run, in its ``output_folder``.
 RESULTS_FILE = "test_results.csv"
 #: The last column of the results file: why cells of a row are empty.
@@ -61,11 +52,10 @@ class TestReport:
     """The scores of a test run and their file, ``test_results.csv``.
 
     Columns: ``snt_id``, the scores of :func:`score_columns` and ``notes``
-    (why cells of the row are empty); one row per utterance, then an
-    ``avg`` row: each score averaged over the utterances where it is
-    defined, and in ``notes`` how many utterances were not fully scored.
-    SpeechBrain's recipes write the same file without ``notes`` (and
-    without empty cells: they stop on an utterance they cannot score).
+    (why cells are empty); one row per utterance, then an ``avg`` row: each
+    score averaged where defined, and in ``notes`` how many utterances were
+    not fully scored. SpeechBrain's recipes write the same file without
+    ``notes`` and empty cells (they stop on an utterance they cannot score).
 
     Arguments
     ---------
@@ -98,26 +88,14 @@ class TestReport:
     b,,,3.0,2.0,short
     avg,1.0,1.0,2.0,1.5,mean over the utterances where each metric is
     defined; 1 of 2 utterances not fully scored
-    >>> ids, columns = read_test_results(path)
-    >>> ids, columns["si-snr_i"]
-    (['a', 'b'], [1.0, 2.0])
     """
 
     __test__ = False  # not a pytest test class despite its name
 
     def __init__(self, extra_metrics=()):
         self.extra_metrics = tuple(extra_metrics)
+        self.scores = score_columns(self.extra_metrics)
         self.utterances = []
-
-    @property
-    def scores(self):
-        """The score columns (after ``snt_id``)."""
-        return score_columns(self.extra_metrics)
-
-    @property
-    def columns(self):
-        """Every column of the file."""
-        return ["snt_id", *self.scores, NOTES_COLUMN]
 
     @property
     def incomplete(self):
@@ -125,14 +103,8 @@ class TestReport:
         return [u.snt_id for u in self.utterances if not u.complete]
 
     def add(self, utterances):
-        """Adds scored utterances (from :func:`score_test_batch`); warns
-        about each one that is not fully scored.
-
-        Arguments
-        ---------
-        utterances : list of UtteranceScores
-            The scored utterances.
-        """
+        """Adds scored utterances (from :func:`score_test_batch`), warning
+        about each one not fully scored."""
         for utt in utterances:
             self.utterances.append(utt)
             if not utt.complete:
@@ -144,31 +116,6 @@ class TestReport:
                     RESULTS_FILE,
                 )
 
-    def rows(self):
-        """The rows of the file (the ``avg`` row last).
-
-        Returns
-        -------
-        rows : list of dict
-            Column -> value (None: an empty cell).
-        n_scored : dict
-            Score column -> number of utterances where it is defined.
-        """
-        rows = []
-        for utt in self.utterances:
-            row = utt.row()
-            row[NOTES_COLUMN] = "; ".join(utt.problems)
-            rows.append(row)
-        avg, n_scored = average_scores(self.utterances, self.scores)
-        note = "mean over the utterances where each metric is defined"
-        if self.incomplete:
-            note += (
-                f"; {len(self.incomplete)} of {len(self.utterances)} "
-                "utterances not fully scored"
-            )
-        avg[NOTES_COLUMN] = note
-        return rows + [avg], n_scored
-
     def summary(self):
         """The ``avg`` row as numbers: each score column (NaN where no
         utterance was scored), ``n`` (utterances) and ``n_incomplete``."""
@@ -178,29 +125,23 @@ class TestReport:
         return out
 
     def write(self, path):
-        """Writes the file and logs the averages.
-
-        Arguments
-        ---------
-        path : str
-            The file to write (``<output_folder>/test_results.csv``).
-
-        Returns
-        -------
-        dict
-            :meth:`summary`.
-        """
-        rows, n_scored = self.rows()
+        """Writes the file (``<output_folder>/test_results.csv``), logs the
+        averages and returns :meth:`summary`."""
+        rows = [
+            {**u.row(), NOTES_COLUMN: "; ".join(u.problems)}
+            for u in self.utterances
+        ]
+        avg, n_scored = average_scores(self.utterances, self.scores)
+        n, incomplete = len(self.utterances), self.incomplete
+        note = "mean over the utterances where each metric is defined"
+        if incomplete:
+            note += f"; {len(incomplete)} of {n} utterances not fully scored"
         with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns)
+            columns = ["snt_id", *self.scores, NOTES_COLUMN]
+            writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(rows + [{**avg, NOTES_COLUMN: note}])
         logger.info("Test results written to %s", path)
-        self.log(rows[-1], n_scored)
-        return self.summary()
-
-    def log(self, avg, n_scored):
-        """Logs the averages, and the utterances not fully scored."""
 
         def fmt(key, unit=" dB"):
             value = avg.get(key)
@@ -213,7 +154,6 @@ class TestReport:
         for name in self.extra_metrics:
             text += f", {name.upper()} {fmt(name, '')}"
             text += f" ({name.upper()}i {fmt(name + '_i', '')})"
-        n, incomplete = len(self.utterances), self.incomplete
         logger.info("Test (%d utterances): %s", n, text)
         if incomplete:
             more = len(incomplete) - 10
@@ -227,12 +167,7 @@ class TestReport:
                 f" and {more} more" if more > 0 else "",
                 ", ".join(f"{k} {v}" for k, v in n_scored.items()),
             )
-
-
-def _float_cell(text):
-    """A CSV cell as a float; an empty cell (unscored) is NaN."""
-    text = (text or "").strip()
-    return float(text) if text else math.nan
+        return self.summary()
 
 
 def read_test_results(path):
@@ -274,31 +209,23 @@ def read_test_results(path):
     for key in fields:
         if key in ("snt_id", NOTES_COLUMN):
             continue
-        try:
-            columns[key] = [_float_cell(r.get(key)) for r in rows]
+        try:  # an empty cell (unscored) is NaN
+            columns[key] = [
+                float((r.get(key) or "").strip() or "nan") for r in rows
+            ]
         except ValueError:
             continue  # another text column
     return ids, columns
 
 
-# ----------------------------------------------------------------------
-# An output folder, and a benchmark JSON
-# ----------------------------------------------------------------------
 def read_train_log(path):
-    """Per-epoch validation SI-SNR and training time from a train log (read
-    by :func:`speechbrain_s4m.training_curve.parse_train_log`).
-
-    Arguments
-    ---------
-    path : str
-        The ``train_log.txt``.
+    """Per-epoch validation SI-SNR and training time of a ``train_log.txt``.
 
     Returns
     -------
     dict
-        ``{"epoch": [int], "valid_si_snr": [float], "time": [float] or
-        None}`` (validation SI-SNR in dB, i.e. minus the logged loss; time
-        None unless every epoch line has it).
+        ``{"epoch": [int], "valid_si_snr": [float] (dB, minus the logged
+        loss), "time": [float] or None}`` (see :func:`parse_train_log`).
     """
     curve = parse_train_log(path)
     return {
@@ -309,8 +236,8 @@ def read_train_log(path):
 
 
 def model_description(hparams_text):
-    """Model name from a saved ``hyperparams.yaml`` text: the recipe's
-    hparams file (from the header SpeechBrain writes) and the masknet class.
+    """The recipe's hparams file (from the header SpeechBrain writes), the
+    masknet class and the experiment name of a saved ``hyperparams.yaml``.
 
     Arguments
     ---------
@@ -320,22 +247,9 @@ def model_description(hparams_text):
     Returns
     -------
     dict
-        ``{"hparams": stem or None, "masknet": class name or None,
-        "experiment_name": str or None}``.
-
-    Example
-    -------
-    >>> text = (
-    ...     "# Generated 2026-11-30 from:\\n"
-    ...     "# /x/recipes/WSJ0Mix/separation/hparams/dprnn.yaml\\n"
-    ...     "experiment_name: dprnn\\n"
-    ...     "MaskNet: &id3 !new:speechbrain.lobes.models.dual_path."
-    ...     "Dual_Path_Model\\n"
-    ... )
-    >>> model_description(text)["masknet"], model_description(text)["hparams"]
-    ('Dual_Path_Model', 'dprnn')
+        ``{"hparams": stem, "masknet": class name, "experiment_name": str}``
+        (None where not found).
     """
-    # The recipe's file is named in the comment SpeechBrain writes on top
     m = re.search(
         r"^# Generated .* from:\s*\n#\s*(\S+\.ya?ml)", hparams_text, re.M
     )
@@ -356,21 +270,9 @@ def model_description(hparams_text):
 
 
 def hparams_parameters(hparams_file):
-    """Parameters of the model a saved ``hyperparams.yaml`` builds.
-
-    Loads the file (without its checkpointer and train logger, which would
-    touch the folders it names) and counts the distinct parameters of its
-    ``modules`` (or of ``Encoder``, ``MaskNet`` and ``Decoder``).
-
-    Arguments
-    ---------
-    hparams_file : str
-        Path of the file.
-
-    Returns
-    -------
-    int
-    """
+    """Distinct parameters of the ``modules`` (or ``Encoder``, ``MaskNet``,
+    ``Decoder``) a saved ``hyperparams.yaml`` builds (loaded without its
+    checkpointer and train logger, which would touch their folders)."""
     from hyperpyyaml import load_hyperpyyaml
 
     with open(hparams_file, encoding="utf-8") as f:
@@ -415,15 +317,13 @@ def load_result_folder(folder):
     -------
     dict
         ``folder``, ``ids``, ``scores`` (column -> per-utterance floats),
-        ``hparams`` / ``masknet`` / ``experiment_name`` (see
-        :func:`model_description`), ``params``, ``params_source``,
-        ``curve`` (see :func:`read_train_log`, or None without a log).
+        those of :func:`model_description`, ``log`` (the train log, or
+        None) and ``hparams_file``.
 
     Raises
     ------
     ResultsError
-        If the folder or its ``test_results.csv`` / ``hyperparams.yaml`` is
-        missing or malformed.
+        The folder or a file of it is missing or malformed.
     """
     if not os.path.isdir(folder):
         raise ResultsError(f"{folder}: not a folder")
@@ -456,8 +356,8 @@ def load_result_folder(folder):
 
 
 def add_parameters(result):
-    """Fills ``params`` / ``params_source`` (loading the modules, else the
-    count SpeechBrain logged)."""
+    """Fills ``params`` / ``params_source`` of a :func:`load_result_folder`
+    result (loading the modules, else the count SpeechBrain logged)."""
     try:
         result["params"] = hparams_parameters(result["hparams_file"])
         result["params_source"] = "hyperparams.yaml"
@@ -471,7 +371,7 @@ def add_parameters(result):
 
 
 def load_benchmark(path, seconds=DEFAULT_BENCH_SECONDS):
-    """GMAC per second of audio and inference time per model from a
+    """GMAC per second of audio and inference time per model of a
     benchmark JSON (``python -m speechbrain_s4m.benchmark --json``).
 
     Arguments
@@ -498,20 +398,20 @@ def load_benchmark(path, seconds=DEFAULT_BENCH_SECONDS):
     config = bench.get("config", {})
     out = {}
     for name, entry in models.items():
+        macs, infer = entry.get("macs", {}), entry.get("infer", {})
         measured = sorted(
-            set(entry.get("macs", {})) | set(entry.get("infer", {})),
-            key=lambda d: abs(float(d) - seconds),
+            set(macs) | set(infer), key=lambda d: abs(float(d) - seconds)
         )
         if not measured:
             continue
         d = measured[0]
-        macs = entry.get("macs", {}).get(d, {}).get("total")
-        infer = entry.get("infer", {}).get(d, {}).get("median")
+        total = macs.get(d, {}).get("total")
+        median = infer.get(d, {}).get("median")
         out[name] = {
             "params": entry.get("params"),
             "seconds": float(d),
-            "gmac_per_s": macs / float(d) / 1e9 if macs else math.nan,
-            "infer_s": float(infer) if infer is not None else math.nan,
+            "gmac_per_s": total / float(d) / 1e9 if total else math.nan,
+            "infer_s": float(median) if median is not None else math.nan,
             "device": config.get("device"),
             "threads": config.get("threads"),
         }
