@@ -94,12 +94,9 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
 
         Returns
         -------
-        est_source : torch.Tensor
-            `[batch, time, num_spks]`.
-        targets : torch.Tensor
-            `[batch, time, num_spks]`, the (possibly perturbed) sources.
-        lengths : torch.Tensor
-            `[batch]`, relative lengths (of the perturbed signals).
+        tuple
+            Estimates and (perturbed) targets `[batch, time, num_spks]`,
+            relative lengths `[batch]`.
         """
         mix, lengths = mix
         mix, lengths = mix.to(self.device), lengths.to(self.device)
@@ -134,33 +131,16 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
         return self.compute_objectives(est, targets, lengths)
 
     def add_speed_perturb(self, targets, noise=None, lengths=None):
-        """Speed-perturbs each source independently and re-mixes them.
+        """Speed-perturbs each source `[batch, time, spks]` independently
+        and re-mixes them with the ``noise`` ``(wavs, lengths)``.
 
-        As in SpeechBrain's recipes: each source gets its own random speed
-        (``hparams.speed_perturb``), the sources are cut to the shortest one
-        (and to the batch's length: perturbation never lengthens the cropped
-        signals) and summed, plus the noise for noisy datasets. An
-        utterance of relative length ``l`` resampled to ``T'`` samples ends
-        at ``l * T'``; the mixture's new length is that of its longest
-        source (or noise), relative to the cut batch.
-
-        Arguments
-        ---------
-        targets : torch.Tensor
-            `[batch, time, spks]`.
-        noise : tuple, None
-            ``(noise [batch, time], lengths)``.
-        lengths : torch.Tensor, None
-            `[batch]` relative lengths (default: all 1).
-
-        Returns
-        -------
-        mix : torch.Tensor
-            `[batch, time']`.
-        targets : torch.Tensor
-            `[batch, time', spks]`.
-        lengths : torch.Tensor
-            `[batch]` relative lengths in the cut signals.
+        As in SpeechBrain's recipes, each source gets its own random speed
+        (``hparams.speed_perturb``); the sources are cut to the shortest one
+        and to the batch's length (the cropped signals never grow), summed,
+        and the noise is added back. The new relative ``lengths`` (default
+        all 1) end at the longest source (or noise) of each mixture.
+        Returns ``(mix [batch, time'], targets [batch, time', spks],
+        lengths)``.
         """
         if lengths is None:
             lengths = torch.ones(targets.shape[0], device=targets.device)
@@ -334,21 +314,15 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
 
     def _warn_skipped(self, epoch):
         """Says what the train loss of an epoch with skipped batches is."""
-        if self.skipped_batches and self.counted_batches:
+        skipped, counted = self.skipped_batches, self.counted_batches
+        if skipped:
             logger.warning(
-                "Epoch %s: %d training batches skipped; the train loss "
-                "is the mean over the %d that counted.",
-                epoch,
-                self.skipped_batches,
-                self.counted_batches,
-            )
-        elif self.skipped_batches:
-            logger.warning(
-                "Epoch %s: every training batch (%d) was skipped; the train "
-                "loss is undefined (logged as nan) and the weights did not "
-                "change.",
-                epoch,
-                self.skipped_batches,
+                f"Epoch {epoch}: {skipped} training batches skipped; the "
+                f"train loss is the mean over the {counted} that counted."
+                if counted
+                else f"Epoch {epoch}: every training batch ({skipped}) was "
+                "skipped; the train loss is undefined (logged as nan) and "
+                "the weights did not change."
             )
 
     def on_evaluate_start(self, max_key=None, min_key=None):

@@ -261,7 +261,8 @@ def _check_dynamic_mixing_folders(hparams):
 def dynamic_mixing_train_set(hparams, dataset=None, num_mixtures=None):
     """The training set of dynamic mixing: new mixtures every epoch from the
     sources in ``base_folder_dm`` (wsj0 ``si_tr_s``, or LibriSpeech for
-    LibriMix), plus noise from ``noise_folder_dm`` for noisy mixtures.
+    LibriMix), plus noise from ``noise_folder_dm`` for noisy mixtures,
+    cropped as the static training set.
 
     Arguments
     ---------
@@ -275,8 +276,6 @@ def dynamic_mixing_train_set(hparams, dataset=None, num_mixtures=None):
     Returns
     -------
     DynamicItemDataset
-        Items ``{"id", "mix_sig", "s1_sig", ...[, "noise_sig"]}``, cropped
-        as the static training set.
     """
     from speechbrain_s4m.data.dataio import training_crop_len
     from speechbrain_s4m.data.dynamic_mixing import dynamic_mixing_dataset
@@ -449,21 +448,20 @@ def cpu_precision(requested, native_bf16):
 
     fp16 autocast does not run on CPUs, and emulated bf16 is several times
     slower than fp32: fp16 and bf16 become bf16 where the CPU has native
-    bf16, else fp32.
+    bf16 (``native_bf16``, see :func:`cpu_has_native_bf16`), else fp32.
 
     Arguments
     ---------
     requested : str
         ``fp32``, ``fp16`` or ``bf16``.
     native_bf16 : bool
-        See :func:`cpu_has_native_bf16`.
+        Whether the CPU has native bf16.
 
     Returns
     -------
-    precision : str
-        ``fp32`` or ``bf16``.
-    reason : str or None
-        One line saying why the request was changed (None if it was not).
+    tuple
+        ``(precision, reason)``: ``fp32`` or ``bf16``, and one line saying
+        why the request was changed (None if it was not).
     """
     if requested not in ("fp16", "bf16"):
         return requested, None

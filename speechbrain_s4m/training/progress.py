@@ -29,25 +29,10 @@ def _duration(seconds):
 
 
 def recent_rate(samples, window_s):
-    """Batches per second over the last ``window_s`` seconds of ``samples``.
-
-    The speed changes (warm-up, other jobs on the machine), so the ETA
-    follows the recent speed; the first batch (compilation) is left out
-    once later ones exist.
-
-    Arguments
-    ---------
-    samples : sequence of (float, int)
-        ``(time, batches done)`` in time order: the epoch's start, then one
-        per batch.
-    window_s : float
-        The window, in seconds back from the last sample.
-
-    Returns
-    -------
-    float
-        NaN when fewer than two samples.
-    """
+    """Batches per second over the last ``window_s`` seconds of ``samples``
+    (``(time, batches done)`` pairs in order, from the epoch's start), so
+    that the ETA follows the current speed; the first batch (compilation,
+    warm-up) is left out once later ones exist. NaN for < 2 samples."""
     samples = list(samples)
     if len(samples) < 2:
         return float("nan")
@@ -67,22 +52,8 @@ def recent_rate(samples, window_s):
 
 def run_eta(epoch_times, epochs_left, recent=3):
     """Seconds left in the run: the mean time of the ``recent`` latest
-    epochs (the first, compiling one left out once others exist) times
-    ``epochs_left``.
-
-    Arguments
-    ---------
-    epoch_times : list of float
-        Seconds per finished epoch (with validation), in order.
-    epochs_left : int
-        Epochs still to train.
-    recent : int
-        How many of the latest epochs to average.
-
-    Returns
-    -------
-    float
-    """
+    ``epoch_times`` (the first, compiling epoch left out once others exist)
+    times ``epochs_left``."""
     times = list(epoch_times)
     times = (times[1:] if len(times) > 1 else times)[-recent:]
     if not times or epochs_left <= 0:
@@ -172,18 +143,14 @@ class ProgressReport:
         spent = self.epoch_seconds()
         self._epoch_times = getattr(self, "_epoch_times", []) + [spent]
         left = max(0, (limit or epoch) - epoch)
-        seconds = self._train_seconds
+        n, seconds = self._train_batches, self._train_seconds
+        rate = n / seconds if seconds > 0 else float("nan")
+        eta = _duration(run_eta(self._epoch_times, left))
         logger.info(
-            "epoch %s/%s done: %d batches in %s (%.2f batches/s), epoch with "
-            "validation %s; ETA %s (%d epoch%s left)",
-            epoch,
-            limit,
-            self._train_batches,
-            _duration(seconds),
-            self._train_batches / seconds if seconds > 0 else float("nan"),
-            _duration(spent),
-            _duration(run_eta(self._epoch_times, left)),
-            left,
-            "" if left == 1 else "s",
+            f"epoch {epoch}/{limit} done: {n} batches in {_duration(seconds)} "
+            f"({rate:.2f} batches/s), epoch with validation "
+            f"{_duration(spent)}; ETA {eta} ({left} epoch"
+            + ("" if left == 1 else "s")
+            + " left)"
         )
         self._train_seconds = None

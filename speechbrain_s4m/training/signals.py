@@ -39,12 +39,6 @@ class TrainingInterrupted(Exception):
         The checkpoint the rerun resumes from (None: nothing was saved).
     where : str
         Where training stopped (``"epoch 2, batch 3/6"``).
-
-    Example
-    -------
-    >>> e = TrainingInterrupted(signal.SIGTERM, "save/CKPT+x", "epoch 1")
-    >>> e.exit_status, str(e)
-    (143, 'SIGTERM at epoch 1: checkpoint saved in save/CKPT+x')
     """
 
     def __init__(self, signum, checkpoint=None, where=""):
@@ -93,9 +87,7 @@ class StopOnSignals:
             # A signal during the last validation: its checkpoint is saved
             stop = self._shared_stop_signal()
         if stop:
-            raise TrainingInterrupted(
-                stop, self._newest_checkpoint(), "the end of training"
-            )
+            raise self._interrupted(stop, "the end of training")
 
     def make_dataloader(
         self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs
@@ -155,13 +147,12 @@ class StopOnSignals:
                     raise TrainingInterrupted(signum, None, self._where())
             return
         self._stop_signal = int(signum)
+        again = " (Ctrl-C again: stop at once, without saving)"
         logger.warning(
-            "%s received: training stops after the update in progress and "
-            "saves a checkpoint%s.",
-            signal.Signals(signum).name,
-            " (Ctrl-C again: stop at once, without saving)"
-            if signum == signal.SIGINT
-            else "",
+            f"{signal.Signals(signum).name} received: training stops after "
+            "the update in progress and saves a checkpoint"
+            + (again if signum == signal.SIGINT else "")
+            + "."
         )
 
     def _shared_stop_signal(self):
@@ -185,6 +176,12 @@ class StopOnSignals:
         ckpt = self.checkpointer.find_checkpoint()
         return None if ckpt is None else str(ckpt.path)
 
+    def _interrupted(self, signum, where=None):
+        """The stop at ``where`` (default: now), naming the newest
+        checkpoint."""
+        where = where or self._where()
+        return TrainingInterrupted(signum, self._newest_checkpoint(), where)
+
     def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
         """SpeechBrain's interval decision, or a stop signal at an update
         boundary."""
@@ -193,7 +190,7 @@ class StopOnSignals:
             self._stopping = self._shared_stop_signal()
         if self._stopping:
             if self.checkpointer is None:
-                raise TrainingInterrupted(self._stopping, None, self._where())
+                raise self._interrupted(self._stopping)
             return True  # same on every rank: SpeechBrain's vote skipped
         return super()._should_save_intra_epoch_ckpt(
             last_ckpt_time, steps_since_ckpt
@@ -207,20 +204,14 @@ class StopOnSignals:
         finally:
             self._saving = False
         if getattr(self, "_stopping", 0):
-            raise TrainingInterrupted(
-                self._stopping, self._newest_checkpoint(), self._where()
-            )
+            raise self._interrupted(self._stopping)
 
     def on_stage_start(self, stage, epoch=None):
         """Stops before a training epoch when a signal asked for it."""
         if stage == sb.Stage.TRAIN:
             stop = self._shared_stop_signal()
             if stop:
-                raise TrainingInterrupted(
-                    stop,
-                    self._newest_checkpoint(),
-                    f"the start of epoch {epoch}",
-                )
+                raise self._interrupted(stop, f"the start of epoch {epoch}")
         super().on_stage_start(stage, epoch)
 
 

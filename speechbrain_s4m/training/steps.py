@@ -59,6 +59,7 @@ class ConsistentSteps:
     """
 
     skipped_batches = 0  # training batches skipped in the current epoch
+    nonfinite_count = 0  # SpeechBrain's: non-finite batches this epoch
     nonfinite_streak = 0  # consecutive non-finite training batches
     counted_batches = 0  # training batches in the epoch's mean loss
     train_samples = 0  # training mixtures seen in the current epoch
@@ -77,22 +78,13 @@ class ConsistentSteps:
             self.train_samples = 0
 
     def fit_batch(self, batch):
-        """Trains on one batch, or skips it on every replica.
+        """Trains on ``batch``, or skips it on every replica; returns its
+        loss (NaN if skipped, which leaves it out of the epoch's mean).
 
         With gradient accumulation the micro-batches before the stepping one
         run under ``no_sync``; if the stepping one is skipped (no backward,
         hence no all-reduce), the accumulated gradients are averaged here
         before the step, as if it had contributed a zero gradient.
-
-        Arguments
-        ---------
-        batch : PaddedBatch
-            The batch.
-
-        Returns
-        -------
-        torch.Tensor
-            The batch's training loss; NaN if skipped (left out of the mean).
         """
         should_step = self.step % self.grad_accumulation_factor == 0
         self.train_samples += len(batch.id)
@@ -113,6 +105,7 @@ class ConsistentSteps:
             if skip:
                 self._sync_accumulated_gradients()
             nonfinite |= self._optimizer_step()
+        self.nonfinite_count += nonfinite
         self._check_nonfinite_patience(nonfinite, skip)
         return torch.tensor(float("nan")) if skip else loss.detach().cpu()
 
@@ -138,13 +131,12 @@ class ConsistentSteps:
 
     def _log_skip(self, reason):
         self.skipped_batches += 1
-        # Thresholded batches are routine late in training
-        routine = reason is not None and "threshold" in reason
+        reason = reason or "skipped on another replica"
         logger.log(
-            logging.INFO if routine else logging.WARNING,
-            "Skipping a training batch (%s); %d skipped this epoch.",
-            reason or "skipped on another replica",
-            self.skipped_batches,
+            # Thresholded batches are routine late in training
+            logging.INFO if "threshold" in reason else logging.WARNING,
+            f"Skipping a training batch ({reason}); "
+            f"{self.skipped_batches} skipped this epoch.",
         )
 
     def _check_nonfinite_patience(self, nonfinite, skipped):
@@ -235,22 +227,9 @@ class ConsistentSteps:
         return True
 
     def update_average(self, loss, avg_loss):
-        """Running mean of the training loss over the batches that counted:
-        a skipped batch (NaN) is left out; if all are, the mean is NaN.
-        Validation and test use SpeechBrain's running mean.
-
-        Arguments
-        ---------
-        loss : torch.Tensor
-            The batch loss (a scalar, NaN when skipped).
-        avg_loss : float
-            The running mean so far.
-
-        Returns
-        -------
-        float
-            The updated mean.
-        """
+        """Running mean of the training loss over the batches that counted
+        (a skipped batch, NaN, is left out; none counted: NaN). Validation
+        and test use SpeechBrain's running mean."""
         if self._stage != sb.Stage.TRAIN:
             return super().update_average(loss, avg_loss)
         if not torch.isfinite(loss):
