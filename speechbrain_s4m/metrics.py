@@ -1,11 +1,7 @@
 """Test-stage scores of separation: per-utterance SI-SNR(i) (under the PIT
-permutation of :func:`speechbrain_s4m.losses.pit_si_snr_loss`), SDR(i) and
-optional PESQ / STOI (``pip install speechbrain-s4m[metrics]``), written to
-``test_results.csv`` by :class:`speechbrain_s4m.results.TestReport`.
-
-SDR is BSS-eval v3 (as ``mir_eval.separation.bss_eval_sources``, 512-tap
-filter) computed with ``fast_bss_eval``. :func:`score_test_batch` never fails
-on bad data: an undefined metric is NaN with the reason.
+permutation of the training loss), SDR(i) (BSS-eval v3, as ``mir_eval``,
+by ``fast_bss_eval``) and optional PESQ / STOI (``pip install
+speechbrain-s4m[metrics]``), for :class:`speechbrain_s4m.results.TestReport`.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -45,20 +41,14 @@ PESQ_MODES = {8000: "nb", 16000: "wb"}
 def separation_scores(estimate, target, mixture, lengths=None, ids=None):
     """Per-utterance SI-SNR, SI-SNRi, SDR and SDRi (averaged over sources).
 
-    The strict form of :func:`score_test_batch` (same arguments; ``ids``
-    only name an utterance in errors): raises on one it cannot score.
+    The strict form of :func:`score_test_batch` (same arguments; ``ids`` only
+    name utterances in errors): raises ``ValueError`` on an utterance it cannot
+    score (silent reference source, shorter than the BSS-eval filter).
 
     Returns
     -------
     dict
-        ``{"si-snr", "si-snr_i", "sdr", "sdr_i"}``, each a float64 tensor
-        ``[batch]`` in dB.
-
-    Raises
-    ------
-    ValueError
-        A silent reference source, or an utterance shorter than the 512-tap
-        BSS-eval filter.
+        ``{"si-snr", "si-snr_i", "sdr", "sdr_i"}``: float64 ``[batch]``, dB.
     """
     out = {k: [] for k in SCORE_NAMES}
     for utt in score_test_batch(estimate, target, mixture, lengths, ids):
@@ -72,27 +62,21 @@ def separation_scores(estimate, target, mixture, lengths=None, ids=None):
 
 
 def extra_metric_names(spec, sample_rate=None):
-    """Parses and checks a list of optional metrics (``--extra_metrics``).
+    """Parses and checks the optional metrics (``--extra_metrics``).
 
     Arguments
     ---------
     spec : str, list of str or None
         ``"pesq,stoi"`` (case and spaces ignored), a list, or None / ``""``.
     sample_rate : int or None
-        If given, checks that each metric is defined at this rate (PESQ:
-        8 or 16 kHz only).
+        If given, checks each metric is defined there (PESQ: 8 or 16 kHz).
 
     Returns
     -------
     tuple of str
-        The names, in the order given, without repetitions.
-
-    Raises
-    ------
-    ValueError
-        An unknown name, or PESQ at a rate other than 8 or 16 kHz.
-    ImportError
-        A requested metric's package is missing (says what to install).
+        The names, in the order given, without repetitions; raises
+        ``ValueError`` (unknown name, rate) or ``ImportError`` (says what to
+        install).
 
     Example
     -------
@@ -151,13 +135,7 @@ class UtteranceScores:
     scores : dict
         Column -> float, NaN where the metric is undefined.
     problems : list of str
-        Why each undefined metric is undefined (empty when all are scored).
-
-    Example
-    -------
-    >>> u = UtteranceScores("a", {"sdr": float("nan"), "si-snr": 3.0}, ["x"])
-    >>> u.row(), u.complete
-    ({'snt_id': 'a', 'sdr': None, 'si-snr': 3.0}, False)
+        Why each undefined metric is undefined.
     """
 
     snt_id: str
@@ -191,12 +169,11 @@ def score_test_batch(
 ):
     """Scores each utterance of a test batch, never failing on bad data.
 
-    SI-SNR(i) under PIT, SDR(i) and the optional metrics (per estimated
-    source after PIT matching, averaged over sources), each improvement
-    over the mixture used as the estimate of every source. A metric that
-    is undefined for an utterance (silent reference, non-finite samples,
-    too short) is NaN with the reason in ``problems``; the others are
-    still scored.
+    SI-SNR(i) under PIT, SDR(i) and the optional metrics (per source after
+    PIT matching), averaged over sources; improvements are over the mixture
+    used as every source's estimate. A metric undefined for an utterance
+    (silent reference, non-finite samples, too short) is NaN with the reason
+    in ``problems``; the others are still scored.
 
     Arguments
     ---------
@@ -207,19 +184,18 @@ def score_test_batch(
     mixture : torch.Tensor
         Input mixture ``[batch, time]``.
     lengths : torch.Tensor or None
-        Relative lengths ``[batch]``; each utterance is scored on its valid
-        part only.
+        Relative lengths ``[batch]``: only the valid part is scored.
     ids : list of str or None
         Utterance ids (default: the batch index as a string).
     sample_rate : int
-        Sample rate (Hz), used by the optional metrics.
+        Sample rate (Hz) of the optional metrics.
     extra_metrics : tuple of str
         Names from :func:`extra_metric_names`.
 
     Returns
     -------
     list of UtteranceScores
-        One per utterance, with the columns of ``score_columns``.
+        One per utterance, with the columns of :func:`score_columns`.
 
     Example
     -------
@@ -228,8 +204,8 @@ def score_test_batch(
     >>> target[1, :, 1] = 0  # a silent source: nothing is defined
     >>> estimate = target + 0.1 * torch.randn(2, 4000, 2, generator=g)
     >>> scored = score_test_batch(estimate, target, target.sum(-1))
-    >>> scored[0].complete, scored[1].problems
-    (True, ['reference source(s) [2] are silent (RMS < 1e-06)'])
+    >>> scored[0].complete, scored[1].row()["sdr"], scored[1].problems
+    (True, None, ['reference source(s) [2] are silent (RMS < 1e-06)'])
     """
     extra_metrics = tuple(extra_metrics)
     extra_metric_names(list(extra_metrics), sample_rate)
@@ -252,22 +228,10 @@ def score_test_batch(
 
 
 def average_scores(utterances, columns=None):
-    """The ``avg`` row: each metric averaged over the utterances where it
-    is defined.
-
-    Arguments
-    ---------
-    utterances : list of UtteranceScores
-        The scored test utterances.
-    columns : list of str or None
-        The columns to average (default: those of the first utterance).
-
-    Returns
-    -------
-    avg : dict
-        ``{"snt_id": "avg", column: mean or None (no utterance scored)}``.
-    n_scored : dict
-        Column -> number of utterances where it is defined.
+    """The ``avg`` row of ``utterances`` (:class:`UtteranceScores`): each of
+    ``columns`` (default: the first one's) averaged where defined (None where
+    nowhere); returns ``(avg, n_scored)``, ``n_scored`` the utterances where
+    each column is defined.
     """
     if columns is None:
         columns = list(utterances[0].scores) if utterances else []
@@ -397,63 +361,44 @@ _EXTRA_FUNCTIONS = {"pesq": _pesq, "stoi": _stoi}
 
 
 def extra_scores(estimate, target, mixture, sample_rate, names, perm=None):
-    """Optional metrics of one utterance, per estimated source after PIT
-    matching, averaged over sources, with the improvement over the mixture.
-
-    Arguments
-    ---------
-    estimate : torch.Tensor or numpy.ndarray
-        Estimated sources ``[time, spks]``.
-    target : torch.Tensor or numpy.ndarray
-        Reference sources ``[time, spks]``.
-    mixture : torch.Tensor or numpy.ndarray
-        The mixture ``[time]``.
-    sample_rate : int
-        Sample rate (Hz).
-    names : tuple of str
-        Metric names (see :func:`extra_metric_names`).
-    perm : sequence of int or None
-        ``perm[j]`` is the estimate matched with target ``j`` (as
-        :func:`pit_si_snr_loss` returns); None finds it by SI-SNR PIT.
+    """Optional metrics ``names`` of one utterance (``[time, spks]``
+    estimate and target, ``[time]`` mixture; tensors or arrays) per source
+    after PIT matching (``perm[j]`` the estimate of target ``j``; None:
+    found by SI-SNR PIT), averaged over sources, with the improvement over
+    the mixture.
 
     Returns
     -------
     values : dict
-        ``{name: mean over sources, name + "_i": minus the mixture's}`` for
-        each metric that could be computed.
+        ``{name: mean, name + "_i": minus the mixture's}`` of each metric
+        that could be computed.
     problems : list of str
-        Why each missing metric could not be computed.
+        Why each other one could not.
     """
     est, tgt, mix = (
-        torch.as_tensor(np.ascontiguousarray(x)).double()
+        np.ascontiguousarray(x, dtype=np.float64)
         for x in (estimate, target, mixture)
     )
     if perm is None:
-        perm = pit_si_snr_loss(est[None], tgt[None])[1][0]
-    perm = [int(p) for p in perm]
-    spks = tgt.shape[1]
+        pair = torch.from_numpy(est)[None], torch.from_numpy(tgt)[None]
+        perm = pit_si_snr_loss(*pair)[1][0]
+    pairs = [(tgt[:, j], est[:, int(perm[j])]) for j in range(tgt.shape[1])]
     values, problems = {}, []
     for name in names:
         function = _EXTRA_FUNCTIONS[name]
         try:
             with np.errstate(all="ignore"):
-                per_source = [
-                    function(
-                        tgt[:, j].numpy(), est[:, perm[j]].numpy(), sample_rate
-                    )
-                    for j in range(spks)
-                ]
-                per_mix = [
-                    function(tgt[:, j].numpy(), mix.numpy(), sample_rate)
-                    for j in range(spks)
-                ]
+                value = np.mean([function(r, d, sample_rate) for r, d in pairs])
+                value_mix = np.mean(
+                    [function(r, mix, sample_rate) for r, _ in pairs]
+                )
         except Exception as err:  # each package has its own error types
             reason = err.args[0] if err.args else err
             if isinstance(reason, bytes):  # pesq's C errors
                 reason = reason.decode(errors="replace")
             problems.append(f"{name.upper()} undefined: {reason}")
             continue
-        value, value_mix = float(np.mean(per_source)), float(np.mean(per_mix))
+        value, value_mix = float(value), float(value_mix)
         if not (math.isfinite(value) and math.isfinite(value_mix)):
             problems.append(f"{name.upper()} undefined: non-finite value")
             continue
