@@ -1,46 +1,34 @@
-"""Timing, peak memory, precision and allocator helpers of the benchmarks.
-
-On CUDA the times are CUDA-event times and the peak memory is
-``torch.cuda.max_memory_allocated`` after a reset; on the CPU wall/CPU time
-and the process's peak RSS (which cannot be reset: one process per case).
+"""How the benchmarks measure: time (CUDA events on a GPU, wall and CPU
+time on the CPU), peak memory (``max_memory_allocated`` on a GPU, the
+process's peak RSS, which cannot be reset, on the CPU), MACs
+(:func:`count_macs`), precision and allocator settings.
 
 Authors
  * speechbrain-s4m contributors 2026
 """
 
 import contextlib
+import math
 import os
 import resource
 import sys
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from speechbrain_s4m.allocator import allocator_mode, keep_freed_memory
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
+aten = torch.ops.aten
+
 
 def check_device(device, cuda=None):
-    """Checks that ``device`` (cpu, cuda or cuda:i) exists here.
-
-    Arguments
-    ---------
-    device : str
-        ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
-    cuda : module, optional
-        The ``torch.cuda`` module (replaceable in tests).
-
-    Returns
-    -------
-    torch.device
-
-    Raises
-    ------
-    RuntimeError
-        Without CUDA, for a missing index, or another device type.
-    """
+    """``device`` (cpu, cuda or cuda:i) as a ``torch.device``; a
+    RuntimeError saying why where it does not exist here (``cuda``: the
+    ``torch.cuda`` module, replaceable in tests)."""
     cuda = torch.cuda if cuda is None else cuda
     dev = torch.device(device)
     if dev.type == "cpu":
@@ -90,18 +78,9 @@ def apply_allocator(default_allocator=False):
 
 
 class StepTimer:
-    """Times calls: wall, process CPU and system time; GPU time on CUDA.
-
-    On CUDA the call is bracketed by two timing events, with the device
-    synchronised before the start and before the events are read.
-
-    Arguments
-    ---------
-    device : torch.device
-        Where the timed work runs.
-    cuda : module, optional
-        The ``torch.cuda`` module (replaceable in tests).
-    """
+    """Times calls on ``device``: wall, process CPU and system time; on
+    CUDA also the time between two events, read after a synchronisation
+    (``cuda``: the ``torch.cuda`` module, replaceable in tests)."""
 
     def __init__(self, device, cuda=None):
         self.device = torch.device(device)
@@ -134,13 +113,7 @@ class StepTimer:
 
 
 def peak_rss_mib():
-    """Peak resident set size of this process in MiB.
-
-    Example
-    -------
-    >>> peak_rss_mib() > 0
-    True
-    """
+    """Peak resident set size of this process in MiB."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
@@ -156,17 +129,9 @@ def current_rss_mib():
 
 
 class PeakMemory:
-    """Peak memory (MiB) of what runs between :meth:`start` and :meth:`peak`:
-    ``torch.cuda.max_memory_allocated`` since a reset on CUDA, the process's
-    peak RSS on the CPU.
-
-    Arguments
-    ---------
-    device : torch.device
-        Where the measured work runs.
-    cuda : module, optional
-        The ``torch.cuda`` module (replaceable in tests).
-    """
+    """Peak memory (MiB) between :meth:`start` and :meth:`peak` on
+    ``device``: ``torch.cuda.max_memory_allocated`` since a reset on CUDA,
+    the process's peak RSS on the CPU (``cuda`` as in :class:`StepTimer`)."""
 
     def __init__(self, device, cuda=None):
         self.device = torch.device(device)
@@ -190,3 +155,77 @@ class PeakMemory:
         # the RSS counters are flushed lazily per thread: the high-water
         # mark can read below the current RSS, and a peak is never below it
         return max(peak_rss_mib(), current_rss_mib())
+
+
+# FlopCounterMode counts 2 flops per real multiply-accumulate of matmuls,
+# convolutions and attention; the formulas below use the same unit
+FFT_OPS = (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c)
+COMPLEX_ELEMENTWISE_OPS = (aten.mul, aten.div, aten.reciprocal)
+
+
+def _fft(x, dim, *args, out_val=None, **kwargs):
+    """An FFT of size n: (n/2) log2(n) complex MACs (radix-2; ~2x over for
+    real FFTs) of 4 real MACs each; n from the real side of the transform."""
+    real = out_val if x.is_complex() and not out_val.is_complex() else x
+    n = math.prod(real.shape[d] for d in dim)
+    if n <= 1:
+        return 0
+    return int(2 * 4 * (real.numel() // n) * (n / 2) * math.log2(n))
+
+
+def _complex_elementwise(*args, out_val=None, **kwargs):
+    """Complex products/quotients: 4 real MACs per output element."""
+    if isinstance(out_val, torch.Tensor) and out_val.is_complex():
+        return 2 * 4 * out_val.numel()
+    return 0
+
+
+def _complex_aware(op):
+    """Stock formula of ``op``, times 4 when its operands are complex."""
+    base = flop_registry[op]
+
+    def formula(*args, out_val=None, **kwargs):
+        flops = base(*args, out_val=out_val, **kwargs)
+        if any(isinstance(a, torch.Tensor) and a.is_complex() for a in args):
+            flops *= 4
+        return flops
+
+    return formula
+
+
+def mac_counter():
+    """A ``FlopCounterMode`` that also counts FFTs and complex arithmetic
+    (the S4 layers' work, which the stock counter does not see)."""
+    mapping = dict.fromkeys(FFT_OPS, _fft)
+    mapping.update(dict.fromkeys(COMPLEX_ELEMENTWISE_OPS, _complex_elementwise))
+    for op in (aten.mm, aten.bmm, aten.addmm, aten.baddbmm):
+        mapping[op] = _complex_aware(op)
+    for formula in mapping.values():
+        formula._get_raw = True  # called with the tensors, not their shapes
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def count_macs(model, mix):
+    """MACs of ``model(mix)``: ``total``, ``fft`` (FFT convolutions),
+    ``complex`` (complex element-wise products) and ``dense`` (the rest:
+    matmul/conv/attention).
+
+    Example
+    -------
+    >>> m = torch.nn.Linear(4, 3, bias=False)
+    >>> count_macs(m, torch.randn(2, 4))["total"]
+    24
+    """
+    counter = mac_counter()
+    with counter, torch.no_grad():
+        model(mix)
+    per_op = counter.get_flop_counts()["Global"]
+    fft = sum(v for k, v in per_op.items() if k in FFT_OPS) // 2
+    cplx = sum(v for k, v in per_op.items() if k in COMPLEX_ELEMENTWISE_OPS)
+    total = counter.get_total_flops() // 2
+    return {
+        "total": total,
+        "fft": fft,
+        "complex": cplx // 2,
+        "dense": total - fft - cplx // 2,
+    }

@@ -1,11 +1,9 @@
-"""Side-by-side benchmark of S4M-tiny, S4M, SepFormer and Conv-TasNet.
-
-For each model fragment of ``speechbrain_s4m/hparams/models``: trainable
-parameters, MACs per second of audio (:func:`count_macs`), time and peak
-memory of inference and of one training step (forward, PIT SI-SNR, backward,
-Adam) at fp32 and optionally fp16/bf16 autocast (:mod:`.measure`). On the
-CPU each case runs in its own subprocess (a clean peak RSS). Cases predicted
-(from the shorter durations) to exceed the time or memory budget are skipped.
+"""Side-by-side benchmark of S4M-tiny, S4M, SepFormer and Conv-TasNet:
+parameters, MACs per second of audio, time and peak memory of inference and
+of a training step (forward, PIT SI-SNR, backward, Adam) per model fragment,
+input length and precision. On the CPU each case runs in its own subprocess
+(a clean peak RSS); cases predicted (from the shorter lengths) to exceed the
+time or memory budget are skipped.
 
 Authors: the speechbrain-s4m contributors
 """
@@ -19,7 +17,6 @@ import subprocess
 import sys
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from speechbrain_s4m.benchmark.measure import (
     PRECISIONS,
@@ -28,6 +25,7 @@ from speechbrain_s4m.benchmark.measure import (
     apply_allocator,
     autocast_context,
     check_device,
+    count_macs,
     grad_scaler,
 )
 from speechbrain_s4m.config import (
@@ -41,108 +39,15 @@ from speechbrain_s4m.lobes.separator import Separator
 DEFAULT_MODELS = ("s4m_tiny", "s4m", "sepformer", "convtasnet")
 REFERENCE = "sepformer"
 
-aten = torch.ops.aten
-
 
 def build_model(name, sample_rate=8000, num_spks=2, overrides=None):
-    """A :class:`~speechbrain_s4m.lobes.separator.Separator` (the model of
-    the recipes and of inference) from a model fragment.
-
-    Arguments
-    ---------
-    name : str
-        Fragment name (``s4m_tiny``, ``s4m``, ``sepformer``, ``convtasnet``).
-    sample_rate : int
-        Sampling rate.
-    num_spks : int
-        Number of sources.
-    overrides : dict, optional
-        Overrides of the fragment's keys.
-
-    Returns
-    -------
-    Separator
-    """
+    """The :class:`~speechbrain_s4m.lobes.separator.Separator` (the model of
+    the recipes and of inference) of the model fragment ``name`` (e.g.
+    ``s4m_tiny``, ``sepformer``), with ``overrides`` of its keys."""
     hp = load_model_config(name, sample_rate, num_spks, overrides)
     return Separator(hp["Encoder"], hp["MaskNet"], hp["Decoder"], num_spks)
 
 
-# ---------------------------------------------------------------- MACs --
-# FlopCounterMode counts 2 flops per real multiply-accumulate of matmuls,
-# convolutions and attention; the formulas below use the same unit.
-FFT_OPS = (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c)
-COMPLEX_ELEMENTWISE_OPS = (aten.mul, aten.div, aten.reciprocal)
-
-
-def _fft(x, dim, *args, out_val=None, **kwargs):
-    """An FFT of size n: (n/2) log2(n) complex MACs (radix-2; ~2x over for
-    real FFTs) of 4 real MACs each; n from the real side of the transform."""
-    real = out_val if x.is_complex() and not out_val.is_complex() else x
-    n = math.prod(real.shape[d] for d in dim)
-    if n <= 1:
-        return 0
-    return int(2 * 4 * (real.numel() // n) * (n / 2) * math.log2(n))
-
-
-def _complex_elementwise(*args, out_val=None, **kwargs):
-    """Complex products/quotients: 4 real MACs per output element."""
-    if isinstance(out_val, torch.Tensor) and out_val.is_complex():
-        return 2 * 4 * out_val.numel()
-    return 0
-
-
-def _complex_aware(op):
-    """Stock formula of ``op``, times 4 when its operands are complex."""
-    base = flop_registry[op]
-
-    def formula(*args, out_val=None, **kwargs):
-        flops = base(*args, out_val=out_val, **kwargs)
-        if any(isinstance(a, torch.Tensor) and a.is_complex() for a in args):
-            flops *= 4
-        return flops
-
-    return formula
-
-
-def mac_counter():
-    """A ``FlopCounterMode`` that also counts FFTs and complex arithmetic
-    (the S4 layers' work, which the stock counter does not see)."""
-    mapping = dict.fromkeys(FFT_OPS, _fft)
-    mapping.update(dict.fromkeys(COMPLEX_ELEMENTWISE_OPS, _complex_elementwise))
-    for op in (aten.mm, aten.bmm, aten.addmm, aten.baddbmm):
-        mapping[op] = _complex_aware(op)
-    for formula in mapping.values():
-        formula._get_raw = True  # called with the tensors, not their shapes
-    return FlopCounterMode(display=False, custom_mapping=mapping)
-
-
-def count_macs(model, mix):
-    """MACs of ``model(mix)``: ``total``, ``fft`` (FFT convolutions),
-    ``complex`` (complex element-wise products) and ``dense`` (the rest:
-    matmul/conv/attention).
-
-    Example
-    -------
-    >>> m = torch.nn.Linear(4, 3, bias=False)
-    >>> count_macs(m, torch.randn(2, 4))["total"]
-    24
-    """
-    counter = mac_counter()
-    with counter, torch.no_grad():
-        model(mix)
-    per_op = counter.get_flop_counts()["Global"]
-    fft = sum(v for k, v in per_op.items() if k in FFT_OPS) // 2
-    cplx = sum(v for k, v in per_op.items() if k in COMPLEX_ELEMENTWISE_OPS)
-    total = counter.get_total_flops() // 2
-    return {
-        "total": total,
-        "fft": fft,
-        "complex": cplx // 2,
-        "dense": total - fft - cplx // 2,
-    }
-
-
-# ------------------------------------------------------------ variants --
 def parse_model_spec(spec):
     """A ``--models`` entry, ``fragment`` or ``label=fragment``, as
     ``(label, fragment)``: one fragment can run under several labels with
@@ -156,22 +61,9 @@ def parse_model_spec(spec):
 
 
 def checkpointing_variants(models, overrides=None):
-    """Adds ``<label>+ckpt`` (``checkpoint_iterations: True``, inheriting
-    the base's overrides) right after every model whose fragment has that
-    key (the S4M masknets).
-
-    Arguments
-    ---------
-    models : sequence of str
-        ``--models`` entries (``name`` or ``label=fragment``).
-    overrides : dict, optional
-        ``{label: {key: value}}``.
-
-    Returns
-    -------
-    tuple
-        ``(models, overrides)``, extended.
-    """
+    """``(models, overrides)`` (``--models`` entries, ``{label: {key:
+    value}}``) with ``<label>+ckpt`` (``checkpoint_iterations: True``, the
+    base's overrides) after every model whose fragment has that key."""
     out_models, out_over = [], dict(overrides or {})
     for spec in models:
         out_models.append(spec)
@@ -196,7 +88,6 @@ def mode_key(mode, precision):
     return mode if precision == "fp32" else f"{mode}_{precision}"
 
 
-# -------------------------------------------------------------- timing --
 def run_case(spec):
     """Measures one (model, duration, mode, precision) case in this process.
 
@@ -211,23 +102,19 @@ def run_case(spec):
     Returns
     -------
     dict
-        ``times`` and ``median`` (wall time on the CPU, CUDA-event time on
-        a GPU: ``timing``), ``wall_``/``cpu_``/``sys_`` ``times`` and
-        ``median``, ``peak_mib`` and ``base_mib`` (memory before the
-        measured runs), ``allocator``, ``precision``, optional ``macs``.
+        ``times``/``median`` (wall or CUDA-event time: ``timing``),
+        ``wall_``/``cpu_``/``sys_`` ``times``/``median``, ``peak_mib``,
+        ``base_mib``, ``allocator``, ``precision``, optional ``macs``.
     """
     allocator = apply_allocator(spec.get("default_allocator", False))
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     device = check_device(spec["device"])
     precision = spec.get("precision", "fp32")
-    model = build_model(
-        spec["model"],
-        spec["sample_rate"],
-        spec["num_spks"],
-        spec.get("overrides"),
-    ).to(device)
-    length = int(round(spec["seconds"] * spec["sample_rate"]))
+    rate, overrides = spec["sample_rate"], spec.get("overrides")
+    model = build_model(spec["model"], rate, spec["num_spks"], overrides)
+    model.to(device)
+    length = int(round(spec["seconds"] * rate))
     mix = torch.randn(1, length, device=device)
     result = {}
     if spec.get("count_macs"):
@@ -249,7 +136,9 @@ def run_case(spec):
 
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        # a disabled scaler is the plain backward and step
         scaler = grad_scaler(device, precision)
+        scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
         sources = torch.randn(1, length, spec["num_spks"], device=device)
 
         def step():
@@ -257,13 +146,9 @@ def run_case(spec):
             with cast:
                 est = model(mix)
             loss = get_si_snr_with_pitwrapper(sources, est.float()).mean()
-            if scaler is None:
-                loss.backward()
-                opt.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
     base = memory.start()  # before the warm-up: the RSS stays at its peak
     for _ in range(spec["warmup"]):
@@ -326,15 +211,6 @@ def _extrapolate(points, x, offset=0.0):
     return offset + y2 * (x / x2) ** p
 
 
-def repeats_for(seconds, repeats):
-    """Fewer repeats for long inputs: all up to 4 s, half to 16 s, else 1."""
-    if seconds <= 4:
-        return repeats
-    if seconds <= 16:
-        return max(1, repeats // 2)
-    return 1
-
-
 def run_benchmark(
     models=DEFAULT_MODELS,
     durations=(1, 4, 16, 60),
@@ -360,8 +236,7 @@ def run_benchmark(
     max_memory_gib, sample_rate, num_spks, precisions, default_allocator
         As the options of ``python -m speechbrain_s4m.benchmark``.
     in_process : bool
-        Run the cases in this process (the GPU default), not one subprocess
-        per case.
+        Run the cases in this process, not a subprocess each.
     log : callable
         Progress output.
     model_overrides : dict, optional
@@ -370,10 +245,9 @@ def run_benchmark(
     Returns
     -------
     dict
-        ``config`` (conditions, ``allocator``, ``precisions``) and
-        ``models``: per label ``fragment``, ``overrides``, ``params``,
-        ``macs`` per duration and :func:`run_case` results per mode key
-        (:func:`mode_key`) and duration.
+        ``config`` and ``models``: per label ``fragment``, ``overrides``,
+        ``params``, ``macs`` and :func:`run_case` results per mode key
+        (:func:`mode_key`), each per duration.
     """
     check_device(device)
     model_overrides = dict(model_overrides or {})
@@ -442,15 +316,14 @@ def run_benchmark(
     history, conditions = {}, set()
     cases = itertools.product(modes, precisions, sorted(durations), specs)
     for mode, precision, sec, (label, fragment) in cases:
-        entry, key, key_mode = (
-            out["models"][label],
-            str(sec),
-            mode_key(mode, precision),
-        )
+        entry, key = out["models"][label], str(sec)
+        key_mode = mode_key(mode, precision)
         time_pts, mem_pts, base = history.setdefault(
             (label, key_mode), ([], [], [0.0])
         )
-        reps, warm = repeats_for(sec, repeats), int(sec <= 16)
+        # fewer runs of long inputs: all up to 4 s, half to 16 s, else 1
+        reps = repeats if sec <= 4 else max(1, repeats // 2) if sec <= 16 else 1
+        warm = int(sec <= 16)
         t_pred = _extrapolate(time_pts, sec)
         m_pred = _extrapolate(mem_pts, sec, offset=base[0])
         if t_pred is not None and t_pred > max_seconds:
@@ -465,7 +338,6 @@ def run_benchmark(
         else:
             spec = {
                 "model": fragment,
-                "label": label,
                 "overrides": entry["overrides"],
                 "seconds": sec,
                 "mode": mode,
@@ -504,7 +376,6 @@ def run_benchmark(
     return out
 
 
-# -------------------------------------------------------------- report --
 def _fmt_time(res, ref):
     if not res or "median" not in res:
         return (res or {}).get("skipped", "-").replace("|", "/")
@@ -580,10 +451,7 @@ def format_tables(results):
     cuda = cfg.get("timing") == "cuda_events"
     timed = "GPU (CUDA events) / CPU" if cuda else "wall / CPU"
     for precision in cfg.get("precisions", ["fp32"]):
-        k_inf, k_trn = (
-            mode_key("infer", precision),
-            mode_key("train", precision),
-        )
+        keys = mode_key("infer", precision), mode_key("train", precision)
         lines += [
             "",
             f"{precision}:",
@@ -595,10 +463,8 @@ def format_tables(results):
         ]
         for name, e in models.items():
             for d in durs:
-                inf = e.get(k_inf, {}).get(d)
-                trn = e.get(k_trn, {}).get(d)
-                r_inf = ref.get(k_inf, {}).get(d)
-                r_trn = ref.get(k_trn, {}).get(d)
+                inf, trn = (e.get(k, {}).get(d) for k in keys)
+                r_inf, r_trn = (ref.get(k, {}).get(d) for k in keys)
                 lines.append(
                     f"| {name} | {d} s | {_fmt_time(inf, r_inf)} | "
                     f"{_fmt_time(trn, r_trn)} | {_fmt_mem(inf)} "
@@ -607,7 +473,6 @@ def format_tables(results):
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- plot --
 def plot_results(results, path):
     """Log-log plot (PNG) of time per second of audio vs input length: an
     inference and a training-step panel, a colour per model and a line style
@@ -646,14 +511,12 @@ def plot_results(results, path):
                     label=label,
                 )
                 curves += 1
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set(xscale="log", yscale="log", title=title)
+        ax.set_xlabel("input length (s of audio)")
         durations = sorted(float(d) for d in cfg.get("durations", []))
         if durations:  # the measured lengths as the x ticks
             ax.set_xticks(durations, [f"{d:g}" for d in durations])
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.set_title(title)
-        ax.set_xlabel("input length (s of audio)")
         ax.grid(True, which="both", alpha=0.3)
         if ax.has_data():
             ax.legend(fontsize=8)
