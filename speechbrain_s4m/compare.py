@@ -58,21 +58,9 @@ class CompareError(Exception):
 
 
 def mean_ci(values, confidence=0.95):
-    """Mean and its Student's t confidence interval, NaN values ignored.
-
-    Arguments
-    ---------
-    values : sequence of float
-        The per-utterance values.
-    confidence : float
-        Coverage of the interval.
-
-    Returns
-    -------
-    dict
-        ``{"mean", "ci_low", "ci_high", "n"}``; the bounds are NaN for fewer
-        than two values, everything is NaN for none.
-    """
+    """``{"mean", "ci_low", "ci_high", "n"}``: the mean of ``values`` (NaN
+    ignored) and its Student's t ``confidence`` interval; the bounds are NaN
+    for fewer than two values, everything for none."""
     from scipy import stats
 
     x = np.asarray(values, dtype=np.float64)
@@ -89,15 +77,9 @@ def mean_ci(values, confidence=0.95):
 
 
 def paired_comparison(a, b, confidence=0.95):
-    """Paired difference ``a - b`` over the utterances both scored (not NaN).
-
-    Returns
-    -------
-    dict
-        :func:`mean_ci` of the differences, and ``a_wins``, ``b_wins``,
-        ``ties``: the shares of utterances where A is higher, B is higher,
-        both are equal.
-    """
+    """:func:`mean_ci` of the paired differences ``a - b`` over the
+    utterances both scored, and the shares ``a_wins``, ``b_wins``, ``ties``
+    of utterances where A is higher, B is higher, both are equal."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     keep = np.isfinite(a) & np.isfinite(b)
@@ -159,18 +141,8 @@ def compare_folders(
     intersect=False,
     bench_seconds=DEFAULT_BENCH_SECONDS,
 ):
-    """Compares recipe output folders.
-
-    Arguments
-    ---------
-    folders : list of str
-        Recipe output folders.
-    benchmark : str or None
-        A benchmark JSON (``python -m speechbrain_s4m.benchmark --json``).
-    intersect : bool
-        Compare on the utterances common to all folders when they differ.
-    bench_seconds : float
-        Input duration of the benchmark figures.
+    """Compares recipe output folders (the options of ``s4m-compare``;
+    ``benchmark``: a benchmark JSON, read at ``bench_seconds``).
 
     Returns
     -------
@@ -188,14 +160,10 @@ def compare_folders(
         m for m in OPTIONAL_METRICS if all(m in r["scores"] for r in results)
     ]
     metrics = list(MAIN_METRICS) + extra
-    dropped = []
-    for r in results:
+    present, dropped = {m for r in results for m in r["scores"]}, []
+    for r in results:  # columns some folders have and others lack
         lacking = [
-            m
-            for m in OPTIONAL_METRICS
-            if m not in extra
-            and m not in r["scores"]
-            and any(m in o["scores"] for o in results)
+            m for m in OPTIONAL_METRICS if m in present - r["scores"].keys()
         ]
         if lacking:
             dropped.append({"folder": r["folder"], "columns": lacking})
@@ -268,7 +236,6 @@ def dropped_columns_line(folder, columns):
     return line
 
 
-# ---------------------------------------------------------------- output --
 def _fmt(value, digits=2):
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
@@ -316,9 +283,7 @@ def markdown_table(comparison):
         cells = [m["label"], m["masknet"] or "n/a", _fmt_params(m["params"])]
         cells += [str(m["n_test"])]
         cells += [_fmt_ci(m["stats"][k]) for k in metrics]
-        epochs = m["epochs"]
-        cells += [str(epochs) if epochs is not None else "n/a"]
-        cells += [_fmt_time(m["train_time_s"])]
+        cells += [_fmt(m["epochs"], 0), _fmt_time(m["train_time_s"])]
         if has_bench:
             b = m["bench"] or {}
             cells += [_fmt(b.get("gmac_per_s"), 1), _fmt(b.get("infer_s"), 3)]
@@ -477,7 +442,6 @@ def write_outputs(comparison, out_dir):
     return written
 
 
-# ---------------------------------------------------------- command line --
 def parser(prog="s4m-compare"):
     """The command-line parser."""
     p = argparse.ArgumentParser(

@@ -125,13 +125,6 @@ def time_streamer(streamer, hop, seconds, warmup=3, seed=0):
     return times
 
 
-def warm_up(streamer, hop, calls=6, seed=2):
-    """Seconds taken by the first ``calls`` hops of a new stream (with a
-    compiled step: the compilations for this hop size)."""
-    seconds = calls * hop / streamer.sample_rate
-    return sum(time_streamer(streamer, hop, seconds, warmup=0, seed=seed))
-
-
 def rss_growth(streamer, hop, minutes, points=None, seed=1, on_point=None):
     """``(minutes streamed, RSS MiB)`` after each ``minutes / points`` of
     noise streamed in hops of ``hop`` samples (``points``: one a minute, at
@@ -215,7 +208,8 @@ def run(
         torch.set_num_threads(n_threads)
         for hop_ms in hops_ms:
             hop = max(1, round(hop_ms * rate / 1000))
-            warmup_s = warm_up(streamer, hop) if compile else None
+            if compile:  # the first 6 hops: the compilations for this hop
+                first = time_streamer(streamer, hop, 6 * hop / rate, 0, seed=2)
             times = time_streamer(streamer, hop, seconds)
             med = statistics.median(times)
             p99 = sorted(times)[min(len(times) - 1, int(0.99 * len(times)))]
@@ -232,7 +226,7 @@ def run(
                 "seconds_streamed": len(times) * hop / rate,
             }
             if compile:
-                row["warmup_s"] = warmup_s
+                row["warmup_s"] = sum(first)
             if n_threads == threads[0] and hop_ms == long_hop and long_minutes:
                 row["rss_growth"] = []
 
@@ -365,19 +359,14 @@ def main(argv=None):
             with open(args.json, "w") as fout:
                 json.dump(rows, fout, indent=1)
 
+    given = "config threads seconds long_minutes naive_repeats compile model"
     rows = run(
-        config=args.config,
         overrides=overrides,
         hops_ms=hops,
-        threads=args.threads,
-        seconds=args.seconds,
-        long_minutes=args.long_minutes,
         naive=not args.no_naive,
-        naive_repeats=args.naive_repeats,
         log=lambda text: print(text, flush=True),
         on_row=save,
-        compile=args.compile,
-        model=args.model,
+        **{key: getattr(args, key) for key in given.split()},
     )
     print()
     print(format_table(rows))
