@@ -65,21 +65,10 @@ def _import_train_logger_quietly():
 
 
 def load_hparams(hparams_file, overrides=None):
-    """Loads a recipe's hparams file with overrides, checking every override
-    key, also those passed into an ``!include:``-d fragment (``--model
-    "{num_iterations: 1}"``), against the file (:func:`check_overrides`).
-
-    Arguments
-    ---------
-    hparams_file : str
-        Path of the yaml file.
-    overrides : str, dict, None
-        Overrides (a yaml string as returned by ``sb.parse_arguments``).
-
-    Returns
-    -------
-    dict
-        The loaded hyperparameters.
+    """Loads a recipe's hparams file with ``overrides`` (a yaml string as from
+    ``sb.parse_arguments``, or a dict), each key checked against the file, also
+    those passed into an ``!include:``-d fragment (``--model
+    "{num_iterations: 1}"``), see :func:`check_overrides`.
 
     Example
     -------
@@ -159,11 +148,9 @@ def _check_keys(node, overrides, prefix, yaml_file):
                 f"edit {yaml_file} instead"
             )
         if tag.startswith("!include:"):
+            folder = os.path.dirname(os.path.realpath(yaml_file))
             included = os.path.normpath(
-                os.path.join(
-                    os.path.dirname(os.path.realpath(yaml_file)),
-                    tag[len("!include:") :],
-                )
+                os.path.join(folder, tag.removeprefix("!include:"))
             )
             with open(included, encoding="utf-8") as f:
                 inc_tree = ruamel.yaml.YAML().load(f)
@@ -193,18 +180,9 @@ def model_config_path(name):
 
 
 def load_model_config(name, sample_rate=8000, num_spks=2, overrides=None):
-    """Builds a model fragment with HyperPyYAML.
-
-    Arguments
-    ---------
-    name : str or pathlib.Path
-        Fragment name (see :func:`list_model_configs`) or yaml path.
-    sample_rate : int
-        Sampling rate in Hz (sets the encoder kernel of the S4M configs).
-    num_spks : int
-        Number of sources.
-    overrides : dict, optional
-        Further overrides of keys defined in the fragment.
+    """Builds a model fragment (name from :func:`list_model_configs`, or a yaml
+    path) with HyperPyYAML at ``sample_rate`` (Hz; sets the S4M encoder
+    kernel) for ``num_spks`` sources, with further ``overrides`` of its keys.
 
     Returns
     -------
@@ -258,17 +236,6 @@ def check_glued_values(argv):
     SpeechBrain's parser takes out its own options and joins the rest into
     YAML overrides, so ``--output_folder X --noprogressbar True`` would set
     ``output_folder: X True`` (``--noprogressbar`` takes no value).
-
-    Example
-    -------
-    >>> check_glued_values(["h.yaml", "--lr", "0.1", "--noprogressbar"])
-    >>> try:
-    ...     check_glued_values(
-    ...         ["h.yaml", "--output_folder", "X", "--noprogressbar", "True"]
-    ...     )
-    ... except GluedValueError as e:
-    ...     print(str(e).split(": ")[0])
-    --noprogressbar takes no value
     """
     from speechbrain.utils.run_opts import RunOptions
 
@@ -296,13 +263,11 @@ def check_glued_values(argv):
 def _glued_message(argv, key, words, allowed, flags):
     """The one line of :func:`check_glued_values`."""
     stray = words[allowed]
-    # the word before the stray one, as typed
-    before = None
     start = argv.index(key) if key in argv else 0
-    for i in range(start + 1, len(argv)):
-        if argv[i] == stray:
-            before = argv[i - 1]
-            break
+    before = next(  # the word before the stray one, as typed
+        (argv[i - 1] for i in range(start + 1, len(argv)) if argv[i] == stray),
+        None,
+    )
     name, _, inline = (key or "").partition("=")
     glued = " ".join(([inline] if inline else []) + words)
     target = (

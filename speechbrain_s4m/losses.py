@@ -1,11 +1,10 @@
-"""The training objective: SI-SNR with padding masks, under PIT.
+"""The training objective: SI-SNR under PIT, with padding masks.
 
-As SpeechBrain's ``speechbrain.nnet.losses``, signals are ``[batch, time,
-spks]`` and ``lengths`` are relative (``wav_lens``). Unlike its
-``get_si_snr_with_pitwrapper``, padding is masked out (zero mean and energies
-over the valid part), so a padded batch gives the per-utterance values.
-:func:`pit_si_snr_loss` is the recipes' ``loss`` and the one permutation
-search of the package (the test scores reuse it).
+As SpeechBrain's ``get_si_snr_with_pitwrapper``, signals are ``[batch,
+time, spks]`` with relative ``lengths`` (``wav_lens``), but the padding is
+masked out (zero mean and energies over the valid part only), so a padded
+batch gives each utterance's own value. :func:`pit_si_snr_loss` is the
+recipes' ``loss`` and the test scores' permutation search.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -60,10 +59,10 @@ def si_snr(estimate, target, lengths=None, eps=1e-8):
     estimate : torch.Tensor
         Estimated sources ``[batch, time, spks]`` (or ``[batch, time]``).
     target : torch.Tensor
-        Reference sources, same shape as ``estimate``.
+        Reference sources, same shape.
     lengths : torch.Tensor or None
-        Relative lengths ``[batch]``; samples past ``round(lengths * time)``
-        are ignored. None: all samples are valid.
+        Relative lengths ``[batch]``: samples past ``round(lengths * time)``
+        are ignored (None: none is).
     eps : float
         Stabiliser of the divisions and the logarithm.
 
@@ -71,13 +70,6 @@ def si_snr(estimate, target, lengths=None, eps=1e-8):
     -------
     torch.Tensor
         ``[batch, spks]`` (``[batch]`` for 2-D inputs), larger is better.
-
-    Example
-    -------
-    >>> target = torch.randn(2, 800, 2)
-    >>> estimate = target + 0.1 * torch.randn(2, 800, 2)
-    >>> bool((si_snr(estimate, target) > 15).all())
-    True
     """
     if estimate.shape != target.shape:
         raise ValueError(
@@ -97,15 +89,8 @@ def si_snr(estimate, target, lengths=None, eps=1e-8):
 
 
 def pairwise_si_snr(estimate, target, lengths=None, eps=1e-8):
-    """SI-SNR of every (estimate, target) pair.
-
-    Arguments are those of :func:`si_snr` (``[batch, time, spks]`` only).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[batch, spks_est, spks_target]``: ``pair[b, i, j]`` is the SI-SNR
-        of estimate ``i`` against target ``j``.
+    """SI-SNR of every (estimate, target) pair: ``[batch, spks_est,
+    spks_target]`` (arguments of :func:`si_snr`, 3-D only).
 
     Example
     -------
@@ -125,26 +110,22 @@ def pairwise_si_snr(estimate, target, lengths=None, eps=1e-8):
 
 
 def pit_si_snr_loss(estimate, target, lengths=None, eps=1e-8):
-    """Negative SI-SNR under the best utterance-level permutation (uPIT).
-
-    Arguments are those of :func:`pairwise_si_snr`.
+    """Negative SI-SNR under the best utterance-level permutation (uPIT);
+    arguments of :func:`si_snr` (3-D only).
 
     Returns
     -------
     loss : torch.Tensor
-        ``[batch]``: minus the mean SI-SNR (dB) over sources for the best
-        permutation of each utterance.
+        ``[batch]``: minus the best permutation's mean SI-SNR (dB).
     perm : torch.Tensor
-        ``[batch, spks]``: ``estimate[b, :, perm[b, j]]`` is the estimate
-        matched with ``target[b, :, j]`` (reorder with
-        ``estimate.gather(2, perm[:, None, :].expand_as(estimate))``).
+        ``[batch, spks]``: ``estimate[b, :, perm[b, j]]`` is matched with
+        ``target[b, :, j]``.
 
     Example
     -------
     >>> target = torch.randn(2, 800, 3)
     >>> estimate = target[:, :, [2, 0, 1]] + 0.01 * torch.randn(2, 800, 3)
-    >>> loss, perm = pit_si_snr_loss(estimate, target)
-    >>> perm
+    >>> pit_si_snr_loss(estimate, target)[1]
     tensor([[1, 2, 0],
             [1, 2, 0]])
     """

@@ -50,33 +50,24 @@ def separation_scores(estimate, target, mixture, lengths=None, ids=None):
     dict
         ``{"si-snr", "si-snr_i", "sdr", "sdr_i"}``: float64 ``[batch]``, dB.
     """
-    out = {k: [] for k in SCORE_NAMES}
-    for utt in score_test_batch(estimate, target, mixture, lengths, ids):
+    scored = score_test_batch(estimate, target, mixture, lengths, ids)
+    for utt in scored:
         if utt.problems:
             raise ValueError(
                 f"utterance {utt.snt_id}: {'; '.join(utt.problems)}"
             )
-        for key in SCORE_NAMES:
-            out[key].append(utt.scores[key])
-    return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}
+    return {
+        k: torch.tensor([u.scores[k] for u in scored], dtype=torch.float64)
+        for k in SCORE_NAMES
+    }
 
 
 def extra_metric_names(spec, sample_rate=None):
-    """Parses and checks the optional metrics (``--extra_metrics``).
-
-    Arguments
-    ---------
-    spec : str, list of str or None
-        ``"pesq,stoi"`` (case and spaces ignored), a list, or None / ``""``.
-    sample_rate : int or None
-        If given, checks each metric is defined there (PESQ: 8 or 16 kHz).
-
-    Returns
-    -------
-    tuple of str
-        The names, in the order given, without repetitions; raises
-        ``ValueError`` (unknown name, rate) or ``ImportError`` (says what to
-        install).
+    """Parses ``spec`` (``--extra_metrics``: ``"pesq,stoi"``, case and spaces
+    ignored, a list, or None / ``""``) into a tuple of names without
+    repetitions; raises ``ValueError`` for an unknown name or one undefined at
+    ``sample_rate`` (PESQ: 8 or 16 kHz only), ``ImportError`` (saying what to
+    install) for a missing package.
 
     Example
     -------
@@ -85,9 +76,8 @@ def extra_metric_names(spec, sample_rate=None):
     """
     if spec is None:
         return ()
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
     names = []
-    for item in items:
+    for item in spec.split(",") if isinstance(spec, str) else spec:
         name = str(item).strip().lower()
         if name and name not in EXTRA_METRICS:
             raise ValueError(
@@ -106,12 +96,12 @@ def extra_metric_names(spec, sample_rate=None):
                 f"pip install {package} (or pip install "
                 "speechbrain-s4m[metrics])"
             ) from err
-    if "pesq" in names and sample_rate is not None:
-        if int(sample_rate) not in PESQ_MODES:
-            raise ValueError(
-                f"PESQ is defined at 8000 Hz (narrow-band) and 16000 Hz "
-                f"(wide-band) only, not at {sample_rate} Hz"
-            )
+    rate = None if sample_rate is None else int(sample_rate)
+    if "pesq" in names and rate is not None and rate not in PESQ_MODES:
+        raise ValueError(
+            f"PESQ is defined at 8000 Hz (narrow-band) and 16000 Hz "
+            f"(wide-band) only, not at {sample_rate} Hz"
+        )
     return tuple(names)
 
 
@@ -126,16 +116,8 @@ def score_columns(extra_metrics=()):
 
 @dataclasses.dataclass
 class UtteranceScores:
-    """The scores of one test utterance.
-
-    Arguments
-    ---------
-    snt_id : str
-        Utterance id.
-    scores : dict
-        Column -> float, NaN where the metric is undefined.
-    problems : list of str
-        Why each undefined metric is undefined.
+    """The scores of one test utterance: ``scores`` (column -> float, NaN where
+    undefined) and the ``problems`` (why each undefined one is).
     """
 
     snt_id: str
@@ -177,10 +159,8 @@ def score_test_batch(
 
     Arguments
     ---------
-    estimate : torch.Tensor
-        Estimated sources ``[batch, time, spks]``.
-    target : torch.Tensor
-        Reference sources ``[batch, time, spks]``.
+    estimate, target : torch.Tensor
+        Estimated and reference sources ``[batch, time, spks]``.
     mixture : torch.Tensor
         Input mixture ``[batch, time]``.
     lengths : torch.Tensor or None
@@ -196,16 +176,6 @@ def score_test_batch(
     -------
     list of UtteranceScores
         One per utterance, with the columns of :func:`score_columns`.
-
-    Example
-    -------
-    >>> g = torch.Generator().manual_seed(0)
-    >>> target = torch.randn(2, 4000, 2, generator=g)
-    >>> target[1, :, 1] = 0  # a silent source: nothing is defined
-    >>> estimate = target + 0.1 * torch.randn(2, 4000, 2, generator=g)
-    >>> scored = score_test_batch(estimate, target, target.sum(-1))
-    >>> scored[0].complete, scored[1].row()["sdr"], scored[1].problems
-    (True, None, ['reference source(s) [2] are silent (RMS < 1e-06)'])
     """
     extra_metrics = tuple(extra_metrics)
     extra_metric_names(list(extra_metrics), sample_rate)

@@ -13,6 +13,7 @@ import math
 import os
 import re
 
+from hyperpyyaml import load_hyperpyyaml
 from ruamel.yaml import YAML, YAMLError
 from speechbrain.utils.logger import get_logger
 
@@ -51,43 +52,16 @@ class ResultsError(ValueError):
 class TestReport:
     """The scores of a test run and their file, ``test_results.csv``.
 
-    Columns: ``snt_id``, the scores of :func:`score_columns` and ``notes``
-    (why cells are empty); one row per utterance, then an ``avg`` row: each
-    score averaged where defined, and in ``notes`` how many utterances were
-    not fully scored. SpeechBrain's recipes write the same file without
-    ``notes`` and empty cells (they stop on an utterance they cannot score).
+    Columns: ``snt_id``, those of :func:`score_columns` and ``notes`` (why
+    cells are empty); a row per utterance, then ``avg``: each score averaged
+    where defined, and in ``notes`` how many utterances were not fully scored.
+    SpeechBrain's recipes write the same file without ``notes`` or empty cells
+    (they stop on an utterance they cannot score).
 
     Arguments
     ---------
     extra_metrics : tuple of str
         The optional metrics scored (see :func:`extra_metric_names`).
-
-    Example
-    -------
-    >>> import os, tempfile
-    >>> from speechbrain_s4m.metrics import SCORE_NAMES, UtteranceScores
-    >>> nan = float("nan")
-    >>> report = TestReport()
-    >>> report.add(
-    ...     [
-    ...         UtteranceScores("a", dict.fromkeys(SCORE_NAMES, 1.0), []),
-    ...         UtteranceScores(
-    ...             "b",
-    ...             {"sdr": nan, "sdr_i": nan, "si-snr": 3.0, "si-snr_i": 2.0},
-    ...             ["short"],
-    ...         ),
-    ...     ]
-    ... )
-    >>> path = os.path.join(tempfile.mkdtemp(), RESULTS_FILE)
-    >>> summary = report.write(path)
-    >>> summary["si-snr_i"], summary["n"], summary["n_incomplete"]
-    (1.5, 2, 1)
-    >>> print(open(path).read().strip())  # doctest: +NORMALIZE_WHITESPACE
-    snt_id,sdr,sdr_i,si-snr,si-snr_i,notes
-    a,1.0,1.0,1.0,1.0,
-    b,,,3.0,2.0,short
-    avg,1.0,1.0,2.0,1.5,mean over the utterances where each metric is
-    defined; 1 of 2 utterances not fully scored
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -171,25 +145,11 @@ class TestReport:
 
 
 def read_test_results(path):
-    """Reads a ``test_results.csv`` (ours, or SpeechBrain's recipes').
-
-    Arguments
-    ---------
-    path : str
-        The file.
-
-    Returns
-    -------
-    ids : list of str
-        The utterances, in file order (without ``avg``).
-    columns : dict
-        Column -> per-utterance floats (NaN for an empty cell); text
-        columns (``notes``) are left out.
-
-    Raises
-    ------
-    ResultsError
-        No ``snt_id`` / ``si-snr_i`` column, no utterance, or repeated ids.
+    """Reads a ``test_results.csv`` (ours, or SpeechBrain's recipes'):
+    ``(ids, columns)``, the utterances in file order (without ``avg``) and
+    column -> per-utterance floats (NaN for an empty cell; text columns left
+    out). Raises :class:`ResultsError` without an ``snt_id`` / ``si-snr_i``
+    column or utterance, or with repeated ids.
     """
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -219,13 +179,9 @@ def read_test_results(path):
 
 
 def read_train_log(path):
-    """Per-epoch validation SI-SNR and training time of a ``train_log.txt``.
-
-    Returns
-    -------
-    dict
-        ``{"epoch": [int], "valid_si_snr": [float] (dB, minus the logged
-        loss), "time": [float] or None}`` (see :func:`parse_train_log`).
+    """Per-epoch validation SI-SNR and training time of a ``train_log.txt``:
+    ``{"epoch", "valid_si_snr" (dB: minus the logged loss), "time" (or
+    None)}`` (see :func:`parse_train_log`).
     """
     curve = parse_train_log(path)
     return {
@@ -236,19 +192,10 @@ def read_train_log(path):
 
 
 def model_description(hparams_text):
-    """The recipe's hparams file (from the header SpeechBrain writes), the
-    masknet class and the experiment name of a saved ``hyperparams.yaml``.
-
-    Arguments
-    ---------
-    hparams_text : str
-        Content of ``hyperparams.yaml``.
-
-    Returns
-    -------
-    dict
-        ``{"hparams": stem, "masknet": class name, "experiment_name": str}``
-        (None where not found).
+    """``{"hparams", "masknet", "experiment_name"}`` of a saved
+    ``hyperparams.yaml`` text: the recipe's hparams file (from the header
+    SpeechBrain writes), the masknet class and the experiment (None where not
+    found).
     """
     m = re.search(
         r"^# Generated .* from:\s*\n#\s*(\S+\.ya?ml)", hparams_text, re.M
@@ -273,8 +220,6 @@ def hparams_parameters(hparams_file):
     """Distinct parameters of the ``modules`` (or ``Encoder``, ``MaskNet``,
     ``Decoder``) a saved ``hyperparams.yaml`` builds (loaded without its
     checkpointer and train logger, which would touch their folders)."""
-    from hyperpyyaml import load_hyperpyyaml
-
     with open(hparams_file, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(
             f,
@@ -305,25 +250,11 @@ def _recorded_parameters(folder):
 
 
 def load_result_folder(folder):
-    """Reads one recipe output folder.
-
-    Arguments
-    ---------
-    folder : str
-        Holds ``test_results.csv`` and ``hyperparams.yaml`` (and usually
-        ``train_log.txt``).
-
-    Returns
-    -------
-    dict
-        ``folder``, ``ids``, ``scores`` (column -> per-utterance floats),
-        those of :func:`model_description`, ``log`` (the train log, or
-        None) and ``hparams_file``.
-
-    Raises
-    ------
-    ResultsError
-        The folder or a file of it is missing or malformed.
+    """Reads a recipe output folder (``test_results.csv``, ``hyperparams.yaml``,
+    usually ``train_log.txt``) into ``folder``, ``ids``, ``scores`` (column ->
+    per-utterance floats), those of :func:`model_description`, ``log`` (None
+    without one) and ``hparams_file``; raises :class:`ResultsError` where a
+    file is missing or malformed.
     """
     if not os.path.isdir(folder):
         raise ResultsError(f"{folder}: not a folder")
@@ -371,15 +302,9 @@ def add_parameters(result):
 
 
 def load_benchmark(path, seconds=DEFAULT_BENCH_SECONDS):
-    """GMAC per second of audio and inference time per model of a
-    benchmark JSON (``python -m speechbrain_s4m.benchmark --json``).
-
-    Arguments
-    ---------
-    path : str
-        The JSON file.
-    seconds : float
-        The input duration to read (the nearest one measured is used).
+    """GMAC per second of audio and inference time per model of a benchmark
+    JSON (``python -m speechbrain_s4m.benchmark --json``), at the measured
+    duration nearest to ``seconds``.
 
     Returns
     -------
@@ -399,12 +324,10 @@ def load_benchmark(path, seconds=DEFAULT_BENCH_SECONDS):
     out = {}
     for name, entry in models.items():
         macs, infer = entry.get("macs", {}), entry.get("infer", {})
-        measured = sorted(
-            set(macs) | set(infer), key=lambda d: abs(float(d) - seconds)
-        )
-        if not measured:
+        durations = set(macs) | set(infer)
+        d = min(durations, key=lambda d: abs(float(d) - seconds), default=None)
+        if d is None:
             continue
-        d = measured[0]
         total = macs.get(d, {}).get("total")
         median = infer.get(d, {}).get("median")
         out[name] = {

@@ -1,6 +1,5 @@
-"""Training curves: the per-epoch losses of a recipe's ``train_log.txt``
-(:func:`parse_train_log`, the one reader of train logs) and their plot,
-``training_curve.png``.
+"""Training curves: the per-epoch losses of a recipe's ``train_log.txt`` (read
+by :func:`parse_train_log`, the one reader of train logs) and their plot.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -36,35 +35,24 @@ def _fields(line):
 
 def _loss(fields, stage):
     """The ``stage`` (train / valid) loss of an epoch line, or None."""
-    for key in _LOSS_KEYS:
-        value = fields.get(f"{stage} {key}")
-        if isinstance(value, float):
-            return value
-    return None
+    values = [fields.get(f"{stage} {key}") for key in _LOSS_KEYS]
+    return next((v for v in values if isinstance(v, float)), None)
 
 
 def parse_train_log(train_log):
     """Reads the per-epoch losses, learning rates and times of a
-    SpeechBrain ``train_log.txt``.
-
-    Reads the recipes' epoch lines (``epoch: 3, lr: 1.00e-03, lr_ssm:
-    4.00e-04 - train loss: -5.1, train skipped: 0, train time: 12.3, train
-    samples_per_s: 45.6 - valid loss: -4.2``) and other logs' (``si-snr``
-    for the loss, a time under another key, no lr or train loss: NaN).
-
-    Arguments
-    ---------
-    train_log : str
-        Path of the log written by ``FileTrainLogger``.
+    ``train_log.txt``: the recipes' epoch lines (``epoch: 3, lr: 1.00e-03,
+    lr_ssm: 4.00e-04 - train loss: -5.1, train skipped: 0, train time: 12.3,
+    train samples_per_s: 45.6 - valid loss: -4.2``) and other logs'.
 
     Returns
     -------
     dict
         Lists over the epochs with a valid loss: ``"epoch"``, ``"lr"``,
-        ``"lr_ssm"`` (``lr`` where not logged), ``"train"`` and ``"valid"``
-        (negative SI-SNR, dB); ``"time"`` (training seconds),
-        ``"samples_per_s"`` and ``"skipped"`` (batches): lists when every
-        epoch records them, else None. A resumed epoch's last line wins.
+        ``"lr_ssm"`` (``lr`` where not logged), ``"train"`` (NaN where not
+        logged) and ``"valid"`` (negative SI-SNR, dB); ``"time"`` (seconds),
+        ``"samples_per_s"`` and ``"skipped"`` (batches): lists where every
+        epoch has them, else None. A resumed epoch's last line wins.
     """
     rows = {}
     with open(train_log, encoding="utf-8") as f:
@@ -102,21 +90,8 @@ def parse_train_log(train_log):
 
 
 def plot_training_curve(train_log, png_path, title=None):
-    """Plots train/valid loss (negative SI-SNR, dB) per epoch to a PNG.
-
-    Arguments
-    ---------
-    train_log : str
-        The recipe's ``train_log.txt``.
-    png_path : str
-        Where to write the figure.
-    title : str, None
-        Figure title.
-
-    Returns
-    -------
-    str, None
-        ``png_path``, or None when the log holds no epoch yet.
+    """Plots the train/valid loss per epoch of ``train_log`` to ``png_path``
+    (titled ``title``); returns ``png_path``, or None before the first epoch.
     """
     curve = parse_train_log(train_log)
     if not curve["epoch"]:
