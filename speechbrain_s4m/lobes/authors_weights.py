@@ -1,12 +1,10 @@
 """Weights of the authors' ``S4M`` class (JusperLee/S4M) in our modules.
 
-:func:`from_authors_state_dict` takes a ``state_dict()`` saved from the
-authors' ``S4M(out_channels, in_channels, num_blocks, upsampling_depth,
-enc_kernel_size, num_sources, sample_rate)`` and returns the same model as a
-:class:`speechbrain_s4m.lobes.separator.Separator` of our modules (their
-framing, joint decoder, merge indexing and S4 parametrisation), which gives
-the same outputs. The name and shape mapping is one table,
-:func:`authors_name_table`; tensors differ only by singleton dimensions.
+:func:`from_authors_state_dict` turns a ``state_dict()`` of their ``S4M``
+into a :class:`~speechbrain_s4m.lobes.separator.Separator` of our modules
+that computes the same outputs; :func:`to_authors_state_dict` is the
+inverse. The name mapping is one table, :func:`authors_name_table`; tensors
+differ only by singleton dimensions.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -16,7 +14,8 @@ import re
 
 import torch
 
-from speechbrain_s4m.lobes.s4m import S4MDecoder, S4MEncoder, S4MMaskNet
+from speechbrain_s4m.lobes.encoder_decoder import S4MDecoder, S4MEncoder
+from speechbrain_s4m.lobes.s4m import S4MMaskNet
 from speechbrain_s4m.lobes.separator import Separator
 
 _PYRAMID = re.compile(r"sm\.unet\.spp_dw\.\d+\.conv\.weight$")
@@ -33,22 +32,16 @@ _CONV_NORM = {  # their ConvNorm parts -> ours
 
 
 def authors_name_table(depth):
-    """Their state-dict names -> ours (a :class:`Separator`'s), for a model
-    of ``depth`` scales (``upsampling_depth``).
-
-    Arguments
-    ---------
-    depth : int
-        Number of scales.
+    """Their state-dict names -> ours (a :class:`Separator`'s) for a model
+    of ``depth`` scales (their ``upsampling_depth``).
 
     Returns
     -------
     table : dict
         ``{their name: our name}`` for every tensor we use.
     unused : set
-        Their names that our model leaves out: the fusion layer of the
-        coarsest scale, whose output their merge never reads (the
-        ``fusion_index_quirk``), so it has no effect and gets no gradient.
+        Their names that our model leaves out: the coarsest scale's fusion
+        layer, which their merge never reads (``fusion_index_quirk``).
 
     Example
     -------
@@ -63,35 +56,28 @@ def authors_name_table(depth):
         "encoder.weight": "encoder.conv1d.weight",
         "ln.gamma": "masknet.norm.weight",
         "ln.beta": "masknet.norm.bias",
-        "bottleneck.weight": "masknet.bottleneck.weight",
-        "bottleneck.bias": "masknet.bottleneck.bias",
-        b + "proj_1x1.conv.weight": ours + "proj.weight",
-        b + "proj_1x1.conv.bias": ours + "proj.bias",
         b + "proj_1x1.norm.gamma": ours + "proj_norm.weight",
         b + "proj_1x1.norm.beta": ours + "proj_norm.bias",
         b + "proj_1x1.act.weight": ours + "proj_act.weight",
-        b + "res_conv.weight": ours + "res_conv.weight",
-        b + "res_conv.bias": ours + "res_conv.bias",
-        b + "s4.norm.weight": ours + "s4.norm.weight",
-        b + "s4.norm.bias": ours + "s4.norm.bias",
         b + "s4.layer.D": ours + "s4.s4.D",
-        b + "s4.layer.output_linear.0.weight": ours
-        + "s4.s4.output_linear.weight",
-        b + "s4.layer.output_linear.0.bias": ours + "s4.s4.output_linear.bias",
-        b + "ff.norm.weight": ours + "ffn.norm.weight",
-        b + "ff.norm.bias": ours + "ffn.norm.bias",
-        b + "ff.layer.ff.0.0.weight": ours + "ffn.linear1.weight",
-        b + "ff.layer.ff.0.0.bias": ours + "ffn.linear1.bias",
-        b + "ff.layer.ff.2.weight": ours + "ffn.linear2.weight",
-        b + "ff.layer.ff.2.bias": ours + "ffn.linear2.bias",
-        "sm.concat_block.0.weight": "masknet.iter_conv.weight",
-        "sm.concat_block.0.bias": "masknet.iter_conv.bias",
         "sm.concat_block.1.weight": "masknet.iter_act.weight",
         "mask_net.0.weight": "masknet.mask_act.weight",
-        "mask_net.1.weight": "masknet.mask_conv.weight",
-        "mask_net.1.bias": "masknet.mask_conv.bias",
         "decoder.weight": "decoder.weight",
     }
+    for theirs, name in [  # a weight and a bias each
+        ("bottleneck", "masknet.bottleneck"),
+        (b + "proj_1x1.conv", ours + "proj"),
+        (b + "res_conv", ours + "res_conv"),
+        (b + "s4.norm", ours + "s4.norm"),
+        (b + "s4.layer.output_linear.0", ours + "s4.s4.output_linear"),
+        (b + "ff.norm", ours + "ffn.norm"),
+        (b + "ff.layer.ff.0.0", ours + "ffn.linear1"),
+        (b + "ff.layer.ff.2", ours + "ffn.linear2"),
+        ("sm.concat_block.0", "masknet.iter_conv"),
+        ("mask_net.1", "masknet.mask_conv"),
+    ]:
+        for part in ("weight", "bias"):
+            t[f"{theirs}.{part}"] = f"{name}.{part}"
     kernel = b + "s4.layer.kernel.kernel."
     for theirs, name in [
         ("log_dt", "log_dt"),
@@ -146,35 +132,30 @@ def _config(state_dict):
 
 
 def from_authors_state_dict(state_dict, num_iterations=16):
-    """Our S4M with the weights of the authors' ``S4M`` class.
+    """Our S4M (a :class:`Separator`) with the weights of the authors'
+    ``S4M`` class; it computes what theirs computes (forward and gradients).
 
-    The sizes (E, K, C, D, depth, N, sources) are read off the tensors;
-    the number of block applications (their ``num_blocks``) is not stored
-    in a state dict and must be given. The model returned, in the dtype of
-    the given tensors, computes what theirs computes (forward and
-    gradients).
+    The sizes are read off the tensors; their ``num_blocks`` is not stored
+    in a state dict and must be given.
 
     Arguments
     ---------
     state_dict : Mapping[str, torch.Tensor]
-        ``S4M(...).state_dict()`` of the authors' class (e.g. from
-        ``torch.load``), after at least one forward (their C̃ and its
-        length ``L`` are set up at the first forward; ``L = 0`` is accepted
-        and means the same here).
+        ``S4M(...).state_dict()`` of their class, after at least one
+        forward (``L = 0``, before, is accepted and means the same here).
     num_iterations : int
         Their ``num_blocks`` (16 in S4M-tiny and S4M).
 
     Returns
     -------
     Separator
-        Encoder (framing ``"authors"``), masknet, joint decoder;
-        ``separator(mix)`` -> ``[batch, time, num_spks]``.
+        Encoder (framing ``"authors"``), masknet, joint decoder, in the
+        dtype of the given tensors.
 
     Raises
     ------
     ValueError
-        Names that are unknown or missing, or shapes that do not match,
-        listed.
+        Unknown or missing names, or shapes that do not match, listed.
 
     Example
     -------
@@ -226,9 +207,7 @@ def from_authors_state_dict(state_dict, num_iterations=16):
         value = torch.as_tensor(state_dict[theirs])
         target = ours[name]
         # their shapes differ from ours only by singleton dimensions
-        if value.numel() != target.numel() or [
-            n for n in value.shape if n != 1
-        ] != [n for n in target.shape if n != 1]:
+        if value.squeeze().shape != target.squeeze().shape:
             bad.append(
                 f"{theirs} {tuple(value.shape)} -> {name} {tuple(target.shape)}"
             )
@@ -241,44 +220,26 @@ def from_authors_state_dict(state_dict, num_iterations=16):
 
 
 def to_authors_state_dict(separator):
-    """The inverse of :func:`from_authors_state_dict`: our separator's
-    weights under the authors' names and shapes (the unused coarsest fusion
-    layer is not included, since ours has none).
-
-    Arguments
-    ---------
-    separator : Separator
-        An authors-variant S4M (framing ``"authors"``, joint decoder,
-        ``fusion_index_quirk=True``).
-
-    Returns
-    -------
-    dict
-        ``{their name: tensor}``.
-    """
+    """The inverse of :func:`from_authors_state_dict`: the weights of an
+    authors-variant ``separator`` (framing ``"authors"``, joint decoder,
+    ``fusion_index_quirk=True``) as ``{their name: tensor}``, in their
+    shapes (without the unused coarsest fusion layer, which ours lacks)."""
     depth = len(separator.masknet.block.pyramid)
     table, _ = authors_name_table(depth)
     ours = separator.state_dict()
     table = {k: v for k, v in table.items() if v in ours}
-    shapes = _authors_shapes(ours, table)
     return {
-        theirs: ours[name].reshape(shapes[theirs]).clone()
+        theirs: ours[name].reshape(_their_shape(theirs, ours[name])).clone()
         for theirs, name in table.items()
     }
 
 
-def _authors_shapes(ours, table):
-    """Their tensor shapes, from ours: gLN gains are ``[channels]``, B and
-    P carry a leading rank / copy dimension, D a leading channel one."""
-    shapes = {}
-    for theirs, name in table.items():
-        shape = tuple(ours[name].shape)
-        if theirs.endswith(("norm.gamma", "norm.beta")) or theirs in (
-            "ln.gamma",
-            "ln.beta",
-        ):
-            shape = (shape[1],)
-        elif theirs.endswith(("kernel.B", "kernel.P", "layer.D")):
-            shape = (1, *shape)
-        shapes[theirs] = shape
-    return shapes
+def _their_shape(theirs, ours):
+    """Their shape of tensor ``theirs`` from ours: gLN gains and biases
+    (``gamma``, ``beta``) are ``[channels]``; B and P carry a leading rank /
+    copy dimension, D a leading channel one."""
+    if theirs.endswith(("gamma", "beta")):
+        return (ours.shape[1],)
+    if theirs.endswith(("kernel.B", "kernel.P", "layer.D")):
+        return (1, *ours.shape)
+    return tuple(ours.shape)

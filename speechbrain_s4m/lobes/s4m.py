@@ -1,41 +1,11 @@
-"""S4M: the multi-scale state-space mask network and its encoder.
+"""S4M's mask network: ONE multi-scale block with an S4 layer at its
+coarsest scale, applied repeatedly with shared weights (Chen et al., "A
+Neural State-Space Modeling Approach to Efficient Speech Separation",
+Interspeech 2023). The causal model streams through the helpers of
+:mod:`speechbrain_s4m.lobes.s4m_stream`.
 
-S4M (Chen et al., "A Neural State-Space Modeling Approach to Efficient
-Speech Separation", Interspeech 2023) is a TDANet-style masking separator
-whose global (coarsest-scale) context is modelled by an S4 layer. The modules
-here follow the SpeechBrain separation contract:
-
-* ``S4MEncoder``: ``[batch, time]`` -> ``[batch, E, frames]`` (the authors'
-  framing by default);
-* ``S4MMaskNet``: ``[batch, E, frames]`` -> ``[num_spks, batch, E, frames]``
-  (ReLU masks, like ``speechbrain.lobes.models.dual_path.Dual_Path_Model``);
-* ``S4MDecoder``: the authors' joint decoder, all sources' masked encodings
-  -> ``[batch, num_spks, time]`` (or each source alone, ``joint=False``).
-  SpeechBrain's ``dual_path.Decoder`` works too (the causal models use it).
-
-The separator is ONE multi-scale block applied ``num_iterations`` times with
-shared weights. The block's computation is the authors' (see the project's
-``docs/model.md``); the implementation avoids memory traffic that does not
-change the function:
-
-* the S4 kernel of the coarsest length is computed once per forward and
-  reused by all iterations (the weights are shared, so it is identical);
-* gLN statistics come from two vectorised per-channel reductions (sum and
-  norm) combined in float64; on CPU ``torch.var_mean`` over channels and time
-  is 10-60x slower and was 42% of the forward time;
-* "depthwise 1x1 conv + gLN" on a full-resolution map is folded into one
-  per-channel affine whose statistics come from per-channel sums of the input
-  (no intermediate map is written);
-* the local/global fusion ``gLN(dw(l)) * up(sigmoid(gLN(dw'(g)))) +
-  up(gLN(dw''(g)))`` is computed as ``l' * A + B`` with ``A`` and ``B`` built
-  at the coarse resolution and broadcast over the upsampling factor instead of
-  materialising the nearest-neighbour upsampled maps.
-
-The causal model (``causal=True``) streams: ``S4MMaskNet.forward_stream``
-and ``S4MEncoder.forward_stream`` run chunk by chunk through the state
-helpers of :mod:`speechbrain_s4m.lobes.s4m_stream`.
-
-Authors: the speechbrain-s4m contributors
+Authors
+ * speechbrain-s4m contributors 2026
 """
 
 import torch
@@ -59,28 +29,10 @@ from speechbrain_s4m.nnet.blocks import gln_statistics
 from speechbrain_s4m.nnet.chunk_ops import small_conv
 
 
-def _gln_affine(norm, mean, var, weight=None, dtype=None):
-    """Per-channel scale and shift equivalent to ``norm`` given statistics.
-
-    ``gLN(w * x) = x * scale + shift`` with ``scale = w * gamma / std`` and
-    ``shift = beta - mean * gamma / std``.
-
-    Arguments
-    ---------
-    norm : GlobalLayerNorm
-        Provides the gain ``weight``, the ``bias`` and ``eps``.
-    mean, var : torch.Tensor
-        ``[batch, 1, 1]`` statistics of the (scaled) input.
-    weight : torch.Tensor, optional
-        ``[channels]`` per-channel factor applied before the norm.
-    dtype : torch.dtype, optional
-        Cast the results to this type.
-
-    Returns
-    -------
-    scale, shift : torch.Tensor
-        Both ``[batch, channels, 1]``.
-    """
+def _gln_affine(norm, mean, var, weight, dtype):
+    """``(scale, shift)``, ``[batch, channels, 1]``, with ``norm(weight * x)
+    = x * scale + shift`` given the ``[batch, 1, 1]`` statistics of
+    ``weight * x`` (``weight``: ``[channels]`` or None)."""
     gamma = norm.weight.reshape(1, -1, 1)
     beta = norm.bias.reshape(1, -1, 1)
     inv_std = torch.rsqrt(var + norm.eps)
@@ -88,126 +40,55 @@ def _gln_affine(norm, mean, var, weight=None, dtype=None):
     shift = beta - mean * g
     if weight is not None:
         g = g * weight.reshape(1, -1, 1)
-    if dtype is not None:
-        g, shift = g.to(dtype), shift.to(dtype)
-    return g, shift
+    return g.to(dtype), shift.to(dtype)
 
 
 def _gln_scale_shift(norm, y):
-    """``(scale, shift)`` with ``norm(y) = y * scale + shift`` (gLN of ``y``).
-
-    Arguments
-    ---------
-    norm : GlobalLayerNorm
-        The norm (gain, bias, eps).
-    y : torch.Tensor
-        ``[batch, channels, time]``.
-
-    Returns
-    -------
-    scale, shift : torch.Tensor
-        Both ``[batch, channels, 1]``, in the dtype of ``y``.
-    """
+    """``(scale, shift)`` with ``norm(y) = y * scale + shift``."""
+    # gln_statistics: two vectorised per-channel reductions combined in
+    # float64; on CPU torch.var_mean over channels and time is 10-60x slower
     var, mean = gln_statistics(y)
-    return _gln_affine(norm, mean, var, dtype=y.dtype)
+    return _gln_affine(norm, mean, var, None, y.dtype)
 
 
 class _ConvNorm(nn.Module):
-    """Convolution followed by global layer norm (depthwise or full).
-
-    Causal: the input is left-padded by ``kernel_size - 1`` (output frame
-    ``j`` reads input frames ``stride*j - kernel_size + 1 .. stride*j``) and
-    the norm is cumulative (:class:`CumulativeLayerNorm`).
-
-    Arguments
-    ---------
-    in_channels : int
-        Input channels.
-    out_channels : int
-        Output channels.
-    kernel_size : int
-        Kernel size (odd; "same" padding).
-    stride : int
-        Stride.
-    depthwise : bool
-        Use ``groups=in_channels``.
-    bias : bool
-        Convolution bias.
-    causal : bool
-        Left padding and cumulative layer norm.
+    """Depthwise convolution ("same" padding, odd kernel) + global layer
+    norm. Causal: left padding of ``kernel_size - 1`` (output ``j`` reads
+    inputs ``stride*j - kernel_size + 1 .. stride*j``) and cumulative norm.
     """
 
     def __init__(
-        self,
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=1,
-        depthwise=True,
-        bias=True,
-        causal=False,
+        self, channels, kernel_size, stride=1, bias=True, causal=False
     ):
         super().__init__()
         self.causal = causal
-        self.conv = nn.Conv1d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=0 if causal else (kernel_size - 1) // 2,
-            groups=in_channels if depthwise else 1,
-            bias=bias,
+        pad = 0 if causal else (kernel_size - 1) // 2
+        self.conv = nn.Conv1d(  # dilation 1, groups: depthwise
+            channels, channels, kernel_size, stride, pad, 1, channels, bias
         )
         norm = CumulativeLayerNorm if causal else GlobalLayerNorm
-        self.norm = norm(out_channels)
+        self.norm = norm(channels)
 
     def affine(self, x):
-        """Return ``(y, scale, shift)`` with ``forward(x) = y*scale + shift``.
-
-        For a bias-free depthwise 1x1 convolution ``y`` is ``x`` itself: the
-        convolution and the norm fold into one per-channel affine whose
-        statistics come from per-channel sums of ``x``.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, channels, time]``.
-
-        Returns
-        -------
-        y : torch.Tensor
-            ``[batch, channels, time']``.
-        scale, shift : torch.Tensor
-            ``[batch, channels, 1]``.
-        """
+        """``(y, scale, shift)`` with ``forward(x) = y * scale + shift``."""
         conv = self.conv
-        pointwise_scale = (
-            conv.kernel_size[0] == 1
-            and conv.stride[0] == 1
-            and conv.bias is None
-            and conv.groups == conv.in_channels == conv.out_channels
-        )
-        if not pointwise_scale:
+        if (
+            conv.kernel_size[0] != 1
+            or conv.stride[0] != 1
+            or conv.bias is not None
+        ):
             y = conv(x)
             return (y, *_gln_scale_shift(self.norm, y))
+        # bias-free 1x1 conv + gLN: one per-channel affine of x whose
+        # statistics come from per-channel sums of x (no map written)
         w = conv.weight.reshape(-1)  # [channels]
         var, mean = gln_statistics(x, w)
-        scale, shift = _gln_affine(self.norm, mean, var, w, dtype=x.dtype)
+        scale, shift = _gln_affine(self.norm, mean, var, w, x.dtype)
         return x, scale, shift
 
     def forward(self, x):
-        """gLN(conv(x)).
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, in_channels, time]``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, out_channels, time']``.
-        """
+        """``gLN(conv(x))``, ``[batch, in_channels, time]`` -> ``[batch,
+        out_channels, time']``."""
         if self.causal:
             k = self.conv.kernel_size[0]
             if k > 1:
@@ -217,10 +98,10 @@ class _ConvNorm(nn.Module):
         return torch.addcmul(shift, y, scale)
 
     def _conv(self, x):
-        """The (unpadded) convolution; a depthwise 1x1 one as a product
-        (CPU depthwise 1x1 convolutions are ~10x slower)."""
+        """The unpadded convolution; a depthwise 1x1 one as a product (CPU
+        depthwise 1x1 convolutions are ~10x slower)."""
         conv = self.conv
-        if conv.kernel_size[0] == 1 and conv.groups == conv.in_channels > 1:
+        if conv.kernel_size[0] == 1 and conv.in_channels > 1:
             y = x * conv.weight.reshape(1, -1, 1)
             if conv.bias is not None:
                 y = y + conv.bias.reshape(1, -1, 1)
@@ -259,13 +140,8 @@ def _pool(x, length):
 
 
 def _causal_pool(x, factor):
-    """Average of the ``factor`` frames ending at ``factor * j`` (zeros
-    before the start): ``[batch, channels, T]`` -> ``[..., ceil(T/factor)]``.
-
-    Coarse frame ``j`` reads fine frames ``factor*j - factor + 1 ..
-    factor*j`` only (causal alignment: coarse ``j`` sits at fine
-    ``factor * j``).
-    """
+    """Causal pooling: coarse frame ``j`` is the mean of fine frames
+    ``factor*j - factor + 1 .. factor*j`` (zeros before the start)."""
     if factor == 1:
         return x
     bsz, ch, t = x.shape
@@ -275,13 +151,9 @@ def _causal_pool(x, factor):
 
 
 def _causal_resize(x, shift, length):
-    """Nearest resize between scales of the causal pyramid.
-
-    ``shift`` = (scale of ``x``) - (target scale). Up-sampling by
-    ``r = 2**shift``: output ``i`` <- ``x[i // r]``; down-sampling by
-    ``r = 2**-shift``: output ``j`` <- ``x[r * j]``. Either way no output
-    frame reads a later input frame.
-    """
+    """Causal nearest resize by ``2**shift`` (``shift`` = scale of ``x`` -
+    target scale): up, output ``i`` <- ``x[i // r]``; down, output ``j``
+    <- ``x[r * j]``. No output reads a later input frame."""
     if shift > 0:
         x = x.repeat_interleave(2**shift, dim=-1)
     elif shift < 0:
@@ -290,133 +162,75 @@ def _causal_resize(x, shift, length):
 
 
 class _Fusion(nn.Module):
-    """Local/global fusion of TDANet/S4M.
-
+    """Local/global fusion of TDANet/S4M:
     ``gLN(dw(local)) * up(sigmoid(gLN(dw'(glob)))) + up(gLN(dw''(glob)))``
-    with bias-free depthwise convolutions and nearest resizing of the global
-    terms to the local length.
-
-    Arguments
-    ---------
-    channels : int
-        Channels of both inputs.
-    kernel_size : int
-        Kernel size of the three depthwise convolutions.
-    causal : bool
-        Causal convolutions and norms, and the causal resize
-        (:func:`_causal_resize`, which needs the scale difference).
-    """
+    with bias-free depthwise convolutions of kernel ``kernel_size`` and
+    nearest resizing of the global terms to the local length."""
 
     def __init__(self, channels, kernel_size=1, causal=False):
         super().__init__()
         self.causal = causal
-        self.local_embedding = _ConvNorm(
-            channels, channels, kernel_size, bias=False, causal=causal
-        )
-        self.global_gate = _ConvNorm(
-            channels, channels, kernel_size, bias=False, causal=causal
-        )
-        self.global_embedding = _ConvNorm(
-            channels, channels, kernel_size, bias=False, causal=causal
+        self.local_embedding, self.global_gate, self.global_embedding = (
+            _ConvNorm(channels, kernel_size, bias=False, causal=causal)
+            for _ in range(3)
         )
 
     def forward(self, local, glob, scale_shift=0):
-        """Fuse.
-
-        Arguments
-        ---------
-        local : torch.Tensor
-            ``[batch, channels, time_l]``.
-        glob : torch.Tensor
-            ``[batch, channels, time_g]``.
-        scale_shift : int
-            (scale of ``glob``) - (scale of ``local``); used by the causal
-            resize only (the offline one resizes to the length).
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, channels, time_l]``.
-        """
+        """Fuse ``local`` ``[batch, channels, time_l]`` with ``glob``
+        ``[batch, channels, time_g]``; ``scale_shift`` (scale of ``glob`` -
+        scale of ``local``) is used by the causal resize only."""
         if self.causal:
-            t_l = local.shape[-1]
-            loc = self.local_embedding(local)
-            gate = torch.sigmoid(self.global_gate(glob))
-            emb = self.global_embedding(glob)
-            t_g = glob.shape[-1]
-            if scale_shift > 0 and t_l == t_g * 2**scale_shift:
-                # nearest up-sampling as a broadcast (no up-sampled maps)
-                bsz, ch = loc.shape[:2]
-                loc = loc.view(bsz, ch, t_g, -1)
-                out = torch.addcmul(emb[..., None], loc, gate[..., None])
-                return out.view(bsz, ch, t_l)
-            gate = _causal_resize(gate, scale_shift, t_l)
-            emb = _causal_resize(emb, scale_shift, t_l)
-            return torch.addcmul(emb, loc, gate)
-        y, scale, shift = self.local_embedding.affine(local)
+            y = self.local_embedding(local)
+        else:
+            y, scale, shift = self.local_embedding.affine(local)
         gate = torch.sigmoid(self.global_gate(glob))
         emb = self.global_embedding(glob)
+        if not self.causal:
+            # (y*scale + shift)*gate + emb = y*gate' + emb', both at glob's
+            # resolution (nearest resizing commutes with them)
+            gate, emb = scale * gate, torch.addcmul(emb, shift, gate)
         t_l, t_g = y.shape[-1], gate.shape[-1]
-        upsample = t_l > t_g and t_l % t_g == 0
-        if not upsample:
-            gate = _resize_nearest(gate, t_l)
-            emb = _resize_nearest(emb, t_l)
-        # (y*scale + shift)*gate + emb = y*A + B, A and B at glob's resolution
-        a = scale * gate
-        b = torch.addcmul(emb, shift, gate)
-        if not upsample:
-            return torch.addcmul(b, y, a)
-        bsz, ch = y.shape[:2]
-        # nearest upsampling by an integer factor r: out[t] = in[t // r]
-        y = y.view(bsz, ch, t_g, t_l // t_g)
-        out = torch.addcmul(b.unsqueeze(-1), y, a.unsqueeze(-1))
-        return out.view(bsz, ch, t_l)
+        if self.causal:
+            upsample = scale_shift > 0 and t_l == t_g * 2**scale_shift
+        else:
+            upsample = t_l > t_g and t_l % t_g == 0
+        if upsample:
+            # nearest upsampling by r as a broadcast, out[t] = in[t // r]
+            # (no upsampled maps materialised)
+            bsz, ch = y.shape[:2]
+            y = y.view(bsz, ch, t_g, t_l // t_g)
+            out = torch.addcmul(emb[..., None], y, gate[..., None])
+            return out.view(bsz, ch, t_l)
+        if self.causal:
+            gate = _causal_resize(gate, scale_shift, t_l)
+            emb = _causal_resize(emb, scale_shift, t_l)
+        else:
+            gate, emb = _resize_nearest(gate, t_l), _resize_nearest(emb, t_l)
+        return torch.addcmul(emb, y, gate)
 
 
 class S4MBlock(nn.Module):
     """One multi-scale S4M block (applied repeatedly with shared weights).
 
     1x1 conv C -> D + gLN + PReLU; a pyramid of ``depth`` depthwise
-    convolutions (+ gLN), stride 1 then stride 2; the sum of all scales pooled
-    to the coarsest length goes through a residual S4 layer and a residual
-    feed-forward layer; local/global fusion at every scale; top-down merge with
-    fusion layers of kernel ``kernel_size``; 1x1 conv D -> C plus the input.
+    convolutions (+ gLN), stride 1 then 2; the sum of all scales pooled to
+    the coarsest length through a residual S4 layer and a residual
+    feed-forward layer; local/global fusion at every scale; top-down merge;
+    1x1 conv D -> C plus the input.
 
     Arguments
     ---------
-    channels : int
-        Block input/output channels C.
-    hidden_channels : int
-        Channels D inside the block.
-    depth : int
-        Number of scales S (>= 2).
-    kernel_size : int
-        Kernel of the pyramid and merge convolutions.
-    d_state : int
-        S4 state size N.
-    ssm_mode : str
-        S4 kernel parameterisation (``"nplr"`` or ``"s4d"``, see
-        ``speechbrain_s4m.nnet.S4``).
-    bidirectional : bool, optional
-        Bidirectional S4 kernel (default: ``not causal``).
-    ffn_expansion : int
-        Hidden size factor of the feed-forward layer.
-    dropout : float
-        Dropout in the S4 and feed-forward layers.
-    fusion_index_quirk : bool
-        Reproduce the authors' merge (starts by fusing scale S-2 with scale
-        S-3, so the coarsest fused scale is unused and its fusion layer is not
-        built). ``False`` fuses scale S-2 with scale S-1 as intended.
-    causal : bool
-        Causal block (see :class:`S4MMaskNet`): left-padded convolutions,
-        cumulative layer norms, unidirectional S4, causal pooling and
-        resizing. Output frame ``t`` depends on input frames ``<= t`` only.
+    channels, hidden_channels : int
+        Block input/output channels C, channels D inside the block.
+    depth, kernel_size, d_state, ssm_mode, bidirectional, ffn_expansion
+        As :class:`S4MMaskNet`.
+    dropout, fusion_index_quirk, causal
+        As :class:`S4MMaskNet`.
 
     Example
     -------
     >>> block = S4MBlock(8, 16, depth=3)
-    >>> x = torch.randn(2, 8, 20)
-    >>> block(x).shape
+    >>> block(torch.randn(2, 8, 20)).shape
     torch.Size([2, 8, 20])
     """
 
@@ -446,49 +260,29 @@ class S4MBlock(nn.Module):
         self.fusion_index_quirk = fusion_index_quirk
         # the authors index the first merge partner as (S-2)-1 in Python,
         # i.e. (S-3) mod S: the finer scale S-3 for S >= 3
-        if fusion_index_quirk:
-            self.first_merge_source = (depth - 3) % depth
-        else:
-            self.first_merge_source = depth - 1
+        quirk_src = (depth - 3) % depth
+        self.first_merge_source = quirk_src if fusion_index_quirk else depth - 1
         self.used_scales = sorted(
             set(range(depth - 1)) | {self.first_merge_source}
         )
-        self.proj = nn.Conv1d(channels, hidden_channels, 1)
-        norm = CumulativeLayerNorm if causal else GlobalLayerNorm
-        self.proj_norm = norm(hidden_channels)
+        d = hidden_channels
+        self.proj = nn.Conv1d(channels, d, 1)
+        self.proj_norm = (CumulativeLayerNorm if causal else GlobalLayerNorm)(d)
         self.proj_act = nn.PReLU()
         self.pyramid = nn.ModuleList(
-            _ConvNorm(
-                hidden_channels,
-                hidden_channels,
-                kernel_size,
-                stride=1 if i == 0 else 2,
-                causal=causal,
-            )
+            _ConvNorm(d, kernel_size, 1 if i == 0 else 2, True, causal)
             for i in range(depth)
         )
-        self.s4 = S4Block(
-            hidden_channels,
-            d_state=d_state,
-            mode=ssm_mode,
-            bidirectional=bidirectional,
-            dropout=dropout,
-        )
-        self.ffn = FeedForwardBlock(
-            hidden_channels, expansion=ffn_expansion, dropout=dropout
-        )
+        self.s4 = S4Block(d, d_state, ssm_mode, bidirectional, dropout)
+        self.ffn = FeedForwardBlock(d, ffn_expansion, dropout)
         # local/global fusion, one per used scale (keys are scale indices)
         self.fuse = nn.ModuleDict(
-            {
-                str(k): _Fusion(hidden_channels, 1, causal=causal)
-                for k in self.used_scales
-            }
+            {str(k): _Fusion(d, 1, causal) for k in self.used_scales}
         )
         self.merge = nn.ModuleList(
-            _Fusion(hidden_channels, kernel_size, causal=causal)
-            for _ in range(depth - 1)
+            _Fusion(d, kernel_size, causal) for _ in range(depth - 1)
         )
-        self.res_conv = nn.Conv1d(hidden_channels, channels, 1)
+        self.res_conv = nn.Conv1d(d, channels, 1)
 
     def coarsest_length(self, length):
         """Length of the coarsest scale for a block input of ``length``."""
@@ -497,96 +291,60 @@ class S4MBlock(nn.Module):
         return length
 
     def forward(self, x, kernel=None):
-        """Apply the block.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, channels, time]``.
-        kernel : torch.Tensor, optional
-            Precomputed S4 kernel for the coarsest length
-            (``self.s4.s4.kernel(self.coarsest_length(time))``).
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, channels, time]``.
-        """
-        if self.causal:
-            return self._forward_causal(x, kernel)
+        """Apply the block to ``[batch, channels, time]``; ``kernel``: the
+        S4 kernel for ``coarsest_length(time)`` if precomputed."""
         y = self.proj(x)
-        scale, shift = _gln_scale_shift(self.proj_norm, y)
-        y = self.proj_act(torch.addcmul(shift, y, scale))
+        if self.causal:
+            y = self.proj_norm(y)
+        else:
+            scale, shift = _gln_scale_shift(self.proj_norm, y)
+            y = torch.addcmul(shift, y, scale)
+        y = self.proj_act(y)
         # bottom-up pyramid: scale 0 stride 1, others stride 2
-        scales = []
-        for layer in self.pyramid:
-            y = layer(y)
-            scales.append(y)
-        t_c = scales[-1].shape[-1]
-        glob = scales[-1]
-        for s in scales[:-1]:
-            glob = glob + _pool(s, t_c)
-        # state-space modelling at the coarsest scale only
-        glob = self.ffn(self.s4(glob, kernel=kernel))
-        fused = {
-            k: self.fuse[str(k)](scales[k], glob) for k in self.used_scales
-        }
-        # top-down merge
-        top = self.depth - 2
-        out = self.merge[top](fused[top], fused[self.first_merge_source])
-        for i in range(top - 1, -1, -1):
-            out = self.merge[i](fused[i], out)
-        return self.res_conv(out) + x
-
-    def _forward_causal(self, x, kernel=None):
-        """The causal block (same structure, causal alignment).
-
-        Coarse frame ``j`` of scale ``k`` sits at frame ``2**k * j`` of
-        scale 0 and reads nothing later: strided convolutions are
-        left-padded, pooling averages the window ending at that frame, and
-        nearest up-sampling maps fine frame ``i`` to coarse ``i // r``.
-        """
-        y = self.proj_act(self.proj_norm(self.proj(x)))
         scales = []
         for layer in self.pyramid:
             y = layer(y)
             scales.append(y)
         top_scale = self.depth - 1
         glob = scales[-1]
+        t_c = glob.shape[-1]
         for k, s in enumerate(scales[:-1]):
-            glob = glob + _causal_pool(s, 2 ** (top_scale - k))
+            if self.causal:
+                glob = glob + _causal_pool(s, 2 ** (top_scale - k))
+            else:
+                glob = glob + _pool(s, t_c)
+        # state-space modelling at the coarsest scale only
         glob = self.ffn(self.s4(glob, kernel=kernel))
-        fused = {
-            k: self.fuse[str(k)](scales[k], glob, top_scale - k)
-            for k in self.used_scales
-        }
-        top, src = self.depth - 2, self.first_merge_source
-        out = self.merge[top](fused[top], fused[src], src - top)
-        for i in range(top - 1, -1, -1):
-            out = self.merge[i](fused[i], out, 1)
+        out = self._fuse_merge(scales, glob, lambda f, a, b, r, _: f(a, b, r))
         return self.res_conv(out) + x
 
+    def _fuse_merge(self, scales, glob, fuse):
+        """Local/global fusion at every used scale, then the top-down merge;
+        ``fuse(layer, local, glob, scale_shift, state_name)`` applies one
+        fusion layer."""
+        top_scale, top = self.depth - 1, self.depth - 2
+        fused = {
+            k: fuse(
+                self.fuse[str(k)], scales[k], glob, top_scale - k, f"fuse{k}"
+            )
+            for k in self.used_scales
+        }
+        src = self.first_merge_source
+        out = fuse(
+            self.merge[top], fused[top], fused[src], src - top, f"merge{top}"
+        )
+        for i in range(top - 1, -1, -1):
+            out = fuse(self.merge[i], fused[i], out, 1, f"merge{i}")
+        return out
+
     def stream(self, x, st, s4_form=None):
-        """The causal block on the next frames of a stream.
+        """The causal block on the next frames ``[batch, channels, n]`` of a
+        stream (n >= 1); returns the ``n`` new output frames.
 
-        Arguments
-        ---------
-        x : torch.Tensor
-            New block input frames ``[batch, channels, n]`` (n >= 1).
-        st : dict
-            Streaming state of this block application (empty at the start
-            of a stream), updated in place: convolution input tails,
-            cumulative-norm sums, pooling and resizing buffers, the S4
-            recurrent state.
-        s4_form : tuple of torch.Tensor, optional
-            ``self.s4.s4.stream_form()``, fetched once per chunk by the
-            caller (None: the S4 layer runs eager, outside any compiled
-            graph).
-
-        Returns
-        -------
-        torch.Tensor
-            The ``n`` new output frames ``[batch, channels, n]``.
+        ``st`` is this block application's state (empty at the start of a
+        stream), updated in place. ``s4_form``: ``self.s4.s4.stream_form()``,
+        fetched once per chunk by the caller (None: the S4 layer runs eager,
+        outside any compiled graph).
         """
         if not self.causal:
             raise RuntimeError("streaming needs a causal block")
@@ -609,60 +367,31 @@ class S4MBlock(nn.Module):
             ff = self.ffn  # eval mode: no dropout
             h = small_conv(ff.linear1, ff.norm(glob))
             glob = glob + small_conv(ff.linear2, ff.activation(h))
-        fused = {
-            k: fusion_stream(
-                self.fuse[str(k)],
-                scales[k],
-                glob,
-                top_scale - k,
-                st.setdefault(f"fuse{k}", {}),
-            )
-            for k in self.used_scales
-        }
-        top, src = self.depth - 2, self.first_merge_source
-        out = fusion_stream(
-            self.merge[top],
-            fused[top],
-            fused[src],
-            src - top,
-            st.setdefault(f"merge{top}", {}),
-        )
-        for i in range(top - 1, -1, -1):
-            out = fusion_stream(
-                self.merge[i], fused[i], out, 1, st.setdefault(f"merge{i}", {})
-            )
+
+        def fuse(fusion, local, glob, scale_shift, name):
+            st_f = st.setdefault(name, {})
+            return fusion_stream(fusion, local, glob, scale_shift, st_f)
+
+        out = self._fuse_merge(scales, glob, fuse)
         return small_conv(self.res_conv, out) + x
 
 
 class S4MMaskNet(nn.Module):
     """S4M mask network (SpeechBrain ``MaskNet`` contract).
 
-    gLN + 1x1 conv E -> C bottleneck; ONE :class:`S4MBlock` applied
-    ``num_iterations`` times with shared weights (iteration 1 takes the
-    bottleneck output ``x0``, later ones ``PReLU(dw1x1(x0 + x_prev))``); mask
-    head PReLU, 1x1 conv C -> num_spks * E, ReLU.
-
-    Every length is computed exactly, without padding (as in the authors'
-    code): the stride-2 pyramid gives ``ceil(T / 2)`` frames per scale, the
-    global features are average-pooled adaptively to the coarsest length and
-    the fusions resize by nearest interpolation to each scale's length. When
-    the lengths are exact multiples these become a reshape-mean and a
-    broadcast (same values, faster).
+    gLN + 1x1 conv E -> C; ONE :class:`S4MBlock` applied ``num_iterations``
+    times with shared weights (iteration 1 takes the bottleneck output
+    ``x0``, later ones ``PReLU(dw1x1(x0 + x_prev))``); mask head PReLU,
+    1x1 conv C -> num_spks * E, ReLU. No padding, as in the authors' code:
+    the pyramid gives ``ceil(T / 2)`` frames per scale, pooling is adaptive
+    and resizing nearest (a reshape-mean and a broadcast at exact multiples).
 
     Arguments
     ---------
-    in_channels : int
-        Encoder channels E.
-    out_channels : int
-        Bottleneck channels C.
-    hidden_channels : int
-        Channels D inside the block.
-    depth : int
-        Number of scales S.
-    num_iterations : int
-        Number of applications R of the shared block.
-    num_spks : int
-        Number of sources.
+    in_channels, out_channels, hidden_channels : int
+        Encoder channels E, bottleneck channels C, block channels D.
+    depth, num_iterations, num_spks : int
+        Scales S (>= 2), applications R of the block, sources.
     d_state : int
         S4 state size N.
     ssm_mode : str
@@ -670,8 +399,9 @@ class S4MMaskNet(nn.Module):
     kernel_size : int
         Kernel of the pyramid and merge convolutions.
     fusion_index_quirk : bool
-        Authors' merge indexing (default) or the fixed one; see
-        :class:`S4MBlock`.
+        The authors' merge (default), which starts by fusing scale S-2 with
+        S-3 (the coarsest fused scale is unused and its fusion layer not
+        built); ``False`` fuses S-2 with S-1 as intended.
     bidirectional : bool, optional
         Bidirectional S4 kernel (default: ``not causal``).
     ffn_expansion : int
@@ -679,33 +409,21 @@ class S4MMaskNet(nn.Module):
     dropout : float
         Dropout in the S4 and feed-forward layers.
     share_kernel : bool
-        Compute the S4 kernel once per forward and reuse it across the
-        iterations (same result; ``False`` recomputes it in every iteration as
-        the authors' code does; kept for benchmarking).
+        Compute the S4 kernel once per forward for all iterations (same
+        result; ``False`` recomputes it each time as the authors' code).
     checkpoint_iterations : bool
-        Activation checkpointing of each application of the shared block
-        (``torch.utils.checkpoint``, non-reentrant) while gradients are
-        enabled: the block's intermediate maps are recomputed in the
-        backward pass instead of stored (less memory, ~1/3 more compute).
-        Same outputs and gradients.
+        Activation checkpointing of each block application while gradients
+        are enabled (less memory, ~1/3 more compute, same results).
     causal : bool
-        Causal masknet (default False, the offline model): every operation
-        reads only the current and past frames. Cumulative layer norm
-        (statistics over the channels of the past frames, per-channel
-        affine) replaces gLN; depthwise and strided convolutions are
-        left-padded; the S4 layer is unidirectional (convolution mode for
-        whole signals); coarse frame ``j`` of scale ``k`` sits at scale-0
-        frame ``2**k * j`` (pooling averages the window ending there,
-        nearest up-sampling maps fine ``i`` to coarse ``i // r``). Mask frame
-        ``t`` then depends on input frames ``<= t`` (``latency_frames`` = 0)
-        and a separator's output sample ``t`` on input samples ``<= t + K -
-        1`` (:meth:`latency_samples`; K = encoder kernel).
+        Mask frame ``t`` depends on input frames ``<= t`` only: left-padded
+        convolutions, cumulative layer norms, unidirectional S4, causal
+        pooling and resizing (coarse frame ``j`` of scale ``k`` sits at
+        scale-0 frame ``2**k * j``); streams with :meth:`forward_stream`.
 
     Example
     -------
     >>> masknet = S4MMaskNet(17, 8, 16, depth=3, num_iterations=2)
-    >>> x = torch.rand(2, 17, 21)
-    >>> masknet(x).shape
+    >>> masknet(torch.rand(2, 17, 21)).shape
     torch.Size([2, 2, 17, 21])
     """
 
@@ -766,31 +484,16 @@ class S4MMaskNet(nn.Module):
 
     @property
     def latency_frames(self):
-        """Look-ahead in encoder frames: 0 for a causal masknet (mask frame
-        ``t`` reads input frames ``<= t``), ``None`` for the offline one
-        (every mask frame depends on the whole utterance)."""
+        """Look-ahead in encoder frames: 0 if causal, ``None`` (the whole
+        utterance) otherwise."""
         return 0 if self.causal else None
 
     def latency_samples(self, kernel_size, stride=None):
-        """Algorithmic latency of a separator built on this masknet.
-
-        With an encoder whose frame ``j`` covers samples ``[stride*j,
-        stride*j + kernel_size)`` and the overlap-add decoder, output sample
-        ``t`` of a causal separator depends on input samples ``<= t +
-        kernel_size - 1 + stride * latency_frames``: ``kernel_size - 1``
-        samples (31 = 3.9 ms for the 4 ms encoder at 8 kHz).
-
-        Arguments
-        ---------
-        kernel_size : int
-            Encoder/decoder kernel in samples.
-        stride : int, optional
-            Encoder hop (default ``kernel_size // 4``).
-
-        Returns
-        -------
-        int or None
-            Samples of look-ahead; ``None`` for an offline masknet.
+        """Algorithmic latency in samples of a separator on this masknet
+        (``None`` if offline): output sample ``t`` depends on input samples
+        ``<= t + kernel_size - 1 + stride * latency_frames``, with an
+        encoder of kernel ``kernel_size`` and hop ``stride`` (default
+        ``kernel_size // 4``) and the overlap-add decoder.
 
         Example
         -------
@@ -803,22 +506,9 @@ class S4MMaskNet(nn.Module):
         return kernel_size - 1 + stride * self.latency_frames
 
     def init_stream_state(self, batch_size=None):
-        """A fresh streaming state for :meth:`forward_stream`.
-
-        The state is a dict of buffers, created from the shapes of the first
-        chunk (so ``batch_size`` is not needed; it is accepted for
-        symmetry). Its size does not grow with the stream's length.
-
-        Arguments
-        ---------
-        batch_size : int, optional
-            Unused.
-
-        Returns
-        -------
-        dict
-            ``{"frames": 0}``: frames processed so far; the buffers follow.
-        """
+        """A fresh state for :meth:`forward_stream`: ``{"frames": 0}``; the
+        buffers follow from the first chunk's shapes (``batch_size`` is
+        unused) and do not grow with the stream."""
         if not self.causal:
             raise RuntimeError("streaming needs a causal masknet (causal=True)")
         return {"frames": 0}
@@ -826,26 +516,19 @@ class S4MMaskNet(nn.Module):
     def forward_stream(self, frames, state=None, block_step=None):
         """Masks for the next encoder frames of a stream.
 
-        Feeding a signal's encoder frames in consecutive chunks of any sizes
-        (0 included) gives, concatenated, the masks of :meth:`forward` on
-        the whole signal: cumulative norms carry their running sums, the
-        convolutions their left context, pooling and resizing their partial
-        windows, and the S4 layer of each iteration its recurrent state
-        (:meth:`speechbrain_s4m.nnet.S4.forward_stream`). Mask frame ``t``
-        is returned as soon as encoder frame ``t`` is given (no look-ahead).
-        Use in ``eval()`` mode (dropout would make chunks differ).
+        Chunks of any sizes (0 included) give, concatenated, the masks of
+        :meth:`forward` on the whole signal; mask frame ``t`` is returned
+        with encoder frame ``t``. Use in ``eval()`` mode.
 
         Arguments
         ---------
         frames : torch.Tensor
             New encoder frames ``[batch, in_channels, n]``.
         state : dict, optional
-            From :meth:`init_stream_state` or the previous call (``None``:
-            a new stream). Updated in place and returned.
+            From :meth:`init_stream_state` or the previous call (``None``: a
+            new stream); updated in place and returned.
         block_step : callable, optional
-            Replaces ``self.block.stream`` (same signature), e.g. a
-            ``torch.compile`` of it; called with ``s4_form`` (see
-            :meth:`S4MBlock.stream`).
+            Replaces ``self.block.stream``, e.g. a ``torch.compile`` of it.
 
         Returns
         -------
@@ -894,22 +577,13 @@ class S4MMaskNet(nn.Module):
         return self.block(x, kernel=kernel)
 
     def forward(self, x):
-        """Estimate the masks.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            Encoder output ``[batch, in_channels, frames]``.
-
-        Returns
-        -------
-        torch.Tensor
-            ReLU masks ``[num_spks, batch, in_channels, frames]``.
-        """
+        """ReLU masks ``[num_spks, batch, in_channels, frames]`` for the
+        encoder output ``x`` ``[batch, in_channels, frames]``."""
         bsz, _, frames = x.shape
         x0 = self.bottleneck(self.norm(x))  # [batch, C, frames]
         kernel = None
         if self.share_kernel:
+            # the weights are shared, so is the coarsest scale's S4 kernel
             t_c = self.block.coarsest_length(x0.shape[-1])
             kernel = self.block.s4.s4.kernel(t_c)
         h = self._apply_block(x0, kernel)
@@ -918,331 +592,3 @@ class S4MMaskNet(nn.Module):
         masks = F.relu(self.mask_conv(self.mask_act(h)))
         masks = masks.view(bsz, self.num_spks, self.in_channels, frames)
         return masks.transpose(0, 1)
-
-
-FRAMINGS = ("authors", "right")
-
-
-def _check_framing(framing):
-    """Refuse a framing that is not one of :data:`FRAMINGS`."""
-    if framing not in FRAMINGS:
-        raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
-
-
-class S4MEncoder(nn.Module):
-    """Learned analysis filterbank of S4M (no bias, no nonlinearity).
-
-    A 1-D convolution 1 -> ``out_channels`` with kernel K = ``kernel_size``
-    and stride S = ``kernel_size // 4``, over the input framed in one of two
-    ways:
-
-    * ``"authors"`` (default; the authors' ``pad_input`` and encoder): the
-      input of n samples gets ``rest = K - (S + n % K) % K`` zeros at the
-      end (1..K, never 0), then ``K - S`` zeros at both ends, and the
-      convolution pads ``K // 2`` more on each side. Frame ``j`` starts at
-      input sample ``S j - frame_offset`` with ``frame_offset = K // 2 + K -
-      S``; every sample, the first and last included, is covered by K / S
-      frames (1010 frames for 8000 samples at K = 32, S = 8).
-    * ``"right"``: frame ``j`` covers samples ``[S j, S j + K)``, and the
-      input is right-padded to ``ceil(n / S)`` frames (1000 for 8000
-      samples). The causal models use it: it is what a stream can compute
-      as samples arrive (:meth:`forward_stream`), whereas the authors'
-      ``rest`` depends on the length of the whole signal.
-
-    :class:`speechbrain_s4m.lobes.separator.Separator` aligns the decoded
-    signal with the input through ``frame_offset``.
-
-    Arguments
-    ---------
-    kernel_size : int
-        Filter length K in samples (the authors use 4 ms: 32 at 8 kHz).
-    out_channels : int
-        Number of filters E (authors: K // 2 + 1).
-    stride : int, optional
-        Hop in samples, default ``kernel_size // 4``.
-    framing : str
-        ``"authors"`` or ``"right"`` (see above).
-    xavier_init : bool
-        Xavier-uniform initial filters, as the authors' code (default);
-        ``False`` keeps PyTorch's default for ``Conv1d``.
-
-    Example
-    -------
-    >>> enc = S4MEncoder(kernel_size=32, out_channels=17)
-    >>> enc(torch.randn(2, 8000)).shape
-    torch.Size([2, 17, 1010])
-    >>> enc.num_frames(8000), enc.frame_offset
-    (1010, 40)
-    >>> right = S4MEncoder(kernel_size=32, out_channels=17, framing="right")
-    >>> right(torch.randn(2, 8001)).shape
-    torch.Size([2, 17, 1001])
-    >>> right(torch.randn(2, 32000)).shape[-1]  # 4 s: 500 * 2**3 frames
-    4000
-    """
-
-    def __init__(
-        self,
-        kernel_size=32,
-        out_channels=17,
-        stride=None,
-        framing="authors",
-        xavier_init=True,
-    ):
-        super().__init__()
-        _check_framing(framing)
-        self.kernel_size = kernel_size
-        self.stride = stride if stride is not None else max(kernel_size // 4, 1)
-        self.framing = framing
-        authors = framing == "authors"
-        self.conv1d = nn.Conv1d(
-            1,
-            out_channels,
-            kernel_size,
-            stride=self.stride,
-            padding=kernel_size // 2 if authors else 0,
-            bias=False,
-        )
-        if xavier_init:
-            nn.init.xavier_uniform_(self.conv1d.weight)
-
-    @property
-    def frame_offset(self):
-        """Frame ``j`` starts at input sample ``stride * j - frame_offset``
-        (the zeros in front of the signal: ``K // 2 + K - S`` for the
-        authors' framing, 0 for ``"right"``)."""
-        if self.framing == "right":
-            return 0
-        k, s = self.kernel_size, self.stride
-        return k // 2 + k - s
-
-    def _rest(self, length):
-        """The authors' end padding: ``K - (S + n % K) % K`` zeros."""
-        k, s = self.kernel_size, self.stride
-        return k - (s + length % k) % k
-
-    def num_frames(self, length):
-        """Number of output frames for an input of ``length`` samples.
-
-        ``"right"``: every frame that holds at least one input sample,
-        ``ceil(length / stride)`` (at least one). Why not only the frames
-        that fit (``1 + ceil((length - K) / stride)``)? Counting the partial
-        frames at the end gives every sample the same K / stride
-        overlapping frames, and an input of a multiple of ``stride * 2 **
-        (depth - 1)`` samples (a 4 s segment: 32000 = 64 * 500) then yields
-        a frame count that the masknet's pyramid halves exactly, so its
-        fast reshape paths apply. ``"authors"``: those of their padding.
-        """
-        k, s = self.kernel_size, self.stride
-        if self.framing == "right":
-            return max(1, -(-length // s))
-        padded = length + self._rest(length) + 2 * (k - s) + 2 * (k // 2)
-        return (padded - k) // s + 1
-
-    def forward(self, x):
-        """Encode.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, time]`` or ``[batch, 1, time]``.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, out_channels, frames]``.
-        """
-        if x.dim() == 2:
-            x = x.unsqueeze(1)
-        length = x.shape[-1]
-        k, s = self.kernel_size, self.stride
-        if self.framing == "authors":
-            # the convolution adds its own K // 2 on each side
-            x = F.pad(x, (k - s, self._rest(length) + k - s))
-            return self.conv1d(x)
-        padded = k + (self.num_frames(length) - 1) * s
-        if padded > length:
-            x = F.pad(x, (0, padded - length))
-        return self.conv1d(x)
-
-    def _check_streamable(self):
-        if self.framing != "right":
-            raise RuntimeError(
-                "streaming needs the encoder framing 'right' (the causal "
-                "models' fragment, s4m_tiny_causal.yaml, sets it): the "
-                "authors' framing pads the end by an amount that depends "
-                "on the whole signal's length"
-            )
-
-    def forward_stream(self, x, state=None):
-        """Encode the next samples of a stream.
-
-        Frame ``j`` covers samples ``[stride*j, stride*j + kernel_size)``
-        and is returned as soon as its last sample has arrived. The frames
-        of all calls followed by :meth:`flush_stream` are those of
-        :meth:`forward` on the whole signal.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            New samples ``[batch, n]`` (n >= 0).
-        state : dict, optional
-            From the previous call (``None``: a new stream); updated in
-            place.
-
-        Returns
-        -------
-        frames : torch.Tensor
-            The new frames ``[batch, out_channels, m]``.
-        state : dict
-            ``{"samples": samples seen, "frames": frames returned, ...}``.
-
-        Example
-        -------
-        >>> enc = S4MEncoder(kernel_size=32, out_channels=17, framing="right")
-        >>> x = torch.randn(1, 1001)
-        >>> f1, state = enc.forward_stream(x[:, :500])
-        >>> f2, state = enc.forward_stream(x[:, 500:], state)
-        >>> f3 = enc.flush_stream(state)
-        >>> f1.shape[-1], f2.shape[-1], f3.shape[-1]
-        (59, 63, 4)
-        >>> torch.allclose(torch.cat([f1, f2, f3], -1), enc(x), atol=1e-6)
-        True
-        """
-        self._check_streamable()
-        if state is None:
-            state = {"samples": 0, "frames": 0, "buf": x[:, :0]}
-        k, s = self.kernel_size, self.stride
-        buf = torch.cat([state["buf"], x], dim=-1)
-        state["samples"] += x.shape[-1]
-        available = max(0, (state["samples"] - k) // s + 1)
-        n_new = available - state["frames"]
-        if n_new <= 0:
-            state["buf"] = buf
-            return buf.new_zeros(buf.shape[0], self.conv1d.out_channels, 0), (
-                state
-            )
-        frames = self.conv1d(buf[:, None, : s * (n_new - 1) + k])
-        state["buf"] = buf[:, s * n_new :]
-        state["frames"] = available
-        return frames, state
-
-    def flush_stream(self, state):
-        """The last frames of a stream: those that :meth:`forward` obtains
-        by zero-padding the end of the signal.
-
-        Arguments
-        ---------
-        state : dict
-            From :meth:`forward_stream`.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, out_channels, m]``.
-        """
-        self._check_streamable()
-        k, s = self.kernel_size, self.stride
-        n_new = self.num_frames(state["samples"]) - state["frames"]
-        buf = state["buf"]
-        if n_new <= 0:
-            return buf.new_zeros(buf.shape[0], self.conv1d.out_channels, 0)
-        need = s * (n_new - 1) + k
-        buf = F.pad(buf, (0, need - buf.shape[-1]))
-        state["frames"] += n_new
-        state["buf"] = buf[:, s * n_new :]
-        return self.conv1d(buf[:, None, :need])
-
-
-class S4MDecoder(nn.ConvTranspose1d):
-    """S4M's decoder: the masked encodings of all sources -> all sources.
-
-    Input ``[batch, num_spks * E, frames]`` (source-major channels), output
-    ``[batch, num_spks, time]``. Two forms:
-
-    * ``joint=True`` (default, the authors'): one ``ConvTranspose1d(num_spks
-      * E -> num_spks, K, stride S, no bias)`` over the concatenated masked
-      features, so each source's waveform is synthesised from every
-      source's features;
-    * ``joint=False``: each source decoded alone by one shared
-      ``ConvTranspose1d(E -> 1)``, which is SpeechBrain's ``dual_path.Decoder``
-      (without bias) applied per source.
-
-    :class:`speechbrain_s4m.lobes.separator.Separator` recognises this
-    decoder by ``all_sources = True`` and aligns its output with the input
-    through the encoder's ``frame_offset`` and this ``padding``.
-
-    Arguments
-    ---------
-    in_channels : int
-        Encoder channels E per source.
-    num_spks : int
-        Number of sources.
-    kernel_size : int
-        K, as the encoder.
-    stride : int, optional
-        S, as the encoder (default ``kernel_size // 4``).
-    framing : str
-        The encoder's framing: ``"authors"`` crops ``K // 2`` samples at
-        each end (their ``padding``), ``"right"`` none.
-    joint : bool
-        Joint (default) or per-source decoding (see above).
-    xavier_init : bool
-        Xavier-uniform initial weights, as the authors' code (default);
-        ``False`` keeps PyTorch's default.
-
-    Example
-    -------
-    >>> dec = S4MDecoder(17, num_spks=2, kernel_size=32)
-    >>> dec(torch.randn(3, 34, 1010)).shape  # [batch, spks, samples]
-    torch.Size([3, 2, 8072])
-    >>> shared = S4MDecoder(17, 2, 32, joint=False)
-    >>> x = torch.randn(3, 34, 1010)
-    >>> y0 = F.conv_transpose1d(x[:, :17], shared.weight, stride=8, padding=16)
-    >>> torch.allclose(shared(x)[:, :1], y0)  # source 0 from its own features
-    True
-    """
-
-    all_sources = True
-
-    def __init__(
-        self,
-        in_channels,
-        num_spks=2,
-        kernel_size=32,
-        stride=None,
-        framing="authors",
-        joint=True,
-        xavier_init=True,
-    ):
-        _check_framing(framing)
-        super().__init__(
-            in_channels * num_spks if joint else in_channels,
-            num_spks if joint else 1,
-            kernel_size,
-            stride=stride if stride is not None else max(kernel_size // 4, 1),
-            padding=kernel_size // 2 if framing == "authors" else 0,
-            bias=False,
-        )
-        self.num_spks = num_spks
-        self.joint = joint
-        if xavier_init:
-            nn.init.xavier_uniform_(self.weight)
-
-    def forward(self, x):
-        """Decode.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, num_spks * E, frames]``, source-major.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, num_spks, time]``.
-        """
-        if self.joint:
-            return super().forward(x)
-        batch, channels, frames = x.shape
-        folded = x.reshape(batch * self.num_spks, -1, frames)
-        return super().forward(folded).reshape(batch, self.num_spks, -1)

@@ -1,14 +1,10 @@
-"""Streaming state of the causal S4M: the next frames of each layer.
+"""Streaming helpers of the causal S4M: the next frames of each layer.
 
-The causal modules of :mod:`speechbrain_s4m.lobes.s4m` run on a stream
-chunk by chunk through these helpers: the input window of a strided causal
-convolution, causal pooling and nearest resizing between scales, the S4
-layer in recurrent mode, the local/global fusion, and the overlap-add
-decoder. Each keeps what later frames still need in a state dict (updated in
-place, created from the first chunk's shapes) whose size does not grow with
-the stream. Concatenated over chunks of any sizes, the outputs equal the
-whole-signal causal model (tested in ``tests/test_causal.py`` and
-``tests/test_streamer.py``).
+The causal modules of :mod:`speechbrain_s4m.lobes.s4m` run chunk by chunk
+through these; each keeps what later frames still need in a state dict
+(updated in place, created from the first chunk's shapes) that does not
+grow with the stream. Concatenated over chunks of any sizes, the outputs
+equal the whole-signal causal model.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -32,29 +28,13 @@ __all__ = [
 
 
 def stream_window(x, st, kernel, stride):
-    """Input window of a causal strided convolution for the next outputs.
+    """Input window of a causal strided convolution for its next outputs.
 
-    The convolution (kernel ``kernel``, stride ``stride``, no padding) of
-    the returned window gives the outputs that the frames seen so far make
-    available (output ``j`` reads inputs ``stride*j - kernel + 1 ..
-    stride*j``, zeros before the start). ``st`` keeps the input tail.
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        New input frames ``[batch, channels, n]``.
-    st : dict
-        Buffer state (empty at the start of a stream).
-    kernel, stride : int
-        Of the convolution.
-
-    Returns
-    -------
-    window : torch.Tensor or None
-        ``[batch, channels, stride * (n_new - 1) + kernel]``; None if no
-        new output is available.
-    n_new : int
-        Number of new outputs.
+    Output ``j`` reads inputs ``stride*j - kernel + 1 .. stride*j`` (zeros
+    before the start); ``st`` keeps the input tail. Returns ``(window,
+    n_new)``: the unpadded convolution of ``window`` ``[batch, channels,
+    stride * (n_new - 1) + kernel]`` gives the ``n_new`` outputs that the
+    frames ``x`` make available (``window`` is None if there are none).
     """
     if kernel == stride == 1:  # every frame is an output: no buffer
         return (x if x.shape[-1] else None), x.shape[-1]
@@ -137,11 +117,10 @@ def s4_stream(layer, x, state, form):
 
 
 def fusion_stream(fusion, local, glob, scale_shift, st):
-    """Causal :class:`_Fusion` on the next frames of both inputs.
+    """Causal ``_Fusion`` of lobes.s4m on the next frames of both inputs.
 
-    The gate and embedding branches read the same global frames: one input
-    window, one product with both depthwise kernels and one cumulative-norm
-    call for both (``[batch, 2, channels, n]``).
+    The gate and embedding branches share one input window, one product
+    with both depthwise kernels and one cumulative-norm call.
     """
     loc = fusion.local_embedding.stream(local, st.setdefault("local", {}))
     gate_cn, emb_cn = fusion.global_gate, fusion.global_embedding
@@ -172,28 +151,13 @@ def fusion_stream(fusion, local, glob, scale_shift, st):
 def decode_stream(decoder, frames, state=None):
     """Overlap-add decoding of the next frames of a stream.
 
-    ``decoder`` is a transposed convolution (SpeechBrain's
-    ``dual_path.Decoder``: kernel K, stride s, one output channel): frame
-    ``j`` adds K samples at ``s*j``. Samples before ``s * (frames so far)``
-    receive nothing from later frames and are returned; the last ``K - s``
-    stay pending (:func:`decode_flush` returns them at the end). All
-    returned samples, concatenated, are ``decoder(all frames)``.
-
-    Arguments
-    ---------
-    decoder : torch.nn.ConvTranspose1d
-        The decoder (bias, if any, is added once per sample).
-    frames : torch.Tensor
-        ``[batch, channels, m]`` masked encoder frames.
-    state : dict, optional
-        From the previous call (``None``: a new stream).
-
-    Returns
-    -------
-    samples : torch.Tensor
-        ``[batch, s * m]`` finished samples.
-    state : dict
-        Pending overlap ``[batch, K - s]``, updated in place.
+    ``decoder``: a transposed convolution with one output channel (kernel
+    K, stride s; SpeechBrain's ``dual_path.Decoder``). Frame ``j`` adds K
+    samples at ``s*j``, so the samples before ``s * (frames so far)`` are
+    finished and returned ``[batch, s * m]``; the last ``K - s`` stay in
+    ``state`` (:func:`decode_flush` returns them at the end). ``frames``:
+    ``[batch, channels, m]``; ``state``: from the previous call (``None``:
+    a new stream), updated in place and returned.
 
     Example
     -------
@@ -222,21 +186,8 @@ def decode_stream(decoder, frames, state=None):
 
 
 def decode_flush(decoder, state):
-    """The pending ``K - s`` samples at the end of a stream
-    (see :func:`decode_stream`).
-
-    Arguments
-    ---------
-    decoder : torch.nn.ConvTranspose1d
-        The decoder.
-    state : dict
-        From :func:`decode_stream`.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[batch, K - s]``.
-    """
+    """The pending ``K - s`` samples ``[batch, K - s]`` at the end of a
+    stream (``state`` from :func:`decode_stream`)."""
     out = state["pending"]
     state["pending"] = out[:, :0]
     if decoder.bias is not None:

@@ -1,10 +1,9 @@
 """The separator's forward: encoder -> masking network -> decoder.
 
-One :class:`Separator` module is the whole model that the training Brain,
-:class:`speechbrain_s4m.inference.S4MSeparation` and the benchmark run, so
-that the three cannot drift apart. It holds SpeechBrain's three recipe
-modules (``Encoder``, ``MaskNet``, ``Decoder``) without copying them: built
-over a Brain's DDP-wrapped modules it runs the wrapped ones.
+One :class:`Separator` is the model that the training Brain,
+:class:`speechbrain_s4m.inference.S4MSeparation` and the benchmark all run,
+so that they cannot drift apart. It holds SpeechBrain's three recipe modules
+without copying them (over a Brain's DDP-wrapped modules it runs those).
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -22,26 +21,18 @@ def _unwrap(module):
 class Separator(nn.Module):
     """Encoder -> masks -> masked encodings -> decoder, length-matched.
 
-    SpeechBrain's forward of its separation recipes: ``mix_w =
-    encoder(mix)``, masks ``[num_spks, batch, channels, frames]`` from the
-    masking network, the masked representations decoded, and the output
-    aligned with the mixture and cut (or zero-padded) to its length.
+    Two decoders are understood: SpeechBrain's (``dual_path.Decoder``, each
+    source decoded alone with shared weights, the sources folded into the
+    batch), and one of all sources at once (``all_sources = True``, e.g.
+    :class:`~speechbrain_s4m.lobes.encoder_decoder.S4MDecoder`) that takes
+    their masked encodings concatenated source-major over the channels.
 
-    Two decoders are understood:
-
-    * SpeechBrain's (``dual_path.Decoder``): each source is decoded alone
-      with shared weights (in one call, the sources folded into the batch,
-      which gives the same result as one call per source);
-    * a decoder of all sources at once (``all_sources = True``, e.g.
-      :class:`speechbrain_s4m.lobes.s4m.S4MDecoder`, the authors' joint
-      decoder): all sources' masked encodings, concatenated source-major
-      over the channels, to ``[batch, num_spks, time]``.
-
-    Alignment: the encoder's frame ``j`` starts at input sample ``stride *
-    j - frame_offset`` (an encoder attribute, 0 if absent) and the decoder
-    crops ``padding`` samples in front, so input sample 0 is output sample
-    ``frame_offset - padding`` (``K - S`` for the authors' framing and
-    decoder, whose crop ``[K - S : -(rest + K - S)]`` this reproduces).
+    Alignment: the encoder's frame ``j`` starts at input sample ``stride * j
+    - frame_offset`` (0 if the encoder has no ``frame_offset``) and the
+    decoder crops ``padding`` samples in front, so input sample 0 is output
+    sample ``frame_offset - padding`` (``K - S`` for the authors' framing,
+    whose crop ``[K - S : -(rest + K - S)]`` this reproduces). The output is
+    then cut or zero-padded to the input's length.
 
     Arguments
     ---------
@@ -69,10 +60,9 @@ class Separator(nn.Module):
     >>> sep(torch.randn(3, 1001)).shape
     torch.Size([3, 1001, 2])
 
-    The authors' S4M (their framing and joint decoder; every input length
-    gives the input's length back):
+    The authors' S4M gives every input length back:
 
-    >>> from speechbrain_s4m.lobes.s4m import S4MDecoder, S4MEncoder
+    >>> from speechbrain_s4m.lobes import S4MDecoder, S4MEncoder
     >>> sep = Separator(
     ...     S4MEncoder(kernel_size=16, out_channels=9),
     ...     S4MMaskNet(9, 8, 16, depth=3, num_iterations=2),
@@ -92,38 +82,16 @@ class Separator(nn.Module):
 
     @classmethod
     def from_modules(cls, modules, num_spks):
-        """Builds a separator over a mapping with ``encoder``, ``masknet``
-        and ``decoder`` (a Brain's ``self.modules`` or a Pretrained
-        ``mods``); the modules are shared, not copied.
-
-        Arguments
-        ---------
-        modules : Mapping or torch.nn.ModuleDict
-            Holds ``encoder``, ``masknet`` and ``decoder``.
-        num_spks : int
-            Number of sources.
-
-        Returns
-        -------
-        Separator
-        """
+        """A separator over the ``encoder``, ``masknet`` and ``decoder``
+        of ``modules`` (a Brain's ``self.modules`` or a Pretrained
+        ``mods``), shared, not copied."""
         return cls(
             modules["encoder"], modules["masknet"], modules["decoder"], num_spks
         )
 
     def forward(self, mix):
-        """Separates mixtures.
-
-        Arguments
-        ---------
-        mix : torch.Tensor
-            Mixtures, ``[batch, time]``.
-
-        Returns
-        -------
-        torch.Tensor
-            Estimated sources, ``[batch, time, num_spks]``.
-        """
+        """Estimated sources ``[batch, time, num_spks]`` of the mixtures
+        ``mix`` ``[batch, time]``."""
         mix_w = self.encoder(mix)  # [batch, channels, frames]
         est_mask = self.masknet(mix_w)  # [spks, batch, channels, frames]
         if est_mask.shape[0] != self.num_spks:
