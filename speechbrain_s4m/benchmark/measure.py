@@ -215,6 +215,8 @@ def count_macs(model, mix):
     >>> m = torch.nn.Linear(4, 3, bias=False)
     >>> count_macs(m, torch.randn(2, 4))["total"]
     24
+    >>> count_macs(torch.fft.rfft, torch.randn(1, 8))["fft"]  # 4 * 8/2 * 3
+    48
     """
     counter = mac_counter()
     with counter, torch.no_grad():

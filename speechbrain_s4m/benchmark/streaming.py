@@ -297,13 +297,11 @@ def parser():
     )
     add(
         "--model",
-        default=None,
         help="a trained causal model folder (s4m-export) to time instead "
         "of --config",
     )
     add(
         "--overrides",
-        default=None,
         help="YAML dict of model overrides, e.g. '{num_iterations: 2}'",
     )
     add("--hops-ms", type=float, nargs="+", default=[4, 8, 16, 32])
@@ -332,7 +330,6 @@ def parser():
     add("--naive-repeats", type=int, default=3)
     add(
         "--json",
-        default=None,
         help="write the rows here (rewritten after every row)",
     )
     return p
