@@ -101,10 +101,9 @@ def read_audio(path, sample_rate=None, start=0, stop=None, resample=False):
     path : str
         Audio file (any format libsndfile reads).
     sample_rate : int or None
-        Expected rate; another one raises :class:`AudioFormatError` naming
-        the file, unless ``resample``.
+        Expected rate: another raises :class:`AudioFormatError`.
     start, stop : int, int or None
-        Sample range to read, in the file's own rate (None: to the end).
+        Sample range, at the file's rate (None: to the end).
     resample : bool
         Resample to ``sample_rate`` instead of failing.
 
@@ -216,23 +215,20 @@ def _check_wav_data_size(path):
 
 
 def check_audio_header(path, sample_rate=None, channels=None):
-    """Checks an audio file from its header alone (no decoding; fast).
-
-    The file must open with a known rate and, for WAV, hold the data size
-    its header declares (:func:`audio_info`); :func:`check_audio_file`
-    decodes everything.
+    """Checks an audio file from its header alone (no decoding; fast):
+    :func:`audio_info`'s checks, then the rate and channel count.
 
     Arguments
     ---------
     path : str or pathlib.Path
         The audio file.
     sample_rate, channels : int, optional
-        Expected values; others raise :class:`AudioFormatError`.
+        Expected values: others raise :class:`AudioFormatError`.
 
     Returns
     -------
     soundfile._SoundFileInfo
-        The header information (``samplerate``, ``channels``, ``frames``).
+        ``samplerate``, ``channels``, ``frames``.
 
     Example
     -------
@@ -280,11 +276,9 @@ def iter_audio_blocks(path, block_frames):
 
 
 def check_audio_file(path, min_seconds=0.1, block_seconds=None):
-    """Reads a file once, in blocks, and rejects what cannot be separated.
-
-    Checks the header (:func:`audio_info`), that every frame decodes, and
-    that the audio is at least ``min_seconds`` long, finite and not all
-    zeros.
+    """Reads a file once, in blocks, and rejects what cannot be separated:
+    bad header (:func:`audio_info`), undecodable frames, shorter than
+    ``min_seconds``, non-finite or all-zero samples.
 
     Arguments
     ---------
@@ -300,7 +294,7 @@ def check_audio_file(path, min_seconds=0.1, block_seconds=None):
     info : soundfile._SoundFileInfo
         The header information.
     frames : int
-        Number of frames actually read.
+        Number of frames read.
 
     Example
     -------
@@ -384,11 +378,8 @@ def check_audio_tensor(mix, sample_rate, min_seconds=0.1, name="input"):
         raise AudioInputError(f"{name}: contains NaN or Inf samples")
     silent = (mix.reshape(-1, mix.shape[-1]) == 0).all(dim=-1)
     if silent.any():
-        which = (
-            ""
-            if mix.dim() == 1
-            else f" (batch item {int(silent.int().argmax())})"
-        )
+        item = int(silent.int().argmax())
+        which = f" (batch item {item})" if mix.dim() > 1 else ""
         raise AudioInputError(
             f"{name}: audio is silent (all samples zero){which}"
         )

@@ -41,17 +41,8 @@ TRAINING_ONLY_MODEL_KEYS = ("checkpoint_iterations", "dropout")
 
 
 class CorruptCheckpointError(ValueError):
-    """A checkpoint file that cannot be read (truncated or overwritten).
-
-    Arguments
-    ---------
-    path : pathlib.Path
-        The file.
-    problem : str
-        What is wrong with it.
-    advice : str
-        What to do.
-    """
+    """A checkpoint file ``path`` that cannot be read (truncated or
+    overwritten): the message says the ``problem`` and the ``advice``."""
 
     def __init__(self, path, problem, advice=RESUME_ADVICE):
         self.path = pathlib.Path(path)
@@ -66,10 +57,8 @@ class CheckpointMismatchError(ValueError):
 
 def check_checkpoint_files(ckpt, names=None, advice=RESUME_ADVICE):
     """Raises :class:`CorruptCheckpointError` naming the first unreadable
-    file of the checkpoint folder ``ckpt``.
-
-    PyTorch archives are opened memory-mapped (the tensors are not read);
-    other files must be non-empty YAML text.
+    file of ``ckpt``: PyTorch archives are opened memory-mapped (tensors
+    not read), other files must be non-empty YAML text.
 
     Arguments
     ---------

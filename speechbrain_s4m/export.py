@@ -142,21 +142,16 @@ def results_averages(path):
 
 
 def extract_model_yaml(recipe_hparams, recipe_file="hyperparams.yaml"):
-    """The pretrained ``hyperparams.yaml`` text (without header) of a recipe.
+    """The pretrained ``hyperparams.yaml`` text (without header): the
+    ``sample_rate``, ``num_spks``, ``Encoder``, ``MaskNet``, ``Decoder``
+    nodes (shared sub-nodes as anchors/aliases), ``modules``, ``pretrainer``.
 
     Arguments
     ---------
     recipe_hparams : ruamel.yaml.comments.CommentedMap
-        The round-trip loaded recipe ``hyperparams.yaml``.
+        The recipe's ``hyperparams.yaml``, round-trip loaded.
     recipe_file : str
         Its name, for the messages.
-
-    Returns
-    -------
-    str
-        ``sample_rate``, ``num_spks``, ``Encoder``, ``MaskNet``, ``Decoder``
-        (shared sub-nodes kept as anchors/aliases), ``modules``,
-        ``pretrainer``.
     """
     out = CommentedMap()
     for key in ("sample_rate", "num_spks"):
