@@ -5,7 +5,11 @@ import math
 import pytest
 import torch
 
-from speechbrain_s4m.nnet.schedulers import WarmupDecayScheduler
+from speechbrain_s4m.nnet.schedulers import (
+    WarmupDecayScheduler,
+    check_lr_scheduler,
+    scale_learning_rates,
+)
 
 
 def _two_groups(lr_a=0.1, lr_b=1.0):
@@ -85,3 +89,12 @@ def test_bad_settings_fail_with_the_setting_named():
         WarmupDecayScheduler(5, warmup_updates=5)
     with pytest.raises(RuntimeError, match="total_updates"):
         WarmupDecayScheduler().factor(3)
+
+
+def test_unapplied_scheduler_fails_and_scaling_keeps_ratios():
+    check_lr_scheduler(WarmupDecayScheduler(total_updates=10))
+    with pytest.raises(ValueError, match="str is not applied by this Brain"):
+        check_lr_scheduler("cosine")
+    opt = _two_groups(1.0, 0.1)
+    scale_learning_rates(opt, 0.5)
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.05]

@@ -28,15 +28,9 @@ def _combine_dtype(device):
 
 
 class _GLNStatistics(torch.autograd.Function):
-    """Stable gLN statistics with a lean backward (see gln_statistics).
-
-    Forward: per-channel means ``m_c`` (one sum over time), per-channel
-    centred sums of squares ``M2_c = ||x_c - m_c||^2`` (the two-pass form,
-    no cancellation), combined over channels in float64 with the law of
-    total variance. Backward needs only ``x`` and the per-channel
-    statistics: ``d var / d x = 2 w_c (w_c x - mu) / n`` and
-    ``d mean / d x = w_c / n``, applied to ``x - m_c`` so that it stays
-    accurate when the mean is large.
+    """:func:`gln_statistics`; the backward needs only ``x`` and the
+    per-channel statistics (``d var / d x = 2 w_c (w_c x - mu) / n``, ``d
+    mean / d x = w_c / n``, applied to ``x - m_c``: accurate at large means).
     """
 
     @staticmethod
@@ -91,95 +85,36 @@ class _GLNStatistics(torch.autograd.Function):
 
 
 def gln_statistics(x, weight=None):
-    """Mean and variance of ``w_c * x`` over channels and time, per utterance.
+    """Variance and mean ``[batch, 1, 1]`` (float32 at least, also under
+    autocast) of ``w_c * x`` over the channels and time of ``x`` ``[batch,
+    channels, time]``; ``weight`` ``[channels]`` (default: ones).
 
-    Numerically stable: per-channel means, then per-channel sums of squared
-    deviations from them (two passes, in float32 at least), combined over
-    channels in float64 (where the device has it) with the law of total
-    variance, ``var = mean_c(w_c^2 var_c) + var_c(w_c m_c)``. Unlike
-    ``E[x^2] - E[x]^2`` from float32 sums, the relative error does not grow
-    with ``(mean / std)^2``. On CPU ``torch.var_mean`` over channels and time
-    is an order of magnitude slower. The backward pass is written out, so
-    no centred copy of ``x`` is kept for it.
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        ``[batch, channels, time]``.
-    weight : torch.Tensor, optional
-        ``[channels]`` per-channel factors ``w`` (default: all ones).
-
-    Returns
-    -------
-    var, mean : torch.Tensor
-        Both ``[batch, 1, 1]``, float32 at least (also under autocast).
-
-    Example
-    -------
-    >>> x = torch.randn(2, 3, 5)
-    >>> var, mean = gln_statistics(x)
-    >>> torch.allclose(mean.flatten(), x.mean((1, 2)), atol=1e-6)
-    True
-    >>> torch.allclose(var.flatten(), x.var((1, 2), unbiased=False))
-    True
-    >>> var, _ = gln_statistics(1000 + torch.randn(1, 64, 4000))
-    >>> bool(abs(var.item() - 1) < 0.05)
-    True
+    Stable: per-channel means and centred sums of squares (two passes),
+    combined in float64 (where the device has it) by the law of total
+    variance; ``E[x^2] - E[x]^2`` would lose ``(mean / std)^2`` in relative
+    error, and ``torch.var_mean`` is ~10x slower on CPU.
     """
     return _GLNStatistics.apply(x, weight)
 
 
 class ChannelLayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` over the channels of each frame.
-
-    Arguments
-    ---------
-    channels : int
-        Number of channels.
-    eps : float
-        Added to the variance.
-
-    Example
-    -------
-    >>> norm = ChannelLayerNorm(4)
-    >>> y = norm(torch.randn(2, 4, 7))
-    >>> y.shape, bool(y.mean(1).abs().max() < 1e-5)
-    (torch.Size([2, 4, 7]), True)
-    """
+    """``nn.LayerNorm(channels, eps)`` over the channels of each frame."""
 
     def __init__(self, channels, eps=1e-5):
         super().__init__(channels, eps=eps)
 
     def forward(self, x):
-        """``[batch, channels, time]`` -> ``[batch, channels, time]``."""
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
 class S4Block(nn.Module):
-    """Pre-norm residual S4 layer: ``x + S4(LayerNorm(x))``.
-
-    Arguments
-    ---------
-    d_model : int
-        Number of channels.
-    d_state : int
-        SSM state size.
-    mode : str
-        ``"nplr"`` or ``"s4d"`` (see :class:`S4`).
-    bidirectional : bool
-        Bidirectional S4 (default True).
-    dropout : float
-        Dropout inside the S4 layer.
-    **s4_kwargs
-        Further arguments of :class:`S4` (``dt_min``, ``dt_max``,
-        ``s4d_init``).
+    """Pre-norm residual S4 layer: ``x + S4(ChannelLayerNorm(x))``; the
+    arguments are :class:`S4`'s (``bidirectional`` by default here).
 
     Example
     -------
     >>> block = S4Block(8, d_state=4)
-    >>> x = torch.randn(2, 8, 10)
-    >>> k = block.s4.kernel(10)
-    >>> block(x, kernel=k).shape
+    >>> block(torch.randn(2, 8, 10), kernel=block.s4.kernel(10)).shape
     torch.Size([2, 8, 10])
     """
 
@@ -195,43 +130,18 @@ class S4Block(nn.Module):
         super().__init__()
         self.norm = ChannelLayerNorm(d_model)
         self.s4 = S4(
-            d_model,
-            d_state=d_state,
-            mode=mode,
-            bidirectional=bidirectional,
-            dropout=dropout,
-            **s4_kwargs,
+            d_model, d_state, mode, bidirectional, dropout=dropout, **s4_kwargs
         )
 
     def forward(self, x, kernel=None):
-        """``[batch, d_model, time]`` -> ``[batch, d_model, time]``.
-
-        ``kernel`` is an optional precomputed ``self.s4.kernel(time)``.
-        """
+        """``kernel``: an optional precomputed ``self.s4.kernel(time)``."""
         return x + self.s4(self.norm(x), kernel=kernel)
 
 
 class FeedForwardBlock(nn.Module):
-    """Pre-norm residual feed-forward layer.
-
-    ``x + W2(Dropout(GELU(W1(LayerNorm(x)))))`` with 1x1 convolutions
-    ``W1: D -> expansion*D`` and ``W2: expansion*D -> D``.
-
-    Arguments
-    ---------
-    d_model : int
-        Number of channels D.
-    expansion : int
-        Hidden size factor.
-    dropout : float
-        Dropout after the GELU and after ``W2``.
-
-    Example
-    -------
-    >>> ff = FeedForwardBlock(8)
-    >>> ff(torch.randn(2, 8, 5)).shape
-    torch.Size([2, 8, 5])
-    """
+    """Pre-norm residual feed-forward layer, ``x + Dropout(W2(Dropout(
+    GELU(W1(ChannelLayerNorm(x))))))``, 1x1 convolutions ``W1``: ``d_model``
+    -> ``expansion * d_model`` channels and ``W2`` back."""
 
     def __init__(self, d_model, expansion=2, dropout=0.0):
         super().__init__()
@@ -243,32 +153,14 @@ class FeedForwardBlock(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x):
-        """``[batch, d_model, time]`` -> ``[batch, d_model, time]``."""
         h = self.dropout(self.activation(self.linear1(self.norm(x))))
         return x + self.dropout(self.linear2(h))
 
 
 class GlobalLayerNorm(nn.Module):
-    """Global layer norm (gLN): statistics over channels and time.
-
-    Each utterance is normalised with the mean and variance of all its
-    channels and frames, then scaled and shifted per channel. Statistics
-    are computed in float32 at least (safe under fp16 autocast).
-
-    Arguments
-    ---------
-    channels : int
-        Number of channels.
-    eps : float
-        Added to the variance.
-
-    Example
-    -------
-    >>> gln = GlobalLayerNorm(4)
-    >>> y = gln(3 * torch.randn(2, 4, 6) + 1)
-    >>> y.shape, bool(y.mean((1, 2)).abs().max() < 1e-5)
-    (torch.Size([2, 4, 6]), True)
-    """
+    """Global layer norm (gLN): each utterance normalised with the mean and
+    variance over all its channels and frames (:func:`gln_statistics`, plus
+    ``eps``), then scaled and shifted per channel."""
 
     def __init__(self, channels, eps=1e-8):
         super().__init__()
@@ -283,11 +175,11 @@ class GlobalLayerNorm(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, x):
-        """``[batch, channels, time]`` -> ``[batch, channels, time]``."""
-        var, mean = gln_statistics(x)  # [batch, 1, 1]
-        rstd = torch.rsqrt(var + self.eps)
+        return self._normalise(x, *gln_statistics(x))
+
+    def _normalise(self, x, var, mean):
         # y = (x - mean) * rstd * weight + bias = x * scale + shift
-        scale = self.weight * rstd  # [batch, C, 1]
+        scale = self.weight * torch.rsqrt(var + self.eps)  # [batch, C, .]
         shift = self.bias - mean * scale
         return torch.addcmul(shift, x.to(scale.dtype), scale).to(x.dtype)
 
@@ -296,48 +188,11 @@ class GlobalLayerNorm(nn.Module):
 
 
 def cln_statistics(x, state=None):
-    """Mean and variance over channels and all frames up to each frame.
-
-    The statistics of cumulative layer norm (cLN): for frame ``t``, over
-    the channels of frames ``0..t``, so that no frame reads a later one.
-    Numerically stable: each frame's channel mean ``m_t`` and centred sum
-    of squares ``M2_t`` (two passes over the channels), then running sums
-    in float64 (where the device has it) of ``M2_t``, ``m_t - k`` and
-    ``(m_t - k)^2`` with the shift ``k`` = the mean of the stream's first
-    frame: ``var_t = (sum M2 + C (sum (m - k)^2 - (sum (m - k))^2 / n))
-    / (C n)``.
-
-    A stream cut into consecutive chunks gives the same statistics as the
-    whole signal when ``state`` is carried from chunk to chunk.
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        ``[batch, channels, time]``.
-    state : tuple of torch.Tensor, optional
-        Running sums returned by a previous call on the preceding frames
-        (``None``: start of the stream).
-
-    Returns
-    -------
-    var, mean : torch.Tensor
-        Both ``[batch, 1, time]`` in ``x``'s dtype (float32 at least).
-    state : tuple of torch.Tensor
-        Running sums after the last frame (``[batch]`` tensors: frames,
-        shift, sum of ``m - k``, sum of ``(m - k)^2``, sum of ``M2``).
-
-    Example
-    -------
-    >>> x = torch.randn(2, 3, 10)
-    >>> var, mean, state = cln_statistics(x)
-    >>> ref = x[..., :4].var((1, 2), unbiased=False)
-    >>> torch.allclose(var[:, 0, 3], ref)
-    True
-    >>> v1, _, s = cln_statistics(x[..., :6])
-    >>> v2, _, _ = cln_statistics(x[..., 6:], s)
-    >>> torch.allclose(torch.cat([v1, v2], -1), var)
-    True
-    """
+    """cLN statistics of ``x`` ``[batch, channels, time]``: variance and
+    mean ``[batch, 1, time]`` (float32 at least) over the channels of all
+    frames up to each frame, and the running sums (float64 where the device
+    has it; of frame means shifted by the first one's, for stability): the
+    ``state`` of the call on the next frames (``None``: stream start)."""
     acc = torch.promote_types(x.dtype, torch.float32)
     comb = _combine_dtype(x.device)
     channels, t = x.shape[1], x.shape[2]
@@ -366,76 +221,24 @@ def cln_statistics(x, state=None):
 
 
 class CumulativeLayerNorm(GlobalLayerNorm):
-    """Cumulative layer norm (cLN): the causal counterpart of gLN.
-
-    Frame ``t`` is normalised with the mean and variance over the channels
-    of frames ``0..t`` (:func:`cln_statistics`), then scaled and shifted per
-    channel. Same parameters as :class:`GlobalLayerNorm`.
-
-    Arguments
-    ---------
-    channels : int
-        Number of channels.
-    eps : float
-        Added to the variance.
+    """Cumulative layer norm (cLN), the causal gLN: frame ``t`` normalised
+    with the statistics of frames ``0..t`` (:func:`cln_statistics`).
 
     Example
     -------
     >>> cln = CumulativeLayerNorm(4)
     >>> x = torch.randn(2, 4, 6)
-    >>> y = cln(x)
     >>> x2 = x.clone(); x2[..., 4:] = 0  # the future does not matter
-    >>> torch.equal(cln(x2)[..., :4], y[..., :4])
+    >>> torch.equal(cln(x2)[..., :4], cln(x)[..., :4])
     True
     """
 
     def forward(self, x):
-        """``[batch, channels, time]`` -> ``[batch, channels, time]``."""
-        return self.stream(x)[0]
-
-    def stream(self, x, state=None):
-        """Normalise the next frames of a stream.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, channels, time]``, the frames that follow those already
-            seen (``time`` may be 0).
-        state : tuple, optional
-            Running sums of the preceding frames (:func:`cln_statistics`);
-            ``None`` at the start of a stream.
-
-        Returns
-        -------
-        y : torch.Tensor
-            ``[batch, channels, time]``.
-        state : tuple
-            Running sums including ``x``.
-        """
-        var, mean, state = cln_statistics(x, state)  # [batch, 1, time]
-        scale = self.weight * torch.rsqrt(var + self.eps)  # [batch, C, time]
-        shift = self.bias - mean * scale
-        y = torch.addcmul(shift, x.to(scale.dtype), scale).to(x.dtype)
-        return y, state
+        return self._normalise(x, *cln_statistics(x)[:2])
 
     def stream_step(self, x, state=None):
-        """:meth:`stream` with fewer operations, for short chunks.
-
-        Same values as :meth:`stream` (up to rounding) through
-        :func:`cln_stream_step`; the state is its own (not interchangeable
-        with :meth:`stream`'s).
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, channels, time]``.
-        state : tuple, optional
-            From the previous call (``None``: start of the stream).
-
-        Returns
-        -------
-        y, state
-            As :meth:`stream`.
+        """:func:`cln_stream_step`: the next frames of a stream and the
+        state of the previous call (``None``: start) -> ``y``, new state.
 
         Example
         -------
@@ -450,33 +253,15 @@ class CumulativeLayerNorm(GlobalLayerNorm):
 
 
 def cln_stream_step(x, state, weight, bias, eps):
-    """Cumulative layer norm of the next frames, in few operations.
+    """Cumulative layer norm of the next frames ``[..., channels, time]``
+    of a stream, in few operations; returns ``y`` and the new state.
 
-    The channel sums of each frame (of ``x - k``, ``k`` = mean of the
-    stream's first frame, and of its square) and the element count are
-    accumulated in float64 by ONE cumulative sum over a ``[..., 3, time]``
-    tensor; mean and variance follow. Several norms of the same length can
-    run as one call (leading dimensions, each with its own gain and bias).
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        ``[..., channels, time]``; statistics over ``channels`` and all
-        frames so far, per leading index.
-    state : tuple of torch.Tensor or None
-        ``(k, sums)``: ``[..., 1, 1]`` shifts and ``[..., 3, 1]`` running
-        (count, sum, sum of squares); ``None`` at the start of a stream.
-    weight, bias : torch.Tensor
-        Gains and biases broadcastable to ``[..., channels, 1]``.
-    eps : float
-        Added to the variance.
-
-    Returns
-    -------
-    y : torch.Tensor
-        Like ``x``.
-    state : tuple of torch.Tensor
-        Updated.
+    Frame count and channel sums of ``x - k`` and its square (``k``: mean
+    of the stream's first frame) accumulate in float64 by ONE cumulative
+    sum over a ``[..., 3, time]`` tensor. Leading dimensions are separate
+    norms run as one call: ``weight``, ``bias`` broadcast to ``[...,
+    channels, 1]``. ``state``: ``(k [..., 1, 1], running (count, sum, sum
+    of squares) [..., 3, 1])``, ``None`` at the start of a stream.
     """
     if x.shape[-1] == 0:
         return x, state

@@ -1,21 +1,8 @@
-"""Convolutions and channel maps on the few frames of a streaming chunk.
+"""Convolutions and channel maps on the 2..16 frames of a streaming chunk.
 
-A streamed hop gives each layer a handful of frames (16 at the finest scale
-of a 16 ms hop, 2 at the coarsest). On a CPU the general-purpose kernels
-are slow on such shapes, whatever the arithmetic:
-
-* ``conv1d`` costs ~0.2-0.7 ms per call (weight re-layout), so 1x1
-  convolutions are matrix products and depthwise ones a sum over taps;
-* MKL's ``W @ x`` for a weight ``[out, in]`` and ``x`` ``[in, n]`` with
-  fewer than 16 columns is 4-7x slower than ``x^T @ W^T`` on a contiguous
-  ``x^T`` (measured with one thread: 1024 x 512 times 2 frames, 600 us
-  against 90 us; at 16 frames and more both run alike);
-* a depthwise convolution as ``unfold`` + batched matmul materialises the
-  unfolded taps and runs one tiny GEMM per channel; ``k`` fused
-  multiply-adds over shifted slices of the window are ~5x cheaper.
-
-Same values as the whole-signal layers (not bitwise): the streaming tests
-compare the streamed output with the whole-signal model.
+On CPUs ``conv1d`` costs ~0.2-0.7 ms a call (weight re-layout), MKL's ``W
+@ x`` with < 16 columns is 4-7x slower than ``x^T @ W^T``, and a depthwise
+``unfold`` + matmul ~5x slower than multiply-adds over shifted slices.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -31,30 +18,8 @@ _WIDE = 16
 
 
 def linear_frames(x, weight, bias=None):
-    """``weight @ x + bias[:, None]`` over channels, fast for few frames.
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        ``[..., in, n]``.
-    weight : torch.Tensor
-        ``[out, in]``.
-    bias : torch.Tensor, optional
-        ``[out]``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[..., out, n]``, contiguous.
-
-    Example
-    -------
-    >>> x, w, b = torch.randn(2, 6, 3), torch.randn(4, 6), torch.randn(4)
-    >>> y = linear_frames(x, w, b)
-    >>> ref = torch.einsum("oi,bit->bot", w, x) + b[:, None]
-    >>> torch.allclose(y, ref, atol=1e-5)
-    True
-    """
+    """``weight @ x + bias[:, None]`` (``x`` ``[..., in, n]``, ``weight``
+    ``[out, in]``, ``bias`` ``[out]``), contiguous, fast for few frames."""
     if x.shape[-1] >= _WIDE:
         y = torch.matmul(weight, x)
         return y if bias is None else y + bias[:, None]
@@ -63,26 +28,12 @@ def linear_frames(x, weight, bias=None):
 
 
 def depthwise_taps(window, taps, stride=1):
-    """Depthwise correlation of a padded window with per-channel taps.
+    """``y[..., c, j] = Σ_i taps[..., c, i] window[..., c, stride j + i]``.
 
-    ``y[..., c, j] = sum_i taps[..., c, i] * window[..., c, stride*j + i]``
-    (what ``conv1d(groups=channels)`` computes, no padding).
-
-    Arguments
-    ---------
-    window : torch.Tensor
-        ``[..., channels, length]``.
-    taps : torch.Tensor
-        ``[..., channels, k]`` (broadcast against the window's leading
-        dimensions, e.g. ``[2, C, k]`` for two kernels on one window
-        ``[batch, 1, C, length]``).
-    stride : int
-        Output hop.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[..., channels, (length - k) // stride + 1]``.
+    What ``conv1d(groups=channels)`` computes without padding, as ``k``
+    multiply-adds; ``taps`` ``[..., channels, k]`` broadcasts against
+    ``window`` ``[..., channels, length]`` (e.g. two kernels ``[2, C, k]``
+    on one window ``[batch, 1, C, length]``).
 
     Example
     -------
@@ -103,20 +54,9 @@ def depthwise_taps(window, taps, stride=1):
 
 
 def small_conv(conv, x):
-    """``conv(x)`` for the few frames of a streaming chunk (no padding:
-    causal windows come padded).
-
-    Arguments
-    ---------
-    conv : torch.nn.Conv1d
-        A 1x1 convolution or a depthwise one (others run as ``conv(x)``).
-    x : torch.Tensor
-        ``[batch, in_channels, length]``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``conv(x)``.
+    """``conv(x)`` for the few frames ``[batch, in, length]`` of a chunk,
+    fast for 1x1 and depthwise ``nn.Conv1d`` (no padding: causal windows
+    come padded).
 
     Example
     -------

@@ -1,28 +1,10 @@
 """Learning-rate schedules, and the learning-rate helpers of the Brain.
 
-SpeechBrain's separation recipes anneal once per epoch
-(``ReduceLROnPlateau``: halve after epochs without improvement). A short
-run (the SynthMix main job: 10 epochs) never reaches the plateau, so its
-learning rate stays at the peak until the last update.
-:class:`WarmupDecayScheduler` instead sets the rate of every update: an
-optional linear warm-up, then a linear or cosine decay to a final fraction
-of the peak at the last update of the run; the rates are set by torch's
-``LambdaLR`` with :meth:`WarmupDecayScheduler.factor` as its lambda, and
-the schedule is checkpointed through SpeechBrain's ``Checkpointer`` (a
-recoverable, as ``lr_scheduler`` in the recipes).
-
-Differences from SpeechBrain's ``LinearWarmupScheduler`` (on purpose):
-
-* every parameter group keeps its own peak rate (the S4 parameters may
-  have their own, :func:`speechbrain_s4m.nnet.ssm_aware_optimizer`); the
-  schedule multiplies each group's peak by the same factor instead of
-  writing one rate into all groups;
-* ``total_updates`` may be left ``None``: the recipe runner sets it from the
-  run's length (epochs x updates per epoch), so the same hparams work for
-  any dataset size, batch size or number of epochs;
-* the factor of update ``k`` is set *before* update ``k`` (update 0 of a
-  warm-up runs at rate 0 in SpeechBrain's; here at ``1 / warmup_updates``
-  of the peak).
+:class:`WarmupDecayScheduler` sets the rate of every update (SpeechBrain's
+``ReduceLROnPlateau`` acts per epoch, never in a short run). Unlike
+SpeechBrain's ``LinearWarmupScheduler`` it scales each group's own peak
+(the S4 group may have its own), the recipe runner may set its length, and
+update 0 of a warm-up is not at rate 0.
 
 Authors
  * speechbrain-s4m contributors 2026
@@ -49,26 +31,23 @@ DECAYS = ("none", "linear", "cosine")
 
 @checkpoints.register_checkpoint_hooks
 class WarmupDecayScheduler:
-    """Per-update learning-rate factor: warm-up, then decay to the end.
+    """Per-update learning-rate factor: linear warm-up, then decay.
 
-    Update ``k`` (counted from 0) runs at ``peak * factor(k)`` in every
-    parameter group, where ``peak`` is the group's learning rate when the
-    schedule first touched it (kept in the group as ``initial_lr``, so it
-    is saved and restored with the optimizer)::
+    Update ``k`` (from 0) runs at ``peak * factor(k)`` in every group, the
+    peak being its first rate (torch's ``initial_lr``)::
 
         factor(k) = (k + 1) / warmup_updates                 k < warmup
         factor(k) = final + (1 - final) * shape(p)           otherwise,
 
-    ``p = (k - warmup) / (total - warmup)`` clamped to [0, 1], and
-    ``shape(p) = 1 - p`` (linear), ``(1 + cos(pi p)) / 2`` (cosine) or
-    ``1`` (none: constant after the warm-up).
+    ``p = (k - warmup) / (total - warmup)`` clamped to [0, 1], ``shape(p)``
+    ``1 - p`` (linear), ``(1 + cos(pi p)) / 2`` (cosine) or ``1`` (none).
+    Checkpointed as a SpeechBrain recoverable (the update count).
 
     Arguments
     ---------
     total_updates : int, optional
-        Updates in the whole run (the decay ends there). ``None``: set by
-        the recipe runner (:meth:`set_total_updates`) from the number of
-        epochs and the training batches per epoch.
+        Updates in the whole run; ``None``: set by the recipe runner
+        (:meth:`set_total_updates`) from epochs x batches per epoch.
     warmup_updates : int
         Updates of linear warm-up (0: none).
     decay : str
@@ -81,14 +60,11 @@ class WarmupDecayScheduler:
     >>> sched = WarmupDecayScheduler(total_updates=5, warmup_updates=1)
     >>> [round(sched.factor(k), 3) for k in range(6)]
     [1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
-    >>> p, q = torch.ones(1).requires_grad_(), torch.ones(1).requires_grad_()
-    >>> groups = [{"params": [p], "lr": 0.1}, {"params": [q]}]
-    >>> opt = torch.optim.SGD(groups, lr=1.0)
-    >>> sched(opt)  # before update 0
-    >>> sched(opt)  # before update 1
-    >>> sched(opt)  # before update 2: both groups at 75% of their peak
-    >>> [round(g["lr"], 6) for g in opt.param_groups]
-    [0.075, 0.75]
+    >>> opt = torch.optim.SGD([torch.ones(1, requires_grad=True)], lr=0.1)
+    >>> for _ in range(3):  # before updates 0, 1, 2
+    ...     sched(opt)
+    >>> round(opt.param_groups[0]["lr"], 6)
+    0.075
     """
 
     def __init__(
@@ -120,13 +96,7 @@ class WarmupDecayScheduler:
         self._update = 0  # updates scheduled before it exists (a resume)
 
     def set_total_updates(self, total_updates):
-        """Sets the length of the run (the update at which the decay ends).
-
-        Arguments
-        ---------
-        total_updates : int
-            Updates in the whole run (> ``warmup_updates``).
-        """
+        """Sets the run's length (> ``warmup_updates``), where decay ends."""
         total_updates = int(total_updates)
         if total_updates <= self.warmup_updates:
             raise ValueError(
@@ -136,17 +106,7 @@ class WarmupDecayScheduler:
         self.total_updates = total_updates
 
     def factor(self, update):
-        """The fraction of the peak rate for update ``update`` (from 0).
-
-        Arguments
-        ---------
-        update : int
-            Index of the update.
-
-        Returns
-        -------
-        float
-        """
+        """The fraction of the peak rate for update ``update`` (from 0)."""
         if update < self.warmup_updates:
             return (update + 1) / self.warmup_updates
         if self.decay == "none":
@@ -172,21 +132,12 @@ class WarmupDecayScheduler:
         return self._lambda_lr.last_epoch + 1
 
     def __call__(self, optimizer):
-        """Sets every group's rate for the next update, then counts it.
-
-        Call it once before each optimizer update. The first call wraps
-        ``optimizer`` in torch's ``LambdaLR`` (each group's rate then is its
-        peak, kept by torch as the group's ``initial_lr``, so it is saved
-        and restored with the optimizer); the next ones step it.
-
-        Arguments
-        ---------
-        optimizer : torch.optim.Optimizer
-            The optimizer (each group's first rate is its peak).
-        """
+        """Sets every group's rate for the next update; call it once before
+        each ``optimizer.step()`` (the first call wraps ``optimizer`` in
+        torch's ``LambdaLR``, the next ones step it)."""
         sched = self._lambda_lr
         with warnings.catch_warnings():
-            # Stepped before optimizer.step() on purpose: this sets the rate
+            # stepped before optimizer.step() on purpose: this sets the rate
             # of the coming update (torch's order is step, then schedule)
             warnings.filterwarnings(
                 "ignore", message="Detected call of `lr_scheduler.step"
@@ -214,32 +165,12 @@ class WarmupDecayScheduler:
         self._lambda_lr = None
 
 
-#: The learning-rate schedulers the Brain applies (``None``: constant).
-LR_SCHEDULERS = (ReduceLROnPlateau, WarmupDecayScheduler)
-
-
 def check_lr_scheduler(scheduler):
-    """Raises if the Brain would not apply ``scheduler``.
-
-    ``ReduceLROnPlateau`` acts after each validation (every parameter group
-    scaled by the same factor), :class:`WarmupDecayScheduler` before each
-    update; any other object under the ``lr_scheduler`` key would be
-    silently ignored, so it is an error.
-
-    Arguments
-    ---------
-    scheduler : object or None
-        The hparams' ``lr_scheduler``.
-
-    Example
-    -------
-    >>> check_lr_scheduler(WarmupDecayScheduler(total_updates=10))
-    >>> check_lr_scheduler("cosine")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: lr_scheduler: str is not applied by this Brain; use ...
-    """
-    if scheduler is None or isinstance(scheduler, LR_SCHEDULERS):
+    """Raises if the Brain would not apply ``scheduler`` (the hparams'
+    ``lr_scheduler``), rather than silently ignoring it."""
+    if scheduler is None or isinstance(
+        scheduler, (ReduceLROnPlateau, WarmupDecayScheduler)
+    ):
         return
     raise ValueError(
         f"lr_scheduler: {type(scheduler).__name__} is not applied by this "
@@ -250,31 +181,9 @@ def check_lr_scheduler(scheduler):
 
 
 def learning_rates(optimizer):
-    """The learning rates to log: ``lr`` of the main parameter group and,
-    when the S4 parameters (marked ``_ssm_param``) have their own group with
-    another learning rate, ``lr_ssm``.
-
-    Arguments
-    ---------
-    optimizer : torch.optim.Optimizer
-        The optimizer.
-
-    Returns
-    -------
-    dict
-        ``{"lr": float}`` or ``{"lr": float, "lr_ssm": float}``.
-
-    Example
-    -------
-    >>> p, q = torch.ones(1).requires_grad_(), torch.ones(1).requires_grad_()
-    >>> q._ssm_param = True
-    >>> groups = [{"params": [q], "lr": 4e-4}, {"params": [p]}]
-    >>> opt = torch.optim.Adam(groups, lr=1e-3)
-    >>> learning_rates(opt)
-    {'lr': 0.001, 'lr_ssm': 0.0004}
-    >>> learning_rates(torch.optim.Adam([p, q], lr=1e-3))
-    {'lr': 0.001}
-    """
+    """The rates to log: ``{"lr": ...}`` of the main parameter group, plus
+    ``"lr_ssm"`` when the S4 parameters (marked ``_ssm_param``) have their
+    own group with another rate."""
     main, ssm = None, None
     for group in optimizer.param_groups:
         params = group["params"]
@@ -294,26 +203,7 @@ def learning_rates(optimizer):
 
 
 def scale_learning_rates(optimizer, factor):
-    """Multiplies the learning rate of every parameter group by ``factor``
-    (keeps the ratio between e.g. the SSM group and the others).
-
-    Arguments
-    ---------
-    optimizer : torch.optim.Optimizer
-        The optimizer.
-    factor : float
-        The multiplier.
-
-    Example
-    -------
-    >>> p, q = torch.ones(1).requires_grad_(), torch.ones(1).requires_grad_()
-    >>> groups = [{"params": [p]}, {"params": [q], "lr": 0.1}]
-    >>> opt = torch.optim.Adam(groups, lr=1.0)
-    >>> scale_learning_rates(opt, 0.5)
-    >>> [g["lr"] for g in opt.param_groups]
-    [0.5, 0.05]
-    """
-    if factor == 1.0:
-        return
+    """Multiplies every parameter group's rate by ``factor`` (keeps their
+    ratios, e.g. of the S4 group to the others)."""
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * factor

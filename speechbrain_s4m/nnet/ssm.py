@@ -39,18 +39,16 @@ def _real_dtype(dtype):
 
 
 def fft_conv(u, kernel):
-    """Long convolution of ``u`` with an SSM kernel through FFTs.
-
-    The FFT size is a fast length of at least ``2 L`` (no wrap-around).
+    """Long convolution with an SSM kernel through real FFTs of a fast
+    length >= ``2 L`` (no wrap-around).
 
     Arguments
     ---------
     u : torch.Tensor
         ``[batch, channels, time]`` (real).
     kernel : torch.Tensor
-        Causal ``[channels, time]`` (``y_t += K_j u_{t-j}``), or
-        bidirectional ``[2, channels, time]``: ``kernel[1]`` runs backward
-        in time from one step later (``y_t += K1_j u_{t+j+1}``).
+        ``[channels, time]`` (``y_t += K_j u_{t-j}``) or ``[2, channels,
+        time]``, ``kernel[1]`` backward from t+1 (``y_t += K1_j u_{t+j+1}``).
 
     Returns
     -------
@@ -61,29 +59,27 @@ def fft_conv(u, kernel):
     -------
     >>> u = torch.zeros(1, 1, 5); u[..., 2] = 1.0
     >>> k = torch.tensor([[1.0, 0.5, 0.25, 0.0, 0.0]])
-    >>> fft_conv(u, k).round(decimals=4) + 0.0
-    tensor([[[0.0000, 0.0000, 1.0000, 0.5000, 0.2500]]])
     >>> fft_conv(u, torch.stack([k, 2 * k])).round(decimals=4) + 0.0
     tensor([[[1.0000, 2.0000, 1.0000, 0.5000, 0.2500]]])
     """
     if torch.jit.is_tracing():  # plain differentiable ops, traceable
-        L = int(u.shape[-1])
-        n = next_fast_len(2 * L, real=True)
-        k_f = torch.fft.rfft(_two_sided(kernel, n), n=n)
-        return torch.fft.irfft(torch.fft.rfft(u, n=n) * k_f, n=n)[..., :L]
+        L, n, u_f, k_f = _spectra(u, kernel)
+        return torch.fft.irfft(u_f * k_f, n=n)[..., :L]
     return _FFTConv.apply(u, kernel)
 
 
-def _two_sided(kernel, n):
-    """Kernel ``[H, L]`` or ``[2, H, L]`` laid out on ``n`` circular taps."""
-    L = kernel.shape[-1]
-    if kernel.dim() == 2:
-        return kernel
-    # lags 0..L-1 at the start, lags -1..-L at the end
-    k = kernel.new_zeros(kernel.shape[1:-1] + (n,))
-    k[..., :L] = kernel[0]
-    k[..., n - L :] = kernel[1].flip(-1)
-    return k
+def _spectra(u, kernel):
+    """``L``, FFT size ``n``, rfft of ``u`` and of the kernel ``[H, L]`` or
+    ``[2, H, L]`` laid out on ``n`` circular taps (lags 0..L-1 at the
+    start, -1..-L at the end)."""
+    L = int(u.shape[-1])
+    n = next_fast_len(2 * L, real=True)
+    k = kernel
+    if kernel.dim() == 3:
+        k = kernel.new_zeros(kernel.shape[1:-1] + (n,))
+        k[..., :L] = kernel[0]
+        k[..., n - L :] = kernel[1].flip(-1)
+    return L, n, torch.fft.rfft(u, n=n), torch.fft.rfft(k, n=n)
 
 
 class _FFTConv(torch.autograd.Function):
@@ -92,14 +88,10 @@ class _FFTConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, kernel):
-        L = int(u.shape[-1])
-        n = next_fast_len(2 * L, real=True)
-        k_f = torch.fft.rfft(_two_sided(kernel, n), n=n)  # [H, n/2+1]
-        u_f = torch.fft.rfft(u, n=n)  # [..., H, n/2+1]
-        y = torch.fft.irfft(u_f * k_f, n=n)[..., :L]
+        L, n, u_f, k_f = _spectra(u, kernel)  # [..., H, n/2+1], [H, n/2+1]
         ctx.save_for_backward(u_f, k_f)
         ctx.shape = (L, n, kernel.dim())
-        return y
+        return torch.fft.irfft(u_f * k_f, n=n)[..., :L]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -162,13 +154,9 @@ def _reciprocals(w, a, s):
 
 
 class _Cauchy(torch.autograd.Function):
-    """``r[k, h, f] = Σ_n v[k, h, n] / (a_f - s_f w[h, n])``, chunked.
-
-    The ``[H, N, F]`` reciprocals are rebuilt chunk by chunk in forward and
-    backward, never stored (``a``, ``s`` constant). Holomorphic in ``v``,
-    ``w``: ``grad_v = Σ_f g conj(1 / R)``, ``grad_w = conj(v) Σ_f g conj(s
-    / R^2)`` (summed over k).
-    """
+    """``Σ_n v[k, h, n] / (a_f - s_f w[h, n])``, the ``[H, N, F]``
+    reciprocals rebuilt chunk by chunk, never stored. Holomorphic: ``grad_v
+    = Σ_f g conj(1 / R)``, ``grad_w = conj(v) Σ_f g conj(s / R^2)``."""
 
     @staticmethod
     def forward(ctx, v, w, a, s):
@@ -266,13 +254,9 @@ def _row_times_power(v, M, L):
 
 
 def _legs_dplr(N):
-    """HiPPO-LegS in diagonal plus low-rank form: ``Λ, P̃, B̃`` ``[N/2]``.
-
-    ``A_nk = -(sqrt(2n+1) sqrt(2k+1) [n > k] + (n+1) [n == k])``, ``B_n =
-    sqrt(2n+1)``; with ``P_n = sqrt(n + 1/2)``, ``A + P P^T`` is ``-I/2`` +
-    skew-symmetric, so ``A = V (Λ - P̃ P̃*) V*``, ``P̃ = V* P``. The half with
-    positive imaginary parts, complex128.
-    """
+    """HiPPO-LegS ``A = V (Λ - P̃ P̃*) V*``: ``Λ, P̃ = V* P, B̃ = V* B``
+    ``[N/2]`` (complex128, positive imaginary parts). ``A + P P^T`` (``P_n
+    = sqrt(n + 1/2)``) is ``-I/2`` + skew-symmetric, hence normal."""
     n = torch.arange(N, dtype=torch.float64)
     q = torch.sqrt(2 * n + 1)
     A = -(torch.tril(torch.outer(q, q), -1) + torch.diag(n + 1))
@@ -315,11 +299,9 @@ class S4(nn.Module):
     d_state : int
         State size N per SSM (even: N/2 conjugate pairs).
     mode : str
-        ``"nplr"`` (S4: HiPPO-LegS, bilinear, Cauchy kernel) or ``"s4d"``
-        (diagonal, zero-order hold, Vandermonde kernel).
+        ``"nplr"`` (S4) or ``"s4d"`` (diagonal), see the module docstring.
     bidirectional : bool
-        Add a second C whose kernel runs backward in time (from t+1);
-        recurrent modes need a causal layer.
+        Add a kernel backward in time (from t+1); not for recurrent modes.
     dt_min, dt_max : float
         Range of the initial step Δ (log-uniform).
     s4d_init : str
@@ -339,10 +321,7 @@ class S4(nn.Module):
     Example
     -------
     >>> layer = S4(8, d_state=4, bidirectional=True)
-    >>> x = torch.randn(2, 8, 13)
-    >>> k = layer.kernel(13)
-    >>> k.shape
-    torch.Size([2, 8, 13])
+    >>> x, k = torch.randn(2, 8, 13), layer.kernel(13)  # [2, 8, 13]
     >>> torch.allclose(layer(x, kernel=k), layer(x))
     True
     """
@@ -374,7 +353,6 @@ class S4(nn.Module):
         self.s4d_init = s4d_init
         H, N2 = d_model, d_state // 2
         channels = 2 if bidirectional else 1
-
         # A = -exp(log_A_real) + i A_imag; complex parameters as real [..., 2]
         self.log_dt = nn.Parameter(torch.empty(H))
         self.log_A_real = nn.Parameter(torch.empty(H, N2))
@@ -382,13 +360,11 @@ class S4(nn.Module):
         self.B = nn.Parameter(torch.empty(H, N2, 2))
         if mode == "nplr":
             self.P = nn.Parameter(torch.empty(H, N2, 2))
-        self.C = nn.Parameter(torch.empty(channels, H, N2, 2))
-        if mode == "nplr":
             # the length L that C̃ = C (I - Ā^L) refers to (0: C is C itself)
             self.register_buffer("c_length", torch.zeros((), dtype=torch.long))
+        self.C = nn.Parameter(torch.empty(channels, H, N2, 2))
         self.D = nn.Parameter(torch.empty(H))
         self._mark_ssm_parameters()
-
         self.activation = nn.GELU()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.output_linear = nn.Conv1d(H, 2 * H, kernel_size=1)
@@ -422,7 +398,6 @@ class S4(nn.Module):
         u = torch.rand(H, device=dev, dtype=dtype)
         log_min, log_max = math.log(self.dt_min), math.log(self.dt_max)
         self.log_dt.copy_(u * (log_max - log_min) + log_min)
-
         if self.mode == "nplr":
             Lam, P, B = _legs_dplr(self.d_state)
             Lam, P, B = (
@@ -467,9 +442,8 @@ class S4(nn.Module):
         conjugate completed: Ā ``[H, N, N]``, B̄ ``[H, N]``."""
         Lam_f = torch.cat([A, A.conj()], dim=-1)  # [H, N]
         P_f = torch.cat([P, P.conj()], dim=-1)  # [H, N]
-        A_d = torch.diag_embed(Lam_f) - P_f.unsqueeze(
-            -1
-        ) * P_f.conj().unsqueeze(-2)
+        outer = P_f.unsqueeze(-1) * P_f.conj().unsqueeze(-2)
+        A_d = torch.diag_embed(Lam_f) - outer
         N = A_d.shape[-1]
         eye = torch.eye(N, dtype=A_d.dtype, device=A_d.device)
         half = (dt / 2).to(A_d.dtype)[:, None, None]
@@ -506,28 +480,15 @@ class S4(nn.Module):
         return torch.complex(y[..., :n2], -y[..., n2:]) / 2
 
     def kernel(self, length):
-        """The SSM convolution kernel (without the D skip term).
-
-        Computed in float32 (float64 for a double module), autocast off,
-        not cached. An NPLR layer's first call sets C̃ up (class notes).
-
-        Arguments
-        ---------
-        length : int
-            Kernel length L (>= 1).
-
-        Returns
-        -------
-        torch.Tensor
-            ``[d_model, L]``, or ``[2, d_model, L]`` (forward, backward)
-            for a bidirectional layer.
+        """The SSM kernel of length L >= 1 (without the D term): ``[d_model,
+        L]``, or ``[2, d_model, L]`` (forward, backward) if bidirectional.
+        In float32 (float64 for a double module), autocast off, not cached;
+        an NPLR layer's first call sets C̃ up (class notes).
 
         Example
         -------
         >>> layer = S4(4, d_state=4)
         >>> k = layer.kernel(6)  # sets C̃ up for L = 6
-        >>> int(layer.c_length)
-        6
         >>> torch.allclose(layer.kernel(4), k[:, :4])  # truncation
         True
         >>> torch.allclose(layer.kernel(20)[:, :6], k, atol=1e-6)
@@ -561,16 +522,10 @@ class S4(nn.Module):
 
     @torch.no_grad()
     def setup_c_tilde(self, length):
-        """Turn the output matrix C into C̃ = C (I - Ā^L) for ``length``.
+        """Turn the output matrix C into C̃ = C (I - Ā^L), L = ``length``.
 
-        The authors' ``_setup_C``; the first :meth:`kernel` calls it. Under
-        ``torch.distributed`` in training mode the ranks first agree on the
-        largest length (identical weights).
-
-        Arguments
-        ---------
-        length : int
-            Kernel length L (>= 1).
+        The authors' ``_setup_C``, called by the first :meth:`kernel`. In
+        distributed training the ranks first agree on the largest length.
         """
         if self.mode != "nplr":
             return
@@ -630,7 +585,6 @@ class S4(nn.Module):
                     M *= 2
             y = torch.einsum("chn,hnm->chm", self._c_to_real(C_t), factor)
             C_t = self._c_from_real(y)
-
         # roots of unity for the rfft bins
         freqs = torch.arange(M // 2 + 1, device=dt.device, dtype=dt.dtype)
         omega = torch.polar(torch.ones_like(freqs), -2 * math.pi * freqs / M)
@@ -653,11 +607,8 @@ class S4(nn.Module):
         return torch.fft.irfft(k_hat, n=M)[..., :L]  # [channels, H, L]
 
     def forward(self, x, kernel=None):
-        """Apply the layer to a whole sequence ``[batch, d_model, time]``.
-
-        ``kernel``: optional precomputed ``self.kernel(L)``, L >= time
-        (truncated), to avoid recomputing it.
-        """
+        """The layer on a whole sequence ``[batch, d_model, time]``;
+        ``kernel``: an optional precomputed ``self.kernel(L)``, L >= time."""
         L = int(x.shape[-1])
         with torch.autocast(x.device.type, enabled=False):
             if kernel is None:
@@ -680,9 +631,6 @@ class S4(nn.Module):
         y = self.dropout(self.activation(y))
         return F.glu(self.output_linear(y), dim=1)
 
-    # ------------------------------------------------------------------
-    # Recurrent mode
-    # ------------------------------------------------------------------
     def _discrete_recurrence(self):
         """(Ā, B̄, C) on the kept half state: Ā ``[H, N/2]`` (S4D,
         diagonal) or ``[H, N/2, N]`` (NPLR: the first half of the rows, on
@@ -728,17 +676,13 @@ class S4(nn.Module):
         return entry[1]
 
     def _real_diagonal_form(self):
-        """The recurrence in the eigenbasis of Ā, float64 real and imaginary
-        parts: ``(lam_re, lam_im, b_re, b_im, c, cond)``.
-
-        ``z_k = lam z_{k-1} + b u_k``, ``y_k = Re(Σ_m c_m z_{k,m}) + D u_k``
-        with ``c = [Re c, -Im c]`` ``[H, 2M]`` (``Re(c z) = c . [Re z, Im
-        z]``), ``[H, M]`` otherwise (M = N/2 for S4D, N for NPLR). S4D is
-        diagonal (``c = 2 C``); NPLR: completed Ā = V diag(lam) V^-1, ``b =
-        V^-1 B̄``, ``c = [C, C̄] V``. V is far from orthogonal at the HiPPO
-        init (cond ~3e7 for N = 16), hence float64; ``cond`` = the largest
-        condition number of V (1 for S4D).
-        """
+        """The recurrence ``z_k = lam z_{k-1} + b u_k``, ``y_k = Re(Σ_m c_m
+        z_{k,m}) + D u_k`` in the eigenbasis of Ā (S4D: ``c = 2 C``; NPLR:
+        Ā = V diag(lam) V^-1, ``b = V^-1 B̄``, ``c = [C, C̄] V``), float64
+        (V is far from orthogonal at the HiPPO init, cond ~3e7 for N = 16):
+        ``(lam_re, lam_im, b_re, b_im, c, cond)``, ``[H, M]`` (M = N/2 for
+        S4D, N for NPLR) but ``c = [Re c, -Im c]`` ``[H, 2M]``, and the
+        largest condition number of V (1 for S4D)."""
         dt, A, B, _, P = self._ssm()
         C = self.output_matrix()[0]
         cdt = torch.complex128
@@ -757,17 +701,11 @@ class S4(nn.Module):
         return lam.real, lam.imag, b.real, b.imag, c, cond
 
     def stream_form(self):
-        """The diagonal form for :meth:`forward_stream` (real arithmetic),
-        or None where the dense recurrence must run: under autograd, or
-        when ``cond(V) * eps(float64) >= eps(dtype)`` (float64 modules
-        always, float32 ones from ``cond(V)`` ~5e8 on).
-
-        Returns
-        -------
-        tuple of torch.Tensor or None
-            ``(lam_re, lam_im, b_re, b_im, c)`` (float64, see
-            :meth:`_real_diagonal_form`).
-        """
+        """The diagonal form for :meth:`forward_stream`, ``(lam_re, lam_im,
+        b_re, b_im, c)`` (:meth:`_real_diagonal_form`), or None where the
+        dense recurrence must run: under autograd, or when ``cond(V) *
+        eps(float64) >= eps(dtype)`` (float64 modules always, float32 ones
+        from ``cond(V)`` ~5e8 on)."""
         if self._recording_recurrence_grad():
             return None
         *form, cond = self._cached("diagonal", self._real_diagonal_form)
@@ -813,30 +751,13 @@ class S4(nn.Module):
     def default_state(self, batch_size):
         """Zero state for :meth:`step`: ``[batch, d_model, d_state // 2]``,
         complex."""
-        return torch.zeros(
-            batch_size,
-            self.d_model,
-            self.d_state // 2,
-            dtype=torch.view_as_complex(self.B).dtype,
-            device=self.B.device,
-        )
+        B = torch.view_as_complex(self.B)
+        return B.new_zeros(batch_size, self.d_model, self.d_state // 2)
 
     def step(self, u, state):
-        """One step ``x_k = Ā x_{k-1} + B̄ u_k`` of a causal layer.
-
-        Arguments
-        ---------
-        u : torch.Tensor
-            Input frame ``[batch, d_model]``.
-        state : torch.Tensor
-            From :meth:`default_state` or the previous step.
-
-        Returns
-        -------
-        y : torch.Tensor
-            Output frame ``[batch, d_model]``.
-        state : torch.Tensor
-            New state.
+        """One step ``x_k = Ā x_{k-1} + B̄ u_k`` of a causal layer: frame
+        ``u`` ``[batch, d_model]`` and the state (from :meth:`default_state`
+        or the previous step) -> output frame and new state.
 
         Example
         -------
@@ -884,7 +805,7 @@ class S4(nn.Module):
         return y.to(u.dtype), state
 
     def forward_stream(self, x, state=None, form=None):
-        """Apply a causal layer to the next frames of a stream.
+        """A causal layer on the next frames of a stream.
 
         Consecutive chunks (any length, 0 included) give :meth:`forward`'s
         output on the whole sequence. Without autograd a float32 layer runs
@@ -894,20 +815,13 @@ class S4(nn.Module):
         Arguments
         ---------
         x : torch.Tensor
-            ``[batch, d_model, time]``.
+            ``[batch, d_model, time]``; returned: ``y`` of that shape and
+            the state after the last frame.
         state : torch.Tensor, optional
-            From the previous call (None: zero). Opaque: its form depends
-            on the path taken (not :meth:`step`'s state).
+            From the previous call (None: zero); opaque, not :meth:`step`'s.
         form : tuple of torch.Tensor, optional
-            :meth:`stream_form`, fetched by the caller (the recurrence is
-            then tensor operations only, for ``torch.compile``).
-
-        Returns
-        -------
-        y : torch.Tensor
-            ``[batch, d_model, time]``.
-        state : torch.Tensor
-            State after the last frame.
+            :meth:`stream_form`, fetched by the caller (then tensor
+            operations only, for ``torch.compile``).
 
         Example
         -------
@@ -968,28 +882,17 @@ def _split_params(params):
 
 
 def ssm_parameter_groups(module, lr, ssm_lr=1e-3, weight_decay=0.0):
-    """Optimizer parameter groups: A, B, Δ apart, without weight decay.
-
-    The SSM parameters (marked ``_ssm_param`` by :class:`S4`: ``log_dt``,
-    ``log_A_real``, ``A_imag``, ``B``, ``P``) get ``ssm_lr`` and no weight
-    decay, the others ``lr`` and ``weight_decay``; empty groups are left
-    out.
+    """Optimizer parameter groups: the SSM parameters (marked
+    ``_ssm_param`` by :class:`S4`: ``log_dt``, ``log_A_real``, ``A_imag``,
+    ``B``, ``P``) at ``ssm_lr`` without weight decay, the others at ``lr``
+    with ``weight_decay``; empty groups left out.
 
     Arguments
     ---------
     module : torch.nn.Module or iterable
         Module, or parameters / ``(name, parameter)`` pairs.
-    lr : float
-        Learning rate of the ordinary parameters.
-    ssm_lr : float
-        Learning rate of the SSM parameters.
-    weight_decay : float
-        Weight decay of the ordinary parameters.
-
-    Returns
-    -------
-    list of dict
-        Parameter groups for any ``torch.optim`` optimizer.
+    lr, ssm_lr, weight_decay : float
+        As above.
 
     Example
     -------
@@ -1015,16 +918,10 @@ def ssm_aware_optimizer(
     optimizer=torch.optim.AdamW,
     **optimizer_kwargs,
 ):
-    """An optimizer over :func:`ssm_parameter_groups`.
-
-    Usable as SpeechBrain's ``opt_class`` (called with plain
-    ``modules.parameters()``: the split uses the ``_ssm_param`` marker)::
-
-        opt_class: !name:speechbrain_s4m.nnet.ssm_aware_optimizer
-            lr: 0.001
-            ssm_lr: 0.001
-
-    A scheduler that sets one rate for all groups overwrites ``ssm_lr``.
+    """An optimizer over :func:`ssm_parameter_groups`, usable as
+    SpeechBrain's ``opt_class`` (called with ``modules.parameters()``: the
+    split uses the ``_ssm_param`` marker). A scheduler that sets one rate
+    for all groups overwrites ``ssm_lr``.
 
     Arguments
     ---------
@@ -1033,13 +930,7 @@ def ssm_aware_optimizer(
     lr, ssm_lr, weight_decay : float
         As in :func:`ssm_parameter_groups`.
     optimizer : type
-        Optimizer class (default ``torch.optim.AdamW``).
-    **optimizer_kwargs
-        Extra arguments of the optimizer (e.g. ``betas``).
-
-    Returns
-    -------
-    torch.optim.Optimizer
+        Optimizer class; ``**optimizer_kwargs`` are its extra arguments.
 
     Example
     -------
