@@ -32,11 +32,6 @@ def _header(csv_path):
         return next(csv.reader(f), [])
 
 
-def has_noise(csv_path):
-    """Whether a manifest has a ``noise_wav`` column (noisy mixtures)."""
-    return "noise_wav" in _header(csv_path)
-
-
 def training_crop_len(hparams):
     """Length of the random training crops (samples), from the recipe
     hparams: ``training_signal_len`` when ``limit_training_signal_len`` is
@@ -85,11 +80,11 @@ def _make_dataset(
 ):
     """One ``DynamicItemDataset`` from a manifest (see make_datasets)."""
     check_choice("sorting", sorting, SORTINGS)
+    header = _header(csv_path)
     if noise is None:
-        noise = has_noise(csv_path)
+        noise = "noise_wav" in header
     columns = ["mix_wav"] + [f"s{i + 1}_wav" for i in range(num_spks)]
     columns += ["noise_wav"] if noise else []
-    header = _header(csv_path)
     lacking = [c for c in ["ID", "duration"] + columns if c not in header]
     if lacking:
         raise ValueError(
