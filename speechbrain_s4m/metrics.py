@@ -114,7 +114,7 @@ def score_columns(extra_metrics=()):
     return columns
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class UtteranceScores:
     """The scores of one test utterance: ``scores`` (column -> float, NaN where
     undefined) and the ``problems`` (why each undefined one is).
