@@ -268,14 +268,12 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
         stage_stats = {"loss": stage_loss}
         if stage == sb.Stage.TRAIN:
             elapsed = self.epoch_seconds()
-            samples = over_replicas([self.train_samples], self.device, "sum")
+            (n,) = over_replicas([self.train_samples], self.device, "sum")
             self.train_stats = {
                 **stage_stats,
                 "skipped": self.skipped_batches,
                 "time": elapsed,
-                "samples_per_s": samples[0] / elapsed
-                if elapsed > 0
-                else math.nan,
+                "samples_per_s": n / elapsed if elapsed > 0 else math.nan,
             }
             self._warn_skipped(epoch)
 

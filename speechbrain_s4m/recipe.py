@@ -319,7 +319,12 @@ def main(argv=None, before_prepare=None, brain_class=None):
         # Printed before leaving the group: torchrun ends the other ranks
         # as soon as one exits, and rank 0 must have said how to resume
         if if_main_process():
-            print(interrupted_line(e, _command(argv)), file=sys.stderr)
+            what = "it" if e.checkpoint else "the last checkpoint (if any)"
+            print(
+                f"stopped by {e}; rerun the same command to resume from "
+                f"{what}: {_command(argv)}",
+                file=sys.stderr,
+            )
         _leave_process_group()
         sys.exit(e.exit_status)
     except KeyboardInterrupt:
@@ -330,16 +335,6 @@ def main(argv=None, before_prepare=None, brain_class=None):
             file=sys.stderr,
         )
         sys.exit(128 + signal.SIGINT)
-
-
-def interrupted_line(error, command):
-    """The line printed when a signal (``error``, a
-    :class:`TrainingInterrupted`) stops training: how to rerun
-    ``command``."""
-    what = "resume from it" if error.checkpoint else "resume"
-    if not error.checkpoint:
-        what += " from the last checkpoint (if any)"
-    return f"stopped by {error}; rerun the same command to {what}: {command}"
 
 
 def _command(argv):

@@ -456,7 +456,11 @@ def test_epoch_eta_follows_the_recent_speed(monkeypatch):
 
 
 def test_recent_rate_and_run_eta():
-    from speechbrain_s4m.training.progress import recent_rate, run_eta
+    from speechbrain_s4m.training.progress import (
+        _duration,
+        recent_rate,
+        run_eta,
+    )
 
     # slowed down for the last minute (another job started): the new speed
     samples = [(0.0, 0)] + [(float(t), t) for t in range(1, 601)]
@@ -468,6 +472,11 @@ def test_recent_rate_and_run_eta():
     assert run_eta([600.0, 100.0, 200.0, 300.0, 400.0], 2) == 600.0
     assert run_eta([600.0, 100.0], 3) == 300.0
     assert run_eta([100.0], 0) == 0.0
+    assert (_duration(42.2), _duration(725), _duration(12600)) == (
+        "42 s",
+        "12 min",
+        "3.5 h",
+    )
 
 
 # ----------------------------------------------------------------------
