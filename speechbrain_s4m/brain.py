@@ -216,18 +216,14 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
 
         path = os.path.join(self.hparams.save_folder, "audio_results")
         os.makedirs(path, exist_ok=True)
+        sr = self.hparams.sample_rate
 
         def write(name, signal):
             signal = signal.detach().float().cpu().numpy()
             peak = np.abs(signal).max()
             if peak > 0:
                 signal = signal / peak * 0.99
-            sf.write(
-                os.path.join(path, name),
-                signal,
-                self.hparams.sample_rate,
-                subtype="PCM_16",
-            )
+            sf.write(os.path.join(path, name), signal, sr, subtype="PCM_16")
 
         for ns in range(predictions.shape[-1]):
             write(f"item{snt_id}_source{ns + 1}hat.wav", predictions[:, ns])

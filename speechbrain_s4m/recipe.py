@@ -461,12 +461,10 @@ def cpu_precision(requested, native_bf16):
     if requested not in ("fp16", "bf16"):
         return requested, None
     if native_bf16:
-        if requested == "fp16":
-            return "bf16", (
-                "fp16 requested on a CPU: fp16 autocast does not run on "
-                "CPUs; using bf16 (this CPU has native bf16)."
-            )
-        return "bf16", None
+        return "bf16", None if requested == "bf16" else (
+            "fp16 requested on a CPU: fp16 autocast does not run on "
+            "CPUs; using bf16 (this CPU has native bf16)."
+        )
     return "fp32", (
         f"{requested} requested on a CPU without native bf16 (no "
         "avx512_bf16/amx_bf16): using fp32, as emulated bf16 matmuls run "
