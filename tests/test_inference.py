@@ -25,13 +25,13 @@ from speechbrain_s4m.export import (
     results_averages,
 )
 from speechbrain_s4m.inference import S4MSeparation, loading
+from speechbrain_s4m.inference.chunking import (
+    OverlapAddSeparator,
+    StreamingResampler,
+)
 from speechbrain_s4m.inference.loading import (
     ModelFolderError,
     ModelNotFoundError,
-)
-from speechbrain_s4m.inference.streaming import (
-    OverlapAddSeparator,
-    StreamingResampler,
 )
 
 SR = 8000

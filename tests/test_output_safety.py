@@ -22,16 +22,16 @@ from speechbrain_s4m.audio import (
 )
 from speechbrain_s4m.export import export_pretrained
 from speechbrain_s4m.inference import S4MSeparation
+from speechbrain_s4m.inference.chunking import (
+    OverlapAddSeparator,
+    mixture_gains,
+    scale_to_mixture,
+)
 from speechbrain_s4m.inference.interface import OutputScaleWarning
 from speechbrain_s4m.inference.loading import ModelFolderError
 from speechbrain_s4m.inference.outputs import (
     OutputFolderError,
     check_output_folder,
-)
-from speechbrain_s4m.inference.streaming import (
-    OverlapAddSeparator,
-    mixture_gains,
-    scale_to_mixture,
 )
 
 SR = 8000

@@ -1,26 +1,18 @@
 """Where a pretrained model comes from, and loading it strictly.
 
-One role: turn a ``source`` (a local folder or a hub id) into modules with
-their weights loaded. It decides local folder vs hub repository with one
-rule (:func:`looks_like_local_path`, also used for hub audio files), fetches
-hub files into a ``savedir`` that remembers its source, builds the modules
-from ``hyperparams.yaml`` and loads every checkpoint strictly.
-
-Deliberate differences from SpeechBrain's ``Pretrained.from_hparams``:
-
-* a mistyped local path is a ``FileNotFoundError`` (``ModelNotFoundError``),
-  never sent to the hub as a repository name;
-* a checkpoint with missing, unexpected or mis-shaped keys is an error
-  (``ModelFolderError``), not a logged warning;
-* a ``savedir`` filled from another source is refused (or re-fetched with
-  ``overwrite=True``), never reused silently;
-* a local folder is read in place (no symlinks or copies in a savedir).
+A ``source`` is a local folder (read in place) or a hub id, told apart by
+one rule (:func:`looks_like_local_path`, also for hub audio files); hub
+files are fetched into a ``savedir`` that remembers its source. Unlike
+SpeechBrain's ``Pretrained.from_hparams``, a mistyped local path is never
+sent to the hub, checkpoint key or shape mismatches are errors, and a
+savedir of another source is never reused silently (docs/inference.md).
 
 Authors
  * speechbrain-s4m contributors 2026
 """
 
 import contextlib
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -47,24 +39,12 @@ class ModelNotFoundError(ModelFolderError, FileNotFoundError):
     """The model folder (or a file in it) does not exist."""
 
 
-# ---------------------------------------------------------------------------
-# Local path or hub?
-# ---------------------------------------------------------------------------
 def looks_like_local_path(source):
     """Whether ``source`` names a local folder rather than a hub repository.
 
     A hub id is ``owner/name``: one slash, no leading ``.``, ``/`` or ``~``.
     Anything that exists, is a ``pathlib.Path``, starts like a path, uses the
     OS separator (other than one ``/``) or has several components is a path.
-
-    Arguments
-    ---------
-    source : str or pathlib.Path
-        The ``source`` given to ``from_hparams``.
-
-    Returns
-    -------
-    bool
 
     Example
     -------
@@ -90,20 +70,9 @@ def looks_like_local_path(source):
 
 
 def looks_like_hub_file(path):
-    """Whether ``path`` names a file to fetch rather than a local file.
-
-    A URL, or ``owner/name/file``: a file whose folder is a hub id by
-    :func:`looks_like_local_path` (the same rule as for model sources). A
-    path that exists is always local.
-
-    Arguments
-    ---------
-    path : str or pathlib.Path
-        The audio path given to ``separate_file``.
-
-    Returns
-    -------
-    bool
+    """Whether an audio ``path`` names a file to fetch: a URL, or
+    ``owner/name/file`` whose folder is a hub id by
+    :func:`looks_like_local_path`. A path that exists is always local.
 
     Example
     -------
@@ -112,8 +81,6 @@ def looks_like_hub_file(path):
     >>> looks_like_hub_file("https://example.org/mix.wav")
     True
     >>> looks_like_hub_file("data/mixtures/test/mix.wav")
-    False
-    >>> looks_like_hub_file("mix.wav")
     False
     """
     if isinstance(path, pathlib.PurePath):
@@ -129,58 +96,24 @@ def looks_like_hub_file(path):
 
 
 def _describe_error(err):
-    """``TypeName: message`` on one line, whole (whitespace collapsed).
-
-    Example
-    -------
-    >>> text = _describe_error(ValueError("a  b " + "c" * 300))
-    >>> len(text), text[:16]
-    (316, 'ValueError: a b ')
-    """
+    """``TypeName: message`` on one line, whole (whitespace collapsed)."""
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text}"
 
 
-# ---------------------------------------------------------------------------
-# Strict loading
-# ---------------------------------------------------------------------------
-def _torch_load(path):
-    """Loads a checkpoint file, mapping any failure to ModelFolderError."""
+def load_state_dict_strict(module, path):
+    """Loads the state dict file ``path`` (a ``.ckpt``) into ``module``;
+    missing or unexpected keys and shape mismatches raise
+    :class:`ModelFolderError` (SpeechBrain only logs them)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: checkpoint file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ModelFolderError(
             f"{path}: corrupt or unreadable checkpoint ({_describe_error(err)})"
         ) from err
-
-
-def load_state_dict_strict(module, path):
-    """Loads a plain state dict into ``module``; any key mismatch is an error.
-
-    SpeechBrain's parameter transfer only logs warnings for missing or
-    unexpected keys, so a mismatched architecture loads silently. This fails.
-
-    Arguments
-    ---------
-    module : torch.nn.Module
-        The module to fill.
-    path : str or pathlib.Path
-        A ``.ckpt`` file written with ``torch.save(module.state_dict())``.
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> torch.save(torch.nn.Linear(2, 2).state_dict(), tmp / "lin.ckpt")
-    >>> load_state_dict_strict(torch.nn.Linear(2, 2), tmp / "lin.ckpt")
-    >>> load_state_dict_strict(torch.nn.Linear(2, 3), tmp / "lin.ckpt")
-    Traceback (most recent call last):
-      ...
-    speechbrain_s4m.inference.loading.ModelFolderError: ...lin.ckpt: ...
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path}: checkpoint file not found")
-    state = _torch_load(path)
     if not isinstance(state, dict):
         raise ModelFolderError(
             f"{path}: not a state dict (found {type(state).__name__})"
@@ -217,22 +150,11 @@ def load_model_folder(
 ):
     """Builds the modules of a pretrained folder and loads them strictly.
 
-    Arguments
-    ---------
-    folder : str or pathlib.Path
-        A folder with ``hyperparams.yaml`` (with ``modules``, ``sample_rate``,
-        ``num_spks`` and a ``pretrainer``) and ``<name>.ckpt`` per loadable.
-    hparams_file : str
-        Name of the hyperparameter file inside ``folder``.
-    overrides : dict, optional
-        Overrides for the hyperparameter file.
-    overrides_must_match : bool
-        Whether an override of an absent key is an error.
-
-    Returns
-    -------
-    dict
-        The loaded hyperparameters (``hparams["modules"]`` filled).
+    The folder holds ``hparams_file`` (with ``modules``, ``sample_rate``,
+    ``num_spks`` and usually a ``pretrainer``) and a ``<name>.ckpt`` per
+    loadable (or the pretrainer's ``paths``). ``overrides`` and
+    ``overrides_must_match`` are as in ``load_hyperpyyaml``. Returns the
+    hyperparameters, their ``modules`` loaded.
     """
     folder = pathlib.Path(folder).expanduser()
     if not folder.is_dir():
@@ -276,33 +198,14 @@ def load_model_folder(
     return hparams
 
 
-# ---------------------------------------------------------------------------
-# Hub fetching
-# ---------------------------------------------------------------------------
 def fetch_hub_folder(source, savedir, names, overwrite, fetch_config):
-    """Fetches ``names`` from a hub repository into ``savedir``.
+    """Fetches the files ``names`` of hub repository ``source`` into
+    ``savedir`` (default ``$S4M_CACHE`` or ``~/.cache/speechbrain_s4m``,
+    then ``owner--name``) and returns it.
 
-    A marker file in ``savedir`` records the source; a ``savedir`` filled
-    from another source is refused unless ``overwrite`` (then re-fetched).
-
-    Arguments
-    ---------
-    source : str
-        Hub id ``owner/name``.
-    savedir : str or pathlib.Path or None
-        Where to put the files (default: ``$S4M_CACHE`` or
-        ``~/.cache/speechbrain_s4m``, then ``owner--name``).
-    names : list of str
-        Files of the repository to fetch.
-    overwrite : bool
-        Re-fetch even when present; allows reusing another source's savedir.
-    fetch_config : speechbrain.utils.fetching.FetchConfig or None
-        Hub options (revision, token, ...).
-
-    Returns
-    -------
-    pathlib.Path
-        The savedir.
+    A marker file records the source; a ``savedir`` filled from another
+    source is refused unless ``overwrite`` (then re-fetched).
+    ``fetch_config`` is SpeechBrain's ``FetchConfig`` (revision, token...).
     """
     if savedir is None:
         savedir = pathlib.Path(
@@ -322,12 +225,8 @@ def fetch_hub_folder(source, savedir, names, overwrite, fetch_config):
             f"({held}), not {source}; use another savedir or overwrite=True"
         )
     savedir.mkdir(parents=True, exist_ok=True)
-    config = FetchConfig(
-        overwrite=overwrite or stale,
-        allow_updates=fetch_config.allow_updates if fetch_config else False,
-        allow_network=fetch_config.allow_network if fetch_config else True,
-        token=fetch_config.token if fetch_config else False,
-        revision=fetch_config.revision if fetch_config else None,
+    config = dataclasses.replace(
+        fetch_config or FetchConfig(), overwrite=overwrite or stale
     )
     for name in names:
         try:
@@ -357,38 +256,10 @@ def resolve_model_folder(
 ):
     """The local folder holding the model named by ``source``.
 
-    A local path (:func:`looks_like_local_path`) is returned as it is and
-    must exist; a hub id has its ``hparams_file`` and checkpoints (one per
-    loadable of its pretrainer) fetched into ``savedir`` first.
-
-    Arguments
-    ---------
-    source : str or pathlib.Path
-        A local folder or a hub id ``owner/name``.
-    hparams_file : str
-        Hyperparameter file name in the folder.
-    savedir : str or pathlib.Path, optional
-        Hub sources only: where to put the fetched files.
-    overrides : dict, optional
-        Overrides for the hyperparameter file (to read its pretrainer).
-    overwrite : bool
-        Re-fetch hub files into ``savedir`` even when present.
-    fetch_config : speechbrain.utils.fetching.FetchConfig, optional
-        Hub fetching options.
-
-    Returns
-    -------
-    pathlib.Path
-        The model folder.
-
-    Example
-    -------
-    >>> resolve_model_folder(getfixture("tmp_path")) == getfixture("tmp_path")
-    True
-    >>> resolve_model_folder("./no/such/model")
-    Traceback (most recent call last):
-      ...
-    speechbrain_s4m.inference.loading.ModelNotFoundError: ./no/such/model: ...
+    A local path (:func:`looks_like_local_path`) must exist and is returned
+    as it is; a hub id has its ``hparams_file`` and checkpoints (one per
+    loadable of its pretrainer) fetched by :func:`fetch_hub_folder` first.
+    The arguments are those of ``S4MSeparation.from_hparams``.
     """
     if looks_like_local_path(source):
         folder = pathlib.Path(str(source)).expanduser()
@@ -405,8 +276,7 @@ def resolve_model_folder(
         text = fin.read()
     names = [f"{k}.ckpt" for k in MODULE_KEYS]
     if "pretrainer" in text:
-        hp = load_hyperpyyaml(text, overrides or {})
-        pre = hp.get("pretrainer")
+        pre = load_hyperpyyaml(text, overrides or {}).get("pretrainer")
         if isinstance(pre, Pretrainer):
             names = [f"{k}.ckpt" for k in pre.loadables]
     fetch_hub_folder(str(source), folder, names, overwrite, fetch_config)
@@ -415,31 +285,12 @@ def resolve_model_folder(
 
 @contextlib.contextmanager
 def local_audio_file(path, savedir=None):
-    """Context manager giving a local copy of an audio file.
+    """Context manager giving a local path for an audio ``path``.
 
-    A local file (or any path that is not a hub file, see
-    :func:`looks_like_hub_file`) is used as it is; a URL or an
-    ``owner/name/file`` hub path is fetched afresh into a new temporary
-    folder (never the cached copy of another file with the same basename),
-    removed on exit.
-
-    Arguments
-    ---------
-    path : str or pathlib.Path
-        The audio path.
-    savedir : str or pathlib.Path, optional
-        Parent folder of the temporary folder (default: system temp).
-
-    Yields
-    ------
-    str
-        A local path.
-
-    Example
-    -------
-    >>> with local_audio_file("data/test/mix/a.wav") as local:
-    ...     local
-    'data/test/mix/a.wav'
+    A local file is used as it is; a hub file (:func:`looks_like_hub_file`)
+    is fetched afresh into a new temporary folder under ``savedir``
+    (default: system temp), never a cached copy of another file with the
+    same basename, and removed on exit.
     """
     path_str = str(path)
     if not looks_like_hub_file(path_str):

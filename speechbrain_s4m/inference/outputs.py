@@ -1,25 +1,17 @@
 """Writing separated sources to files: nothing partial, nothing lost.
 
-One role: the owner of output files. Every output is written to a hidden
-temporary file beside its final name and published only once complete;
-the final names are claimed without a window against other writers; disk
-and system errors name the file; a failed write leaves nothing behind.
-
-* :func:`check_output_folder`: a folder outputs can be written in;
-* :func:`planned_outputs_problem`: outputs that would replace an input, or
-  existing files without ``overwrite`` (checked before any work);
-* :class:`PendingOutputs`: the temporaries of one input's outputs, written
-  block by block, optionally rewritten (gains, integer format), published;
-* :func:`publish`: temporaries -> final names. Without ``overwrite`` each
-  name is claimed with ``os.link`` (which fails if the name exists, so two
-  runs writing the same names cannot both succeed, and the loser replaces
-  nothing); with ``overwrite``, ``os.replace``;
-* :func:`remove_stale_temporaries`: leftovers of killed runs.
+The one owner of output files: each output is written to a hidden
+temporary beside its final name (:class:`PendingOutputs`) and published only
+once complete (:func:`publish`: without ``overwrite`` each name is claimed
+with ``os.link``, which fails if it exists, so two runs writing the same
+names cannot both succeed); disk and system errors name the file; a failed
+write leaves nothing behind; leftovers of killed runs are removed.
 
 Authors
  * speechbrain-s4m contributors 2026
 """
 
+import contextlib
 import errno
 import os
 import pathlib
@@ -42,11 +34,9 @@ _NO_LINKS = {
     errno.EMLINK,
     errno.ENOSYS,
 }
-#: Free bytes under which a libsndfile "System error" is taken for a full
-#: disk.
+#: Free bytes under which a libsndfile "System error" means a full disk.
 FULL_BELOW = 1 << 20
-#: libsndfile's error code for a failed system call (its message is only
-#: "System error.", without the reason).
+#: libsndfile's code for a failed system call ("System error.", no reason).
 _SFE_SYSTEM = 2
 
 
@@ -64,31 +54,9 @@ class OutputWriteError(OSError):
 
 
 def check_output_folder(folder):
-    """Checks that outputs can be written in ``folder`` (creates nothing).
-
-    The folder must be a writable folder, or not exist yet with a writable
-    folder as its nearest existing ancestor.
-
-    Arguments
-    ---------
-    folder : str or pathlib.Path
-        The output folder.
-
-    Raises
-    ------
-    OutputFolderError
-        The folder is a file, an ancestor is a file, or it is not writable.
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> check_output_folder(tmp / "new" / "out")
-    >>> _ = (tmp / "f").write_text("x")
-    >>> check_output_folder(tmp / "f" / "out")
-    Traceback (most recent call last):
-      ...
-    speechbrain_s4m.inference.outputs.OutputFolderError: ...
-    """
+    """Raises :class:`OutputFolderError` unless ``folder`` is a writable
+    folder, or does not exist yet and its nearest existing ancestor is a
+    writable folder (creates nothing)."""
     folder = pathlib.Path(folder)
     if folder.exists():
         if not folder.is_dir():
@@ -114,21 +82,9 @@ def check_output_folder(folder):
 
 
 def planned_outputs_problem(plan, overwrite=False, flag="--overwrite"):
-    """One line if writing ``plan`` would replace an input, or an existing
-    file without ``overwrite``; None when it is safe to start.
-
-    Arguments
-    ---------
-    plan : list of (path, list of path)
-        Each input file and its output files.
-    overwrite : bool
-        Whether existing outputs may be replaced (inputs never are).
-    flag : str
-        How the user asks for ``overwrite`` (named in the message).
-
-    Returns
-    -------
-    str or None
+    """One line if writing ``plan`` (a list of (input, its outputs))
+    would replace an input, or an existing file without ``overwrite`` (asked
+    for by ``flag``); None when it is safe to start.
 
     Example
     -------
@@ -161,24 +117,8 @@ def planned_outputs_problem(plan, overwrite=False, flag="--overwrite"):
 
 
 def exists_message(existing, flag="--overwrite"):
-    """One line naming existing outputs and how to replace them.
-
-    Arguments
-    ---------
-    existing : list of str or pathlib.Path
-        The existing files.
-    flag : str
-        How the user asks for overwriting.
-
-    Returns
-    -------
-    str
-
-    Example
-    -------
-    >>> exists_message(["o/a_s1.wav"])
-    'output file(s) already exist: o/a_s1.wav (--overwrite replaces them)'
-    """
+    """One line naming the ``existing`` outputs and how (``flag``) to
+    replace them."""
     names = ", ".join(str(p) for p in existing)
     return f"output file(s) already exist: {names} ({flag} replaces them)"
 
@@ -199,22 +139,9 @@ def default_file_mode():
 
 
 def temporary_path(final):
-    """A new hidden temporary file beside ``final``.
-
-    Its name, ``.<stem>.<pid>.<random>.part.wav``, holds our process id so
-    that another run can tell it is stale (:func:`remove_stale_temporaries`);
-    being in the same folder, it can be published by a link or a rename.
-
-    Arguments
-    ---------
-    final : pathlib.Path
-        The output file it will become.
-
-    Returns
-    -------
-    pathlib.Path
-        The (empty) temporary file.
-    """
+    """A new empty hidden file ``.<stem>.<pid>.<random>.part.wav`` beside
+    ``final``: in its folder (published by a link or a rename), with our
+    process id (another run can tell it is stale)."""
     final = pathlib.Path(final)
     with _write_errors(final):
         fd, tmp = tempfile.mkstemp(
@@ -229,16 +156,10 @@ def temporary_path(final):
 def publish(temps, finals, overwrite=False):
     """Gives finished temporary files their final names, atomically.
 
-    Without ``overwrite`` each final name is claimed with
-    ``os.link(temporary, final)``, which fails if the name exists: there is
-    no window between checking and writing in which another run could
-    create the file and then lose it. Names are claimed in order, so of
-    several runs writing the same outputs the one that claims the first
-    name wins; a run that loses a name removes the names it had claimed
-    (still its own files) and raises. On file systems without hard links,
-    a name is claimed by exclusive creation of an empty file that the
-    temporary then replaces (an empty file is visible for that instant).
-    With ``overwrite``, ``os.replace``.
+    With ``overwrite``, ``os.replace``. Without, the names are claimed in
+    order with ``os.link``, which fails if the name exists (no window in
+    which another run's file could be lost); a run that loses a name
+    removes those it had claimed and raises.
 
     Arguments
     ---------
@@ -247,13 +168,8 @@ def publish(temps, finals, overwrite=False):
     finals : list of pathlib.Path
         Their final names.
     overwrite : bool
-        Replace existing files.
-
-    Raises
-    ------
-    FileExistsError
-        A final name exists (created by another writer since the run's
-        first check); it is kept, and nothing of this call remains.
+        Replace existing files; without it, an existing final name raises
+        ``FileExistsError`` (it is kept, and nothing of this call remains).
 
     Example
     -------
@@ -322,46 +238,22 @@ def _claim(tmp, final):
         os.replace(tmp, final)
 
 
-class _write_errors:
-    """Turns disk-full and system errors while writing ``path`` into an
-    :class:`OutputWriteError` naming it and what to do."""
-
-    def __init__(self, path):
-        self.path = pathlib.Path(path)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb):
-        if err is None or isinstance(err, (OutputWriteError, FileExistsError)):
-            return False
-        if isinstance(err, (OSError, sf.LibsndfileError)):
-            raise write_error(self.path, err) from err
-        return False
+@contextlib.contextmanager
+def _write_errors(path):
+    """Disk-full and system errors while writing ``path`` raised as an
+    :class:`OutputWriteError` naming it (see :func:`write_error`)."""
+    try:
+        yield
+    except (OutputWriteError, FileExistsError):
+        raise
+    except (OSError, sf.LibsndfileError) as err:
+        raise write_error(pathlib.Path(path), err) from err
 
 
 def write_error(path, err):
-    """The :class:`OutputWriteError` for ``err`` raised writing ``path``.
-
-    Arguments
-    ---------
-    path : pathlib.Path
-        The output file being written (its final name).
-    err : OSError or soundfile.LibsndfileError
-        What was raised.
-
-    Returns
-    -------
-    OutputWriteError
-        One line: the file, the reason, the free space, what to do.
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> e = write_error(tmp / "a.wav", OSError(errno.ENOSPC, "No space"))
-    >>> e.errno == errno.ENOSPC, "no space left" in str(e)
-    (True, True)
-    """
+    """The one-line :class:`OutputWriteError` for ``err`` (an ``OSError``
+    or ``soundfile.LibsndfileError``) raised writing ``path``: the file,
+    the reason, the free space, what to do."""
     folder = pathlib.Path(path).parent
     try:
         free_bytes = shutil.disk_usage(folder).free
@@ -369,22 +261,15 @@ def write_error(path, err):
     except OSError:
         free_bytes, free = None, "free space unknown"
     code = getattr(err, "errno", None)
-    if (
-        isinstance(err, sf.LibsndfileError)
-        and err.code == _SFE_SYSTEM
-        and free_bytes is not None
-        and free_bytes < FULL_BELOW
-    ):
+    sf_system = isinstance(err, sf.LibsndfileError) and err.code == _SFE_SYSTEM
+    if sf_system and free_bytes is not None and free_bytes < FULL_BELOW:
         code = errno.ENOSPC  # libsndfile hides the errno; the disk says it
     if code in NO_SPACE:
-        reason = (
-            "no space left on the device"
-            if code == errno.ENOSPC
-            else "disk quota exceeded"
-        )
+        reason = "no space left on the device"
+        if code != errno.ENOSPC:
+            reason = "disk quota exceeded"
         advice = "free some space or write to another folder"
-    elif isinstance(err, sf.LibsndfileError) and err.code == _SFE_SYSTEM:
-        # libsndfile does not say which system call failed or why
+    elif sf_system:  # libsndfile does not say which call failed or why
         code = errno.EIO
         reason = "the system refused the write (libsndfile: System error)"
         advice = (
@@ -402,17 +287,18 @@ def write_error(path, err):
     )
 
 
+def _sound_file(path, sample_rate, subtype):
+    """A mono WAV file open for writing."""
+    return sf.SoundFile(path, "w", sample_rate, 1, subtype, format="WAV")
+
+
 class PendingOutputs:
     """The output files of one input while they are written.
 
-    Each source goes to a hidden temporary file beside its final name
-    (created, with the output folder, at the first :meth:`write`); the
-    files may be rewritten with gains and an integer format
-    (:meth:`rescale`); :meth:`publish` gives them their final names
-    (:func:`publish`). Leaving the ``with`` block without publishing (an
-    error, Ctrl-C) removes the temporaries: no partial output is ever left.
-    Disk-full and system errors raise :class:`OutputWriteError` naming the
-    file.
+    One hidden temporary per source beside its final name (created, with
+    the folder, at the first :meth:`write`), maybe rewritten
+    (:meth:`rescale`), then published (:meth:`publish`); leaving the
+    ``with`` block otherwise (an error, Ctrl-C) removes them.
 
     Arguments
     ---------
@@ -455,28 +341,17 @@ class PendingOutputs:
             self.discard()
         return False
 
-    def _open(self):
-        folder = self.finals[0].parent
-        with _write_errors(self.finals[0]):
-            folder.mkdir(parents=True, exist_ok=True)
-        for final in self.finals:
-            self.temps.append(temporary_path(final))
-            with _write_errors(final):
-                self._handles.append(
-                    sf.SoundFile(
-                        self.temps[-1],
-                        "w",
-                        samplerate=self.sample_rate,
-                        channels=1,
-                        subtype="FLOAT",
-                        format="WAV",
-                    )
-                )
-
     def write(self, data):
-        """Appends ``[spks, n]`` samples (float) to the files."""
+        """Appends ``[spks, n]`` float samples to the files."""
         if not self._handles:
-            self._open()
+            with _write_errors(self.finals[0]):
+                self.finals[0].parent.mkdir(parents=True, exist_ok=True)
+            for final in self.finals:
+                self.temps.append(temporary_path(final))
+                with _write_errors(final):
+                    self._handles.append(
+                        _sound_file(self.temps[-1], self.sample_rate, "FLOAT")
+                    )
         for final, handle, samples in zip(self.finals, self._handles, data):
             with _write_errors(final):
                 handle.write(samples)
@@ -495,18 +370,9 @@ class PendingOutputs:
             raise first
 
     def rescale(self, gains, subtype):
-        """Rewrites each file multiplied by its gain, in ``subtype``.
-
-        Block by block into new temporaries (``.norm.wav``), which replace
-        the first ones.
-
-        Arguments
-        ---------
-        gains : sequence of float
-            One factor per source.
-        subtype : str
-            soundfile subtype, e.g. ``"PCM_16"``.
-        """
+        """Rewrites each file multiplied by its gain (one per source) in
+        the soundfile ``subtype`` (e.g. ``"PCM_16"``), block by block into
+        new temporaries (``.norm.wav``) that replace the first ones."""
         self._close()
         new = []
         try:
@@ -514,14 +380,7 @@ class PendingOutputs:
                 target = tmp.with_name(tmp.name.replace(".part", ".norm"))
                 new.append(target)
                 with _write_errors(final):
-                    with sf.SoundFile(
-                        target,
-                        "w",
-                        samplerate=self.sample_rate,
-                        channels=1,
-                        subtype=subtype,
-                        format="WAV",
-                    ) as out:
+                    with _sound_file(target, self.sample_rate, subtype) as out:
                         for block in audio.iter_audio_blocks(tmp, 1 << 16):
                             out.write(block[:, 0] * float(gain))
         except BaseException:
@@ -546,29 +405,8 @@ class PendingOutputs:
 
 
 def remove_stale_temporaries(finals):
-    """Removes temporary files of ``finals`` left by runs no longer alive.
-
-    Temporary names are ``.<stem>.<pid>.<random>.part.wav`` (or
-    ``.norm.wav``); those of a process still running are kept.
-
-    Arguments
-    ---------
-    finals : list of pathlib.Path
-        Output files.
-
-    Returns
-    -------
-    list of pathlib.Path
-        The removed files.
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> _ = (tmp / ".a_s1.999999999.x1.part.wav").write_bytes(b"")
-    >>> _ = (tmp / f".a_s1.{os.getpid()}.x2.part.wav").write_bytes(b"")
-    >>> [p.name for p in remove_stale_temporaries([tmp / "a_s1.wav"])]
-    ['.a_s1.999999999.x1.part.wav']
-    """
+    """Removes the temporaries of ``finals`` (``.<stem>.<pid>.<random>.part
+    .wav`` or ``.norm.wav``) of processes no longer alive; returns them."""
     removed = []
     for final in finals:
         final = pathlib.Path(final)
