@@ -5,9 +5,6 @@ fresh and unmapped when freed: S4M's large temporaries then cost a page
 fault per 4 KiB page (a third of the time at 16 s inputs). The cost: the
 process keeps its peak memory until it exits. ``S4MSeparation`` (CPU) and
 the model benchmarks apply it; training does not. Elsewhere it does nothing.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import ctypes

@@ -6,9 +6,6 @@ error family (:class:`AudioError`, a ``ValueError``; each message names the
 file) and one list of extensions. Unlike SpeechBrain's ``read_audio``, a
 dataset file at another rate or with several channels is an error, not a
 silent mismatch; files are read with soundfile, in blocks where it matters.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import os
@@ -17,23 +14,6 @@ import struct
 import numpy as np
 import soundfile as sf
 import torch
-
-__all__ = [
-    "AUDIO_EXTENSIONS",
-    "DATASET_EXTENSIONS",
-    "READ_BLOCK_SECONDS",
-    "AudioError",
-    "AudioFormatError",
-    "AudioInputError",
-    "audio_frames",
-    "audio_info",
-    "check_audio_file",
-    "check_audio_header",
-    "check_audio_tensor",
-    "is_audio_file",
-    "iter_audio_blocks",
-    "read_audio",
-]
 
 #: Extensions (lower case) of the audio files picked up in a folder.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")

@@ -5,9 +5,6 @@ separator (S4M, Sepformer, ...) in the shape of SpeechBrain's
 ``recipes/WSJ0Mix/separation/train.py``. The mixins of
 :mod:`speechbrain_s4m.training` override SpeechBrain's training hooks; what
 differs from SpeechBrain's recipes is listed in ``docs/training.md``.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import math
@@ -34,8 +31,6 @@ from speechbrain_s4m.training.signals import StopOnSignals
 from speechbrain_s4m.training.steps import ConsistentSteps, over_replicas
 
 logger = get_logger(__name__)
-
-__all__ = ["NoCheckpointError", "Separation"]
 
 
 class NoCheckpointError(FileNotFoundError):

@@ -6,9 +6,6 @@ cut short or overwritten makes PyTorch fail without naming it:
 :func:`check_checkpoint_files` names it (recipe runner, ``Separation``
 Brain, ``s4m-export``). :func:`check_model_matches_checkpoint` refuses a
 model that cannot load the checkpoint a run would resume from.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import os
@@ -19,14 +16,6 @@ import ruamel.yaml
 import torch
 import yaml
 from speechbrain.utils.checkpoints import METAFNAME, Checkpointer
-
-__all__ = [
-    "CheckpointMismatchError",
-    "CorruptCheckpointError",
-    "check_checkpoint_files",
-    "check_model_matches_checkpoint",
-    "latest_checkpoint",
-]
 
 #: What to do about a corrupt file of a training run's checkpoint.
 RESUME_ADVICE = (

@@ -7,9 +7,6 @@ separated. ``s4m-export`` turns a recipe output folder into a pretrained
 model folder. Problems are printed one per line, without traceback; exit
 code 1 when an input failed, 2 for bad arguments or an unusable model.
 ``python -m speechbrain_s4m.cli {separate,export} ...`` works as well.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import argparse

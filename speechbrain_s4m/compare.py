@@ -15,9 +15,6 @@ a ``scatter_<a>_vs_<b>.png`` per pair (per-utterance SI-SNRi) and
 ``valid_vs_epoch.png`` / ``valid_vs_time.png``. Different test sets are
 refused unless ``--intersect``; outputs are replaced only with
 ``--overwrite``.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import argparse
@@ -38,14 +35,6 @@ from speechbrain_s4m.results import (
     load_result_folder,
     read_train_log,
 )
-
-__all__ = [
-    "CompareError",
-    "mean_ci",
-    "paired_comparison",
-    "compare_folders",
-    "main",
-]
 
 #: Metrics compared for every model (columns of ``test_results.csv``).
 MAIN_METRICS = ("si-snr_i", "sdr_i")

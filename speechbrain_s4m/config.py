@@ -3,9 +3,6 @@
 ``!include:``-d model fragment), the shipped model fragments
 (``speechbrain_s4m/hparams/models``: :func:`load_model_config`), the command
 line's stray words (:func:`check_glued_values`) and :func:`count_parameters`.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import difflib
@@ -16,19 +13,6 @@ from pathlib import Path
 
 import ruamel.yaml
 from hyperpyyaml import load_hyperpyyaml
-
-__all__ = [
-    "MODEL_CONFIG_DIR",
-    "GluedValueError",
-    "UnknownOverrideError",
-    "check_glued_values",
-    "check_overrides",
-    "count_parameters",
-    "list_model_configs",
-    "load_hparams",
-    "load_model_config",
-    "model_config_path",
-]
 
 #: Folder of the shipped model fragments.
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "hparams" / "models"

@@ -7,9 +7,6 @@ file, tags kept, so any masknet works; ``modules``, ``pretrainer``),
 ``encoder/masknet/decoder.ckpt`` and a ``README.md`` model card. It loads
 offline in ``S4MSeparation``, and in SpeechBrain's ``SepformerSeparation``
 for models that decode each source alone (not the authors' joint decoder).
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import datetime

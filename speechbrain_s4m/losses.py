@@ -5,16 +5,11 @@ time, spks]`` with relative ``lengths`` (``wav_lens``), but the padding is
 masked out (zero mean and energies over the valid part only), so a padded
 batch gives each utterance's own value. :func:`pit_si_snr_loss` is the
 recipes' ``loss`` and the test scores' permutation search.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import itertools
 
 import torch
-
-__all__ = ["pairwise_si_snr", "pit_si_snr_loss", "si_snr"]
 
 
 def _absolute_lengths(lengths, max_len, device=None):

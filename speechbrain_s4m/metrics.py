@@ -2,9 +2,6 @@
 permutation of the training loss), SDR(i) (BSS-eval v3, as ``mir_eval``,
 by ``fast_bss_eval``) and optional PESQ / STOI (``pip install
 speechbrain-s4m[metrics]``), for :class:`speechbrain_s4m.results.TestReport`.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import dataclasses
@@ -15,16 +12,6 @@ import numpy as np
 import torch
 
 from speechbrain_s4m.losses import _absolute_lengths, pit_si_snr_loss, si_snr
-
-__all__ = [
-    "UtteranceScores",
-    "average_scores",
-    "extra_metric_names",
-    "extra_scores",
-    "score_columns",
-    "score_test_batch",
-    "separation_scores",
-]
 
 #: BSS-eval distortion filter length (taps), as mir_eval / fast_bss_eval.
 BSS_EVAL_FILTER_LENGTH = 512

@@ -5,9 +5,6 @@ names the dataset), prepares the data, builds the datasets, trains the
 :class:`~speechbrain_s4m.brain.Separation` Brain, evaluates the best
 checkpoint and plots the training curve; :func:`main` is its command-line
 entry.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import dataclasses
@@ -45,18 +42,6 @@ from speechbrain_s4m.training.signals import TrainingInterrupted
 from speechbrain_s4m.training_curve import plot_training_curve
 
 logger = get_logger(__name__)
-
-__all__ = [
-    "PREPARE_KEYS",
-    "DeviceUnavailableError",
-    "check_device",
-    "cpu_has_native_bf16",
-    "cpu_precision",
-    "dynamic_mixing_train_set",
-    "main",
-    "prepare_data",
-    "run_recipe",
-]
 
 
 class DeviceUnavailableError(ValueError):

@@ -2,9 +2,6 @@
 (the Brain's test stage), :func:`read_test_results` reads it back
 (``s4m-export``, ``s4m-compare``); :func:`load_result_folder` reads an output
 folder and :func:`load_benchmark` a benchmark JSON, for ``s4m-compare``.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import csv
@@ -23,18 +20,6 @@ from speechbrain_s4m.training_curve import parse_train_log
 
 logger = get_logger(__name__)
 
-__all__ = [
-    "DEFAULT_BENCH_SECONDS",
-    "RESULTS_FILE",
-    "ResultsError",
-    "TestReport",
-    "add_parameters",
-    "load_benchmark",
-    "load_result_folder",
-    "model_description",
-    "read_test_results",
-    "read_train_log",
-]
 
 #: Benchmark duration (seconds of audio) used by default.
 DEFAULT_BENCH_SECONDS = 4.0

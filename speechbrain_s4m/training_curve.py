@@ -1,13 +1,8 @@
 """Training curves: the per-epoch losses of a recipe's ``train_log.txt`` (read
 by :func:`parse_train_log`, the one reader of train logs) and their plot.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import math
-
-__all__ = ["parse_train_log", "plot_training_curve"]
 
 # ``si-snr``: the loss's name (same value) in logs written before ``loss``
 _LOSS_KEYS = ("loss", "si-snr")

@@ -2,9 +2,6 @@
 time on the CPU), peak memory (``max_memory_allocated`` on a GPU, the
 process's peak RSS, which cannot be reset, on the CPU), MACs
 (:func:`count_macs`), precision and allocator settings.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import contextlib

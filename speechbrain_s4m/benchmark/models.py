@@ -4,8 +4,6 @@ of a training step (forward, PIT SI-SNR, backward, Adam) per model fragment,
 input length and precision. On the CPU each case runs in its own subprocess
 (a clean peak RSS); cases predicted (from the shorter lengths) to exceed the
 time or memory budget are skipped.
-
-Authors: the speechbrain-s4m contributors
 """
 
 import itertools

@@ -7,9 +7,6 @@ on a sliding window of its receptive field (:func:`naive_window_frames`;
 the cumulative norms read the whole past, which no finite window
 reproduces: the baseline measures the cost, not the output). Weights are
 random unless ``--model`` names a trained model folder.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import argparse

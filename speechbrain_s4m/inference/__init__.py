@@ -5,9 +5,6 @@ Entry points: ``S4MSeparation`` (:mod:`.interface`) and ``S4MStreamer``
 :mod:`.loading` (model sources, strict loading), :mod:`.chunking` (chunked
 overlap-add of long signals and files) and :mod:`.outputs` (safe output
 files). Every other name is imported from the module that defines it.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 from speechbrain_s4m.inference.interface import S4MSeparation

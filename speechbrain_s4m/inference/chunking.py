@@ -5,9 +5,6 @@ Memory is bounded by one chunk: the mixture is resampled block-wise
 order is aligned on the overlap and cross-faded (:class:`OverlapAddSeparator`,
 optionally scaled by signed least-squares :func:`mixture_gains`), and
 resampled back to exactly the input's length (:func:`separate_stream`).
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import math

@@ -7,9 +7,6 @@ count, chunked separation of long audio in bounded memory
 (:mod:`~speechbrain_s4m.inference.chunking`), outputs at the mixture's scale
 and safe output files (:mod:`~speechbrain_s4m.inference.outputs`). The
 differences from SpeechBrain are listed in docs/inference.md.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import os

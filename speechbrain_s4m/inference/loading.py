@@ -6,9 +6,6 @@ files are fetched into a ``savedir`` that remembers its source. Unlike
 SpeechBrain's ``Pretrained.from_hparams``, a mistyped local path is never
 sent to the hub, checkpoint key or shape mismatches are errors, and a
 savedir of another source is never reused silently (docs/inference.md).
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import contextlib

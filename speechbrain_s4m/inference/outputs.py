@@ -6,9 +6,6 @@ once complete (:func:`publish`: without ``overwrite`` each name is claimed
 with ``os.link``, which fails if it exists, so two runs writing the same
 names cannot both succeed); disk and system errors name the file; a failed
 write leaves nothing behind; leftovers of killed runs are removed.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import contextlib

@@ -6,9 +6,6 @@ overlap-add decoder each carry a fixed-size state from one hop to the next;
 the concatenated output equals the causal model on the whole signal. Unlike
 :class:`~speechbrain_s4m.inference.chunking.OverlapAddSeparator`, which
 re-runs any model on overlapping chunks of seconds. See docs/streaming.md.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import time

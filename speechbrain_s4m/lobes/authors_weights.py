@@ -5,9 +5,6 @@ into a :class:`~speechbrain_s4m.lobes.separator.Separator` of our modules
 that computes the same outputs; :func:`to_authors_state_dict` is the
 inverse. The name mapping is one table, :func:`authors_name_table`; tensors
 differ only by singleton dimensions.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import re

@@ -6,9 +6,6 @@ masked encodings -> ``[batch, num_spks, time]``. :class:`Separator
 <speechbrain_s4m.lobes.separator.Separator>` aligns the decoded signal with
 the input through the encoder's ``frame_offset`` and the decoder's
 ``padding``.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import torch

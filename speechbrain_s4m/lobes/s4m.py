@@ -3,9 +3,6 @@ coarsest scale, applied repeatedly with shared weights (Chen et al., "A
 Neural State-Space Modeling Approach to Efficient Speech Separation",
 Interspeech 2023). The causal model streams through the helpers of
 :mod:`speechbrain_s4m.lobes.s4m_stream`.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import torch

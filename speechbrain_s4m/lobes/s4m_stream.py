@@ -5,9 +5,6 @@ through these; each keeps what later frames still need in a state dict
 (updated in place, created from the first chunk's shapes) that does not
 grow with the stream. Concatenated over chunks of any sizes, the outputs
 equal the whole-signal causal model.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import torch
@@ -15,16 +12,6 @@ import torch.nn.functional as F
 
 from speechbrain_s4m.nnet.blocks import cln_stream_step
 from speechbrain_s4m.nnet.chunk_ops import depthwise_taps
-
-__all__ = [
-    "decode_flush",
-    "decode_stream",
-    "fusion_stream",
-    "s4_stream",
-    "stream_pool",
-    "stream_resize",
-    "stream_window",
-]
 
 
 def stream_window(x, st, kernel, stride):

@@ -4,9 +4,6 @@ One :class:`Separator` is the model that the training Brain,
 :class:`speechbrain_s4m.inference.S4MSeparation` and the benchmark all run,
 so that they cannot drift apart. It holds SpeechBrain's three recipe modules
 without copying them (over a Brain's DDP-wrapped modules it runs those).
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import torch.nn.functional as F

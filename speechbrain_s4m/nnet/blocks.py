@@ -1,25 +1,12 @@
 """Residual S4 and feed-forward blocks and normalisations for S4M.
 
 All modules take and return ``[batch, channels, time]`` tensors.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import torch
 from torch import nn
 
 from speechbrain_s4m.nnet.ssm import S4
-
-__all__ = [
-    "ChannelLayerNorm",
-    "CumulativeLayerNorm",
-    "FeedForwardBlock",
-    "GlobalLayerNorm",
-    "S4Block",
-    "cln_statistics",
-    "gln_statistics",
-]
 
 
 def _combine_dtype(device):

@@ -3,15 +3,10 @@
 On CPUs ``conv1d`` costs ~0.2-0.7 ms a call (weight re-layout), MKL's ``W
 @ x`` with < 16 columns is 4-7x slower than ``x^T @ W^T``, and a depthwise
 ``unfold`` + matmul ~5x slower than multiply-adds over shifted slices.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import torch
 import torch.nn.functional as F
-
-__all__ = ["depthwise_taps", "linear_frames", "small_conv"]
 
 # From this many frames on, ``W @ x`` is as fast as the transposed product.
 _WIDE = 16

@@ -5,9 +5,6 @@
 SpeechBrain's ``LinearWarmupScheduler`` it scales each group's own peak
 (the S4 group may have its own), the recipe runner may set its length, and
 update 0 of a warm-up is not at rate 0.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import math
@@ -16,14 +13,6 @@ import warnings
 import torch
 from speechbrain.nnet.schedulers import ReduceLROnPlateau
 from speechbrain.utils import checkpoints
-
-__all__ = [
-    "DECAYS",
-    "WarmupDecayScheduler",
-    "check_lr_scheduler",
-    "learning_rates",
-    "scale_learning_rates",
-]
 
 #: The decay shapes of :class:`WarmupDecayScheduler`.
 DECAYS = ("none", "linear", "cosine")

@@ -7,9 +7,6 @@ step by step as a recurrence. ``mode="nplr"``: HiPPO-LegS ``A = Λ - P P*``,
 bilinear, Cauchy kernel + Woodbury (Gu et al. 2022, S4); ``mode="s4d"``:
 diagonal A, zero-order hold, Vandermonde kernel (Gu et al. 2022, S4D).
 ``N = d_state`` real dimensions are stored as N/2 conjugate pairs.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import math
@@ -21,13 +18,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from speechbrain_s4m.nnet.chunk_ops import linear_frames
-
-__all__ = [
-    "S4",
-    "fft_conv",
-    "ssm_aware_optimizer",
-    "ssm_parameter_groups",
-]
 
 # The parameters that define A, B and Δ: own learning rate, no weight decay.
 SSM_PARAMETER_NAMES = ("log_dt", "log_A_real", "A_imag", "B", "P")

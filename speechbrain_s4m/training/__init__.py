@@ -2,7 +2,4 @@
 :class:`speechbrain_s4m.brain.Separation`: DDP-consistent skipping and
 stepping (:mod:`.steps`), SIGINT / SIGTERM stops with a checkpoint
 (:mod:`.signals`), the epoch clock, speed and ETA (:mod:`.progress`).
-
-Authors
- * speechbrain-s4m contributors 2026
 """

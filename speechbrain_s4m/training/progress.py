@@ -3,9 +3,6 @@
 SpeechBrain's ``Brain.fit`` shows a tqdm bar (off in logs and under
 ``--noprogressbar``) and logs no speed; :class:`ProgressReport` logs both
 and gives the Brain the epoch's training time (:meth:`epoch_seconds`).
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import collections
@@ -15,8 +12,6 @@ import speechbrain as sb
 from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
-
-__all__ = ["ProgressReport", "recent_rate", "run_eta"]
 
 
 def _duration(seconds):

@@ -5,9 +5,6 @@ SpeechBrain's ``Brain.fit`` dies on Ctrl-C or a cluster's preemption
 :class:`StopOnSignals` finishes the update in progress on every rank, saves
 an intra-epoch checkpoint there and raises :class:`TrainingInterrupted`:
 rerunning the same command continues from that update.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import contextlib
@@ -22,7 +19,6 @@ from speechbrain_s4m.training.steps import over_replicas
 
 logger = get_logger(__name__)
 
-__all__ = ["STOP_SIGNALS", "StopOnSignals", "TrainingInterrupted"]
 
 #: Ctrl-C, and the SIGTERM of cluster schedulers (preemption).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

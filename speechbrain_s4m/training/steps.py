@@ -5,9 +5,6 @@ thresholds) skip a batch on the replica that saw it; under DDP the others
 then hang in the gradient all-reduce, or step without it.
 :class:`ConsistentSteps` shares the decision between the replicas, also with
 gradient accumulation, and a skipped batch never touches the weights.
-
-Authors
- * speechbrain-s4m contributors 2026
 """
 
 import logging
@@ -23,7 +20,6 @@ from speechbrain_s4m.nnet.schedulers import WarmupDecayScheduler
 
 logger = get_logger(__name__)
 
-__all__ = ["ConsistentSteps", "NonFiniteLossError", "over_replicas"]
 
 _NONFINITE = "non-finite loss"  # the skip reason of a non-finite loss
 
