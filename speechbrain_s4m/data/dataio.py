@@ -1,11 +1,9 @@
 """SpeechBrain datasets from the manifests of :mod:`.prepare`.
 
-Items have the keys ``id, mix_sig, s1_sig, s2_sig[, s3_sig][, noise_sig]``
-(float32 ``[time]`` tensors, batched by SpeechBrain's ``PaddedBatch``).
-The data pipeline is the one place that crops training signals
-(:func:`training_crop_len`), and a dataset provides ``noise_sig`` whenever
-its manifest has a ``noise_wav`` column: the Brain neither crops nor
-guesses.
+Items: ``id, mix_sig, s1_sig, s2_sig[, s3_sig][, noise_sig]`` (float32
+``[time]``). The pipeline is the one place that crops training signals and
+gives ``noise_sig`` whenever a manifest has ``noise_wav``: the Brain neither
+crops nor guesses.
 """
 
 import csv
@@ -26,26 +24,10 @@ def signal_keys(num_spks=2, noise=False):
     return keys + (["noise_sig"] if noise else [])
 
 
-def _header(csv_path):
-    """Column names of a manifest."""
-    with open(csv_path, newline="") as f:
-        return next(csv.reader(f), [])
-
-
 def training_crop_len(hparams):
-    """Length of the random training crops (samples), from the recipe
-    hparams: ``training_signal_len`` when ``limit_training_signal_len`` is
-    set, else None (whole utterances). The one reader of these two keys.
-
-    Example
-    -------
-    >>> training_crop_len(
-    ...     {"limit_training_signal_len": True, "training_signal_len": 8000.0}
-    ... )
-    8000
-    >>> training_crop_len({"training_signal_len": 8000}) is None
-    True
-    """
+    """Training crop length (samples) from the recipe hparams:
+    ``training_signal_len`` if ``limit_training_signal_len``, else None
+    (whole utterances). The one reader of these two keys."""
     if not hparams.get("limit_training_signal_len", False):
         return None
     return int(hparams.get("training_signal_len", 32000))
@@ -80,7 +62,8 @@ def _make_dataset(
 ):
     """One ``DynamicItemDataset`` from a manifest (see make_datasets)."""
     check_choice("sorting", sorting, SORTINGS)
-    header = _header(csv_path)
+    with open(csv_path, newline="") as f:
+        header = next(csv.reader(f), [])
     if noise is None:
         noise = "noise_wav" in header
     columns = ["mix_wav"] + [f"s{i + 1}_wav" for i in range(num_spks)]
@@ -128,24 +111,19 @@ def make_datasets(
 
     Arguments
     ---------
-    train_csv, valid_csv : str
-        Training and validation manifests (``ID, duration, mix_wav,
-        s1_wav, ...``).
-    test_csv : str or None
-        Test manifest (None: no test set).
+    train_csv, valid_csv, test_csv : str
+        The manifests (``test_csv`` None: no test set).
     num_spks : int
         Number of target sources (``s1_wav`` ... ``s<num_spks>_wav``).
     sample_rate : int
         Expected sample rate; other rates raise :class:`AudioFormatError`.
     noise : bool or None
-        Also provide ``noise_sig``: True needs a ``noise_wav`` column;
-        None: for each manifest that has one.
+        Provide ``noise_sig`` (None: where a manifest has ``noise_wav``).
     sorting : str
-        ``ascending`` / ``descending`` by duration (then not to be shuffled
-        by the dataloader), or ``random`` (manifest order).
+        ``ascending`` / ``descending`` by duration (not to be shuffled then)
+        or ``random`` (manifest order).
     limit_training_signal_len : bool
-        Random crops of ``training_signal_len`` samples for training, at
-        the same offset in the mixture and every source.
+        Random training crops (same offset in the mixture and sources).
     training_signal_len : int
         Crop length (samples).
     max_duration : float or None

@@ -84,20 +84,16 @@ class DynamicMixer:
         Output rate; sources at another rate are resampled on the fly
         (slower: pre-resample for training at scale).
     training_signal_len : int or None
-        Length of the mixtures (samples; random crops); shorter utterances
-        give shorter mixtures (cut to the shortest source). None: whole
-        utterances.
+        Mixture length (samples; random crops, shorter if an utterance is).
+        None: whole utterances.
     source_format : str
         ``wsj0`` or ``librispeech``.
     noise_folder : str or None
-        Noise files (WHAM! noise); if given, items get ``noise_sig`` and
-        ``mix_sig`` includes the noise.
+        Noise files (WHAM! noise): items get ``noise_sig``, in ``mix_sig``.
     level_db : tuple
-        Range of the source RMS levels (dBFS), set on the mixed samples
-        (relative gains within +-5 dB, as wsj0-2mix).
+        Range of the source RMS levels (dBFS) on the mixed samples.
     snr_db : tuple
-        Range of the SNR of the loudest source over the noise (dB; WHAM!
-        uses -6 to +3).
+        Range of the loudest source's SNR over the noise (dB).
     """
 
     def __init__(
@@ -224,13 +220,13 @@ def dynamic_mixing_dataset(
     """
     mixer = DynamicMixer(
         base_folder_dm,
-        num_spks=num_spks,
-        sample_rate=sample_rate,
-        training_signal_len=training_signal_len,
-        source_format=source_format,
-        noise_folder=noise_folder,
-        level_db=level_db,
-        snr_db=snr_db,
+        num_spks,
+        sample_rate,
+        training_signal_len,
+        source_format,
+        noise_folder,
+        level_db,
+        snr_db,
     )
     if num_mixtures is None:
         utterances = sum(len(v) for v in mixer.speakers.values())

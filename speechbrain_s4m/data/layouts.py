@@ -1,14 +1,8 @@
-"""Folder layouts of the official datasets, shared by preparation
-(:mod:`speechbrain_s4m.data.prepare`) and the synthetic writers, and the
-checks of a folder against them (:class:`ExpectedLayout`).
+"""Folder layouts of the official datasets (shared by :mod:`.prepare` and
+the synthetic writers) and the checks of a folder (:class:`ExpectedLayout`).
 
 Every dataset lies under ``<data_folder>/wav8k|wav16k/min|max/<split>/``,
-one folder per signal, the same file names in every folder of a split:
-WSJ0-2mix/3mix (splits ``tr, cv, tt``; folders ``mix, s1, s2[, s3]``),
-Libri2Mix/3Mix (splits ``train-360, train-100, dev, test``; folders
-``mix_clean, mix_both, mix_single, s1, s2[, s3], noise``; metadata CSVs in
-``metadata/``) and WHAM! (the splits of WSJ0-2mix, the folders of LibriMix).
-Files are 16-bit PCM, mixtures at most :data:`PEAK` of full scale.
+one folder per signal, the same file names in every folder of a split.
 """
 
 import os
@@ -48,13 +42,7 @@ def check_choice(name, value, choices):
 
 
 def rate_folder(sample_rate):
-    """Returns the folder of a sample rate (``wav8k`` / ``wav16k``).
-
-    Example
-    -------
-    >>> rate_folder(8000), rate_folder(16000)
-    ('wav8k', 'wav16k')
-    """
+    """The folder of a sample rate (``wav8k`` / ``wav16k``)."""
     if sample_rate not in (8000, 16000):
         raise ValueError(
             f"sample_rate must be 8000 or 16000 (the wav8k/wav16k folders of "
@@ -64,34 +52,20 @@ def rate_folder(sample_rate):
 
 
 def source_folders(num_spks):
-    """Returns the folders of the separated sources: ``s1``, ``s2``, ..."""
+    """The folders of the separated sources: ``s1``, ``s2``, ..."""
     return [f"s{i + 1}" for i in range(num_spks)]
 
 
 def librimix_splits(train_set="train-360"):
-    """Returns the LibriMix split folder of each manifest split.
-
-    Example
-    -------
-    >>> librimix_splits("train-100")
-    {'train': 'train-100', 'valid': 'dev', 'test': 'test'}
-    """
+    """The LibriMix split folder of each manifest split."""
     check_choice("train_set", train_set, LIBRIMIX_TRAIN_SETS)
     return {"train": train_set, "valid": "dev", "test": "test"}
 
 
 def mixture_parts(mixture, num_spks):
-    """Returns ``(mix folder, source folders, noise folder or None)`` of a
-    LibriMix / WHAM! ``mixture`` of a ``num_spks``-speaker dataset: ``both``
-    (sources + noise), ``clean`` (sources) or ``single`` (``s1`` + noise).
-
-    Example
-    -------
-    >>> mixture_parts("both", 2), mixture_parts("single", 2)
-    (('mix_both', ['s1', 's2'], 'noise'), ('mix_single', ['s1'], 'noise'))
-    >>> mixture_parts("clean", 3)
-    ('mix_clean', ['s1', 's2', 's3'], None)
-    """
+    """``(mix folder, source folders, noise folder or None)`` of a LibriMix
+    / WHAM! ``mixture``: ``both`` (sources + noise), ``clean`` (sources) or
+    ``single`` (``s1`` + noise)."""
     check_choice("mixture", mixture, MIXTURES)
     sources = source_folders(1 if mixture == "single" else num_spks)
     noise = None if mixture == "clean" else NOISE_FOLDER
@@ -99,26 +73,14 @@ def mixture_parts(mixture, num_spks):
 
 
 def metadata_file(split, mix_folder):
-    """Returns a LibriMix metadata path, relative to ``wavXk/<mode>``.
-
-    Example
-    -------
-    >>> metadata_file("dev", "mix_both")
-    'metadata/mixture_dev_mix_both.csv'
-    """
+    """A LibriMix metadata path, relative to ``wavXk/<mode>``."""
     return f"metadata/mixture_{split}_{mix_folder}.csv"
 
 
 def metadata_columns(mix_folder, sources, noise):
-    """Returns the LibriMix metadata path columns ``{folder: column}`` of
-    the :func:`mixture_parts`, in file order, between :data:`METADATA_ID`
-    and :data:`METADATA_LENGTH`.
-
-    Example
-    -------
-    >>> metadata_columns(*mixture_parts("single", 2))
-    {'mix_single': 'mixture_path', 's1': 'source_1_path', 'noise': 'noise_path'}
-    """
+    """The LibriMix metadata path columns ``{folder: column}`` of the
+    :func:`mixture_parts`, in file order, between :data:`METADATA_ID` and
+    :data:`METADATA_LENGTH`."""
     columns = {mix_folder: "mixture_path"}
     for i, sub in enumerate(sources):
         columns[sub] = f"source_{i + 1}_path"
@@ -128,12 +90,11 @@ def metadata_columns(mix_folder, sources, noise):
 
 
 class DatasetLayoutError(FileNotFoundError):
-    """The data folder does not have the expected dataset layout; the
-    message names what is missing and the layout that was expected."""
+    """The data folder lacks the expected layout (the message says what)."""
 
 
 def _listing(folder):
-    """Short description of the entries of ``folder`` for error messages."""
+    """The entries of ``folder``, shortly, for error messages."""
     try:
         entries = sorted(os.listdir(folder))
     except OSError:
@@ -168,7 +129,7 @@ class ExpectedLayout:
     split_dirs : dict
         Manifest split -> folder name (e.g. ``{"train": "tr", ...}``).
     parts : tuple
-        ``(mix folder, source folders, noise folder or None)``.
+        As :func:`mixture_parts` returns.
     hint : str
         What ``--data_folder`` should point at.
     """

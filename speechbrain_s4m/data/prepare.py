@@ -1,12 +1,10 @@
 """Manifest preparation for WSJ0-2mix/3mix, Libri2Mix/3Mix and WHAM!.
 
-Each ``prepare_*`` function checks ``data_folder`` against the layout of the
-dataset's generation scripts (:mod:`speechbrain_s4m.data.layouts`; the
-dataset is never guessed from the path), then every file header, and writes
-the SpeechBrain manifests ``save_folder/{train,valid,test}.csv`` with
-columns ``ID, duration, mix_wav, s1_wav, s2_wav[, s3_wav][, noise_wav]``
-(real durations in seconds). It is skipped when the manifests exist and
-``prepare_options.json`` beside them records the same options.
+Each ``prepare_*`` checks ``data_folder`` against the dataset's layout
+(:mod:`.layouts`; never guessed from the path), then every file header, and
+writes ``save_folder/{train,valid,test}.csv`` (columns ``ID, duration,
+mix_wav, s1_wav, s2_wav[, s3_wav][, noise_wav]``); skipped when the
+manifests exist and ``prepare_options.json`` records the same options.
 """
 
 import csv
@@ -35,15 +33,7 @@ _POOL_MIN_FILES = 256
 
 class DatasetAudioError(layouts.DatasetLayoutError):
     """Unusable audio files of dataset ``name`` under ``data_folder``, all
-    found in one pass: ``problems`` has one line per bad file, naming it.
-
-    Example
-    -------
-    >>> print(DatasetAudioError("WSJ0-2mix", "/d", ["/d/a.wav: truncated"]))
-    ... # doctest: +ELLIPSIS
-    WSJ0-2mix: 1 bad audio file(s) under '/d' (headers checked: ...):
-      /d/a.wav: truncated
-    """
+    found in one pass: ``problems`` has one line per bad file, naming it."""
 
     def __init__(self, name, data_folder, problems):
         self.problems = list(problems)
@@ -65,21 +55,12 @@ def _frames(path, sample_rate):
 
 
 def check_dataset_audio(layout, rows, workers=None):
-    """Checks every file header of the manifest rows in one pass (see
-    :func:`speechbrain_s4m.audio.check_audio_header`; each source as long as
-    its mixture), raising one :class:`DatasetAudioError` naming every bad
-    file, and sets the durations left None from the mixtures.
-
-    Arguments
-    ---------
-    layout : ExpectedLayout
-        The dataset's layout.
-    rows : list of dict
-        Manifest rows (``{"ID", "duration", "paths": {folder: path}}``).
-    workers : int, None
-        Threads reading the headers (default ``min(32, 4 * cpus)``: opening
-        files waits on the disk, on a cold cache or network storage).
-    """
+    """Checks every file header of the manifest ``rows`` (``{"ID",
+    "duration", "paths": {folder: path}}``) in one pass, each source as long
+    as its mixture; raises one :class:`DatasetAudioError` naming every bad
+    file; sets the durations left None from the mixtures. ``workers``:
+    header-reading threads (default ``min(32, 4 * cpus)``: opening files
+    waits on the disk)."""
     paths = sorted({str(p) for row in rows for p in row["paths"].values()})
     rate = layout.sample_rate
     if workers is None:
@@ -415,15 +396,7 @@ _PREPARERS = {
 
 def prepare_dataset(dataset, data_folder, save_folder, **kwargs):
     """Calls ``prepare_<dataset>`` (``wsj0mix``, ``librimix`` or ``wham``:
-    explicit, never guessed from the path) with the other arguments.
-
-    Example
-    -------
-    >>> prepare_dataset("timit", "/data", "/save")
-    Traceback (most recent call last):
-    ...
-    ValueError: unknown dataset 'timit'; choose one of wsj0mix, librimix, wham
-    """
+    explicit, never guessed from the path) with the other arguments."""
     if dataset not in _PREPARERS:
         raise ValueError(
             f"unknown dataset {dataset!r}; choose one of "
