@@ -46,14 +46,7 @@ class SpeakerProfile:
 
 def random_speaker(rng, f0_range=(90.0, 250.0)):
     """Draws a random :class:`SpeakerProfile` from a numpy Generator, its
-    median f0 log-uniform in ``f0_range`` (Hz).
-
-    Example
-    -------
-    >>> spk = random_speaker(np.random.default_rng(0))
-    >>> 90 <= spk.f0 <= 250
-    True
-    """
+    median f0 log-uniform in ``f0_range`` (Hz)."""
     lo, hi = np.log(f0_range[0]), np.log(f0_range[1])
     pos = rng.uniform()
     f0 = float(np.exp(lo + pos * (hi - lo)))
@@ -132,23 +125,9 @@ def _control_tracks(profile, n_frames, rng):
 
 
 def synth_voice(profile, duration, sample_rate, rng):
-    """Generates one utterance of ``duration`` seconds of a speaker.
-
-    Arguments
-    ---------
-    profile : SpeakerProfile
-        The speaker.
-    duration : float
-        Duration in seconds.
-    sample_rate : int
-        Sample rate (Hz).
-    rng : numpy.random.Generator
-        Random generator.
-
-    Returns
-    -------
-    wav : numpy.ndarray
-        ``[time]`` float32, RMS about 0.1.
+    """One utterance of ``duration`` seconds of speaker ``profile`` at
+    ``sample_rate`` Hz, drawn with the numpy Generator ``rng``: ``[time]``
+    float32, RMS about 0.1.
 
     Example
     -------

@@ -1,10 +1,7 @@
-"""Writers of tiny datasets in the official layouts, from generated voices.
-
-WSJ0-2mix/3mix, Libri2Mix/3Mix (with metadata CSVs) and WHAM! in the
-layouts of :mod:`speechbrain_s4m.data.layouts`, plus single-speaker source
-folders (wsj0 ``si_tr_s``-like, LibriSpeech-like) and noise folders for
-dynamic mixing. Files are 16-bit PCM and every mixture is the exact integer
-sum of its written parts (e.g. ``mix == s1 + s2`` sample by sample).
+"""Writers of tiny WSJ0-2mix/3mix, Libri2Mix/3Mix and WHAM! datasets in the
+official layouts (:mod:`speechbrain_s4m.data.layouts`), and of source and
+noise folders for dynamic mixing. Files are 16-bit PCM; every mixture is
+the exact integer sum of its written parts.
 """
 
 import csv
@@ -64,9 +61,8 @@ def _wsj_splits(sizes, num_speakers, seed):
 
 
 def _voices(rng, pool, num_spks, sample_rate, duration, wsj_gains=False):
-    """Utterances of ``num_spks`` distinct speakers of ``pool``, at relative
-    levels (dB) drawn as wsj0-mix (+g, -g (, in [-g, g])) or each in
-    +-2.5; returns the signals, speakers and gains."""
+    """Signals, speakers and gains (dB) of ``num_spks`` distinct speakers of
+    ``pool``: gains as wsj0-mix (+g, -g (, in [-g, g])) or each in +-2.5."""
     picks = rng.choice(len(pool), size=num_spks, replace=False)
     gains = []
     if wsj_gains:
@@ -131,8 +127,7 @@ def _wsj_name(speakers, gains, s_idx, m):
 
 
 def _noisy_mixture(rng, pool, num_spks, sample_rate, mode, duration, snr):
-    """Sources, noise and every LibriMix / WHAM! mixture, quantised, with
-    the speakers."""
+    """Quantised sources, noise, all LibriMix / WHAM! mixtures; speakers."""
     wavs, speakers, _ = _voices(rng, pool, num_spks, sample_rate, duration)
     wavs = _align(wavs, mode)
     n = len(wavs[0])
@@ -183,13 +178,9 @@ def write_wsj0mix(
     Arguments
     ---------
     root : str or Path
-        Output folder (the ``2speakers`` folder of wsj0-mix).
-    num_spks : int
-        2 or 3.
-    sample_rate : int
-        8000 or 16000.
-    mode : str
-        ``min`` (cut to the shortest source) or ``max`` (zero-pad).
+        Output folder (the ``2speakers`` folder of wsj0-mix), returned.
+    num_spks, sample_rate, mode
+        2 or 3; 8000 or 16000; ``min`` (cut) or ``max`` (zero-pad).
     sizes : int or dict
         Mixtures per split (default ``{"tr": 20, "cv": 5, "tt": 5}``).
     duration : tuple
@@ -198,10 +189,6 @@ def write_wsj0mix(
         Speakers of the training pool (the test pool has a third, >= 4).
     seed : int
         Random seed (same seed, same dataset).
-
-    Returns
-    -------
-    root : Path
 
     Example
     -------
@@ -242,10 +229,8 @@ def write_librimix(
     s1,s2(,s3),noise}/<spk>-<chap>-<utt>_<spk>-<chap>-<utt>.wav`` and the
     metadata CSVs ``root/wav8k/min/metadata/mixture_<split>_<mix>.csv``.
 
-    Arguments are those of :func:`write_wsj0mix` (``sizes`` keys among
-    ``train-360, train-100, dev, test``; default 20 mixtures in
-    ``train-360``, 5 in ``dev`` and ``test``; an int gives that many to
-    each of these three), and:
+    Arguments as :func:`write_wsj0mix` (``sizes`` keys among ``train-360,
+    train-100, dev, test``; default 20, -, 5, 5), and:
 
     Arguments
     ---------
@@ -254,8 +239,7 @@ def write_librimix(
     metadata : bool
         Write the metadata CSVs (with absolute paths).
     metadata_prefix : str or None
-        Path written in place of ``root`` in the metadata (as if generated
-        on another machine); None: ``root``.
+        Written in place of ``root`` in the metadata (None: ``root``).
 
     Example
     -------
@@ -354,26 +338,9 @@ def write_wsj0_sources(
     duration=(1.0, 2.0),
     seed=0,
 ):
-    """Writes single-speaker utterances like wsj0 ``si_tr_s`` (as wav):
-    ``root/<spk>/<spk><rest>.wav`` (``<spk>``: 3-character speaker id).
-
-    Arguments
-    ---------
-    root : str or Path
-        Output folder (the ``si_tr_s`` folder).
-    num_speakers, utts_per_speaker : int
-        Number of speakers and of utterances per speaker.
-    sample_rate : int
-        Sample rate (Hz).
-    duration : tuple
-        Range of the utterance durations (seconds).
-    seed : int
-        Random seed.
-
-    Returns
-    -------
-    root : Path
-    """
+    """Writes ``num_speakers`` x ``utts_per_speaker`` utterances like wsj0
+    ``si_tr_s``: ``root/<spk>/<spk><rest>.wav`` (``<spk>``: 3 characters);
+    ``duration``: range in seconds; returns ``root`` as a Path."""
 
     def path(s, u):
         spk = _wsj_speaker(s)
