@@ -1,10 +1,6 @@
-"""The SpeechBrain ``Brain`` shared by all separation recipes.
-
-:class:`Separation` trains and evaluates any encoder / masknet / decoder
-separator (S4M, Sepformer, ...) in the shape of SpeechBrain's
-``recipes/WSJ0Mix/separation/train.py``. The mixins of
-:mod:`speechbrain_s4m.training` override SpeechBrain's training hooks; what
-differs from SpeechBrain's recipes is listed in ``docs/training.md``.
+"""The SpeechBrain ``Brain`` of all separation recipes (as SpeechBrain's
+``recipes/WSJ0Mix/separation/train.py``, with the mixins of
+:mod:`speechbrain_s4m.training`; differences in ``docs/training.md``).
 """
 
 import math
@@ -74,25 +70,9 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
         return self.separator(mix)
 
     def compute_forward(self, mix, targets, stage, noise=None):
-        """Forward computations from the mixture to the separated signals.
-
-        Arguments
-        ---------
-        mix : tuple
-            ``batch.mix_sig``: ``(wavs [batch, time], lengths [batch])``.
-        targets : list
-            ``[batch.s1_sig, ...]``.
-        stage : sb.Stage
-            ``TRAIN`` applies speed perturbation (``use_speedperturb``).
-        noise : tuple, None
-            ``batch.noise_sig``: re-added after speed perturbation.
-
-        Returns
-        -------
-        tuple
-            Estimates and (perturbed) targets `[batch, time, num_spks]`,
-            relative lengths `[batch]`.
-        """
+        """``(estimates, targets [batch, time, spks], lengths)`` of
+        ``batch.mix_sig`` and ``[batch.s1_sig, ...]``; in ``TRAIN`` with
+        ``use_speedperturb``, speed-perturbed (``noise``: ``noise_sig``)."""
         mix, lengths = mix
         mix, lengths = mix.to(self.device), lengths.to(self.device)
         targets = torch.stack(
@@ -126,17 +106,11 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
         return self.compute_objectives(est, targets, lengths)
 
     def add_speed_perturb(self, targets, noise=None, lengths=None):
-        """Speed-perturbs each source `[batch, time, spks]` independently
-        and re-mixes them with the ``noise`` ``(wavs, lengths)``.
-
-        As in SpeechBrain's recipes, each source gets its own random speed
-        (``hparams.speed_perturb``); the sources are cut to the shortest one
-        and to the batch's length (the cropped signals never grow), summed,
-        and the noise is added back. The new relative ``lengths`` (default
-        all 1) end at the longest source (or noise) of each mixture.
-        Returns ``(mix [batch, time'], targets [batch, time', spks],
-        lengths)``.
-        """
+        """Speed-perturbs each source `[batch, time, spks]` on its own (as
+        SpeechBrain's recipes), cuts them to the shortest (never longer than
+        the batch) and re-mixes them with the ``noise`` ``(wavs, lengths)``;
+        the new ``lengths`` end at each mixture's longest source or noise.
+        Returns ``(mix, targets, lengths)``."""
         if lengths is None:
             lengths = torch.ones(targets.shape[0], device=targets.device)
         lengths = lengths.to(targets.device).double()
@@ -172,16 +146,14 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
 
     @property
     def extra_metrics(self):
-        """The optional test metrics (hparams ``extra_metrics``, e.g.
-        ``("pesq", "stoi")``), checked: an unknown name, a missing package
-        or PESQ at a rate other than 8 or 16 kHz is an error."""
+        """The hparams' ``extra_metrics``, checked by
+        :func:`extra_metric_names`."""
         spec = getattr(self.hparams, "extra_metrics", None)
         rate = getattr(self.hparams, "sample_rate", None)
         return extra_metric_names(spec or None, rate)
 
     def _score_test_batch(self, ids, mix, est, targets, lengths):
-        """Adds the batch's scores to the test report (never failing on a
-        bad utterance); saves the first audio files."""
+        """Scores the batch into the test report; saves the first audios."""
         T = est.shape[1]
         mix = mix.to(est.device).float()
         self.test_report.add(
@@ -202,9 +174,8 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
                 self._audio_left -= 1
 
     def save_audio(self, snt_id, mix, targets, predictions):
-        """Saves a test mixture `[time]`, its sources and the estimates
-        `[time, spks]` (peak-normalised) in ``<save_folder>/audio_results``,
-        as SpeechBrain's recipes do."""
+        """Saves a mixture `[time]`, sources and estimates `[time, spks]`
+        (peak-normalised) in ``<save_folder>/audio_results``."""
         if not if_main_process():
             return
         import soundfile as sf
@@ -226,11 +197,9 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
         write(f"item{snt_id}_mix.wav", mix)
 
     def on_fit_start(self):
-        """SpeechBrain's set-up, after checking ``lr_scheduler`` and the
-        checkpoint to resume from; then ``extra_metrics``: all fail now,
-        not after the last epoch."""
+        """SpeechBrain's set-up; ``lr_scheduler``, the checkpoint to resume
+        from and ``extra_metrics`` fail now, not after the last epoch."""
         check_lr_scheduler(getattr(self.hparams, "lr_scheduler", None))
-        # A file that does not read is named now, not deep in torch.load
         newest = self._newest_checkpoint()
         if newest is not None:
             check_checkpoint_files(newest)
@@ -249,13 +218,9 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
                 )
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs, anneals the learning rate, checkpoints, writes results.
-
-        ``loss`` is the negative SI-SNR in dB. Epoch lines also have the
-        rates (``lr``; ``lr_ssm`` when the S4 group's differs), the skipped
-        batches, the training time and mixtures per second. Checkpoints keep
-        the meta key ``si-snr`` (the same loss, best = min).
-        """
+        """Logs (``loss``: negative SI-SNR, dB; rates, skipped batches,
+        time, mixtures/s), anneals, checkpoints (meta ``si-snr``, best =
+        min), writes the test results."""
         stage_stats = {"loss": stage_loss}
         if stage == sb.Stage.TRAIN:
             elapsed = self.epoch_seconds()
@@ -315,8 +280,7 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
             )
 
     def on_evaluate_start(self, max_key=None, min_key=None):
-        """Loads the best checkpoint; fails clearly if there is none or if
-        one of its files does not read."""
+        """Loads the best checkpoint; fails clearly if none or unreadable."""
         if self.checkpointer is not None:
             ckpt = self.checkpointer.find_checkpoint(
                 max_key=max_key, min_key=min_key
@@ -338,7 +302,5 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
             getattr(batch, f"s{i + 1}_sig")
             for i in range(self.hparams.num_spks)
         ]
-        # noise_sig exists exactly for noisy mixtures; PaddedBatch has no
-        # membership test, hence hasattr
         noise = batch.noise_sig if hasattr(batch, "noise_sig") else None
         return batch.mix_sig, targets, noise

@@ -1,11 +1,5 @@
-"""The recipe runner: everything a recipe's ``train.py`` does.
-
-:func:`run_recipe` parses the command line, loads the hparams (the yaml
-names the dataset), prepares the data, builds the datasets, trains the
-:class:`~speechbrain_s4m.brain.Separation` Brain, evaluates the best
-checkpoint and plots the training curve; :func:`main` is its command-line
-entry.
-"""
+"""The recipe runner: everything a recipe's ``train.py`` does
+(:func:`run_recipe`; :func:`main` is its command-line entry)."""
 
 import dataclasses
 import math
@@ -73,23 +67,17 @@ def prepare_data(hparams):
 
 
 def run_recipe(argv=None, before_prepare=None, brain_class=None):
-    """Runs a separation recipe: what every recipe's ``train.py`` does.
-
-    Parses ``argv`` (``hparams.yaml --key value ...`` and SpeechBrain's run
-    options) and checks the overrides; initialises DDP under ``torchrun``;
-    checks that a trained run in the output folder has readable
-    checkpoints of this model (keeping its ``hyperparams.yaml``); prepares
-    the data; trains, resuming from the last checkpoint (unless
-    ``--test_only``); evaluates the best checkpoint (``min_key="si-snr"``)
-    and plots ``training_curve.png``.
+    """Runs a separation recipe: parses and checks ``argv``, initialises
+    DDP under ``torchrun``, checks a trained run's checkpoints (keeping its
+    ``hyperparams.yaml``), prepares the data, trains (resuming; not with
+    ``--test_only``), evaluates the best checkpoint, plots the curve.
 
     Arguments
     ---------
     argv : list of str, None
         Command-line arguments (default ``sys.argv[1:]``).
     before_prepare : callable, None
-        Called as ``before_prepare(hparams)`` on the main process before
-        data preparation (the SynthMix recipe writes its data there).
+        ``before_prepare(hparams)``, on the main process before preparation.
     brain_class : type, None
         A subclass of :class:`Separation` to use instead.
 
@@ -244,24 +232,9 @@ def _check_dynamic_mixing_folders(hparams):
 
 
 def dynamic_mixing_train_set(hparams, dataset=None, num_mixtures=None):
-    """The training set of dynamic mixing: new mixtures every epoch from the
-    sources in ``base_folder_dm`` (wsj0 ``si_tr_s``, or LibriSpeech for
-    LibriMix), plus noise from ``noise_folder_dm`` for noisy mixtures,
-    cropped as the static training set.
-
-    Arguments
-    ---------
-    hparams : dict
-        The recipe's hyperparameters.
-    dataset : str, None
-        ``wsj0mix``, ``librimix`` or ``wham`` (default: hparams ``dataset``).
-    num_mixtures : int, None
-        Mixtures per epoch (None: source utterances // ``num_spks``).
-
-    Returns
-    -------
-    DynamicItemDataset
-    """
+    """The dynamic-mixing training set: new mixtures of the sources in
+    ``base_folder_dm`` (+ ``noise_folder_dm``) every epoch, ``num_mixtures``
+    of them (None: source utterances // ``num_spks``)."""
     from speechbrain_s4m.data.dataio import training_crop_len
     from speechbrain_s4m.data.dynamic_mixing import dynamic_mixing_dataset
 
@@ -280,11 +253,9 @@ def dynamic_mixing_train_set(hparams, dataset=None, num_mixtures=None):
 
 
 def main(argv=None, before_prepare=None, brain_class=None):
-    """Command-line entry of the recipes: :func:`run_recipe` (same
-    arguments), with a one-line error (exit status 2) instead of a traceback
-    for a wrong dataset folder, a missing, corrupt or mismatched checkpoint,
-    a missing device or a misspelt override; a signal exits with
-    ``128 + signal`` and says how to resume."""
+    """Command-line entry: :func:`run_recipe`, with one-line errors (exit
+    status 2) for the user's mistakes; a signal exits with ``128 + signal``
+    and says how to resume."""
     from speechbrain_s4m.data import DatasetLayoutError
 
     try:
@@ -348,7 +319,6 @@ def check_device(device):
 
     Example
     -------
-    >>> check_device("cpu")
     >>> n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     >>> try:
     ...     check_device(f"cuda:{n}")
@@ -402,14 +372,9 @@ def _one_checkpoint_interval(hparams, run_opts):
     hparams[other] = 0
 
 
-#: CPU feature flags (``/proc/cpuinfo``) of native bf16 arithmetic.
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
-
-
 def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
-    """Whether this CPU has native bf16 instructions (x86 ``avx512_bf16``
-    or ``amx_bf16``, Arm ``bf16``), read from ``cpuinfo`` (unreadable, e.g.
-    on macOS: False). torch names the vector ISA, not bf16 support."""
+    """Whether ``cpuinfo`` lists native bf16 (x86 ``avx512_bf16`` /
+    ``amx_bf16``, Arm ``bf16``); unreadable (macOS): False."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             text = f.read()
@@ -420,29 +385,14 @@ def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
         name, _, value = line.partition(":")
         if name.strip() in ("flags", "Features"):
             flags.update(value.split())
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def cpu_precision(requested, native_bf16):
-    """The precision to train with on a CPU, and why it differs (or None).
-
-    fp16 autocast does not run on CPUs, and emulated bf16 is several times
-    slower than fp32: fp16 and bf16 become bf16 where the CPU has native
-    bf16 (``native_bf16``, see :func:`cpu_has_native_bf16`), else fp32.
-
-    Arguments
-    ---------
-    requested : str
-        ``fp32``, ``fp16`` or ``bf16``.
-    native_bf16 : bool
-        Whether the CPU has native bf16.
-
-    Returns
-    -------
-    tuple
-        ``(precision, reason)``: ``fp32`` or ``bf16``, and one line saying
-        why the request was changed (None if it was not).
-    """
+    """``(precision, reason)`` to train with on a CPU for the ``requested``
+    one: fp16 / bf16 become bf16 with ``native_bf16``, else fp32 (fp16
+    autocast does not run on CPUs; emulated bf16 is slow); ``reason`` says
+    why it changed (None if it did not)."""
     if requested not in ("fp16", "bf16"):
         return requested, None
     if native_bf16:
