@@ -1,11 +1,8 @@
 """Reading and checking audio files and tensors, for the whole package.
 
-Every reader of audio (data preparation, datasets, dynamic mixing, the
-pretrained interface, the command line) goes through this module: one
-error family (:class:`AudioError`, a ``ValueError``; each message names the
-file) and one list of extensions. Unlike SpeechBrain's ``read_audio``, a
-dataset file at another rate or with several channels is an error, not a
-silent mismatch; files are read with soundfile, in blocks where it matters.
+One error family (:class:`AudioError`, a ``ValueError`` naming the file)
+and one list of extensions. Unlike SpeechBrain's ``read_audio``, a dataset
+file at another rate or with several channels is an error.
 """
 
 import os
@@ -32,18 +29,11 @@ class AudioFormatError(AudioError):
 
 
 class AudioInputError(AudioError):
-    """An input that cannot be separated (unreadable, empty, too short,
-    silent, non-finite, unknown rate, truncated)."""
+    """An input that cannot be separated (unreadable, empty, silent...)."""
 
 
 def is_audio_file(path, extensions=AUDIO_EXTENSIONS):
-    """Whether ``path`` ends with one of ``extensions`` (case-insensitive).
-
-    Example
-    -------
-    >>> is_audio_file("a/b.FLAC"), is_audio_file("notes.txt")
-    (True, False)
-    """
+    """Whether ``path`` ends with one of ``extensions`` (case-insensitive)."""
     return os.path.splitext(str(path))[1].lower() in extensions
 
 
@@ -60,15 +50,7 @@ def _open(path):
 
 
 def audio_frames(path):
-    """``(frames, sample_rate)`` of an audio file (header only).
-
-    Example
-    -------
-    >>> path = getfixture("tmp_path") / "a.wav"
-    >>> sf.write(path, np.zeros(800), 8000)
-    >>> audio_frames(path)
-    (800, 8000)
-    """
+    """``(frames, sample_rate)`` of an audio file (header only)."""
     with _open(path) as f:
         return f.frames, f.samplerate
 
@@ -91,15 +73,6 @@ def read_audio(path, sample_rate=None, start=0, stop=None, resample=False):
     -------
     torch.Tensor
         ``[time]`` float32.
-
-    Example
-    -------
-    >>> path = getfixture("tmp_path") / "a.wav"
-    >>> sf.write(path, np.linspace(-0.5, 0.5, 800), 8000)
-    >>> read_audio(path, 8000, start=100, stop=300).shape
-    torch.Size([200])
-    >>> read_audio(path, 16000, resample=True).shape
-    torch.Size([1600])
     """
     with _open(path) as f:
         if f.channels != 1:
@@ -196,31 +169,8 @@ def _check_wav_data_size(path):
 
 def check_audio_header(path, sample_rate=None, channels=None):
     """Checks an audio file from its header alone (no decoding; fast):
-    :func:`audio_info`'s checks, then the rate and channel count.
-
-    Arguments
-    ---------
-    path : str or pathlib.Path
-        The audio file.
-    sample_rate, channels : int, optional
-        Expected values: others raise :class:`AudioFormatError`.
-
-    Returns
-    -------
-    soundfile._SoundFileInfo
-        ``samplerate``, ``channels``, ``frames``.
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> sf.write(tmp / "a.wav", np.zeros(800), 8000, subtype="PCM_16")
-    >>> check_audio_header(tmp / "a.wav", sample_rate=8000).frames
-    800
-    >>> check_audio_header(tmp / "a.wav", channels=2)
-    Traceback (most recent call last):
-      ...
-    speechbrain_s4m.audio.AudioFormatError: ...has 1 channel(s); 2 expected
-    """
+    :func:`audio_info`'s checks, then the expected ``sample_rate`` and
+    ``channels`` (others: :class:`AudioFormatError`); returns the info."""
     info = audio_info(path)
     if sample_rate is not None and info.samplerate != int(sample_rate):
         raise AudioFormatError(
@@ -235,15 +185,7 @@ def check_audio_header(path, sample_rate=None, channels=None):
 
 
 def iter_audio_blocks(path, block_frames):
-    """Yields float32 ``[frames, channels]`` blocks of an audio file.
-
-    Example
-    -------
-    >>> path = getfixture("tmp_path") / "a.wav"
-    >>> sf.write(path, np.zeros((1000, 2)), 8000)
-    >>> [b.shape for b in iter_audio_blocks(path, 400)]
-    [(400, 2), (400, 2), (200, 2)]
-    """
+    """Yields float32 ``[frames, channels]`` blocks of an audio file."""
     try:
         with sf.SoundFile(str(path)) as fh:
             yield from fh.blocks(
@@ -275,24 +217,11 @@ def check_audio_file(path, min_seconds=0.1, block_seconds=None):
         The header information.
     frames : int
         Number of frames read.
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> sf.write(tmp / "ok.wav", np.full(800, 0.1), 8000)
-    >>> check_audio_file(tmp / "ok.wav")[1]
-    800
-    >>> sf.write(tmp / "short.wav", np.full(80, 0.1), 8000)
-    >>> check_audio_file(tmp / "short.wav")
-    Traceback (most recent call last):
-      ...
-    speechbrain_s4m.audio.AudioInputError: ...short.wav: audio is too short ...
     """
     info = audio_info(path)
     if block_seconds is None:
         block_seconds = READ_BLOCK_SECONDS
-    frames = 0
-    nonzero = False
+    frames, nonzero = 0, False
     block_frames = max(1, int(block_seconds * info.samplerate))
     for block in iter_audio_blocks(path, block_frames):
         finite = np.isfinite(block)
@@ -332,15 +261,17 @@ def check_audio_tensor(mix, sample_rate, min_seconds=0.1, name="input"):
     Arguments
     ---------
     mix : torch.Tensor
-        ``[batch, time]`` or ``[time]``.
+        ``[batch, time]`` or ``[time]``, at ``sample_rate``.
     sample_rate : int
-        Its sample rate.
+        Its rate.
     min_seconds : float
         Shortest accepted duration.
     name : str
+
         Used in the messages.
 
     Example
+
     -------
     >>> check_audio_tensor(torch.zeros(1, 8000), 8000)
     Traceback (most recent call last):

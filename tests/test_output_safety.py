@@ -565,3 +565,20 @@ def test_publish_claims_names_and_rolls_back(tmp_path, monkeypatch, links):
     outputs.publish(temps, finals, overwrite=True)
     assert [f.read_bytes() for f in finals] == [b"new", b"new"]
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_audio_readers_ranges_rates_and_headers(tmp_path):
+    """Moved from the doctests of speechbrain_s4m.audio."""
+    from speechbrain_s4m import audio
+
+    assert audio.is_audio_file("a/b.FLAC") and not audio.is_audio_file("x")
+    path = tmp_path / "a.wav"
+    sf.write(path, np.linspace(-0.5, 0.5, 800), SR, subtype="PCM_16")
+    assert audio.audio_frames(path) == (800, SR)
+    assert audio.read_audio(path, SR, start=100, stop=300).shape == (200,)
+    assert audio.read_audio(path, 16000, resample=True).shape == (1600,)
+    with pytest.raises(audio.AudioFormatError, match="1 channel.s.; 2 exp"):
+        check_audio_header(path, channels=2)
+    sf.write(path, np.zeros((1000, 2)), SR)
+    shapes = [b.shape for b in audio.iter_audio_blocks(path, 400)]
+    assert shapes == [(400, 2), (400, 2), (200, 2)]
