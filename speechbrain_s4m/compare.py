@@ -1,20 +1,9 @@
-"""Recipe results side by side (``s4m-compare``): accuracy with confidence
-intervals, paired differences on the same test utterances, training time and
-compute.
-
-::
-
-    s4m-compare results/SynthMix/s4m_tiny/1234 \\
-        results/SynthMix/convtasnet/1234 \\
-        --benchmark docs/benchmarks/s4m_benchmark.json --out comparison
-
-Each folder is a recipe's ``output_folder`` (read by
-:mod:`speechbrain_s4m.results`). Printed: a Markdown table; written into
-``--out``: ``comparison.md``, ``.json``, ``.csv``, ``comparison_pairs.csv``,
-a ``scatter_<a>_vs_<b>.png`` per pair (per-utterance SI-SNRi) and
-``valid_vs_epoch.png`` / ``valid_vs_time.png``. Different test sets are
-refused unless ``--intersect``; outputs are replaced only with
-``--overwrite``.
+"""Recipe results side by side (``s4m-compare RESULT_FOLDER... --benchmark
+JSON --out DIR``): accuracy with confidence intervals, paired differences on
+the same test utterances, training time and compute. Written into ``--out``:
+``comparison.md``, ``.json``, ``.csv``, ``comparison_pairs.csv``, a
+``scatter_<a>_vs_<b>.png`` per pair and ``valid_vs_epoch.png`` /
+``valid_vs_time.png``.
 """
 
 import argparse
@@ -27,6 +16,7 @@ import sys
 
 import numpy as np
 
+from speechbrain_s4m.benchmark.measure import markdown, pyplot
 from speechbrain_s4m.results import (
     DEFAULT_BENCH_SECONDS,
     ResultsError,
@@ -277,7 +267,7 @@ def markdown_table(comparison):
             b = m["bench"] or {}
             cells += [_fmt(b.get("gmac_per_s"), 1), _fmt(b.get("infer_s"), 3)]
         rows.append(cells)
-    out = _markdown(rows)
+    out = markdown(rows)
     if has_bench:
         b = next(m["bench"] for m in comparison["models"] if m["bench"])
         out += (
@@ -298,17 +288,10 @@ def markdown_table(comparison):
                 cells += [_fmt_ci(d), _fmt(100 * d["a_wins"], 0) + "%"]
                 cells += [_fmt(100 * d["b_wins"], 0) + "%"]
             rows.append(cells)
-        out += "\n\nPaired, on the same test utterances:\n\n" + _markdown(rows)
+        out += "\n\nPaired, on the same test utterances:\n\n" + markdown(rows)
     if comparison["note"]:
         out += f"\n\n{comparison['note']}"
     return out + "\n"
-
-
-def _markdown(rows):
-    """Markdown table of rows of cells; the second row is the rule."""
-    head, rule, *body = rows
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(rule) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
 
 
 def _slug(label):
@@ -344,11 +327,7 @@ def _write_csv(path, rows):
 
 def write_outputs(comparison, out_dir):
     """Writes the Markdown, JSON, CSV and PNG files; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     os.makedirs(out_dir, exist_ok=True)
     written = []
 
@@ -479,12 +458,10 @@ def main(argv=None, prog="s4m-compare"):
     except SystemExit as exit_:
         return int(exit_.code or 0)
     try:
-        # the inputs are checked before any work
-        results = [load_result_folder(f) for f in args.folders]
-        if args.benchmark:
-            load_benchmark(args.benchmark, args.bench_seconds)
-        labels = _labels(results)
-        _align(results, args.intersect)
+        comparison = compare_folders(
+            args.folders, args.benchmark, args.intersect, args.bench_seconds
+        )
+        labels = [m["label"] for m in comparison["models"]]
         existing = [
             os.path.join(args.out, name)
             for name in output_files(labels)
@@ -495,9 +472,6 @@ def main(argv=None, prog="s4m-compare"):
                 f"{existing[0]} exists (use --overwrite to replace the "
                 "outputs, or another --out)"
             )
-        comparison = compare_folders(
-            args.folders, args.benchmark, args.intersect, args.bench_seconds
-        )
     except (CompareError, ResultsError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

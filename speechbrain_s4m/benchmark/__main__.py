@@ -15,7 +15,7 @@ import sys
 
 import yaml
 
-from speechbrain_s4m.benchmark.measure import PRECISIONS
+from speechbrain_s4m.benchmark.measure import PRECISIONS, number
 from speechbrain_s4m.benchmark.models import (
     DEFAULT_MODELS,
     checkpointing_variants,
@@ -54,6 +54,7 @@ def parse_args(argv=None):
         prog="python -m speechbrain_s4m.benchmark",
         description="Parameters, MACs, speed and memory of S4M-tiny, S4M, "
         "SepFormer and Conv-TasNet side by side.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = p.add_argument
     add(
@@ -61,7 +62,7 @@ def parse_args(argv=None):
         nargs="+",
         default=list(DEFAULT_MODELS),
         help="model fragments, or LABEL=FRAGMENT to measure a fragment "
-        "under another name (default: %(default)s)",
+        "under another name",
     )
     add(
         "--model-overrides",
@@ -76,72 +77,35 @@ def parse_args(argv=None):
         help="also measure each S4M model with activation checkpointing of "
         "its iterations (label <model>+ckpt), beside the plain one",
     )
-    add(
-        "--durations",
-        nargs="+",
-        type=float,
-        default=[1, 4, 16, 60],
-        help="input durations in seconds (default: %(default)s)",
-    )
-    add(
-        "--repeats",
-        type=int,
-        default=5,
-        help="timed runs up to 4 s inputs; half up to 16 s, 1 beyond",
-    )
+    add("--durations", nargs="+", type=number, default=[1, 4, 16, 60], help="s")
+    add("--repeats", type=int, default=5, help="runs (half >4 s, 1 >16 s)")
     add("--device", default="cpu", help="cpu or cuda[:i]")
-    add(
-        "--precision",
-        nargs="+",
-        default=["fp32"],
-        choices=PRECISIONS,
-        help="fp32 and/or autocast fp16 / bf16, each measured "
-        "(default: %(default)s)",
-    )
+    precision = {"nargs": "+", "default": ["fp32"], "choices": PRECISIONS}
+    add("--precision", **precision, help="fp32, autocast fp16 / bf16")
     add("--threads", type=int, default=2, help="torch threads")
     add("--skip-train", action="store_true", help="inference only")
     add(
-        "--max-seconds",
-        type=float,
-        default=120.0,
-        help="skip cases predicted to take longer per run (default 120)",
+        "--max-seconds", type=float, default=120.0, help="predicted s/run limit"
     )
-    add(
-        "--max-memory-gib",
-        type=float,
-        default=8.0,
-        help="skip cases predicted to need more memory (default 8)",
-    )
+    add("--max-memory-gib", type=float, default=8.0, help="predicted GiB limit")
     add("--sample-rate", type=int, default=8000)
     add("--num-spks", type=int, default=2)
     add(
         "--default-allocator",
         action="store_true",
-        help="leave the C allocator as it is (default: every case process "
-        "keeps freed memory for reuse, all models alike)",
+        help="leave the C allocator as it is (else every case process keeps "
+        "freed memory for reuse, all models alike)",
     )
     add("--json", help="write the results to this JSON file")
-    add(
-        "--plot",
-        help="log-log plot (PNG) of time per second of audio; default: "
-        "the JSON's path with .png",
-    )
+    add("--plot", help="log-log plot (PNG); default: the JSON's path, .png")
     add(
         "--from-json",
         metavar="JSON",
         help="measure nothing: print the tables of this results file and "
         "write its plot (--plot, default next to it)",
     )
-    add(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing JSON / plot",
-    )
-    add(
-        "--in-process",
-        action="store_true",
-        help="no subprocess per case (default on GPU)",
-    )
+    add("--overwrite", action="store_true", help="replace existing outputs")
+    add("--in-process", action="store_true", help="no subprocess (GPU: on)")
     add("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -170,12 +134,9 @@ def main(argv=None):
             models = list(args.models)
             if args.checkpoint_iterations:
                 models, overrides = checkpointing_variants(models, overrides)
-            durations = [
-                int(d) if float(d).is_integer() else d for d in args.durations
-            ]
             results = run_benchmark(
                 models=models,
-                durations=durations,
+                durations=args.durations,
                 in_process=args.in_process or args.device.startswith("cuda"),
                 log=lambda msg: print(msg, file=sys.stderr, flush=True),
                 precisions=args.precision,

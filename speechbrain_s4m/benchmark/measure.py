@@ -49,6 +49,29 @@ def check_device(device, cuda=None):
     return dev
 
 
+def number(text):
+    """A float from the command line, an int where it is whole."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def markdown(rows):
+    """Markdown table of rows of cells; the second row is the rule."""
+    head, rule, *body = rows
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(rule) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def autocast_context(device, precision):
     """No autocast for ``"fp32"``, else ``torch.autocast`` to fp16 / bf16
     on ``device``'s type."""
@@ -109,12 +132,6 @@ class StepTimer:
         }
 
 
-def peak_rss_mib():
-    """Peak resident set size of this process in MiB."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
-
-
 def current_rss_mib():
     """Current resident set size of this process in MiB (Linux; else nan)."""
     try:
@@ -151,7 +168,9 @@ class PeakMemory:
             return self.cuda.max_memory_allocated(self.device) / 2**20
         # the RSS counters are flushed lazily per thread: the high-water
         # mark can read below the current RSS, and a peak is never below it
-        return max(peak_rss_mib(), current_rss_mib())
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss = rss / 2**20 if sys.platform == "darwin" else rss / 1024
+        return max(rss, current_rss_mib())
 
 
 # FlopCounterMode counts 2 flops per real multiply-accumulate of matmuls,

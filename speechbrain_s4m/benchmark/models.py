@@ -1,9 +1,8 @@
-"""Side-by-side benchmark of S4M-tiny, S4M, SepFormer and Conv-TasNet:
-parameters, MACs per second of audio, time and peak memory of inference and
-of a training step (forward, PIT SI-SNR, backward, Adam) per model fragment,
+"""Side-by-side benchmark of model fragments (S4M-tiny, S4M, SepFormer,
+Conv-TasNet): parameters, MACs per second of audio, time and peak memory of
+inference and of a training step (forward, PIT SI-SNR, backward, Adam) per
 input length and precision. On the CPU each case runs in its own subprocess
-(a clean peak RSS); cases predicted (from the shorter lengths) to exceed the
-time or memory budget are skipped.
+(a clean peak RSS); cases predicted to exceed the budget are skipped.
 """
 
 import itertools
@@ -25,6 +24,8 @@ from speechbrain_s4m.benchmark.measure import (
     check_device,
     count_macs,
     grad_scaler,
+    markdown,
+    pyplot,
 )
 from speechbrain_s4m.config import (
     check_overrides,
@@ -39,17 +40,15 @@ REFERENCE = "sepformer"
 
 
 def build_model(name, sample_rate=8000, num_spks=2, overrides=None):
-    """The :class:`~speechbrain_s4m.lobes.separator.Separator` (the model of
-    the recipes and of inference) of the model fragment ``name`` (e.g.
-    ``s4m_tiny``, ``sepformer``), with ``overrides`` of its keys."""
+    """The :class:`~speechbrain_s4m.lobes.separator.Separator` of the model
+    fragment ``name`` (e.g. ``s4m_tiny``), with ``overrides`` of its keys."""
     hp = load_model_config(name, sample_rate, num_spks, overrides)
     return Separator(hp["Encoder"], hp["MaskNet"], hp["Decoder"], num_spks)
 
 
 def parse_model_spec(spec):
     """A ``--models`` entry, ``fragment`` or ``label=fragment``, as
-    ``(label, fragment)``: one fragment can run under several labels with
-    different overrides."""
+    ``(label, fragment)``."""
     label, sep, fragment = spec.partition("=")
     if not sep:
         return spec, spec
@@ -87,23 +86,10 @@ def mode_key(mode, precision):
 
 
 def run_case(spec):
-    """Measures one (model, duration, mode, precision) case in this process.
-
-    Arguments
-    ---------
-    spec : dict
-        ``model`` (fragment), ``seconds``, ``mode`` ("infer" or "train"),
-        ``repeats``, ``warmup``, ``device``, ``threads``, ``sample_rate``,
-        ``num_spks``, ``count_macs``; optional ``precision`` ("fp32"),
-        ``overrides`` and ``default_allocator``.
-
-    Returns
-    -------
-    dict
-        ``times``/``median`` (wall or CUDA-event time: ``timing``),
-        ``wall_``/``cpu_``/``sys_`` ``times``/``median``, ``peak_mib``,
-        ``base_mib``, ``allocator``, ``precision``, optional ``macs``.
-    """
+    """Measures one case in this process: ``spec`` as built by
+    :func:`run_benchmark`; returns ``times``/``median`` (wall or CUDA-event
+    time: ``timing``), ``wall_``/``cpu_``/``sys_`` ``times``/``median``,
+    ``peak_mib``, ``base_mib``, ``allocator``, ``precision``, ``macs``."""
     allocator = apply_allocator(spec.get("default_allocator", False))
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -226,26 +212,13 @@ def run_benchmark(
     model_overrides=None,
     default_allocator=False,
 ):
-    """Runs the whole benchmark.
+    """Runs the whole benchmark (the options of ``python -m
+    speechbrain_s4m.benchmark``; ``in_process``: no subprocess per case;
+    ``model_overrides``: ``{label: {key: value}}``, checked first).
 
-    Arguments
-    ---------
-    models, durations, repeats, device, threads, skip_train, max_seconds,
-    max_memory_gib, sample_rate, num_spks, precisions, default_allocator
-        As the options of ``python -m speechbrain_s4m.benchmark``.
-    in_process : bool
-        Run the cases in this process, not a subprocess each.
-    log : callable
-        Progress output.
-    model_overrides : dict, optional
-        ``{label: {key: value}}``, checked before anything runs.
-
-    Returns
-    -------
-    dict
-        ``config`` and ``models``: per label ``fragment``, ``overrides``,
-        ``params``, ``macs`` and :func:`run_case` results per mode key
-        (:func:`mode_key`), each per duration.
+    Returns ``config`` and ``models``: per label ``fragment``,
+    ``overrides``, ``params``, ``macs`` and :func:`run_case` results per
+    :func:`mode_key`, each per duration.
     """
     check_device(device)
     model_overrides = dict(model_overrides or {})
@@ -391,13 +364,7 @@ def _fmt_mem(res):
 
 
 def describe_conditions(config):
-    """One line naming what the results were measured under.
-
-    Example
-    -------
-    >>> describe_conditions({"device": "cpu", "threads": 2})
-    'cpu, 2 threads, fp32, wall time; allocator: not recorded'
-    """
+    """One line naming what the results were measured under."""
     device = config.get("device", "cpu")
     parts = [device]
     if device == "cpu":
@@ -419,68 +386,52 @@ def format_tables(results):
     models = results["models"]
     durs = [str(d) for d in cfg["durations"]]
     ref = models.get(REFERENCE) or {}
-    lines = [
-        f"Measured on {describe_conditions(cfg)}",
-        "",
-        "| model | params | "
-        + " | ".join(f"GMACs/s @{d} s" for d in durs)
-        + f" | % of {REFERENCE} MACs @{' / '.join(durs)} s"
-        + " | FFT+complex share (longest) |",
-        "|---" * (len(durs) + 4) + "|",
-    ]
+    head = ["model", "params"] + [f"GMACs/s @{d} s" for d in durs]
+    head += [f"% of {REFERENCE} MACs @{' / '.join(durs)} s"]
+    rows = [head + ["FFT+complex share (longest)"], ["---"] * (len(durs) + 4)]
     for name, e in models.items():
         cells, pct, share = [], [], "-"
         for d in durs:
-            m = e["macs"].get(d)
+            m, r = e["macs"].get(d), ref.get("macs", {}).get(d)
             if not m:
                 cells.append("-")
                 pct.append("-")
                 continue
             cells.append(f"{m['total'] / 1e9 / float(d):.2f}")
-            r = ref.get("macs", {}).get(d)
             pct.append(f"{100 * m['total'] / r['total']:.1f}" if r else "-")
             share = f"{100 * (m['fft'] + m['complex']) / m['total']:.1f}%"
-        lines.append(
-            f"| {name} | {e['params'] / 1e6:.3f}M | "
-            + " | ".join(cells)
-            + f" | {' / '.join(pct) or '-'} | {share} |"
-        )
+        cells += [" / ".join(pct) or "-", share]
+        rows.append([name, f"{e['params'] / 1e6:.3f}M"] + cells)
+    out = f"Measured on {describe_conditions(cfg)}\n\n" + markdown(rows)
     unit = "GPU MiB (max allocated)" if cfg["device"] != "cpu" else "MiB RSS"
     cuda = cfg.get("timing") == "cuda_events"
     timed = "GPU (CUDA events) / CPU" if cuda else "wall / CPU"
     for precision in cfg.get("precisions", ["fp32"]):
         keys = mode_key("infer", precision), mode_key("train", precision)
-        lines += [
-            "",
-            f"{precision}:",
-            "",
-            f"| model | input | inference s: {timed}, medians (speed-up vs "
-            f"{REFERENCE}) | train step s: {timed} (speed-up) "
-            f"| peak infer {unit} | peak train {unit} |",
-            "|---|---|---|---|---|---|",
-        ]
+        head = ["model", "input"]
+        head += [f"inference s: {timed}, medians (speed-up vs {REFERENCE})"]
+        head += [f"train step s: {timed} (speed-up)"]
+        rows = [head + [f"peak infer {unit}", f"peak train {unit}"]]
+        rows.append(["---"] * 6)
         for name, e in models.items():
             for d in durs:
                 inf, trn = (e.get(k, {}).get(d) for k in keys)
                 r_inf, r_trn = (ref.get(k, {}).get(d) for k in keys)
-                lines.append(
-                    f"| {name} | {d} s | {_fmt_time(inf, r_inf)} | "
-                    f"{_fmt_time(trn, r_trn)} | {_fmt_mem(inf)} "
-                    f"| {_fmt_mem(trn)} |"
+                rows.append(
+                    [name, f"{d} s", _fmt_time(inf, r_inf)]
+                    + [_fmt_time(trn, r_trn), _fmt_mem(inf), _fmt_mem(trn)]
                 )
-    return "\n".join(lines)
+        out += f"\n\n{precision}:\n\n" + markdown(rows)
+    return out
 
 
 def plot_results(results, path):
     """Log-log plot (PNG) of time per second of audio vs input length: an
     inference and a training-step panel, a colour per model and a line style
     per precision, skipped cases left out; returns the number of curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    plt = pyplot()
     cfg = results.get("config", {})
     precisions = cfg.get("precisions", ["fp32"])
     styles = ["-", "--", ":", "-."]

@@ -1,12 +1,10 @@
 """Streaming benchmark: ``python -m speechbrain_s4m.benchmark.streaming``.
 
 Times :class:`~speechbrain_s4m.inference.S4MStreamer` hop by hop on CPU
-(per-hop compute, real-time factor, latency, resident memory over a long
-stream) against the naive baseline: the causal model re-run for every hop
-on a sliding window of its receptive field (:func:`naive_window_frames`;
-the cumulative norms read the whole past, which no finite window
-reproduces: the baseline measures the cost, not the output). Weights are
-random unless ``--model`` names a trained model folder.
+(per-hop compute, real-time factor, latency, RSS over a long stream) against
+the naive baseline: the causal model re-run for every hop on a sliding
+window of its receptive field (:func:`naive_window_frames`; it measures the
+cost, not the output: the cumulative norms read the whole past).
 """
 
 import argparse
@@ -19,7 +17,7 @@ import time
 import torch
 
 from speechbrain_s4m.allocator import allocator_mode
-from speechbrain_s4m.benchmark.measure import current_rss_mib
+from speechbrain_s4m.benchmark.measure import current_rss_mib, number
 from speechbrain_s4m.config import load_model_config
 from speechbrain_s4m.inference.streamer import S4MStreamer
 
@@ -44,11 +42,6 @@ def conv_receptive_field(masknet):
     """Past encoder frames that a causal masknet's output reads through its
     convolutions, pooling and resizing (the S4 layer aside): an upper bound.
 
-    Per block application: the pyramid (kernel ``k``, stride 2 from scale 1:
-    ``(k - 1) * 2**(s - 1)`` fine frames at scale ``s``), the pooling and
-    up-sampling windows (``2**(S-1) - 1`` each) and the merge fusions at
-    scale ``i`` (``(k - 1) * 2**(i + 1) + 2**i``); times the iterations.
-
     Example
     -------
     >>> from speechbrain_s4m.lobes import S4MMaskNet
@@ -59,6 +52,8 @@ def conv_receptive_field(masknet):
     block = masknet.block
     depth = block.depth
     k = block.pyramid[0].conv.kernel_size[0]
+    # per iteration: the pyramid (stride 2 from scale 1), the pooling and
+    # up-sampling windows and the merge fusions at each scale
     pyramid = (k - 1) + sum((k - 1) * 2 ** (s - 1) for s in range(1, depth))
     resample = 2 * (2 ** (depth - 1) - 1)
     merge = sum((k - 1) * 2 ** (i + 1) + 2**i for i in range(depth - 1))
@@ -86,8 +81,8 @@ def naive_window_frames(masknet, tol=1e-3):
 def build_streamer(
     config="s4m_tiny_causal", overrides=None, seed=0, compile=False, model=None
 ):
-    """A streamer over randomly initialised modules of a model fragment,
-    or over a trained causal model folder (``model``, from ``s4m-export``)."""
+    """A streamer over random modules of a model fragment, or over a trained
+    causal model folder (``model``, from ``s4m-export``)."""
     if model is not None:
         if overrides:
             raise ValueError(MODEL_WITH_OVERRIDES)
@@ -169,17 +164,16 @@ def run(
     compile=False,
     model=None,
 ):
-    """Runs the benchmark; returns the JSON rows (the options are those of
-    the command line).
+    """Runs the benchmark (the options of the command line); returns the
+    JSON rows, calling ``on_row(rows)`` after each new one.
 
     Every row has ``method`` ("streamer", "streamer (compiled)" or
     "naive"), ``config``, ``num_iterations``, ``allocator``, ``hop_ms``,
     ``threads``, ``rtf``, ``per_hop_ms_median`` and ``_p99``,
     ``algorithmic_latency_ms``, ``latency_ms`` (algorithmic + hop + p99
-    compute) and ``rss_mib``; compiled rows have ``warmup_s`` (the first
-    hops, compilation included), and the streamer row at the hop closest to
-    16 ms on the first thread count ``rss_growth`` (``[minutes, MiB]``).
-    ``on_row(rows)`` is called after each new row (to save partial results).
+    compute) and ``rss_mib``; compiled rows have ``warmup_s``, and the
+    streamer row at the hop closest to 16 ms on the first thread count
+    ``rss_growth`` (``[minutes, MiB]``).
     """
     streamer = build_streamer(config, overrides, compile=compile, model=model)
     on_row = on_row or (lambda rows: None)
@@ -194,12 +188,6 @@ def run(
             f"S4 context to 1e-3 of the kernel peak"
         )
     rows, naive_cost = [], {}
-    # what every row says of the model and the process
-    common = {
-        "config": config,
-        "num_iterations": streamer.masknet.num_iterations,
-        "allocator": allocator_mode(),
-    }
     long_hop = min(hops_ms, key=lambda h: abs(h - 16))
     for n_threads in threads:
         torch.set_num_threads(n_threads)
@@ -210,11 +198,17 @@ def run(
             times = time_streamer(streamer, hop, seconds)
             med = statistics.median(times)
             p99 = sorted(times)[min(len(times) - 1, int(0.99 * len(times)))]
-            head = {**common, "hop_ms": hop_ms, "hop_samples": hop}
+            head = {
+                "config": config,
+                "num_iterations": streamer.masknet.num_iterations,
+                "allocator": allocator_mode(),
+                "hop_ms": hop_ms,
+                "hop_samples": hop,
+                "threads": n_threads,
+            }
             row = {
                 "method": "streamer (compiled)" if compile else "streamer",
                 **head,
-                "threads": n_threads,
                 "per_hop_ms_median": 1000 * med,
                 "per_hop_ms_p99": 1000 * p99,
                 "rtf": sum(times) / (len(times) * hop / rate),
@@ -228,8 +222,7 @@ def run(
                 row["rss_growth"] = []
 
                 def on_point(minutes, rss, row=row):
-                    # reported and saved as it goes: an interrupted long
-                    # run keeps the readings it took
+                    # saved as it goes: an interrupted run keeps its readings
                     row["rss_growth"].append([minutes, rss])
                     log(f"  streamed {minutes:.2f} min: RSS {rss:.0f} MiB")
                     on_row(rows + [row])
@@ -239,29 +232,29 @@ def run(
             rows.append(row)
             log(format_table([row], header=len(rows) == 1))
             on_row(rows)
-            if naive:
-                if n_threads not in naive_cost:  # the same for every hop
-                    naive_cost[n_threads] = time_naive(
-                        streamer, window, naive_repeats
-                    )
-                cost = naive_cost[n_threads]
-                rows.append(
-                    {
-                        "method": "naive",
-                        **head,
-                        "threads": n_threads,
-                        "window_frames": window,
-                        "per_hop_ms_median": 1000 * cost,
-                        "per_hop_ms_p99": 1000 * cost,
-                        "rtf": cost / (hop / rate),
-                        "algorithmic_latency_ms": latency,
-                        "latency_ms": latency + hop_ms + 1000 * cost,
-                        "rss_mib": current_rss_mib(),
-                        "cost_vs_streamer": cost / med,
-                    }
+            if not naive:
+                continue
+            if n_threads not in naive_cost:  # the same for every hop
+                naive_cost[n_threads] = time_naive(
+                    streamer, window, naive_repeats
                 )
-                log(format_table(rows[-1:], header=False))
-                on_row(rows)
+            cost = naive_cost[n_threads]
+            rows.append(
+                {
+                    "method": "naive",
+                    **head,
+                    "window_frames": window,
+                    "per_hop_ms_median": 1000 * cost,
+                    "per_hop_ms_p99": 1000 * cost,
+                    "rtf": cost / (hop / rate),
+                    "algorithmic_latency_ms": latency,
+                    "latency_ms": latency + hop_ms + 1000 * cost,
+                    "rss_mib": current_rss_mib(),
+                    "cost_vs_streamer": cost / med,
+                }
+            )
+            log(format_table(rows[-1:], header=False))
+            on_row(rows)
     return rows
 
 
@@ -285,30 +278,15 @@ def parser():
         prog="python -m speechbrain_s4m.benchmark.streaming",
         description="Per-hop cost, real-time factor, latency and memory of "
         "S4MStreamer against the naive sliding-window baseline (CPU).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = p.add_argument
-    add(
-        "--config",
-        default="s4m_tiny_causal",
-        help="model fragment, randomly initialised (default s4m_tiny_causal)",
-    )
-    add(
-        "--model",
-        help="a trained causal model folder (s4m-export) to time instead "
-        "of --config",
-    )
-    add(
-        "--overrides",
-        help="YAML dict of model overrides, e.g. '{num_iterations: 2}'",
-    )
-    add("--hops-ms", type=float, nargs="+", default=[4, 8, 16, 32])
+    add("--config", default="s4m_tiny_causal", help="model fragment, random")
+    add("--model", help="a trained causal model folder (s4m-export) instead")
+    add("--overrides", help="YAML dict of model overrides")
+    add("--hops-ms", type=number, nargs="+", default=[4, 8, 16, 32])
     add("--threads", type=int, nargs="+", default=[1, 2])
-    add(
-        "--seconds",
-        type=float,
-        default=5.0,
-        help="audio streamed per configuration (default 5)",
-    )
+    add("--seconds", type=float, default=5.0, help="audio per configuration")
     add(
         "--long-minutes",
         type=float,
@@ -325,10 +303,7 @@ def parser():
     )
     add("--no-naive", action="store_true")
     add("--naive-repeats", type=int, default=3)
-    add(
-        "--json",
-        help="write the rows here (rewritten after every row)",
-    )
+    add("--json", help="write the rows here (rewritten after every row)")
     return p
 
 
@@ -346,7 +321,6 @@ def main(argv=None):
             p.error(f"--model {args.model}: no such model folder")
 
     overrides = yaml.safe_load(args.overrides) if args.overrides else None
-    hops = [int(h) if float(h).is_integer() else h for h in args.hops_ms]
 
     def save(rows):  # after every row: a long run keeps what it measured
         if args.json:
@@ -356,7 +330,7 @@ def main(argv=None):
     given = "config threads seconds long_minutes naive_repeats compile model"
     rows = run(
         overrides=overrides,
-        hops_ms=hops,
+        hops_ms=args.hops_ms,
         naive=not args.no_naive,
         log=lambda text: print(text, flush=True),
         on_row=save,
