@@ -1,10 +1,7 @@
-"""The training objective: SI-SNR under PIT, with padding masks.
-
-As SpeechBrain's ``get_si_snr_with_pitwrapper``, signals are ``[batch,
-time, spks]`` with relative ``lengths`` (``wav_lens``), but the padding is
-masked out (zero mean and energies over the valid part only), so a padded
-batch gives each utterance's own value. :func:`pit_si_snr_loss` is the
-recipes' ``loss`` and the test scores' permutation search.
+"""SI-SNR under PIT (the recipes' ``loss``), as SpeechBrain's
+``get_si_snr_with_pitwrapper`` (``[batch, time, spks]``, relative
+``lengths``) but with the padding masked out: a padded batch gives each
+utterance its own value.
 """
 
 import itertools
@@ -51,20 +48,18 @@ def si_snr(estimate, target, lengths=None, eps=1e-8):
 
     Arguments
     ---------
-    estimate : torch.Tensor
-        Estimated sources ``[batch, time, spks]`` (or ``[batch, time]``).
-    target : torch.Tensor
-        Reference sources, same shape.
+    estimate, target : torch.Tensor
+        ``[batch, time, spks]`` (or ``[batch, time]``).
     lengths : torch.Tensor or None
         Relative lengths ``[batch]``: samples past ``round(lengths * time)``
-        are ignored (None: none is).
+        are ignored.
     eps : float
         Stabiliser of the divisions and the logarithm.
 
     Returns
     -------
     torch.Tensor
-        ``[batch, spks]`` (``[batch]`` for 2-D inputs), larger is better.
+        ``[batch, spks]`` (``[batch]`` for 2-D inputs).
     """
     if estimate.shape != target.shape:
         raise ValueError(
@@ -85,14 +80,7 @@ def si_snr(estimate, target, lengths=None, eps=1e-8):
 
 def pairwise_si_snr(estimate, target, lengths=None, eps=1e-8):
     """SI-SNR of every (estimate, target) pair: ``[batch, spks_est,
-    spks_target]`` (arguments of :func:`si_snr`, 3-D only).
-
-    Example
-    -------
-    >>> x = torch.randn(1, 400, 2)
-    >>> pairwise_si_snr(x.flip(-1), x).argmax(1)
-    tensor([[1, 0]])
-    """
+    spks_target]`` (arguments of :func:`si_snr`, 3-D only)."""
     if estimate.shape != target.shape or estimate.dim() != 3:
         raise ValueError(
             "expected estimate and target of the same [batch, time, spks] "

@@ -1,7 +1,5 @@
-"""Test-stage scores of separation: per-utterance SI-SNR(i) (under the PIT
-permutation of the training loss), SDR(i) (BSS-eval v3, as ``mir_eval``,
-by ``fast_bss_eval``) and optional PESQ / STOI (``pip install
-speechbrain-s4m[metrics]``), for :class:`speechbrain_s4m.results.TestReport`.
+"""Test scores: SI-SNR(i) under PIT, SDR(i) (BSS-eval v3 by
+``fast_bss_eval``) and optional PESQ / STOI (``speechbrain-s4m[metrics]``).
 """
 
 import dataclasses
@@ -26,17 +24,9 @@ PESQ_MODES = {8000: "nb", 16000: "wb"}
 
 
 def separation_scores(estimate, target, mixture, lengths=None, ids=None):
-    """Per-utterance SI-SNR, SI-SNRi, SDR and SDRi (averaged over sources).
-
-    The strict form of :func:`score_test_batch` (same arguments; ``ids`` only
-    name utterances in errors): raises ``ValueError`` on an utterance it cannot
-    score (silent reference source, shorter than the BSS-eval filter).
-
-    Returns
-    -------
-    dict
-        ``{"si-snr", "si-snr_i", "sdr", "sdr_i"}``: float64 ``[batch]``, dB.
-    """
+    """``{"si-snr", "si-snr_i", "sdr", "sdr_i"}``: float64 ``[batch]`` (dB,
+    averaged over sources); the strict :func:`score_test_batch` (same
+    arguments): ``ValueError`` on an utterance it cannot score."""
     scored = score_test_batch(estimate, target, mixture, lengths, ids)
     for utt in scored:
         if utt.problems:
@@ -50,11 +40,9 @@ def separation_scores(estimate, target, mixture, lengths=None, ids=None):
 
 
 def extra_metric_names(spec, sample_rate=None):
-    """Parses ``spec`` (``--extra_metrics``: ``"pesq,stoi"``, case and spaces
-    ignored, a list, or None / ``""``) into a tuple of names without
-    repetitions; raises ``ValueError`` for an unknown name or one undefined at
-    ``sample_rate`` (PESQ: 8 or 16 kHz only), ``ImportError`` (saying what to
-    install) for a missing package.
+    """The names of ``spec`` (``"pesq,stoi"``, a list or None), checked:
+    ``ValueError`` for an unknown one or PESQ at a ``sample_rate`` other than
+    8 / 16 kHz, ``ImportError`` (what to install) for a missing package.
 
     Example
     -------
@@ -93,8 +81,7 @@ def extra_metric_names(spec, sample_rate=None):
 
 
 def score_columns(extra_metrics=()):
-    """The score columns of ``test_results.csv`` (after ``snt_id``): those
-    of ``SCORE_NAMES``, then each extra metric and its ``<name>_i``."""
+    """``SCORE_NAMES``, then each extra metric and its ``<name>_i``."""
     columns = list(SCORE_NAMES)
     for name in extra_metrics:
         columns += [name, f"{name}_i"]
@@ -103,9 +90,7 @@ def score_columns(extra_metrics=()):
 
 @dataclasses.dataclass(eq=False)
 class UtteranceScores:
-    """The scores of one test utterance: ``scores`` (column -> float, NaN where
-    undefined) and the ``problems`` (why each undefined one is).
-    """
+    """One utterance's ``scores`` (NaN where undefined) and ``problems``."""
 
     snt_id: str
     scores: dict
@@ -119,8 +104,7 @@ class UtteranceScores:
         )
 
     def row(self):
-        """A ``test_results.csv`` row: ``snt_id`` then the scores, None
-        (an empty cell) where undefined."""
+        """Its ``test_results.csv`` row (None: an empty cell)."""
         row = {"snt_id": self.snt_id}
         for key, value in self.scores.items():
             row[key] = float(value) if math.isfinite(value) else None
@@ -138,31 +122,28 @@ def score_test_batch(
 ):
     """Scores each utterance of a test batch, never failing on bad data.
 
-    SI-SNR(i) under PIT, SDR(i) and the optional metrics (per source after
-    PIT matching), averaged over sources; improvements are over the mixture
-    used as every source's estimate. A metric undefined for an utterance
-    (silent reference, non-finite samples, too short) is NaN with the reason
-    in ``problems``; the others are still scored.
+    The columns of :func:`score_columns`, averaged over the PIT-matched
+    sources; improvements are over the mixture. A metric undefined for an
+    utterance is NaN, with the reason in ``problems``.
 
     Arguments
     ---------
     estimate, target : torch.Tensor
         Estimated and reference sources ``[batch, time, spks]``.
     mixture : torch.Tensor
-        Input mixture ``[batch, time]``.
+        ``[batch, time]``.
     lengths : torch.Tensor or None
-        Relative lengths ``[batch]``: only the valid part is scored.
+        Relative lengths ``[batch]``.
     ids : list of str or None
-        Utterance ids (default: the batch index as a string).
+        Utterance ids (default: the batch index).
     sample_rate : int
-        Sample rate (Hz) of the optional metrics.
+        Hz, for the optional metrics.
     extra_metrics : tuple of str
         Names from :func:`extra_metric_names`.
 
     Returns
     -------
     list of UtteranceScores
-        One per utterance, with the columns of :func:`score_columns`.
     """
     extra_metrics = tuple(extra_metrics)
     extra_metric_names(list(extra_metrics), sample_rate)
@@ -185,11 +166,9 @@ def score_test_batch(
 
 
 def average_scores(utterances, columns=None):
-    """The ``avg`` row of ``utterances`` (:class:`UtteranceScores`): each of
-    ``columns`` (default: the first one's) averaged where defined (None where
-    nowhere); returns ``(avg, n_scored)``, ``n_scored`` the utterances where
-    each column is defined.
-    """
+    """``(avg, n_scored)``: the ``avg`` row (each of ``columns``, default
+    the first utterance's, averaged where defined, else None) and the
+    utterances scored per column."""
     if columns is None:
         columns = list(utterances[0].scores) if utterances else []
     avg, n_scored = {"snt_id": "avg"}, {}
@@ -205,8 +184,7 @@ def average_scores(utterances, columns=None):
 
 
 def _utterances(estimate, target, mixture, lengths):
-    """Yields each utterance's float64 CPU ``(est [n, spks], tgt [n, spks],
-    mix [n])``, cut to its valid length."""
+    """Yields each utterance's float64 ``(est, tgt, mix)``, cut to length."""
     if mixture.dim() != 2 or mixture.shape != target.shape[:2]:
         raise ValueError(
             f"mixture {tuple(mixture.shape)} must be [batch, time] matching "
@@ -229,9 +207,8 @@ def _utterances(estimate, target, mixture, lengths):
 
 
 def _score_utterance(est, tgt, mix):
-    """SI-SNR(i) and SDR(i) of one utterance: ``(values, problems, perm)``,
-    ``perm[j]`` the estimate matched with target ``j`` (None when SI-SNR is
-    undefined)."""
+    """``(values, problems, perm)`` of one utterance's SI-SNR(i), SDR(i)
+    (``perm``: as :func:`pit_si_snr_loss`; None when undefined)."""
     signals = {"reference": tgt, "mixture": mix, "estimate": est}
     problems = [
         f"non-finite samples in the {name}"
@@ -259,8 +236,7 @@ def _score_utterance(est, tgt, mix):
 
 
 def _sdr(est, tgt, mix):
-    """BSS-eval ``(SDR, SDRi)`` averaged over sources; ValueError with the
-    reason where undefined."""
+    """BSS-eval ``(SDR, SDRi)`` over sources; ValueError where undefined."""
     import fast_bss_eval
 
     (n, spks), taps = tgt.shape, BSS_EVAL_FILTER_LENGTH
@@ -318,20 +294,10 @@ _EXTRA_FUNCTIONS = {"pesq": _pesq, "stoi": _stoi}
 
 
 def extra_scores(estimate, target, mixture, sample_rate, names, perm=None):
-    """Optional metrics ``names`` of one utterance (``[time, spks]``
-    estimate and target, ``[time]`` mixture; tensors or arrays) per source
-    after PIT matching (``perm[j]`` the estimate of target ``j``; None:
-    found by SI-SNR PIT), averaged over sources, with the improvement over
-    the mixture.
-
-    Returns
-    -------
-    values : dict
-        ``{name: mean, name + "_i": minus the mixture's}`` of each metric
-        that could be computed.
-    problems : list of str
-        Why each other one could not.
-    """
+    """``(values, problems)``: the metrics ``names`` of one utterance
+    (``[time, spks]`` estimate, target; ``[time]`` mixture), per source
+    matched by ``perm`` (None: SI-SNR PIT) and averaged, with ``<name>_i``
+    (minus the mixture's); ``problems``: why the others are missing."""
     est, tgt, mix = (
         np.ascontiguousarray(x, dtype=np.float64)
         for x in (estimate, target, mixture)

@@ -1,7 +1,6 @@
-"""Results of a recipe run: :class:`TestReport` writes ``test_results.csv``
-(the Brain's test stage), :func:`read_test_results` reads it back
-(``s4m-export``, ``s4m-compare``); :func:`load_result_folder` reads an output
-folder and :func:`load_benchmark` a benchmark JSON, for ``s4m-compare``.
+"""Results of a recipe run: :class:`TestReport` writes ``test_results.csv``,
+:func:`read_test_results` reads it; :func:`load_result_folder` and
+:func:`load_benchmark` read an output folder and a benchmark JSON.
 """
 
 import csv
@@ -30,23 +29,20 @@ NOTES_COLUMN = "notes"
 
 
 class ResultsError(ValueError):
-    """A result folder, results file or benchmark JSON that does not read
-    (one line)."""
+    """A result folder, results file or benchmark JSON that does not read."""
 
 
 class TestReport:
     """The scores of a test run and their file, ``test_results.csv``.
 
-    Columns: ``snt_id``, those of :func:`score_columns` and ``notes`` (why
-    cells are empty); a row per utterance, then ``avg``: each score averaged
-    where defined, and in ``notes`` how many utterances were not fully scored.
-    SpeechBrain's recipes write the same file without ``notes`` or empty cells
-    (they stop on an utterance they cannot score).
+    Columns: ``snt_id``, :func:`score_columns` and ``notes`` (why cells are
+    empty); a row per utterance, then ``avg`` (each score where defined).
+    SpeechBrain's recipes write it without ``notes`` (nor empty cells).
 
     Arguments
     ---------
     extra_metrics : tuple of str
-        The optional metrics scored (see :func:`extra_metric_names`).
+        As in :func:`extra_metric_names`.
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -62,8 +58,7 @@ class TestReport:
         return [u.snt_id for u in self.utterances if not u.complete]
 
     def add(self, utterances):
-        """Adds scored utterances (from :func:`score_test_batch`), warning
-        about each one not fully scored."""
+        """Adds :func:`score_test_batch`'s utterances (warns if incomplete)."""
         for utt in utterances:
             self.utterances.append(utt)
             if not utt.complete:
@@ -76,16 +71,14 @@ class TestReport:
                 )
 
     def summary(self):
-        """The ``avg`` row as numbers: each score column (NaN where no
-        utterance was scored), ``n`` (utterances) and ``n_incomplete``."""
+        """The ``avg`` row (NaN where unscored), ``n``, ``n_incomplete``."""
         avg, _ = average_scores(self.utterances, self.scores)
         out = {k: math.nan if avg[k] is None else avg[k] for k in self.scores}
         out.update(n=len(self.utterances), n_incomplete=len(self.incomplete))
         return out
 
     def write(self, path):
-        """Writes the file (``<output_folder>/test_results.csv``), logs the
-        averages and returns :meth:`summary`."""
+        """Writes the file, logs the averages, returns :meth:`summary`."""
         rows = [
             {**u.row(), NOTES_COLUMN: "; ".join(u.problems)}
             for u in self.utterances
@@ -130,11 +123,9 @@ class TestReport:
 
 
 def read_test_results(path):
-    """Reads a ``test_results.csv`` (ours, or SpeechBrain's recipes'):
-    ``(ids, columns)``, the utterances in file order (without ``avg``) and
-    column -> per-utterance floats (NaN for an empty cell; text columns left
-    out). Raises :class:`ResultsError` without an ``snt_id`` / ``si-snr_i``
-    column or utterance, or with repeated ids.
+    """``(ids, columns)`` of a ``test_results.csv`` (ours or SpeechBrain's):
+    the utterance ids (without ``avg``) and column -> floats (NaN: empty;
+    text columns left out). :class:`ResultsError` if it is not one.
     """
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -164,10 +155,7 @@ def read_test_results(path):
 
 
 def read_train_log(path):
-    """Per-epoch validation SI-SNR and training time of a ``train_log.txt``:
-    ``{"epoch", "valid_si_snr" (dB: minus the logged loss), "time" (or
-    None)}`` (see :func:`parse_train_log`).
-    """
+    """``{"epoch", "valid_si_snr" (dB), "time"}`` of a ``train_log.txt``."""
     curve = parse_train_log(path)
     return {
         "epoch": curve["epoch"],
@@ -178,10 +166,7 @@ def read_train_log(path):
 
 def model_description(hparams_text):
     """``{"hparams", "masknet", "experiment_name"}`` of a saved
-    ``hyperparams.yaml`` text: the recipe's hparams file (from the header
-    SpeechBrain writes), the masknet class and the experiment (None where not
-    found).
-    """
+    ``hyperparams.yaml`` text (None where not found)."""
     m = re.search(
         r"^# Generated .* from:\s*\n#\s*(\S+\.ya?ml)", hparams_text, re.M
     )
@@ -202,9 +187,9 @@ def model_description(hparams_text):
 
 
 def hparams_parameters(hparams_file):
-    """Distinct parameters of the ``modules`` (or ``Encoder``, ``MaskNet``,
-    ``Decoder``) a saved ``hyperparams.yaml`` builds (loaded without its
-    checkpointer and train logger, which would touch their folders)."""
+    """Parameters of the ``modules`` (or ``Encoder``, ``MaskNet``,
+    ``Decoder``) of a saved ``hyperparams.yaml`` (without the checkpointer
+    and train logger, which would touch their folders)."""
     with open(hparams_file, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(
             f,
@@ -218,8 +203,7 @@ def hparams_parameters(hparams_file):
 
 
 def _recorded_parameters(folder):
-    """The parameter count SpeechBrain logged in ``log.txt`` (rounded,
-    e.g. ``1.8M``), or None."""
+    """The (rounded) parameter count logged in ``log.txt``, or None."""
     path = os.path.join(folder, "log.txt")
     if not os.path.isfile(path):
         return None
@@ -235,12 +219,9 @@ def _recorded_parameters(folder):
 
 
 def load_result_folder(folder):
-    """Reads a recipe output folder (``test_results.csv``, ``hyperparams.yaml``,
-    usually ``train_log.txt``) into ``folder``, ``ids``, ``scores`` (column ->
-    per-utterance floats), those of :func:`model_description`, ``log`` (None
-    without one) and ``hparams_file``; raises :class:`ResultsError` where a
-    file is missing or malformed.
-    """
+    """A recipe output folder as ``{folder, ids, scores,`` those of
+    :func:`model_description`, ``log`` (or None), ``hparams_file}``;
+    :class:`ResultsError` where a file is missing or malformed."""
     if not os.path.isdir(folder):
         raise ResultsError(f"{folder}: not a folder")
     results = os.path.join(folder, "test_results.csv")
@@ -272,8 +253,8 @@ def load_result_folder(folder):
 
 
 def add_parameters(result):
-    """Fills ``params`` / ``params_source`` of a :func:`load_result_folder`
-    result (loading the modules, else the count SpeechBrain logged)."""
+    """Sets ``params`` / ``params_source`` of a :func:`load_result_folder`
+    result."""
     try:
         result["params"] = hparams_parameters(result["hparams_file"])
         result["params_source"] = "hyperparams.yaml"
@@ -287,16 +268,9 @@ def add_parameters(result):
 
 
 def load_benchmark(path, seconds=DEFAULT_BENCH_SECONDS):
-    """GMAC per second of audio and inference time per model of a benchmark
-    JSON (``python -m speechbrain_s4m.benchmark --json``), at the measured
-    duration nearest to ``seconds``.
-
-    Returns
-    -------
-    dict
-        ``{model: {"params", "gmac_per_s", "infer_s", "seconds", "device",
-        "threads"}}`` (NaN where not measured).
-    """
+    """``{model: {"params", "gmac_per_s", "infer_s", "seconds", "device",
+    "threads"}}`` (NaN where not measured) of a benchmark JSON, at the
+    duration nearest to ``seconds``."""
     try:
         with open(path, encoding="utf-8") as f:
             bench = json.load(f)

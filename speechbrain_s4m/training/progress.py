@@ -1,9 +1,5 @@
-"""The epoch clock, training speed and expected time: a Brain mixin.
-
-SpeechBrain's ``Brain.fit`` shows a tqdm bar (off in logs and under
-``--noprogressbar``) and logs no speed; :class:`ProgressReport` logs both
-and gives the Brain the epoch's training time (:meth:`epoch_seconds`).
-"""
+"""The epoch clock, training speed and ETA in the log (SpeechBrain only has
+a tqdm bar, off in logs): a Brain mixin."""
 
 import collections
 import time
@@ -25,9 +21,8 @@ def _duration(seconds):
 
 def recent_rate(samples, window_s):
     """Batches per second over the last ``window_s`` seconds of ``samples``
-    (``(time, batches done)`` pairs in order, from the epoch's start), so
-    that the ETA follows the current speed; the first batch (compilation,
-    warm-up) is left out once later ones exist. NaN for < 2 samples."""
+    (``(time, batches done)`` pairs), leaving out the first (warm-up) batch
+    once later ones exist; NaN for < 2 samples."""
     samples = list(samples)
     if len(samples) < 2:
         return float("nan")
@@ -46,9 +41,8 @@ def recent_rate(samples, window_s):
 
 
 def run_eta(epoch_times, epochs_left, recent=3):
-    """Seconds left in the run: the mean time of the ``recent`` latest
-    ``epoch_times`` (the first, compiling epoch left out once others exist)
-    times ``epochs_left``."""
+    """Seconds left: ``epochs_left`` x the mean of the ``recent`` latest
+    ``epoch_times`` (the first left out once others exist)."""
     times = list(epoch_times)
     times = (times[1:] if len(times) > 1 else times)[-recent:]
     if not times or epochs_left <= 0:
@@ -66,9 +60,7 @@ class ProgressReport:
         epoch 1/10 done: 250 batches in 80 s (3.1 batches/s), epoch with
         validation 95 s; ETA 14 min (9 epochs left)
 
-    The epoch ETA needs ``batches_per_epoch`` (set by the recipe runner) and
-    uses the speed of the last ``eta_window_s`` seconds (:func:`recent_rate`);
-    the run ETA is :func:`run_eta`.
+    The epoch ETA needs ``batches_per_epoch`` (set by the recipe runner).
     """
 
     progress_interval_s = 60.0  # seconds between two progress lines

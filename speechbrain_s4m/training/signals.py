@@ -1,11 +1,5 @@
-"""Stopping training on SIGINT / SIGTERM with a checkpoint: a Brain mixin.
-
-SpeechBrain's ``Brain.fit`` dies on Ctrl-C or a cluster's preemption
-(SIGTERM), and under ``torchrun`` each rank stops at a different batch.
-:class:`StopOnSignals` finishes the update in progress on every rank, saves
-an intra-epoch checkpoint there and raises :class:`TrainingInterrupted`:
-rerunning the same command continues from that update.
-"""
+"""Stopping training on SIGINT / SIGTERM with a checkpoint: a Brain mixin
+(SpeechBrain's ``fit`` dies there, each DDP rank at a different batch)."""
 
 import contextlib
 import functools
@@ -25,17 +19,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped by a signal (:data:`STOP_SIGNALS`).
-
-    Arguments
-    ---------
-    signum : int
-        The signal.
-    checkpoint : str, None
-        The checkpoint the rerun resumes from (None: nothing was saved).
-    where : str
-        Where training stopped (``"epoch 2, batch 3/6"``).
-    """
+    """Training stopped by ``signum`` at ``where`` (``"epoch 2, batch
+    3/6"``); the rerun resumes from ``checkpoint`` (None: none saved)."""
 
     def __init__(self, signum, checkpoint=None, where=""):
         self.signum = int(signum)
@@ -65,14 +50,10 @@ class StopOnSignals:
     def fit(self, *args, **kwargs):
         """SpeechBrain's ``fit``, stopping cleanly on SIGINT / SIGTERM.
 
-        The first signal lets the update in progress finish (all its
-        micro-batches), saves an intra-epoch checkpoint there and raises
-        :class:`TrainingInterrupted`. A signal during validation stops once
-        the epoch's checkpoint is saved; a second Ctrl-C stops at once,
-        without saving. Under DDP the ranks share the decision at every
-        update boundary, so they all stop after the same update. The
-        handlers are installed (main thread only) for the duration of
-        ``fit``.
+        The first signal finishes the update in progress (on every DDP
+        rank: they share the decision), saves an intra-epoch checkpoint and
+        raises :class:`TrainingInterrupted`; during validation, once the
+        epoch's checkpoint is saved. A second Ctrl-C stops at once.
         """
         self._stop_signal = 0
         with self._stop_on_signals():
@@ -88,13 +69,9 @@ class StopOnSignals:
     def make_dataloader(
         self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs
     ):
-        """SpeechBrain's data loader; in training and validation its workers
-        ignore :data:`STOP_SIGNALS`.
-
-        Ctrl-C and ``kill -TERM -<group>`` reach the workers too, and a
-        worker ended by SIGTERM makes PyTorch raise in the main process, even
-        while the stop checkpoint is written. :meth:`fit` ends these workers.
-        """
+        """SpeechBrain's data loader; its training and validation workers
+        ignore :data:`STOP_SIGNALS` (a worker ended by SIGTERM makes PyTorch
+        raise, even mid-save); :meth:`fit` ends them."""
         guarded = stage != sb.Stage.TEST and loader_kwargs.get("num_workers")
         if guarded:
             loader_kwargs["worker_init_fn"] = functools.partial(
@@ -152,8 +129,7 @@ class StopOnSignals:
         )
 
     def _shared_stop_signal(self):
-        """The stop signal of any DDP rank (the largest), else 0; a
-        collective."""
+        """The largest stop signal of the DDP ranks, else 0 (collective)."""
         return int(over_replicas([self._stop_signal], self.device)[0])
 
     def _where(self):
@@ -173,8 +149,7 @@ class StopOnSignals:
         return None if ckpt is None else str(ckpt.path)
 
     def _interrupted(self, signum, where=None):
-        """The stop at ``where`` (default: now), naming the newest
-        checkpoint."""
+        """The stop at ``where`` (default: now)."""
         where = where or self._where()
         return TrainingInterrupted(signum, self._newest_checkpoint(), where)
 
@@ -212,8 +187,7 @@ class StopOnSignals:
 
 
 def _worker_ignoring_stop_signals(init_fn, worker_id):
-    """A loader worker's start: ignore :data:`STOP_SIGNALS` (the main
-    process decides when to stop), then the loader's own ``init_fn``."""
+    """Ignores :data:`STOP_SIGNALS`, then the loader's own ``init_fn``."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     if init_fn is not None:

@@ -1,11 +1,5 @@
-"""DDP-consistent skipping and stepping: a Brain mixin.
-
-SpeechBrain's ``Brain.fit_batch`` (and the separation recipes' loss
-thresholds) skip a batch on the replica that saw it; under DDP the others
-then hang in the gradient all-reduce, or step without it.
-:class:`ConsistentSteps` shares the decision between the replicas, also with
-gradient accumulation, and a skipped batch never touches the weights.
-"""
+"""DDP-consistent skipping and stepping: a Brain mixin (SpeechBrain skips
+a batch on the replica that saw it; the others then hang or step alone)."""
 
 import logging
 import math
@@ -44,14 +38,12 @@ def over_replicas(values, device, op="max"):
 class ConsistentSteps:
     """Brain mixin: training steps that skip a batch on all replicas at once.
 
-    A batch is skipped (no backward, no update) when every utterance is
-    below ``threshold`` (with ``threshold_byloss``), when its loss is not
-    finite or above ``loss_upper_lim``; an update with a non-finite gradient
-    norm is skipped too. The train loss averages the batches that counted;
-    more than ``nonfinite_patience`` (3) non-finite batches in a row raise
-    :class:`NonFiniteLossError`. The Brain provides :meth:`training_losses`.
-    The epoch's counters are saved with the Brain's state, so an intra-epoch
-    checkpoint resumes the epoch's mean loss.
+    Skipped (no backward, no update): every utterance below ``threshold``
+    (``threshold_byloss``), a non-finite loss or one above
+    ``loss_upper_lim``, a non-finite gradient norm. The train loss averages
+    the batches that counted; more than ``nonfinite_patience`` (3)
+    non-finite batches in a row raise :class:`NonFiniteLossError`. The
+    epoch's counters are checkpointed with the Brain's state.
     """
 
     skipped_batches = 0  # training batches skipped in the current epoch
@@ -74,14 +66,10 @@ class ConsistentSteps:
             self.train_samples = 0
 
     def fit_batch(self, batch):
-        """Trains on ``batch``, or skips it on every replica; returns its
-        loss (NaN if skipped, which leaves it out of the epoch's mean).
-
-        With gradient accumulation the micro-batches before the stepping one
-        run under ``no_sync``; if the stepping one is skipped (no backward,
-        hence no all-reduce), the accumulated gradients are averaged here
-        before the step, as if it had contributed a zero gradient.
-        """
+        """Trains on ``batch`` or skips it on every replica; returns its
+        loss (NaN if skipped). A skipped stepping micro-batch has no
+        all-reduce: the gradients accumulated under ``no_sync`` are then
+        averaged here, as if it had contributed zero."""
         should_step = self.step % self.grad_accumulation_factor == 0
         self.train_samples += len(batch.id)
 
@@ -183,12 +171,9 @@ class ConsistentSteps:
                 p.grad.copy_(grad / world)
 
     def _optimizer_step(self):
-        """Unscales, clips, applies the per-update schedule and steps.
-
-        Returns True when the update was skipped for a non-finite gradient
-        norm (with fp16 the GradScaler skips such steps itself). The
-        gradients are all-reduced, so the decision is the same everywhere.
-        """
+        """Unscales, clips, applies the per-update schedule and steps;
+        True when skipped for a non-finite gradient norm (with fp16 the
+        GradScaler skips itself). Same decision on every replica."""
         # Every optimizer group, not only self.modules.parameters() as
         # SpeechBrain clips: the S4 parameters may have a group of their own
         params = self._trained_parameters(with_grad=True)
@@ -224,8 +209,7 @@ class ConsistentSteps:
 
     def update_average(self, loss, avg_loss):
         """Running mean of the training loss over the batches that counted
-        (a skipped batch, NaN, is left out; none counted: NaN). Validation
-        and test use SpeechBrain's running mean."""
+        (none: NaN); SpeechBrain's for validation and test."""
         if self._stage != sb.Stage.TRAIN:
             return super().update_average(loss, avg_loss)
         if not torch.isfinite(loss):
