@@ -267,11 +267,9 @@ def check_audio_tensor(mix, sample_rate, min_seconds=0.1, name="input"):
     min_seconds : float
         Shortest accepted duration.
     name : str
-
         Used in the messages.
 
     Example
-
     -------
     >>> check_audio_tensor(torch.zeros(1, 8000), 8000)
     Traceback (most recent call last):

@@ -1,11 +1,8 @@
 """Writing separated sources to files: nothing partial, nothing lost.
 
-The one owner of output files: each output is written to a hidden
-temporary beside its final name (:class:`PendingOutputs`) and published only
-once complete (:func:`publish`: without ``overwrite`` each name is claimed
-with ``os.link``, which fails if it exists, so two runs writing the same
-names cannot both succeed); disk and system errors name the file; a failed
-write leaves nothing behind; leftovers of killed runs are removed.
+Each output is written to a hidden temporary beside its final name
+(:class:`PendingOutputs`) and published only once complete (:func:`publish`);
+disk and system errors name the file; leftovers of killed runs are removed.
 """
 
 import contextlib
@@ -22,8 +19,7 @@ from speechbrain_s4m import audio
 
 #: ``errno`` values of a full disk or an exhausted quota.
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
-#: ``os.link`` errors of file systems without hard links (FAT, some network
-#: and FUSE file systems): names are then claimed by exclusive creation.
+#: ``os.link`` errors of file systems without hard links (FAT, FUSE...).
 _NO_LINKS = {
     errno.EPERM,
     errno.ENOTSUP,
@@ -42,9 +38,8 @@ class OutputFolderError(ValueError):
 
 
 class OutputWriteError(OSError):
-    """An output file could not be written (disk full, system error); the
-    message names the file and what to do. Nothing partial is left.
-    ``errno`` is ``ENOSPC`` / ``EDQUOT`` when the disk is full."""
+    """An output file could not be written; the message names it and what
+    to do. ``errno`` is ``ENOSPC`` / ``EDQUOT`` when the disk is full."""
 
     def __str__(self):
         return self.strerror or super().__str__()  # without "[Errno n]"
@@ -79,9 +74,8 @@ def check_output_folder(folder):
 
 
 def planned_outputs_problem(plan, overwrite=False, flag="--overwrite"):
-    """One line if writing ``plan`` (a list of (input, its outputs))
-    would replace an input, or an existing file without ``overwrite`` (asked
-    for by ``flag``); None when it is safe to start.
+    """One line if writing ``plan`` (a list of (input, its outputs)) would
+    replace an input, or an existing file without ``overwrite``; else None.
 
     Example
     -------
@@ -113,19 +107,18 @@ def planned_outputs_problem(plan, overwrite=False, flag="--overwrite"):
     return None
 
 
-def exists_message(existing, flag="--overwrite"):
-    """One line naming the ``existing`` outputs and how (``flag``) to
-    replace them."""
-    names = ", ".join(str(p) for p in existing)
-    return f"output file(s) already exist: {names} ({flag} replaces them)"
-
-
 def same_file(a, b):
     """Whether two paths name the same existing file."""
     try:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def exists_message(existing, flag="--overwrite"):
+    """One line naming the ``existing`` outputs and how to replace them."""
+    names = ", ".join(str(p) for p in existing)
+    return f"output file(s) already exist: {names} ({flag} replaces them)"
 
 
 def default_file_mode():
@@ -137,8 +130,7 @@ def default_file_mode():
 
 def temporary_path(final):
     """A new empty hidden file ``.<stem>.<pid>.<random>.part.wav`` beside
-    ``final``: in its folder (published by a link or a rename), with our
-    process id (another run can tell it is stale)."""
+    ``final`` (the pid tells another run whether it is stale)."""
     final = pathlib.Path(final)
     with _write_errors(final):
         fd, tmp = tempfile.mkstemp(
@@ -151,34 +143,12 @@ def temporary_path(final):
 
 
 def publish(temps, finals, overwrite=False):
-    """Gives finished temporary files their final names, atomically.
+    """Gives finished temporary files ``temps`` their ``finals`` names.
 
     With ``overwrite``, ``os.replace``. Without, the names are claimed in
     order with ``os.link``, which fails if the name exists (no window in
     which another run's file could be lost); a run that loses a name
-    removes those it had claimed and raises.
-
-    Arguments
-    ---------
-    temps : list of pathlib.Path
-        Complete temporary files, each in its final file's folder.
-    finals : list of pathlib.Path
-        Their final names.
-    overwrite : bool
-        Replace existing files; without it, an existing final name raises
-        ``FileExistsError`` (it is kept, and nothing of this call remains).
-
-    Example
-    -------
-    >>> tmp = getfixture("tmp_path")
-    >>> parts = [temporary_path(tmp / "a.wav") for _ in "12"]
-    >>> publish(parts[:1], [tmp / "a.wav"])
-    >>> publish(parts[1:], [tmp / "a.wav"])
-    Traceback (most recent call last):
-      ...
-    FileExistsError: ...a.wav was created by another writer ...
-    >>> {p.name for p in tmp.iterdir()} == {"a.wav", parts[1].name}
-    True
+    removes those it had claimed and raises ``FileExistsError``.
     """
     mode = default_file_mode()
     for tmp in temps:
@@ -237,8 +207,7 @@ def _claim(tmp, final):
 
 @contextlib.contextmanager
 def _write_errors(path):
-    """Disk-full and system errors while writing ``path`` raised as an
-    :class:`OutputWriteError` naming it (see :func:`write_error`)."""
+    """OS errors writing ``path`` raised as :func:`write_error`'s."""
     try:
         yield
     except (OutputWriteError, FileExistsError):
@@ -248,9 +217,8 @@ def _write_errors(path):
 
 
 def write_error(path, err):
-    """The one-line :class:`OutputWriteError` for ``err`` (an ``OSError``
-    or ``soundfile.LibsndfileError``) raised writing ``path``: the file,
-    the reason, the free space, what to do."""
+    """The one-line :class:`OutputWriteError` for ``err`` (``OSError`` or
+    ``LibsndfileError``) writing ``path``: reason, free space, advice."""
     folder = pathlib.Path(path).parent
     try:
         free_bytes = shutil.disk_usage(folder).free
@@ -305,17 +273,6 @@ class PendingOutputs:
         Their sample rate.
     overwrite : bool
         Replace existing final files when publishing.
-
-    Example
-    -------
-    >>> import numpy as np
-    >>> out = getfixture("tmp_path") / "out"
-    >>> finals = [out / "a_s1.wav", out / "a_s2.wav"]
-    >>> with PendingOutputs(finals, 8000) as pending:
-    ...     pending.write(np.zeros((2, 80), "float32"))
-    ...     pending.publish()
-    >>> sorted(p.name for p in out.iterdir())
-    ['a_s1.wav', 'a_s2.wav']
     """
 
     def __init__(self, finals, sample_rate, overwrite=False):
@@ -354,8 +311,7 @@ class PendingOutputs:
                 handle.write(samples)
 
     def _close(self):
-        """Closes the files (libsndfile writes the header's sizes now)."""
-        handles, self._handles = self._handles, []
+        handles, self._handles = self._handles, []  # sizes written on close
         first = None
         for final, handle in zip(self.finals, handles):
             try:
@@ -367,9 +323,8 @@ class PendingOutputs:
             raise first
 
     def rescale(self, gains, subtype):
-        """Rewrites each file multiplied by its gain (one per source) in
-        the soundfile ``subtype`` (e.g. ``"PCM_16"``), block by block into
-        new temporaries (``.norm.wav``) that replace the first ones."""
+        """Rewrites each file times its gain in the soundfile ``subtype``,
+        block by block into new temporaries (``.norm.wav``)."""
         self._close()
         new = []
         try:
@@ -402,17 +357,16 @@ class PendingOutputs:
 
 
 def remove_stale_temporaries(finals):
-    """Removes the temporaries of ``finals`` (``.<stem>.<pid>.<random>.part
-    .wav`` or ``.norm.wav``) of processes no longer alive; returns them."""
+    """Removes the temporaries of ``finals`` left by dead processes."""
     removed = []
     for final in finals:
         final = pathlib.Path(final)
+        if not final.parent.is_dir():
+            continue
         stem = re.escape(final.stem)
         pattern = re.compile(
             rf"^\.{stem}\.(?:(\d+)\.)?\w+\.(?:part|norm)\.wav$"
         )
-        if not final.parent.is_dir():
-            continue
         for candidate in final.parent.iterdir():
             match = pattern.match(candidate.name)
             if not match:
