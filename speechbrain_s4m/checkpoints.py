@@ -1,11 +1,8 @@
 """Checks of SpeechBrain checkpoint folders before anything is loaded.
 
-A ``CKPT+*`` folder holds ``CKPT.yaml`` and one ``<name>.ckpt`` per
-recoverable (a PyTorch archive, or a short YAML text for counters). A file
-cut short or overwritten makes PyTorch fail without naming it:
-:func:`check_checkpoint_files` names it (recipe runner, ``Separation``
-Brain, ``s4m-export``). :func:`check_model_matches_checkpoint` refuses a
-model that cannot load the checkpoint a run would resume from.
+PyTorch fails on a truncated file without naming it:
+:func:`check_checkpoint_files` names it. :func:`check_model_matches_checkpoint`
+refuses a model that cannot load the checkpoint a run would resume from.
 """
 
 import os
@@ -30,8 +27,8 @@ TRAINING_ONLY_MODEL_KEYS = ("checkpoint_iterations", "dropout")
 
 
 class CorruptCheckpointError(ValueError):
-    """A checkpoint file ``path`` that cannot be read (truncated or
-    overwritten): the message says the ``problem`` and the ``advice``."""
+    """A checkpoint file ``path`` that cannot be read: the message says the
+    ``problem`` and the ``advice``."""
 
     def __init__(self, path, problem, advice=RESUME_ADVICE):
         self.path = pathlib.Path(path)
@@ -46,8 +43,8 @@ class CheckpointMismatchError(ValueError):
 
 def check_checkpoint_files(ckpt, names=None, advice=RESUME_ADVICE):
     """Raises :class:`CorruptCheckpointError` naming the first unreadable
-    file of ``ckpt``: PyTorch archives are opened memory-mapped (tensors
-    not read), other files must be non-empty YAML text.
+    file of the ``CKPT+*`` folder ``ckpt``: PyTorch archives are opened
+    memory-mapped (tensors not read), other files must be non-empty YAML.
 
     Arguments
     ---------
@@ -58,21 +55,6 @@ def check_checkpoint_files(ckpt, names=None, advice=RESUME_ADVICE):
         error); default: every ``*.ckpt`` file there, and ``CKPT.yaml``.
     advice : str
         What the message tells the user to do.
-
-    Example
-    -------
-    >>> ckpt = getfixture("tmp_path")
-    >>> torch.save({"w": torch.ones(3)}, ckpt / "model.ckpt")
-    >>> _ = (ckpt / "counter.ckpt").write_text("3")
-    >>> check_checkpoint_files(ckpt)
-    >>> raw = (ckpt / "model.ckpt").read_bytes()
-    >>> _ = (ckpt / "model.ckpt").write_bytes(raw[: len(raw) // 2])
-    >>> check_checkpoint_files(ckpt, advice="delete it")
-    Traceback (most recent call last):
-      ...
-    speechbrain_s4m.checkpoints.CorruptCheckpointError: ...model.ckpt: \
-corrupt checkpoint file (neither a PyTorch archive nor text: truncated \
-or overwritten); delete it
     """
     ckpt = pathlib.Path(ckpt)
     if names is None:
@@ -119,20 +101,13 @@ def _problem(path):
 
 
 def _first_line(err):
-    """The first line of an exception's message."""
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
 
 
 def latest_checkpoint(save_folder):
     """The checkpoint folder a run in ``save_folder`` resumes from (the
-    newest, as SpeechBrain's ``Checkpointer`` finds it), or None.
-
-    Example
-    -------
-    >>> latest_checkpoint(getfixture("tmp_path")) is None
-    True
-    """
+    newest, as SpeechBrain's ``Checkpointer`` finds it), or None."""
     if not os.path.isdir(save_folder):  # the Checkpointer would make it
         return None
     ckpt = Checkpointer(save_folder).find_checkpoint()
@@ -143,19 +118,10 @@ def check_model_matches_checkpoint(hparams, ckpt, record=None):
     """Raises :class:`CheckpointMismatchError` (one line) if the modules
     of ``hparams`` cannot load the checkpoint ``ckpt``.
 
-    Compares the state names and shapes of each ``torch.nn.Module``
-    recoverable with ``<ckpt>/<name>.ckpt`` (memory-mapped headers only:
-    fast, before any data preparation), then the plain model settings with
-    those recorded in ``record``.
-
-    Arguments
-    ---------
-    hparams : dict
-        The run's hparams (``checkpointer``, or ``modules``; ``model``).
-    ckpt : str
-        A ``CKPT+*`` folder.
-    record : str, None
-        The trained run's ``hyperparams.yaml`` (named in the message).
+    Compares the state names and shapes of each module recoverable with
+    ``<ckpt>/<name>.ckpt`` (memory-mapped: fast, before any data
+    preparation), then the plain ``model`` settings with those of the
+    trained run's ``hyperparams.yaml`` ``record`` (named in the message).
 
     Example
     -------
@@ -212,9 +178,8 @@ is [2, 4] in the checkpoint, [2, 8] in this model. Use the trained run's ...
 
 
 def _model_settings_differ(record, model):
-    """At most one message listing the plain settings (numbers, strings)
-    of ``model`` that differ from the ``model`` recorded in ``record``
-    (e.g. ``num_iterations``: shared weights, same shapes)."""
+    """At most one message listing the plain settings of ``model`` that
+    differ from those recorded in ``record`` (e.g. ``num_iterations``)."""
     if not isinstance(model, dict):
         return []
     try:

@@ -1,12 +1,8 @@
 """Export a recipe output folder as a pretrained model folder.
 
-:func:`export_pretrained` writes the best checkpoint of a recipe run
-(lowest meta ``si-snr``, the negative validation SI-SNR) as
-``hyperparams.yaml`` (the model nodes copied from the recipe's resolved
-file, tags kept, so any masknet works; ``modules``, ``pretrainer``),
-``encoder/masknet/decoder.ckpt`` and a ``README.md`` model card. It loads
-offline in ``S4MSeparation``, and in SpeechBrain's ``SepformerSeparation``
-for models that decode each source alone (not the authors' joint decoder).
+:func:`export_pretrained` writes the best checkpoint of a recipe run as
+``hyperparams.yaml`` (the recipe's model nodes, tags kept), the module
+checkpoints and a ``README.md`` model card.
 """
 
 import datetime
@@ -76,23 +72,8 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 
 
 def find_best_checkpoint(save_folder, min_key="si-snr"):
-    """The checkpoint with the smallest meta ``min_key``, as SpeechBrain's
-    ``Checkpointer`` finds it.
-
-    Arguments
-    ---------
-    save_folder : str or pathlib.Path
-        A SpeechBrain checkpointer folder.
-    min_key : str
-        Meta key to minimise.
-
-    Returns
-    -------
-    pathlib.Path
-        The checkpoint folder.
-    dict
-        Its meta data.
-    """
+    """``(folder, meta)`` of the checkpoint in ``save_folder`` with the
+    smallest meta ``min_key``, as SpeechBrain's ``Checkpointer`` finds it."""
     save_folder = pathlib.Path(save_folder)
     ckpts = []
     if save_folder.is_dir():  # the Checkpointer would create it
@@ -112,19 +93,8 @@ def find_best_checkpoint(save_folder, min_key="si-snr"):
 
 
 def results_averages(path):
-    """The averages of a recipe's ``test_results.csv``, for the model card.
-
-    Arguments
-    ---------
-    path : str or pathlib.Path
-        The csv.
-
-    Returns
-    -------
-    dict or None
-        Metric name -> mean over the utterances where it is defined, and
-        ``n`` (number of utterances); None if the file does not exist.
-    """
+    """The averages of a recipe's ``test_results.csv`` ``path`` (metric ->
+    mean where defined, and ``n`` utterances); None if there is no file."""
     path = pathlib.Path(path)
     if not path.is_file():
         return None
@@ -139,17 +109,10 @@ def results_averages(path):
 
 
 def extract_model_yaml(recipe_hparams, recipe_file="hyperparams.yaml"):
-    """The pretrained ``hyperparams.yaml`` text (without header): the
-    ``sample_rate``, ``num_spks``, ``Encoder``, ``MaskNet``, ``Decoder``
-    nodes (shared sub-nodes as anchors/aliases), ``modules``, ``pretrainer``.
-
-    Arguments
-    ---------
-    recipe_hparams : ruamel.yaml.comments.CommentedMap
-        The recipe's ``hyperparams.yaml``, round-trip loaded.
-    recipe_file : str
-        Its name, for the messages.
-    """
+    """The pretrained ``hyperparams.yaml`` text (without header) from the
+    round-trip loaded ``recipe_hparams`` (named ``recipe_file``): rate,
+    speakers, ``Encoder``, ``MaskNet``, ``Decoder``, ``modules``,
+    ``pretrainer``."""
     out = CommentedMap()
     for key in ("sample_rate", "num_spks"):
         if key not in recipe_hparams:
@@ -313,8 +276,7 @@ def export_pretrained(
     Arguments
     ---------
     recipe_output_folder : str or pathlib.Path
-        The recipe's output folder (``hyperparams.yaml``, ``save/``,
-        ``test_results.csv``).
+        The recipe's output folder (``hyperparams.yaml``, ``save/``...).
     target_folder : str or pathlib.Path
         The folder to create.
     checkpoint : str or pathlib.Path, optional
@@ -384,8 +346,7 @@ def export_pretrained(
                 ckpt / f"{name}.ckpt", map_location="cpu", weights_only=True
             )
             torch.save(state, tmp / f"{name}.ckpt")
-        # Strict load check: the definition and the weights match.
-        model = S4MSeparation.from_hparams(
+        model = S4MSeparation.from_hparams(  # strict load: a check
             source=tmp, run_opts={"device": "cpu"}
         )
         write_model_card(

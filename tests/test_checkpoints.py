@@ -138,3 +138,8 @@ def test_cuda_without_cuda_is_one_line_before_any_work(
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "use --device cpu" in err
     assert not out.exists()
+
+
+def test_latest_checkpoint_of_an_empty_folder_is_none(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    assert latest_checkpoint(tmp_path / "none") is None
