@@ -36,7 +36,7 @@ class NoCheckpointError(FileNotFoundError):
 class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
     """Brain for time-domain masking separators (S4M, Sepformer, ...).
 
-    Reads the hparams of a separation recipe: ``modules`` (``encoder``,
+    Reads the hparams: ``modules`` (``encoder``,
     ``masknet``, ``decoder``), ``num_spks``, ``loss`` (``loss(estimate,
     target, lengths) -> (loss [batch], perm)``, e.g.
     :func:`speechbrain_s4m.losses.pit_si_snr_loss`), ``clip_grad_norm``,
@@ -53,9 +53,8 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
 
     @property
     def separator(self):
-        """The :class:`Separator` over ``self.modules``, rebuilt when
-        SpeechBrain replaces them (compiled or DDP-wrapped in
-        ``on_fit_start``) so that the replicas' gradients synchronise."""
+        """The :class:`Separator` over ``self.modules`` (rebuilt when
+        ``on_fit_start`` compiles or DDP-wraps them)."""
         sep = self.__dict__.get("_separator")
         if sep is None or any(
             getattr(sep, key) is not self.modules[key]
@@ -88,16 +87,14 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
         return self.separate(mix), targets, lengths
 
     def compute_objectives(self, predictions, targets, lengths=None):
-        """The per-utterance loss `[batch]` (negative PIT SI-SNR); padding
-        beyond the relative ``lengths`` is excluded."""
+        """The per-utterance loss `[batch]` (negative PIT SI-SNR)."""
         out = self.hparams.loss(
             predictions.float(), targets.float(), lengths=lengths
         )
         return out[0] if isinstance(out, tuple) else out
 
     def training_losses(self, batch):
-        """The per-utterance training loss `[batch]` that
-        :meth:`ConsistentSteps.fit_batch` optimises or skips."""
+        """The per-utterance training loss `[batch]`."""
         mix, targets, noise = self._unpack(batch)
         with self.training_ctx:
             est, targets, lengths = self.compute_forward(
@@ -231,7 +228,16 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
                 "time": elapsed,
                 "samples_per_s": n / elapsed if elapsed > 0 else math.nan,
             }
-            self._warn_skipped(epoch)
+            skipped, counted = self.skipped_batches, self.counted_batches
+            if skipped:
+                logger.warning(
+                    f"Epoch {epoch}: {skipped} training batches skipped; the "
+                    f"train loss is the mean over the {counted} that counted."
+                    if counted
+                    else f"Epoch {epoch}: every training batch ({skipped}) "
+                    "was skipped; the train loss is undefined (logged as "
+                    "nan) and the weights did not change."
+                )
 
         elif stage == sb.Stage.VALID:
             rates = learning_rates(self.optimizer)
@@ -265,19 +271,6 @@ class Separation(ProgressReport, StopOnSignals, ConsistentSteps, sb.Brain):
                 test_stats=stage_stats,
             )
         super().on_stage_end(stage, stage_loss, epoch)
-
-    def _warn_skipped(self, epoch):
-        """Says what the train loss of an epoch with skipped batches is."""
-        skipped, counted = self.skipped_batches, self.counted_batches
-        if skipped:
-            logger.warning(
-                f"Epoch {epoch}: {skipped} training batches skipped; the "
-                f"train loss is the mean over the {counted} that counted."
-                if counted
-                else f"Epoch {epoch}: every training batch ({skipped}) was "
-                "skipped; the train loss is undefined (logged as nan) and "
-                "the weights did not change."
-            )
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Loads the best checkpoint; fails clearly if none or unreadable."""

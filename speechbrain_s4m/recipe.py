@@ -210,17 +210,12 @@ def _set_schedule_length(brain, hparams):
     )
 
 
-def _noisy(hparams):
-    """Whether the mixtures hold noise (WHAM!/LibriMix ``both``/``single``)."""
-    return hparams.get("mixture") in ("both", "single")
-
-
 def _check_dynamic_mixing_folders(hparams):
     """Fails before any work if a dynamic-mixing folder is missing."""
     from speechbrain_s4m.data import DatasetLayoutError
 
     needed = {"base_folder_dm": "the single-speaker source folder"}
-    if _noisy(hparams):
+    if hparams.get("mixture") in ("both", "single"):  # noisy mixtures
         needed["noise_folder_dm"] = "the noise folder (noisy mixtures)"
     for key, what in needed.items():
         folder = hparams.get(key)
@@ -239,15 +234,14 @@ def dynamic_mixing_train_set(hparams, dataset=None, num_mixtures=None):
     from speechbrain_s4m.data.dynamic_mixing import dynamic_mixing_dataset
 
     dataset = dataset or hparams["dataset"]
+    noisy = hparams.get("mixture") in ("both", "single")
     return dynamic_mixing_dataset(
         hparams["base_folder_dm"],
         num_spks=hparams["num_spks"],
         sample_rate=hparams["sample_rate"],
         training_signal_len=training_crop_len(hparams),
         source_format="librispeech" if dataset == "librimix" else "wsj0",
-        noise_folder=hparams.get("noise_folder_dm")
-        if _noisy(hparams)
-        else None,
+        noise_folder=hparams.get("noise_folder_dm") if noisy else None,
         num_mixtures=num_mixtures,
     )
 
@@ -315,17 +309,7 @@ def _leave_process_group():
 
 def check_device(device):
     """Raises :class:`DeviceUnavailableError` (one line) if ``device``
-    (``cpu``, ``cuda``, ``cuda:N``) is not on this machine.
-
-    Example
-    -------
-    >>> n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    >>> try:
-    ...     check_device(f"cuda:{n}")
-    ... except DeviceUnavailableError as e:
-    ...     print(str(e).split(":")[0])
-    --device cuda
-    """
+    (``cpu``, ``cuda``, ``cuda:N``) is not on this machine."""
     device = str(device or "cpu")
     if not device.startswith("cuda"):
         return

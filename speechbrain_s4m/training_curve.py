@@ -35,19 +35,13 @@ def _loss(fields, stage):
 
 
 def parse_train_log(train_log):
-    """Reads the per-epoch losses, learning rates and times of a
-    ``train_log.txt``: the recipes' epoch lines (``epoch: 3, lr: 1.00e-03,
-    lr_ssm: 4.00e-04 - train loss: -5.1, train skipped: 0, train time: 12.3,
-    train samples_per_s: 45.6 - valid loss: -4.2``) and other logs'.
-
-    Returns
-    -------
-    dict
-        Lists over the epochs with a valid loss: ``"epoch"``, ``"lr"``,
-        ``"lr_ssm"`` (``lr`` where not logged), ``"train"`` (NaN where not
-        logged) and ``"valid"`` (negative SI-SNR, dB); ``"time"`` (seconds),
-        ``"samples_per_s"`` and ``"skipped"`` (batches): lists where every
-        epoch has them, else None. A resumed epoch's last line wins.
+    """The per-epoch values of a ``train_log.txt`` (``epoch: 3, lr: 1e-03,
+    lr_ssm: 4e-04 - train loss: -5.1, train skipped: 0, train time: 12.3,
+    train samples_per_s: 45.6 - valid loss: -4.2``; a resumed epoch's last
+    line wins): lists over the epochs with a valid loss, ``"epoch"``,
+    ``"lr"``, ``"lr_ssm"`` (else ``lr``), ``"train"`` (else NaN),
+    ``"valid"``; ``"time"``, ``"samples_per_s"``, ``"skipped"`` where every
+    epoch has them, else None.
     """
     rows = {}
     with open(train_log, encoding="utf-8") as f:
@@ -85,9 +79,8 @@ def parse_train_log(train_log):
 
 
 def plot_training_curve(train_log, png_path, title=None):
-    """Plots the train/valid loss per epoch of ``train_log`` to ``png_path``
-    (titled ``title``); returns ``png_path``, or None before the first epoch.
-    """
+    """Plots the losses of ``train_log`` to ``png_path`` (returned; None
+    before the first epoch)."""
     curve = parse_train_log(train_log)
     if not curve["epoch"]:
         return None

@@ -5,7 +5,9 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_s4m.config import (
+    UnknownOverrideError,
     list_model_configs,
+    load_hparams,
     load_model_config,
     model_config_path,
 )
@@ -210,3 +212,14 @@ def test_s4m_tiny_matches_published_structure(built):
         assert net.block.depth == 4 and net.num_iterations == 16
         assert net.block.fusion_index_quirk
         assert str(3) not in net.block.fuse  # unused layer not built
+
+
+def test_misspelt_nested_override_names_the_closest_key(tmp_path):
+    yaml_file = tmp_path / "hparams.yaml"
+    yaml_file.write_text("lr: 0.1\noptim: {betas: [0.9, 0.99]}\n")
+    with pytest.raises(UnknownOverrideError) as err:
+        load_hparams(yaml_file, {"optim": {"beta": 1}})
+    assert str(err.value).split(" of ")[0] == (
+        "Override 'optim.beta' does not match any key"
+    )
+    assert str(err.value).endswith("did you mean 'betas'?")

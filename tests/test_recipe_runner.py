@@ -16,6 +16,7 @@ import types
 
 import pytest
 import speechbrain as sb
+import torch
 from conftest import (
     REPO,
     hparams_path,
@@ -25,6 +26,8 @@ from conftest import (
 
 from speechbrain_s4m.brain import Separation
 from speechbrain_s4m.recipe import (
+    DeviceUnavailableError,
+    check_device,
     cpu_has_native_bf16,
     cpu_precision,
     main,
@@ -532,3 +535,10 @@ def test_truncated_test_wav_stops_the_recipe_before_training(
     assert f"{cut}: corrupt audio file" in err
     assert not (out / "train_log.txt").exists()
     assert not list((out / "save").glob("CKPT+*"))
+
+
+def test_check_device_names_a_missing_cuda_device():
+    check_device("cpu")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(DeviceUnavailableError, match="^--device cuda"):
+        check_device(f"cuda:{n}")
