@@ -32,21 +32,9 @@ def authors_name_table(depth):
     """Their state-dict names -> ours (a :class:`Separator`'s) for a model
     of ``depth`` scales (their ``upsampling_depth``).
 
-    Returns
-    -------
-    table : dict
-        ``{their name: our name}`` for every tensor we use.
-    unused : set
-        Their names that our model leaves out: the coarsest scale's fusion
-        layer, which their merge never reads (``fusion_index_quirk``).
-
-    Example
-    -------
-    >>> table, unused = authors_name_table(4)
-    >>> table["sm.unet.s4.layer.kernel.kernel.L"]
-    'masknet.block.s4.s4.c_length'
-    >>> len(table), len(unused)  # 116 tensors in all
-    (107, 9)
+    Returns ``{their name: our name}`` for every tensor we use, and the
+    set of their names that our model leaves out: the coarsest scale's
+    fusion layer, which their merge never reads (``fusion_index_quirk``).
     """
     b, ours = "sm.unet.", "masknet.block."
     t = {
@@ -138,21 +126,14 @@ def from_authors_state_dict(state_dict, num_iterations=16):
     Arguments
     ---------
     state_dict : Mapping[str, torch.Tensor]
-        ``S4M(...).state_dict()`` of their class, after at least one
-        forward (``L = 0``, before, is accepted and means the same here).
+        ``S4M(...).state_dict()`` of their class (``L = 0``, before a
+        forward, means the same here).
     num_iterations : int
         Their ``num_blocks`` (16 in S4M-tiny and S4M).
 
-    Returns
-    -------
-    Separator
-        Encoder (framing ``"authors"``), masknet, joint decoder, in the
-        dtype of the given tensors.
-
-    Raises
-    ------
-    ValueError
-        Unknown or missing names, or shapes that do not match, listed.
+    Returns a :class:`Separator` (framing ``"authors"``, joint decoder) in
+    the tensors' dtype; raises ValueError listing unknown or missing names
+    and mismatched shapes.
 
     Example
     -------

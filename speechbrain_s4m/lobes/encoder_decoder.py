@@ -1,11 +1,6 @@
-"""S4M's encoder (learned filterbank) and joint decoder.
-
-``S4MEncoder``: ``[batch, time]`` -> ``[batch, E, frames]``, in the authors'
-framing or the streamable ``"right"`` one; ``S4MDecoder``: all sources'
-masked encodings -> ``[batch, num_spks, time]``. :class:`Separator
-<speechbrain_s4m.lobes.separator.Separator>` aligns the decoded signal with
-the input through the encoder's ``frame_offset`` and the decoder's
-``padding``.
+"""S4M's encoder (learned filterbank, authors' or streamable framing) and
+joint decoder; :class:`~speechbrain_s4m.lobes.separator.Separator` aligns
+the output through the encoder's ``frame_offset`` and decoder's ``padding``.
 """
 
 import torch
@@ -102,13 +97,8 @@ class S4MEncoder(nn.Module):
         return k - (s + length % k) % k
 
     def num_frames(self, length):
-        """Number of output frames for an input of ``length`` samples.
-
-        ``"right"``: ``ceil(length / stride)`` (at least one), partial frames
-        at the end included: every sample gets K / S frames, and a multiple
-        of ``stride * 2 ** (depth - 1)`` samples gives a frame count that the
-        masknet's pyramid halves exactly (its fast reshape paths apply).
-        """
+        """Number of output frames for an input of ``length`` samples
+        (``"right"``: ``ceil(length / stride)``, at least one)."""
         k, s = self.kernel_size, self.stride
         if self.framing == "right":
             return max(1, -(-length // s))
@@ -210,28 +200,17 @@ class S4MDecoder(nn.ConvTranspose1d):
     ``joint=True`` (the authors'): one ``ConvTranspose1d(num_spks * E ->
     num_spks)`` synthesises each source from every source's features;
     ``joint=False``: each source decoded alone by one shared
-    ``ConvTranspose1d(E -> 1)`` (SpeechBrain's ``dual_path.Decoder``
-    without bias). ``all_sources = True`` tells :class:`Separator
-    <speechbrain_s4m.lobes.separator.Separator>` to pass all sources at once.
+    ``ConvTranspose1d(E -> 1)``. ``all_sources = True`` tells
+    :class:`~speechbrain_s4m.lobes.separator.Separator` to pass all sources.
 
     Arguments
     ---------
-    in_channels : int
-        Encoder channels E per source.
-    num_spks : int
-        Number of sources.
-    kernel_size : int
-        K, as the encoder.
-    stride : int, optional
-        S, as the encoder (default ``kernel_size // 4``).
-    framing : str
-        The encoder's: ``"authors"`` crops ``K // 2`` samples at each end,
-        ``"right"`` none.
+    in_channels, num_spks : int
+        Encoder channels E per source; number of sources.
+    kernel_size, stride, framing, xavier_init
+        As :class:`S4MEncoder` (``"authors"`` crops ``K // 2`` at each end).
     joint : bool
         Joint (default) or per-source decoding.
-    xavier_init : bool
-        Xavier-uniform initial weights as the authors (default), else
-        PyTorch's default.
 
     Example
     -------

@@ -120,13 +120,6 @@ class _ConvNorm(nn.Module):
         return y
 
 
-def _resize_nearest(x, length):
-    """Nearest-neighbour resize of ``[batch, channels, time]`` to ``length``."""
-    if x.shape[-1] == length:
-        return x
-    return F.interpolate(x, size=length, mode="nearest")
-
-
 def _pool(x, length):
     """Adaptive average pooling of ``[batch, channels, time]`` to ``length``."""
     bsz, ch, t = x.shape
@@ -202,7 +195,8 @@ class _Fusion(nn.Module):
             gate = _causal_resize(gate, scale_shift, t_l)
             emb = _causal_resize(emb, scale_shift, t_l)
         else:
-            gate, emb = _resize_nearest(gate, t_l), _resize_nearest(emb, t_l)
+            gate = F.interpolate(gate, size=t_l, mode="nearest")
+            emb = F.interpolate(emb, size=t_l, mode="nearest")
         return torch.addcmul(emb, y, gate)
 
 
@@ -211,18 +205,10 @@ class S4MBlock(nn.Module):
 
     1x1 conv C -> D + gLN + PReLU; a pyramid of ``depth`` depthwise
     convolutions (+ gLN), stride 1 then 2; the sum of all scales pooled to
-    the coarsest length through a residual S4 layer and a residual
-    feed-forward layer; local/global fusion at every scale; top-down merge;
-    1x1 conv D -> C plus the input.
-
-    Arguments
-    ---------
-    channels, hidden_channels : int
-        Block input/output channels C, channels D inside the block.
-    depth, kernel_size, d_state, ssm_mode, bidirectional, ffn_expansion
-        As :class:`S4MMaskNet`.
-    dropout, fusion_index_quirk, causal
-        As :class:`S4MMaskNet`.
+    the coarsest length through a residual S4 and a residual feed-forward
+    layer; local/global fusion at every scale; top-down merge; 1x1 conv D ->
+    C plus the input. ``channels`` is C, ``hidden_channels`` D; the other
+    arguments are :class:`S4MMaskNet`'s.
 
     Example
     -------
@@ -336,13 +322,9 @@ class S4MBlock(nn.Module):
 
     def stream(self, x, st, s4_form=None):
         """The causal block on the next frames ``[batch, channels, n]`` of a
-        stream (n >= 1); returns the ``n`` new output frames.
-
-        ``st`` is this block application's state (empty at the start of a
-        stream), updated in place. ``s4_form``: ``self.s4.s4.stream_form()``,
-        fetched once per chunk by the caller (None: the S4 layer runs eager,
-        outside any compiled graph).
-        """
+        stream (n >= 1): the ``n`` new output frames. ``st``: this block
+        application's state (empty at the start), updated in place;
+        ``s4_form``: ``self.s4.s4.stream_form()`` fetched by the caller."""
         if not self.causal:
             raise RuntimeError("streaming needs a causal block")
         y = small_conv(self.proj, x)
@@ -488,24 +470,16 @@ class S4MMaskNet(nn.Module):
     def latency_samples(self, kernel_size, stride=None):
         """Algorithmic latency in samples of a separator on this masknet
         (``None`` if offline): output sample ``t`` depends on input samples
-        ``<= t + kernel_size - 1 + stride * latency_frames``, with an
-        encoder of kernel ``kernel_size`` and hop ``stride`` (default
-        ``kernel_size // 4``) and the overlap-add decoder.
-
-        Example
-        -------
-        >>> S4MMaskNet(17, 8, 16, causal=True).latency_samples(32)
-        31
-        """
+        ``<= t + kernel_size - 1 + stride * latency_frames`` (encoder kernel
+        and hop, default ``kernel_size // 4``; overlap-add decoder)."""
         if not self.causal:
             return None
         stride = stride if stride is not None else max(kernel_size // 4, 1)
         return kernel_size - 1 + stride * self.latency_frames
 
     def init_stream_state(self, batch_size=None):
-        """A fresh state for :meth:`forward_stream`: ``{"frames": 0}``; the
-        buffers follow from the first chunk's shapes (``batch_size`` is
-        unused) and do not grow with the stream."""
+        """A fresh state for :meth:`forward_stream` (``batch_size`` unused:
+        the buffers follow from the first chunk)."""
         if not self.causal:
             raise RuntimeError("streaming needs a causal masknet (causal=True)")
         return {"frames": 0}

@@ -1,10 +1,7 @@
-"""Streaming helpers of the causal S4M: the next frames of each layer.
-
-The causal modules of :mod:`speechbrain_s4m.lobes.s4m` run chunk by chunk
-through these; each keeps what later frames still need in a state dict
-(updated in place, created from the first chunk's shapes) that does not
-grow with the stream. Concatenated over chunks of any sizes, the outputs
-equal the whole-signal causal model.
+"""Streaming helpers of the causal S4M (:mod:`.s4m`): the next frames of
+each layer, keeping what later frames need in a state dict (updated in
+place, not growing); over chunks of any sizes, the outputs are the
+whole-signal causal model's.
 """
 
 import torch
@@ -139,12 +136,9 @@ def decode_stream(decoder, frames, state=None):
     """Overlap-add decoding of the next frames of a stream.
 
     ``decoder``: a transposed convolution with one output channel (kernel
-    K, stride s; SpeechBrain's ``dual_path.Decoder``). Frame ``j`` adds K
-    samples at ``s*j``, so the samples before ``s * (frames so far)`` are
-    finished and returned ``[batch, s * m]``; the last ``K - s`` stay in
-    ``state`` (:func:`decode_flush` returns them at the end). ``frames``:
-    ``[batch, channels, m]``; ``state``: from the previous call (``None``:
-    a new stream), updated in place and returned.
+    K, stride s). The finished samples ``[batch, s * m]`` of ``frames``
+    ``[batch, channels, m]`` are returned; the last ``K - s`` stay in
+    ``state`` (None: a new stream) for :func:`decode_flush`.
 
     Example
     -------

@@ -24,12 +24,10 @@ class Separator(nn.Module):
     :class:`~speechbrain_s4m.lobes.encoder_decoder.S4MDecoder`) that takes
     their masked encodings concatenated source-major over the channels.
 
-    Alignment: the encoder's frame ``j`` starts at input sample ``stride * j
-    - frame_offset`` (0 if the encoder has no ``frame_offset``) and the
-    decoder crops ``padding`` samples in front, so input sample 0 is output
-    sample ``frame_offset - padding`` (``K - S`` for the authors' framing,
-    whose crop ``[K - S : -(rest + K - S)]`` this reproduces). The output is
-    then cut or zero-padded to the input's length.
+    Input sample 0 is output sample ``frame_offset - padding`` (encoder's
+    ``frame_offset``, default 0; decoder's crop; ``K - S`` for the authors'
+    framing, as their crop); the output is then cut or zero-padded to the
+    input's length.
 
     Arguments
     ---------

@@ -74,12 +74,8 @@ class _GLNStatistics(torch.autograd.Function):
 def gln_statistics(x, weight=None):
     """Variance and mean ``[batch, 1, 1]`` (float32 at least, also under
     autocast) of ``w_c * x`` over the channels and time of ``x`` ``[batch,
-    channels, time]``; ``weight`` ``[channels]`` (default: ones).
-
-    Stable: per-channel means and centred sums of squares (two passes),
-    combined in float64 (where the device has it) by the law of total
-    variance; ``E[x^2] - E[x]^2`` would lose ``(mean / std)^2`` in relative
-    error, and ``torch.var_mean`` is ~10x slower on CPU.
+    channels, time]``; ``weight`` ``[channels]`` (default: ones). Stable:
+    per-channel centred sums combined in float64 (law of total variance).
     """
     return _GLNStatistics.apply(x, weight)
 
@@ -243,12 +239,10 @@ def cln_stream_step(x, state, weight, bias, eps):
     """Cumulative layer norm of the next frames ``[..., channels, time]``
     of a stream, in few operations; returns ``y`` and the new state.
 
-    Frame count and channel sums of ``x - k`` and its square (``k``: mean
-    of the stream's first frame) accumulate in float64 by ONE cumulative
-    sum over a ``[..., 3, time]`` tensor. Leading dimensions are separate
-    norms run as one call: ``weight``, ``bias`` broadcast to ``[...,
-    channels, 1]``. ``state``: ``(k [..., 1, 1], running (count, sum, sum
-    of squares) [..., 3, 1])``, ``None`` at the start of a stream.
+    Count and channel sums of ``x - k`` and its square (``k``: the first
+    frame's mean) accumulate in float64 by one cumulative sum. Leading
+    dimensions are separate norms (``weight``, ``bias`` broadcast to ``[...,
+    channels, 1]``). ``state``: None at the start of a stream.
     """
     if x.shape[-1] == 0:
         return x, state

@@ -1,10 +1,8 @@
 """Learning-rate schedules, and the learning-rate helpers of the Brain.
 
-:class:`WarmupDecayScheduler` sets the rate of every update (SpeechBrain's
-``ReduceLROnPlateau`` acts per epoch, never in a short run). Unlike
-SpeechBrain's ``LinearWarmupScheduler`` it scales each group's own peak
-(the S4 group may have its own), the recipe runner may set its length, and
-update 0 of a warm-up is not at rate 0.
+:class:`WarmupDecayScheduler` sets the rate of every update; unlike
+SpeechBrain's ``LinearWarmupScheduler`` it scales each group's own peak (the
+S4 group may have its own) and update 0 of a warm-up is not at rate 0.
 """
 
 import math

@@ -29,28 +29,12 @@ def _real_dtype(dtype):
 
 
 def fft_conv(u, kernel):
-    """Long convolution with an SSM kernel through real FFTs of a fast
-    length >= ``2 L`` (no wrap-around).
+    """Long convolution of ``u`` ``[batch, channels, time]`` with an SSM
+    kernel, by real FFTs of a fast length >= ``2 L`` (no wrap-around).
 
-    Arguments
-    ---------
-    u : torch.Tensor
-        ``[batch, channels, time]`` (real).
-    kernel : torch.Tensor
-        ``[channels, time]`` (``y_t += K_j u_{t-j}``) or ``[2, channels,
-        time]``, ``kernel[1]`` backward from t+1 (``y_t += K1_j u_{t+j+1}``).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[batch, channels, time]``.
-
-    Example
-    -------
-    >>> u = torch.zeros(1, 1, 5); u[..., 2] = 1.0
-    >>> k = torch.tensor([[1.0, 0.5, 0.25, 0.0, 0.0]])
-    >>> fft_conv(u, torch.stack([k, 2 * k])).round(decimals=4) + 0.0
-    tensor([[[1.0000, 2.0000, 1.0000, 0.5000, 0.2500]]])
+    ``kernel``: ``[channels, time]`` (``y_t += K_j u_{t-j}``) or ``[2,
+    channels, time]``, ``kernel[1]`` backward from t+1 (``y_t += K1_j
+    u_{t+j+1}``). Returns ``[batch, channels, time]``.
     """
     if torch.jit.is_tracing():  # plain differentiable ops, traceable
         L, n, u_f, k_f = _spectra(u, kernel)
@@ -301,12 +285,9 @@ class S4(nn.Module):
 
     Notes
     -----
-    NPLR layers train C̃ = C (I - Ā^L) as the authors' S4 does: ``C`` holds
-    C̃ for the length in the buffer ``c_length`` (saved with the weights;
-    0: ``C`` is still the output matrix). The first :meth:`kernel` sets C̃
-    up in place (the authors' ``_setup_C``); longer kernels use their
-    doubling C̃ (I + Ā^L) as a constant factor, so no gradient flows
-    through Ā^L and function and gradients are the authors'.
+    NPLR layers train C̃ = C (I - Ā^L) as the authors' S4: ``C`` holds C̃
+    for the length in the buffer ``c_length`` (0: ``C`` itself), set up by
+    the first :meth:`kernel` (their ``_setup_C``).
 
     Example
     -------
@@ -637,8 +618,7 @@ class S4(nn.Module):
         return A_bar[:, :N2, :], B_bar[:, :N2], C
 
     def _recording_recurrence_grad(self):
-        """True while autograd records gradients of the recurrence's
-        parameters (a cached discretisation would cut them off)."""
+        """Autograd records the recurrence parameters' gradients (no cache)."""
         return torch.is_grad_enabled() and any(
             p.requires_grad for p in self._recurrence_params()
         )
@@ -651,8 +631,7 @@ class S4(nn.Module):
 
     def _cached(self, name, build):
         """``build()``, cached under ``name`` while the parameters keep their
-        version counters and no gradient is recorded (saves an N x N solve
-        or an eigendecomposition per :meth:`step` or streamed chunk)."""
+        versions and no gradient is recorded (one solve per stream)."""
         if self._recording_recurrence_grad():
             return build()
         params = self._recurrence_params()
@@ -666,13 +645,10 @@ class S4(nn.Module):
         return entry[1]
 
     def _real_diagonal_form(self):
-        """The recurrence ``z_k = lam z_{k-1} + b u_k``, ``y_k = Re(Σ_m c_m
-        z_{k,m}) + D u_k`` in the eigenbasis of Ā (S4D: ``c = 2 C``; NPLR:
-        Ā = V diag(lam) V^-1, ``b = V^-1 B̄``, ``c = [C, C̄] V``), float64
-        (V is far from orthogonal at the HiPPO init, cond ~3e7 for N = 16):
-        ``(lam_re, lam_im, b_re, b_im, c, cond)``, ``[H, M]`` (M = N/2 for
-        S4D, N for NPLR) but ``c = [Re c, -Im c]`` ``[H, 2M]``, and the
-        largest condition number of V (1 for S4D)."""
+        """``z_k = lam z_{k-1} + b u_k``, ``y_k = Re(Σ c_m z_{k,m}) + D u_k``
+        in Ā's eigenbasis V, float64 (cond(V) ~3e7 at the HiPPO init, N =
+        16): ``(lam_re, lam_im, b_re, b_im, c, cond)``, ``[H, M]`` (M = N/2
+        for S4D, N for NPLR), ``c = [Re c, -Im c]`` ``[H, 2M]``, cond(V)."""
         dt, A, B, _, P = self._ssm()
         C = self.output_matrix()[0]
         cdt = torch.complex128
@@ -691,11 +667,9 @@ class S4(nn.Module):
         return lam.real, lam.imag, b.real, b.imag, c, cond
 
     def stream_form(self):
-        """The diagonal form for :meth:`forward_stream`, ``(lam_re, lam_im,
-        b_re, b_im, c)`` (:meth:`_real_diagonal_form`), or None where the
-        dense recurrence must run: under autograd, or when ``cond(V) *
-        eps(float64) >= eps(dtype)`` (float64 modules always, float32 ones
-        from ``cond(V)`` ~5e8 on)."""
+        """The diagonal form for :meth:`forward_stream` (of
+        :meth:`_real_diagonal_form`), or None where the dense recurrence must
+        run: under autograd, or when ``cond(V) eps(float64) >= eps(dtype)``."""
         if self._recording_recurrence_grad():
             return None
         *form, cond = self._cached("diagonal", self._real_diagonal_form)
@@ -706,10 +680,8 @@ class S4(nn.Module):
 
     def _diagonal_ssm_recurrence(self, u, state, form):
         """:meth:`_ssm_recurrence` in the eigenbasis (``form``: from
-        :meth:`stream_form`): four float64 fused multiply-adds per frame on
-        ``[batch, H, M]`` instead of an N x N complex product (complex
-        element-wise kernels are slow on CPUs). ``state``: ``[batch, 2, H,
-        M]`` float64, real and imaginary parts (None: zero).
+        :meth:`stream_form`): four real float64 multiply-adds per frame (CPU
+        complex kernels are slow); ``state`` ``[batch, 2, H, M]`` (None: 0).
         """
         lam_re, lam_im, b_re, b_im, c = form
         if state is None:
@@ -739,8 +711,7 @@ class S4(nn.Module):
         return y.to(u.dtype), torch.stack([z_re, z_im], dim=1)
 
     def default_state(self, batch_size):
-        """Zero state for :meth:`step`: ``[batch, d_model, d_state // 2]``,
-        complex."""
+        """Zero complex state for :meth:`step`, ``[batch, H, N/2]``."""
         B = torch.view_as_complex(self.B)
         return B.new_zeros(batch_size, self.d_model, self.d_state // 2)
 
@@ -770,8 +741,7 @@ class S4(nn.Module):
 
     def _ssm_recurrence(self, u, state):
         """``y_k = C x_k + D u_k``, ``x_k = Ā x_{k-1} + B̄ u_k`` over the
-        frames of ``u`` ``[batch, d_model, time]``; returns ``y`` (in
-        ``u``'s dtype) and the last state."""
+        frames of ``u`` ``[batch, d_model, time]``; ``y`` and the last state."""
         with torch.autocast(u.device.type, enabled=False):
             A_bar, B_bar, C = self._cached("dense", self._discrete_recurrence)
             ctype = _real_dtype(self.D.dtype)
@@ -797,21 +767,11 @@ class S4(nn.Module):
     def forward_stream(self, x, state=None, form=None):
         """A causal layer on the next frames of a stream.
 
-        Consecutive chunks (any length, 0 included) give :meth:`forward`'s
-        output on the whole sequence. Without autograd a float32 layer runs
-        the diagonal form (:meth:`stream_form`, ~5x cheaper per chunk),
-        else the dense recurrence of :meth:`step`.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            ``[batch, d_model, time]``; returned: ``y`` of that shape and
-            the state after the last frame.
-        state : torch.Tensor, optional
-            From the previous call (None: zero); opaque, not :meth:`step`'s.
-        form : tuple of torch.Tensor, optional
-            :meth:`stream_form`, fetched by the caller (then tensor
-            operations only, for ``torch.compile``).
+        Consecutive chunks ``x`` ``[batch, d_model, time]`` (any length)
+        give :meth:`forward`'s output on the whole sequence; returns ``y``
+        and the state for the next call (``state``: None at the start;
+        opaque, not :meth:`step`'s). ``form``: :meth:`stream_form` fetched
+        by the caller (then tensor operations only, for ``torch.compile``).
 
         Example
         -------
@@ -850,10 +810,9 @@ class S4(nn.Module):
 
 
 def _split_params(params):
-    """(ssm, other) parameters of a module or an iterable of parameters or
-    ``(name, parameter)`` pairs, by the ``_ssm_param`` marker (a module's
-    :class:`S4` layers mark theirs again first: ``copy.deepcopy`` of a bare
-    parameter drops it); duplicates removed."""
+    """(ssm, other) parameters (of a module, parameters or ``(name, p)``
+    pairs) by the ``_ssm_param`` marker, which a module's :class:`S4` layers
+    set again first (a bare parameter's deepcopy drops it); no duplicates."""
     if isinstance(params, nn.Module):
         for mod in params.modules():
             if isinstance(mod, S4):
@@ -877,19 +836,7 @@ def ssm_parameter_groups(module, lr, ssm_lr=1e-3, weight_decay=0.0):
     ``B``, ``P``) at ``ssm_lr`` without weight decay, the others at ``lr``
     with ``weight_decay``; empty groups left out.
 
-    Arguments
-    ---------
-    module : torch.nn.Module or iterable
-        Module, or parameters / ``(name, parameter)`` pairs.
-    lr, ssm_lr, weight_decay : float
-        As above.
-
-    Example
-    -------
-    >>> model = torch.nn.Sequential(S4(4, d_state=4), torch.nn.Linear(4, 4))
-    >>> groups = ssm_parameter_groups(model, lr=1e-3, weight_decay=0.01)
-    >>> [(len(g["params"]), g["lr"], g["weight_decay"]) for g in groups]
-    [(5, 0.001, 0.0), (6, 0.001, 0.01)]
+    ``module``: a module, or parameters / ``(name, parameter)`` pairs.
     """
     ssm, other = _split_params(module)
     groups = []
