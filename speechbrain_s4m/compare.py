@@ -72,8 +72,7 @@ def paired_comparison(a, b, confidence=0.95):
 
 
 def _labels(results):
-    """A unique label per folder: the experiment (or folder) name, with the
-    folder added where two are the same."""
+    """A unique label per folder: experiment (or folder) name [+ folder]."""
     base = [
         r["experiment_name"] or os.path.basename(os.path.normpath(r["folder"]))
         for r in results
@@ -120,19 +119,15 @@ def compare_folders(
     intersect=False,
     bench_seconds=DEFAULT_BENCH_SECONDS,
 ):
-    """Compares recipe output folders (the options of ``s4m-compare``;
-    ``benchmark``: a benchmark JSON, read at ``bench_seconds``).
+    """Compares recipe output folders (the options of ``s4m-compare``).
 
-    Returns
-    -------
-    dict
-        ``models`` (per folder: statistics, training, benchmark figures,
-        aligned ``per_utterance`` scores and ``curve``), ``pairs``, ``ids``,
-        ``n_utterances``, ``note``, ``metrics`` and ``dropped`` (``{"folder",
-        "columns"}`` of each folder lacking optional columns others have).
+    Returns ``models`` (per folder: statistics, training, benchmark figures,
+    aligned ``per_utterance`` scores, ``curve``), ``pairs``, ``ids``,
+    ``n_utterances``, ``note``, ``metrics`` and ``dropped`` (``{"folder",
+    "columns"}`` of each folder lacking optional columns others have).
     """
     results = [load_result_folder(f) for f in folders]
-    bench = load_benchmark(benchmark, bench_seconds) if benchmark else None
+    bench = load_benchmark(benchmark, bench_seconds) if benchmark else {}
     labels = _labels(results)
     ids, note = _align(results, intersect)
     extra = [
@@ -157,10 +152,11 @@ def compare_folders(
         add_parameters(r)
         curve = read_train_log(r["log"]) if r["log"] else None
         times = curve["time"] if curve else None
+        hp = r["hparams"]
         model = {
             "label": label,
             "folder": r["folder"],
-            "hparams": r["hparams"],
+            "hparams": hp,
             "masknet": r["masknet"],
             "params": r["params"],
             "params_source": r["params_source"],
@@ -168,12 +164,10 @@ def compare_folders(
             "epochs": curve["epoch"][-1] if curve and curve["epoch"] else None,
             "train_time_s": float(sum(times)) if times else None,
             "stats": {m: mean_ci(per_utt[m]) for m in metrics},
-            "bench": None,
+            "bench": {"model": hp, **bench[hp]} if hp in bench else None,
             "per_utterance": per_utt,
             "curve": curve,
         }
-        if bench is not None and r["hparams"] in bench:
-            model["bench"] = {"model": r["hparams"], **bench[r["hparams"]]}
         models.append(model)
     pairs = [
         {
@@ -199,20 +193,6 @@ def compare_folders(
         "models": models,
         "pairs": pairs,
     }
-
-
-def dropped_columns_line(folder, columns):
-    """The line that says ``folder`` lacks ``columns`` that others have."""
-    line = (
-        f"{folder} has no {', '.join(columns)} column in test_results.csv: "
-        "left out of the comparison for every folder"
-    )
-    if any(c.split("_")[0] in ("pesq", "stoi") for c in columns):
-        line += (
-            " (add them: train.py <its hparams> --output_folder "
-            f"{folder} --test_only --extra_metrics pesq,stoi)"
-        )
-    return line
 
 
 def _fmt(value, digits=2):
@@ -299,14 +279,16 @@ def _slug(label):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "model"
 
 
+def _scatter_name(a, b):
+    return f"scatter_{_slug(a)}_vs_{_slug(b)}.png"
+
+
 def output_files(labels):
     """Names of the files written for models with these labels."""
     names = ["comparison.md", "comparison.json", "comparison.csv"]
     names += ["comparison_pairs.csv", "valid_vs_epoch.png", "valid_vs_time.png"]
-    for i, a in enumerate(labels):
-        for b in labels[i + 1 :]:
-            names.append(f"scatter_{_slug(a)}_vs_{_slug(b)}.png")
-    return names
+    pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :]]
+    return names + [_scatter_name(a, b) for a, b in pairs]
 
 
 def _json_ready(value):
@@ -382,17 +364,12 @@ def write_outputs(comparison, out_dir):
             ax.set_ylabel(f"{a['label']} SI-SNRi (dB)")
             ax.set_title("Per test utterance")
             fig.tight_layout()
-            name = f"scatter_{_slug(a['label'])}_vs_{_slug(b['label'])}.png"
-            fig.savefig(path(name), dpi=100)
+            fig.savefig(path(_scatter_name(a["label"], b["label"])), dpi=100)
             plt.close(fig)
     for axis, name in (("epoch", "valid_vs_epoch"), ("time", "valid_vs_time")):
-        curves = [
-            m
-            for m in models
-            if m["curve"]
-            and m["curve"]["epoch"]
-            and (axis == "epoch" or m["curve"]["time"])
-        ]
+        curves = [m for m in models if m["curve"] and m["curve"]["epoch"]]
+        if axis == "time":
+            curves = [m for m in curves if m["curve"]["time"]]
         if not curves:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -419,34 +396,20 @@ def parser(prog="s4m-compare"):
             "confidence intervals, paired differences on the same test "
             "utterances, training time, parameters and compute."
         ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = p.add_argument
     add("folders", nargs="+", metavar="RESULT_FOLDER")
-    add(
-        "--benchmark",
-        metavar="JSON",
-        help="benchmark JSON (python -m speechbrain_s4m.benchmark --json)",
-    )
+    add("--benchmark", metavar="JSON", help="JSON of the benchmark's --json")
     add(
         "--bench-seconds",
         type=float,
         default=DEFAULT_BENCH_SECONDS,
-        help="input duration of the benchmark figures (default %(default)s)",
+        help="input duration of the benchmark figures",
     )
-    add(
-        "--out",
-        default="comparison",
-        metavar="DIR",
-        help="output folder (default: %(default)s)",
-    )
-    add(
-        "--intersect",
-        action="store_true",
-        help="compare on the utterances common to all folders",
-    )
-    add(
-        "--overwrite", action="store_true", help="replace existing output files"
-    )
+    add("--out", default="comparison", metavar="DIR", help="output folder")
+    add("--intersect", action="store_true", help="compare common utterances")
+    add("--overwrite", action="store_true", help="replace output files")
     return p
 
 
@@ -475,8 +438,17 @@ def main(argv=None, prog="s4m-compare"):
     except (CompareError, ResultsError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    for gap in comparison["dropped"]:
-        line = dropped_columns_line(gap["folder"], gap["columns"])
+    for gap in comparison["dropped"]:  # columns some folders lack
+        folder, columns = gap["folder"], gap["columns"]
+        line = (
+            f"{folder} has no {', '.join(columns)} column in test_results.csv:"
+            " left out of the comparison for every folder"
+        )
+        if any(c.split("_")[0] in ("pesq", "stoi") for c in columns):
+            line += (
+                " (add them: train.py <its hparams> --output_folder "
+                f"{folder} --test_only --extra_metrics pesq,stoi)"
+            )
         print(f"{prog}: note: {line}", file=sys.stderr)
     for stale in existing:  # --overwrite: no output left from a former run
         os.remove(stale)

@@ -416,6 +416,8 @@ def test_receptive_field_by_impulse():
     reach = int(torch.nonzero(diff > 1e-12).max()) - 100
     bound = conv_receptive_field(net)
     assert bound / 2 < reach <= bound, (reach, bound)
+    net = S4MMaskNet(17, 8, 16, depth=4, num_iterations=2, causal=True)
+    assert conv_receptive_field(net) == 218
 
 
 @pytest.mark.slow

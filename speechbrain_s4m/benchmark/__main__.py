@@ -1,10 +1,5 @@
-"""Command line of the benchmark: ``python -m speechbrain_s4m.benchmark``.
-
-Example::
-
-    python -m speechbrain_s4m.benchmark --durations 1 4 16 60 --repeats 5 \\
-        --threads 2 --json benchmark.json
-    python -m speechbrain_s4m.benchmark --from-json benchmark.json  # re-print
+"""Command line of the benchmark: ``python -m speechbrain_s4m.benchmark
+--json benchmark.json`` measures, ``--from-json benchmark.json`` re-prints.
 """
 
 import argparse

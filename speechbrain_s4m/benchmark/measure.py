@@ -24,8 +24,7 @@ aten = torch.ops.aten
 
 def check_device(device, cuda=None):
     """``device`` (cpu, cuda or cuda:i) as a ``torch.device``; a
-    RuntimeError saying why where it does not exist here (``cuda``: the
-    ``torch.cuda`` module, replaceable in tests)."""
+    RuntimeError saying why where it does not exist (``cuda``: a fake)."""
     cuda = torch.cuda if cuda is None else cuda
     dev = torch.device(device)
     if dev.type == "cpu":
@@ -73,8 +72,7 @@ def pyplot():
 
 
 def autocast_context(device, precision):
-    """No autocast for ``"fp32"``, else ``torch.autocast`` to fp16 / bf16
-    on ``device``'s type."""
+    """``torch.autocast`` to fp16 / bf16 on ``device``; none for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision not in _AUTOCAST_DTYPES:
@@ -90,17 +88,15 @@ def grad_scaler(device, precision):
 
 
 def apply_allocator(default_allocator=False):
-    """Keeps freed memory for reuse unless ``default_allocator``; returns
-    :func:`speechbrain_s4m.allocator.allocator_mode`."""
+    """Keeps freed memory unless ``default_allocator``; returns the mode."""
     if not default_allocator:
         keep_freed_memory()
     return allocator_mode()
 
 
 class StepTimer:
-    """Times calls on ``device``: wall, process CPU and system time; on
-    CUDA also the time between two events, read after a synchronisation
-    (``cuda``: the ``torch.cuda`` module, replaceable in tests)."""
+    """Times calls on ``device``: wall, process CPU and system time, and
+    on CUDA the time between two events (``cuda``: a fake in tests)."""
 
     def __init__(self, device, cuda=None):
         self.device = torch.device(device)
@@ -108,8 +104,7 @@ class StepTimer:
         self.is_cuda = self.device.type == "cuda"
 
     def __call__(self, fn):
-        """Runs ``fn()`` once; returns ``wall_s``, ``cpu_s`` (user +
-        system), ``sys_s`` (page faults etc.), ``gpu_s`` (None off CUDA)."""
+        """Runs ``fn()``: ``wall_s``, ``cpu_s``, ``sys_s``, ``gpu_s``."""
         if self.is_cuda:
             self.cuda.synchronize(self.device)
             start = self.cuda.Event(enable_timing=True)
@@ -143,9 +138,8 @@ def current_rss_mib():
 
 
 class PeakMemory:
-    """Peak memory (MiB) between :meth:`start` and :meth:`peak` on
-    ``device``: ``torch.cuda.max_memory_allocated`` since a reset on CUDA,
-    the process's peak RSS on the CPU (``cuda`` as in :class:`StepTimer`)."""
+    """Peak memory (MiB) on ``device`` since :meth:`start` (CUDA) or the
+    process's start (peak RSS) (``cuda`` as in :class:`StepTimer`)."""
 
     def __init__(self, device, cuda=None):
         self.device = torch.device(device)
@@ -154,7 +148,7 @@ class PeakMemory:
         self.unit = "GPU MiB (max allocated)" if self.is_cuda else "MiB RSS"
 
     def start(self):
-        """Starts a measurement; returns the memory in use now (MiB)."""
+        """Starts; returns the memory in use now (MiB)."""
         if self.is_cuda:
             self.cuda.synchronize(self.device)
             self.cuda.reset_peak_memory_stats(self.device)
@@ -180,8 +174,8 @@ COMPLEX_ELEMENTWISE_OPS = (aten.mul, aten.div, aten.reciprocal)
 
 
 def _fft(x, dim, *args, out_val=None, **kwargs):
-    """An FFT of size n: (n/2) log2(n) complex MACs (radix-2; ~2x over for
-    real FFTs) of 4 real MACs each; n from the real side of the transform."""
+    """(n/2) log2(n) complex MACs (4 real each) per FFT of real size n
+    (radix-2: ~2x over for real FFTs)."""
     real = out_val if x.is_complex() and not out_val.is_complex() else x
     n = math.prod(real.shape[d] for d in dim)
     if n <= 1:
@@ -196,8 +190,7 @@ def _complex_elementwise(*args, out_val=None, **kwargs):
     return 0
 
 
-def _complex_aware(op):
-    """Stock formula of ``op``, times 4 when its operands are complex."""
+def _complex_aware(op):  # the stock formula, x4 for complex operands
     base = flop_registry[op]
 
     def formula(*args, out_val=None, **kwargs):

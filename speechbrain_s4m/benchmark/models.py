@@ -58,9 +58,8 @@ def parse_model_spec(spec):
 
 
 def checkpointing_variants(models, overrides=None):
-    """``(models, overrides)`` (``--models`` entries, ``{label: {key:
-    value}}``) with ``<label>+ckpt`` (``checkpoint_iterations: True``, the
-    base's overrides) after every model whose fragment has that key."""
+    """``(models, overrides)`` with ``<label>+ckpt`` (the base's overrides
+    and ``checkpoint_iterations: True``) after each model having that key."""
     out_models, out_over = [], dict(overrides or {})
     for spec in models:
         out_models.append(spec)
@@ -80,8 +79,8 @@ def checkpointing_variants(models, overrides=None):
 
 
 def mode_key(mode, precision):
-    """Results key: ``infer``/``train`` at fp32 (read by
-    :mod:`speechbrain_s4m.results`), else ``infer_fp16`` etc."""
+    """``infer``/``train`` at fp32 (read by :mod:`speechbrain_s4m.results`),
+    else ``infer_fp16`` etc."""
     return mode if precision == "fp32" else f"{mode}_{precision}"
 
 
@@ -182,7 +181,7 @@ def _run_in_subprocess(spec, timeout):
 
 def _extrapolate(points, x, offset=0.0):
     """Power-law extrapolation of ``y - offset`` from ``[(x_i, y_i)]`` to
-    ``x``, exponent from the last two points clamped to [1, 2]."""
+    ``x`` (exponent of the last two points, in [1, 2])."""
     if not points:
         return None
     pts = [(px, max(py - offset, 1e-9)) for px, py in points]
@@ -392,14 +391,12 @@ def format_tables(results):
     for name, e in models.items():
         cells, pct, share = [], [], "-"
         for d in durs:
-            m, r = e["macs"].get(d), ref.get("macs", {}).get(d)
-            if not m:
-                cells.append("-")
-                pct.append("-")
-                continue
-            cells.append(f"{m['total'] / 1e9 / float(d):.2f}")
+            m = e["macs"].get(d)
+            r = m and ref.get("macs", {}).get(d)
+            cells.append(f"{m['total'] / 1e9 / float(d):.2f}" if m else "-")
             pct.append(f"{100 * m['total'] / r['total']:.1f}" if r else "-")
-            share = f"{100 * (m['fft'] + m['complex']) / m['total']:.1f}%"
+            if m:
+                share = f"{100 * (m['fft'] + m['complex']) / m['total']:.1f}%"
         cells += [" / ".join(pct) or "-", share]
         rows.append([name, f"{e['params'] / 1e6:.3f}M"] + cells)
     out = f"Measured on {describe_conditions(cfg)}\n\n" + markdown(rows)
@@ -426,9 +423,8 @@ def format_tables(results):
 
 
 def plot_results(results, path):
-    """Log-log plot (PNG) of time per second of audio vs input length: an
-    inference and a training-step panel, a colour per model and a line style
-    per precision, skipped cases left out; returns the number of curves."""
+    """Log-log plot (PNG) of time per second of audio vs input length, an
+    inference and a training-step panel; returns the number of curves."""
     import matplotlib.ticker
 
     plt = pyplot()

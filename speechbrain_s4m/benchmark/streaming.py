@@ -15,9 +15,14 @@ import sys
 import time
 
 import torch
+import yaml
 
 from speechbrain_s4m.allocator import allocator_mode
-from speechbrain_s4m.benchmark.measure import current_rss_mib, number
+from speechbrain_s4m.benchmark.measure import (
+    StepTimer,
+    current_rss_mib,
+    number,
+)
 from speechbrain_s4m.config import load_model_config
 from speechbrain_s4m.inference.streamer import S4MStreamer
 
@@ -41,13 +46,6 @@ COLUMNS = [
 def conv_receptive_field(masknet):
     """Past encoder frames that a causal masknet's output reads through its
     convolutions, pooling and resizing (the S4 layer aside): an upper bound.
-
-    Example
-    -------
-    >>> from speechbrain_s4m.lobes import S4MMaskNet
-    >>> net = S4MMaskNet(17, 8, 16, depth=4, num_iterations=2, causal=True)
-    >>> conv_receptive_field(net)
-    218
     """
     block = masknet.block
     depth = block.depth
@@ -61,8 +59,7 @@ def conv_receptive_field(masknet):
 
 
 def s4_context(masknet, tol=1e-3, max_length=1 << 15):
-    """Coarse frames until the S4 kernel (``max_h |K[h, t]|``, computed up
-    to ``max_length``) stays below ``tol`` of its peak."""
+    """Coarse frames until the S4 kernel stays below ``tol`` of its peak."""
     with torch.no_grad():
         kernel = masknet.block.s4.s4.kernel(max_length)  # [H, L]
     mag = kernel.abs().amax(dim=0)
@@ -102,25 +99,23 @@ def build_streamer(
 
 
 def time_streamer(streamer, hop, seconds, warmup=3, seed=0):
-    """Seconds of each :meth:`S4MStreamer.process` call over ``seconds``
-    of noise in hops of ``hop`` samples, after ``warmup`` untimed calls."""
+    """Seconds of each :meth:`S4MStreamer.process` call of ``hop`` samples
+    over ``seconds`` of noise, after ``warmup`` untimed calls."""
     gen = torch.Generator().manual_seed(seed)
     n_hops = max(1, round(seconds * streamer.sample_rate / hop))
     streamer.reset()
     times = []
-    for i in range(warmup + n_hops):
+    for _ in range(warmup + n_hops):
         chunk = 0.1 * torch.randn(1, hop, generator=gen)
         start = time.perf_counter()
         streamer.process(chunk)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+        times.append(time.perf_counter() - start)
+    return times[warmup:]
 
 
 def rss_growth(streamer, hop, minutes, points=None, seed=1, on_point=None):
-    """``(minutes streamed, RSS MiB)`` after each ``minutes / points`` of
-    noise streamed in hops of ``hop`` samples (``points``: one a minute, at
-    least 4); ``on_point(minutes, rss)`` is called after each reading."""
+    """``(minutes streamed, RSS MiB)`` at ``points`` (default one a minute,
+    at least 4) while streaming; ``on_point(minutes, rss)`` after each."""
     gen = torch.Generator().manual_seed(seed)
     rate = streamer.sample_rate
     points = points or max(4, round(minutes))
@@ -141,13 +136,10 @@ def time_naive(streamer, window_frames, repeats=3):
     enc = streamer.encoder
     samples = enc.kernel_size + (window_frames - 1) * enc.stride
     mix = 0.1 * torch.randn(1, samples)
-    streamer.separate_whole(mix[:, : enc.kernel_size * 4])  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        streamer.separate_whole(mix)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    whole, timer = streamer.separate_whole, StepTimer("cpu")
+    whole(mix[:, : enc.kernel_size * 4])  # warm-up
+    runs = [timer(lambda: whole(mix)) for _ in range(repeats)]
+    return statistics.median(r["wall_s"] for r in runs)
 
 
 def run(
@@ -311,8 +303,6 @@ def main(argv=None):
     """Entry point; returns 0."""
     p = parser()
     args = p.parse_args(argv)
-    import yaml
-
     # bad flags: one line and exit status 2, before any model is built
     if args.model is not None:
         if args.overrides:
@@ -336,16 +326,14 @@ def main(argv=None):
         on_row=save,
         **{key: getattr(args, key) for key in given.split()},
     )
-    print()
-    print(format_table(rows))
+    print("\n" + format_table(rows))
     for row in rows:
         if "rss_growth" in row:
             growth = ", ".join(
                 f"{m:.2f} min: {r:.0f} MiB" for m, r in row["rss_growth"]
             )
             print(f"RSS while streaming ({row['hop_ms']} ms hops): {growth}")
-    if args.json:
-        save(rows)
+    if args.json:  # saved by on_row after the last row
         print(f"wrote {args.json}")
     return 0
 
