@@ -39,17 +39,8 @@ def keep_freed_memory():
 
     Like starting Python with ``MALLOC_MMAP_THRESHOLD_`` /
     ``MALLOC_TRIM_THRESHOLD_`` set. Idempotent, process-wide, irreversible;
-    changes where memory comes from, never what is computed.
-
-    Returns
-    -------
-    bool
-        True when in effect (glibc), False where it does not apply.
-
-    Example
-    -------
-    >>> keep_freed_memory() == (_glibc() is not None)
-    True
+    changes where memory comes from, never what is computed. Returns True
+    when in effect (glibc), False where it does not apply.
     """
     global _applied
     if _applied:
@@ -69,14 +60,9 @@ def keep_freed_memory():
 
 
 def allocator_mode():
-    """The allocator condition of this process, for benchmarks.
-
-    Returns
-    -------
-    str
-        ``"glibc, freed memory kept"``, ``"glibc, default"`` or
-        ``"other, default"``.
-    """
+    """The allocator condition of this process, for benchmarks:
+    ``"glibc, freed memory kept"``, ``"glibc, default"`` or ``"other,
+    default"``."""
     if _glibc() is None:
         return "other, default"
     return "glibc, freed memory kept" if _applied else "glibc, default"

@@ -1,12 +1,8 @@
 """Command-line tools: ``s4m-separate`` and ``s4m-export``.
 
-``s4m-separate`` separates audio files (or folders of them) with a
-pretrained model into ``<name>_s1.wav``, ``<name>_s2.wav``, ...; inputs,
-output folder and existing outputs are checked before any file is
-separated. ``s4m-export`` turns a recipe output folder into a pretrained
-model folder. Problems are printed one per line, without traceback; exit
-code 1 when an input failed, 2 for bad arguments or an unusable model.
-``python -m speechbrain_s4m.cli {separate,export} ...`` works as well.
+Inputs, output folder and existing outputs are checked before any file is
+separated. Problems are printed one per line, without traceback; exit code
+1 when an input failed, 2 for bad arguments or an unusable model.
 """
 
 import argparse
@@ -19,7 +15,6 @@ EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 
 
 def _one_line(err):
-    """A one-line message for an exception (or a message)."""
     text = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, (KeyError, RuntimeError, TypeError, AttributeError)):
         text = f"{type(err).__name__}: {text}"
@@ -35,24 +30,9 @@ def _error(prog, problem, show_traceback=False):
 
 
 def collect_inputs(paths, recursive=False):
-    """Expands files and folders into a sorted list of audio files.
-
-    Hidden files in folders (such as the ``.part.wav`` temporaries of an
-    interrupted run) are skipped.
-
-    Arguments
-    ---------
-    paths : list of str
-        Files and/or folders.
-    recursive : bool
-        Also search sub-folders of the folders.
-
-    Returns
-    -------
-    files : list of pathlib.Path
-    problems : list of str
-        One message per path that does not exist or holds no audio.
-    """
+    """Expands files and folders (sub-folders too if ``recursive``; hidden
+    files skipped) into ``(audio files, one problem line per path that
+    does not exist or holds no audio)``."""
     from speechbrain_s4m.audio import AUDIO_EXTENSIONS, is_audio_file
 
     files, problems = [], []
@@ -205,18 +185,8 @@ def separate_parser(prog="s4m-separate"):
 
 
 def separate_main(argv=None):
-    """Entry point of ``s4m-separate``; returns the exit code.
-
-    Arguments
-    ---------
-    argv : list of str, optional
-        Arguments (default: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        0 on success, 1 if some input failed, 2 for usage/model errors.
-    """
+    """Entry point of ``s4m-separate`` (``argv`` default ``sys.argv[1:]``);
+    returns 0, 1 if some input failed, 2 for usage/model errors."""
     prog = "s4m-separate"
     try:
         args = separate_parser(prog).parse_args(argv)
@@ -363,10 +333,8 @@ def _stream_arguments_problem(args):
 
 
 class _FileStreamer:
-    """Feeds files to ``model.separate_file_to_folder`` through an
-    :class:`~speechbrain_s4m.inference.S4MStreamer` (ValueError if the
-    model is not causal), replacing the model's ``_stream_file`` block
-    source, and sums the timings."""
+    """Makes ``model.separate_file_to_folder`` go through an
+    ``S4MStreamer`` (replacing ``model._stream_file``); sums the timings."""
 
     def __init__(self, model, hop_ms):
         from speechbrain_s4m.inference import S4MStreamer
@@ -434,18 +402,8 @@ def export_parser(prog="s4m-export"):
 
 
 def export_main(argv=None):
-    """Entry point of ``s4m-export``; returns the exit code.
-
-    Arguments
-    ---------
-    argv : list of str, optional
-        Arguments (default: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        0 on success, 1 on failure (one-line reason on stderr).
-    """
+    """Entry point of ``s4m-export`` (``argv`` default ``sys.argv[1:]``);
+    returns 0, or 1 on failure (one-line reason on stderr)."""
     prog = "s4m-export"
     try:
         args = export_parser(prog).parse_args(argv)

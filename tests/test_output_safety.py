@@ -582,3 +582,12 @@ def test_audio_readers_ranges_rates_and_headers(tmp_path):
     sf.write(path, np.zeros((1000, 2)), SR)
     shapes = [b.shape for b in audio.iter_audio_blocks(path, 400)]
     assert shapes == [(400, 2), (400, 2), (200, 2)]
+
+
+def test_permutation_matches_sources_on_the_overlap():
+    """Moved from the doctest of chunking._permutation."""
+    from speechbrain_s4m.inference.chunking import _permutation
+
+    ref = torch.randn(1, 100, 3)
+    est = torch.cat([ref, torch.randn(1, 50, 3)], 1)[..., [2, 0, 1]]
+    assert _permutation(est, ref).tolist() == [[1, 2, 0]]

@@ -1,10 +1,9 @@
 """Chunked overlap-add separation of signals and files of any length.
 
 Memory is bounded by one chunk: the mixture is resampled block-wise
-(:class:`StreamingResampler`), separated in overlapping chunks whose speaker
-order is aligned on the overlap and cross-faded (:class:`OverlapAddSeparator`,
-optionally scaled by signed least-squares :func:`mixture_gains`), and
-resampled back to exactly the input's length (:func:`separate_stream`).
+(:class:`StreamingResampler`), separated in overlapping chunks aligned and
+cross-faded (:class:`OverlapAddSeparator`), and resampled back to exactly
+the input's length (:func:`separate_stream`).
 """
 
 import math
@@ -29,16 +28,6 @@ class StreamingResampler:
     ---------
     orig_freq, new_freq : int
         Input and output sample rates.
-
-    Example
-    -------
-    >>> x = torch.randn(2, 44100)
-    >>> rs = StreamingResampler(44100, 8000)
-    >>> outs = [rs.push(b) for b in x.split(5000, dim=-1)] + [rs.flush()]
-    >>> y = torch.cat(outs, dim=-1)
-    >>> ref = torchaudio.functional.resample(x, 44100, 8000)
-    >>> y.shape == ref.shape, bool(torch.allclose(y, ref, atol=1e-5))
-    (True, True)
     """
 
     def __init__(self, orig_freq, new_freq):
@@ -94,15 +83,7 @@ class StreamingResampler:
 def _permutation(estimate, reference, eps=1e-8):
     """``[batch, spks]``: source ``i`` of ``reference`` ``[batch, overlap,
     spks]`` best matches source ``perm[b, i]`` of ``estimate`` ``[batch,
-    time, spks]`` (cosine similarity on the overlap, Hungarian algorithm).
-
-    Example
-    -------
-    >>> ref = torch.randn(1, 100, 3)
-    >>> est = torch.cat([ref, torch.randn(1, 50, 3)], 1)[..., [2, 0, 1]]
-    >>> _permutation(est, ref)
-    tensor([[1, 2, 0]])
-    """
+    time, spks]`` (cosine similarity on the overlap, Hungarian algorithm)."""
     n = reference.shape[1]
     head = estimate[:, :n]
     head = head / (head.norm(dim=1, keepdim=True) + eps)
@@ -143,13 +124,6 @@ def mixture_gains(estimate, mix, eps=1e-10, rcond=1e-2):
     -------
     torch.Tensor
         ``[batch, spks]`` float64.
-
-    Example
-    -------
-    >>> s = torch.randn(1, 1000, 2)
-    >>> mix = 0.5 * s[..., 0] + 2.0 * s[..., 1]
-    >>> mixture_gains(-s * 10, mix).mul(10).round(decimals=6)
-    tensor([[-0.5000, -2.0000]], dtype=torch.float64)
     """
     est = estimate.detach().double().cpu()
     mix = mix.detach().double().cpu()
@@ -165,8 +139,7 @@ def mixture_gains(estimate, mix, eps=1e-10, rcond=1e-2):
         if active.numel() == 0:
             continue
         norms = energy[active].sqrt()
-        # Unit-norm columns: the Gram matrix is the correlation matrix, whose
-        # spectrum measures linear dependence only (not the raw scales).
+        # unit-norm columns: the spectrum measures dependence, not scales
         unit = est[b][:, active] / norms  # [time, active]
         gram = unit.t() @ unit  # [active, active]
         corr = unit.t() @ y  # [active]
@@ -203,10 +176,8 @@ class OverlapAddSeparator:
     ---------
     separate_fn : callable
         ``[batch, n] -> [batch, n, spks]`` (e.g. ``separate_batch``).
-    chunk : int
-        Chunk length in samples.
-    overlap : int
-        Overlap in samples, ``0 < overlap < chunk``.
+    chunk, overlap : int
+        Chunk and overlap lengths in samples, ``0 < overlap < chunk``.
     scale : str
         ``"none"`` (the output of ``separate_fn``) or ``"mixture"``.
     min_overlap_power : float
@@ -269,8 +240,7 @@ class OverlapAddSeparator:
         return est[:, : -self.overlap]
 
     def _align(self, est, tail):
-        """``est`` in the order of ``tail`` (or of the last chunk when the
-        overlap is too quiet to decide)."""
+        """``est`` in the order of ``tail`` (or of the last chunk if quiet)."""
         n = tail.shape[1]
         chunk_power = est.double().square().mean(dim=(1, 2))  # [batch]
         head_power = est[:, :n].double().square().mean(dim=(1, 2))

@@ -1,12 +1,8 @@
 """The pretrained separation interface: ``S4MSeparation``.
 
-SpeechBrain's ``SepformerSeparation`` interface (``from_hparams``,
-``separate_batch``, ``separate_file``) with strict loading
-(:mod:`~speechbrain_s4m.inference.loading`), files at any rate and channel
-count, chunked separation of long audio in bounded memory
-(:mod:`~speechbrain_s4m.inference.chunking`), outputs at the mixture's scale
-and safe output files (:mod:`~speechbrain_s4m.inference.outputs`). The
-differences from SpeechBrain are listed in docs/inference.md.
+SpeechBrain's ``SepformerSeparation`` interface with strict loading, files
+at any rate and channel count, chunked separation of long audio in bounded
+memory and safe output files (differences: docs/inference.md).
 """
 
 import os
@@ -49,9 +45,8 @@ class S4MSeparation(Pretrained):
         As SpeechBrain's ``Pretrained``; usually built by
         ``S4MSeparation.from_hparams(source=folder_or_hub_id)``.
     keep_freed_memory : bool
-        On a CPU, apply ``speechbrain_s4m.allocator.keep_freed_memory``
-        (process-wide, glibc): freed memory is reused instead of faulted in
-        again; the process keeps its peak memory. Default True.
+        On a CPU, apply :func:`speechbrain_s4m.allocator.keep_freed_memory`
+        (process-wide; the process keeps its peak memory).
 
     Example
     -------
@@ -101,16 +96,15 @@ class S4MSeparation(Pretrained):
         Arguments
         ---------
         source : str or pathlib.Path
-            A local folder (as written by ``s4m-export``) or a hub id
-            ``owner/name``; a path that does not exist raises
-            ``ModelNotFoundError`` (never sent to the hub).
+            A local folder (from ``s4m-export``) or a hub id ``owner/name``;
+            a missing path raises ``ModelNotFoundError`` (never sent to the
+            hub).
         hparams_file, overrides, run_opts, overrides_must_match
             As SpeechBrain's (``run_opts={"device": "cuda:0"}``).
         savedir : str or pathlib.Path, optional
-            Hub sources only: where to put the fetched files (one filled
-            from another source is refused unless ``overwrite=True``).
+            Hub sources only: where to put the fetched files.
         overwrite : bool
-            Re-fetch hub files into ``savedir`` even when present.
+            Re-fetch hub files into ``savedir`` (of another source too).
         fetch_config : speechbrain.utils.fetching.FetchConfig, optional
             Hub fetching options (revision, token, ...).
         download_only : bool
@@ -119,10 +113,6 @@ class S4MSeparation(Pretrained):
             Accepted for compatibility with SpeechBrain, ignored.
         **kwargs
             Passed to the class (e.g. ``keep_freed_memory``).
-
-        Returns
-        -------
-        S4MSeparation
         """
         folder = resolve_model_folder(
             source, hparams_file, savedir, overrides, overwrite, fetch_config
@@ -167,9 +157,8 @@ class S4MSeparation(Pretrained):
         return self.separate_batch(mix)
 
     def chunk_sizes(self, chunk_seconds=None, overlap_seconds=None):
-        """Chunk and overlap lengths in samples at the model's rate (and the
-        check of both; defaults ``DEFAULT_CHUNK_SECONDS`` and
-        ``DEFAULT_OVERLAP_SECONDS``).
+        """Checked chunk and overlap lengths in samples at the model's rate
+        (defaults :data:`DEFAULT_CHUNK_SECONDS`, ``DEFAULT_OVERLAP_SECONDS``).
 
         Example
         -------
@@ -211,25 +200,10 @@ class S4MSeparation(Pretrained):
         sample_rate=None,
         scale="mixture",
     ):
-        """Separates long mixtures chunk by chunk (overlap-add); input
-        within one chunk is one pass (``scale="none"``: ``separate_batch``).
-
-        Arguments
-        ---------
-        mix : torch.Tensor
-            ``[batch, time]`` or ``[time]``.
-        chunk_seconds, overlap_seconds : float, optional
-            Chunk length and overlap (aligns the speaker order, cross-faded).
-        sample_rate : int, optional
-            Rate of ``mix`` if not the model's (it is resampled first).
-        scale : str
-            ``"mixture"`` or ``"none"`` (see ``separate_file``).
-
-        Returns
-        -------
-        torch.Tensor
-            ``[batch, time, num_spks]`` at the model's sample rate.
-        """
+        """Separates ``[batch, time]`` (or ``[time]``) mixtures chunk by
+        chunk (overlap-add) into ``[batch, time, num_spks]`` at the model's
+        rate; ``sample_rate``: that of ``mix`` if not the model's; the other
+        arguments as in :meth:`separate_file`."""
         if mix.dim() == 1:
             mix = mix.unsqueeze(0)
         rate = self.sample_rate if sample_rate is None else int(sample_rate)
@@ -245,8 +219,7 @@ class S4MSeparation(Pretrained):
     def _stream_file(
         self, path, chunk_seconds, overlap_seconds, out_rate, scale="mixture"
     ):
-        """Yields ``[spks, n]`` blocks at ``out_rate`` for a file, in
-        memory bounded by the chunk length."""
+        """Yields ``[spks, n]`` blocks at ``out_rate`` for a file."""
         yield from separate_file_blocks(
             path,
             lambda: self._chunker(chunk_seconds, overlap_seconds, scale),
@@ -282,7 +255,7 @@ class S4MSeparation(Pretrained):
         ---------
         path : str
             Local file, or URL / ``owner/repo/file.wav`` hub path (fetched
-            afresh into a new temporary folder every time).
+            afresh every time, into a temporary folder under ``savedir``).
         savedir : str, optional
             Parent folder for such fetched files (default: system temp).
         output_sample_rate : None, "model", "input" or int
@@ -290,7 +263,7 @@ class S4MSeparation(Pretrained):
         normalize : bool
             Scale each source to peak 1 (always done by SpeechBrain).
         chunk_seconds, overlap_seconds : float, optional
-            Long-audio chunking (see ``separate_long``).
+            Chunk length and overlap (default: :meth:`chunk_sizes`).
         scale : str
             ``"mixture"``: signed gains (an inverted source is turned back)
             so that the sources sum to the mixture per chunk; ``"none"``:
@@ -335,9 +308,8 @@ class S4MSeparation(Pretrained):
         """Separates a file into ``<name>_s1.wav``, ``<name>_s2.wav``, ...
 
         Memory stays flat however long the file is. The outputs are
-        published only once complete, atomically
-        (:class:`~speechbrain_s4m.inference.outputs.PendingOutputs`), and
-        never clipped: for a ``PCM_*`` subtype that they exceed, all
+        published only once complete (:class:`.outputs.PendingOutputs`),
+        and never clipped: for a ``PCM_*`` subtype that they exceed, all
         sources are scaled by one factor, with an :class:`OutputScaleWarning`.
 
         Arguments
@@ -353,8 +325,8 @@ class S4MSeparation(Pretrained):
         name : str, optional
             Output base name (default: the input's name without extension).
         overwrite : bool
-            Replace existing outputs; without it they raise
-            ``FileExistsError`` before any work. The input never is.
+            Replace existing outputs (else ``FileExistsError`` before any
+            work); the input never is.
 
         Returns
         -------

@@ -1,11 +1,9 @@
 """Live streaming separation with a causal S4M: :class:`S4MStreamer`.
 
-A causal masknet (``S4MMaskNet(causal=True)``) reads no future encoder
-frame, so the encoder, the masknet (S4 layers in recurrent mode) and the
-overlap-add decoder each carry a fixed-size state from one hop to the next;
-the concatenated output equals the causal model on the whole signal. Unlike
-:class:`~speechbrain_s4m.inference.chunking.OverlapAddSeparator`, which
-re-runs any model on overlapping chunks of seconds. See docs/streaming.md.
+A causal masknet reads no future encoder frame, so the encoder, the masknet
+(S4 layers in recurrent mode) and the decoder each carry a fixed-size state
+from one hop to the next; the output equals the causal model on the whole
+signal (docs/streaming.md).
 """
 
 import time
@@ -129,8 +127,7 @@ class S4MStreamer:
         self.reset()
 
     def separate_whole(self, mix):
-        """The same modules on a whole ``[batch, time]`` signal (the
-        reference of the stream): ``[batch, time, num_spks]``."""
+        """The same modules on a whole ``[batch, time]`` signal."""
         sep = Separator(self.encoder, self.masknet, self.decoder, self.num_spks)
         with torch.no_grad():
             return sep(mix.to(device=self.device, dtype=self.dtype))
@@ -166,8 +163,7 @@ class S4MStreamer:
         return self.compute_seconds * self.sample_rate / self.samples_in
 
     def state_tensors(self):
-        """Every tensor of the stream's state (to check that it does not
-        grow): encoder and decoder tails, masknet buffers and sums."""
+        """Every tensor of the stream's state (to check it does not grow)."""
 
         def walk(node):
             if torch.is_tensor(node):
@@ -181,8 +177,7 @@ class S4MStreamer:
         return walk([self._enc, self._mask, self._dec])
 
     def _check_chunk(self, chunk):
-        """``chunk`` as ``[batch, n]`` on the model's device and dtype, and
-        whether it was 1-D; raises, changing nothing, if it is refused."""
+        """``(chunk as [batch, n] on the model's device, was it 1-D)``."""
         if self._finished:
             raise StreamerStateError(
                 "the stream was flushed; call reset() to start a new one"
@@ -228,8 +223,7 @@ class S4MStreamer:
         return chunk.to(device=self.device, dtype=self.dtype), squeeze
 
     def _separate(self, frames, squeeze, start, last=None):
-        """Masked decoding of new encoder frames -> ``[batch, m, spks]``
-        (``[m, spks]``); ``last``: the stream's flush."""
+        """Masked decoding of new encoder frames; ``last``: at the flush."""
         masks, self._mask = self.masknet.forward_stream(
             frames, self._mask, self._block_step
         )
@@ -248,9 +242,8 @@ class S4MStreamer:
     def process(self, chunk):
         """Separates the next samples of the stream.
 
-        A refused block raises (``ValueError``: NaN/Inf, wrong shape or
-        batch size; ``TypeError``: not samples or a refused dtype;
-        :class:`StreamerStateError`: after :meth:`flush`) before anything
+        A refused block raises (``ValueError``, ``TypeError``,
+        :class:`StreamerStateError` after :meth:`flush`) before anything
         is computed; the stream continues as if it had never been sent.
 
         Arguments
@@ -258,10 +251,9 @@ class S4MStreamer:
         chunk : torch.Tensor, numpy.ndarray or sequence of numbers
             ``[batch, n]`` (or ``[n]``) new finite samples at the model's
             rate, any ``n``. The first block fixes the batch size (and must
-            have more than 8 samples if ``batch > n``: a ``[frames,
-            channels]`` block is refused). Floats are taken as they are,
-            int16 / int32 PCM rescaled by 2**-15 / 2**-31, other dtypes
-            (Python ints included) refused.
+            have more than 8 samples if ``batch > n``). Floats are taken as
+            they are, int16 / int32 PCM rescaled by 2**-15 / 2**-31, other
+            dtypes (Python ints included) refused.
 
         Returns
         -------
@@ -302,8 +294,7 @@ INT_SCALES = {torch.int16: 2.0**-15, torch.int32: 2.0**-31}
 
 
 def _as_samples(block):
-    """A block of samples as a float tensor (int16 / int32 rescaled);
-    TypeError for non-numbers and dtypes without a meaning as audio."""
+    """A block of samples as a float tensor (int16 / int32 rescaled)."""
     if not torch.is_tensor(block):
         if isinstance(block, (str, bytes, dict)) or block is None:
             raise TypeError(
@@ -323,7 +314,6 @@ def _as_samples(block):
                 f"{array.dtype} (e.g. ragged rows or non-numbers); give "
                 "[batch, n] or [n] numbers"
             )
-        # native byte order and positive strides, which torch requires
         array = np.ascontiguousarray(array, array.dtype.newbyteorder("="))
         block = torch.from_numpy(array)
     if block.dtype in INT_SCALES:
@@ -338,8 +328,8 @@ def _as_samples(block):
 
 
 class _Hops:
-    """A streamer fed in hops of ``hop`` samples, with the ``push`` /
-    ``flush`` of :func:`~speechbrain_s4m.inference.chunking.separate_stream`."""
+    """A streamer fed in hops of ``hop`` samples, as a ``separate_stream``
+    separator (``push`` / ``flush``)."""
 
     def __init__(self, streamer, hop):
         self.streamer, self.hop = streamer, hop
@@ -362,9 +352,8 @@ class _Hops:
 
 def stream_file_blocks(streamer, path, out_rate, hop_samples):
     """Separates an audio file through ``streamer`` in hops of
-    ``hop_samples`` (at the model's rate), in constant memory; yields
-    ``[spks, n]`` blocks at ``out_rate``, of exactly the file's length at
-    that rate."""
+    ``hop_samples``, in constant memory; yields ``[spks, n]`` blocks at
+    ``out_rate``, of exactly the file's length at that rate."""
     yield from separate_file_blocks(
         path,
         lambda: _Hops(streamer, hop_samples),
