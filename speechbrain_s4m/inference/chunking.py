@@ -28,6 +28,16 @@ class StreamingResampler:
     ---------
     orig_freq, new_freq : int
         Input and output sample rates.
+
+    Example
+    -------
+    >>> x = torch.randn(2, 44100)
+    >>> rs = StreamingResampler(44100, 8000)
+    >>> outs = [rs.push(b) for b in x.split(5000, dim=-1)] + [rs.flush()]
+    >>> y = torch.cat(outs, dim=-1)
+    >>> ref = torchaudio.functional.resample(x, 44100, 8000)
+    >>> y.shape == ref.shape, bool(torch.allclose(y, ref, atol=1e-5))
+    (True, True)
     """
 
     def __init__(self, orig_freq, new_freq):
@@ -124,6 +134,13 @@ def mixture_gains(estimate, mix, eps=1e-10, rcond=1e-2):
     -------
     torch.Tensor
         ``[batch, spks]`` float64.
+
+    Example
+    -------
+    >>> s = torch.randn(1, 1000, 2)
+    >>> mix = 0.5 * s[..., 0] + 2.0 * s[..., 1]
+    >>> mixture_gains(-s * 10, mix).mul(10).round(decimals=6)
+    tensor([[-0.5000, -2.0000]], dtype=torch.float64)
     """
     est = estimate.detach().double().cpu()
     mix = mix.detach().double().cpu()
