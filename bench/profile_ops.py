@@ -50,7 +50,6 @@ REGION_FUNCTIONS = (
     "speechbrain_s4m.lobes.s4m:gln_statistics",
     "speechbrain_s4m.lobes.s4m:_gln_affine",
     "speechbrain_s4m.lobes.s4m:_gln_scale_shift",
-    "speechbrain_s4m.lobes.s4m:_resize_nearest",
     "speechbrain_s4m.lobes.s4m:_pool",
     "speechbrain_s4m.lobes.s4m:small_conv",
     "speechbrain_s4m.nnet.ssm:fft_conv",
