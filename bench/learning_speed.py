@@ -57,6 +57,7 @@ import numpy as np
 import ruamel.yaml
 import torch
 
+from speechbrain_s4m.benchmark.measure import pyplot
 from speechbrain_s4m.benchmark.models import build_model
 from speechbrain_s4m.config import count_parameters
 from speechbrain_s4m.data.synthetic import random_speaker, synth_voice
@@ -648,10 +649,7 @@ def plot_curves(result, path, ymin=None):
     ymin : float, optional
         Lower limit of the SI-SNRi axis (to zoom past the first updates).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for v in result["variants"]:
@@ -909,10 +907,7 @@ def plot_grad_norms(result, path):
     path : str or pathlib.Path
         Output file.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     variants = [v for v in result["variants"] if v["runs"][0]["grad_norms"]]
     cols = min(3, max(len(variants), 1))
