@@ -175,15 +175,24 @@ class _Fusion(nn.Module):
             y, scale, shift = self.local_embedding.affine(local)
         gate = torch.sigmoid(self.global_gate(glob))
         emb = self.global_embedding(glob)
-        if not self.causal:
-            # (y*scale + shift)*gate + emb = y*gate' + emb', both at glob's
-            # resolution (nearest resizing commutes with them)
-            gate, emb = scale * gate, torch.addcmul(emb, shift, gate)
         t_l, t_g = y.shape[-1], gate.shape[-1]
         if self.causal:
             upsample = scale_shift > 0 and t_l == t_g * 2**scale_shift
         else:
             upsample = t_l > t_g and t_l % t_g == 0
+        if not upsample:
+            # resized before folding: when glob is the finer map, the fold
+            # then runs on local's (shorter) length
+            if self.causal:
+                gate = _causal_resize(gate, scale_shift, t_l)
+                emb = _causal_resize(emb, scale_shift, t_l)
+            elif t_g != t_l:
+                gate = F.interpolate(gate, size=t_l, mode="nearest")
+                emb = F.interpolate(emb, size=t_l, mode="nearest")
+        if not self.causal:
+            # (y*scale + shift)*gate + emb = y*gate' + emb', at gate's
+            # resolution (nearest resizing commutes with them)
+            gate, emb = scale * gate, torch.addcmul(emb, shift, gate)
         if upsample:
             # nearest upsampling by r as a broadcast, out[t] = in[t // r]
             # (no upsampled maps materialised)
@@ -191,12 +200,6 @@ class _Fusion(nn.Module):
             y = y.view(bsz, ch, t_g, t_l // t_g)
             out = torch.addcmul(emb[..., None], y, gate[..., None])
             return out.view(bsz, ch, t_l)
-        if self.causal:
-            gate = _causal_resize(gate, scale_shift, t_l)
-            emb = _causal_resize(emb, scale_shift, t_l)
-        else:
-            gate = F.interpolate(gate, size=t_l, mode="nearest")
-            emb = F.interpolate(emb, size=t_l, mode="nearest")
         return torch.addcmul(emb, y, gate)
 
 
