@@ -161,14 +161,21 @@ class ConsistentSteps:
         has_grad = over_replicas(
             [p.grad is not None for p in params], self.device
         )
+        synced = [p for p, h in zip(params, has_grad) if h > 0]
+        for p in synced:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        # one all-reduce per dtype over the flattened gradients, not one
+        # collective per parameter; dtypes in parameter order (the same on
+        # every replica, which a set's order would not be)
         world = torch.distributed.get_world_size()
-        for p, h in zip(params, has_grad):
-            if h > 0:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                grad = p.grad.contiguous()
-                torch.distributed.all_reduce(grad)
-                p.grad.copy_(grad / world)
+        for dtype in dict.fromkeys(p.grad.dtype for p in synced):
+            grads = [p.grad for p in synced if p.grad.dtype == dtype]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat /= world
+            for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(part.view_as(g))
 
     def _optimizer_step(self):
         """Unscales, clips, applies the per-update schedule and steps;
