@@ -22,11 +22,13 @@ def _one_line(err):
 
 
 def _error(prog, problem, show_traceback=False):
-    """Prints ``problem`` (a message or an exception) in one line, after
-    the current traceback if asked."""
+    """Prints ``problem``: a message as given (it may name a path whose
+    spaces matter), an exception in one line after its traceback if asked."""
     if show_traceback:
         traceback.print_exc()
-    print(f"{prog}: error: {_one_line(problem)}", file=sys.stderr)
+    if isinstance(problem, BaseException):
+        problem = _one_line(problem)
+    print(f"{prog}: error: {problem}", file=sys.stderr)
 
 
 def collect_inputs(paths, recursive=False):
@@ -194,18 +196,20 @@ def separate_main(argv=None):
         return int(exit_.code or 0)
 
     files, problems = collect_inputs(args.inputs, args.recursive)
-    seen = {}
-    for path in files:
-        if path.stem in seen and not problems:
-            problems.append(
-                f"{seen[path.stem]} and {path} would write the same outputs "
-                f"({path.stem}_s1.wav, ...); separate them in two runs"
-            )
-        seen.setdefault(path.stem, path)
     for problem in problems:
         _error(prog, problem)
     if problems:
         return EXIT_USAGE
+    seen = {}
+    for path in files:
+        if path.stem in seen:
+            _error(
+                prog,
+                f"{seen[path.stem]} and {path} would write the same outputs "
+                f"({path.stem}_s1.wav, ...); separate them in two runs",
+            )
+            return EXIT_USAGE
+        seen[path.stem] = path
 
     import torch
     from tqdm import tqdm
