@@ -279,23 +279,30 @@ class OverlapAddSeparator:
         if block.shape[-1] > 0:
             self._pending.append(block)
             self._pending_len += block.shape[-1]
-        outs = []
         # At least one sample beyond the chunk is kept, so that the last
         # chunk is never a pure copy of the previous overlap.
-        while self._pending_len > self.chunk:
-            x = torch.cat(self._pending, dim=-1)
+        if self._pending_len <= self.chunk:
+            return None
+        x, outs = self._joined(), []
+        while x.shape[-1] > self.chunk:  # chunks are views of one join
             outs.append(self._process(x[:, : self.chunk], final=False))
-            self._pending = [x[:, self.chunk - self.overlap :]]
-            self._pending_len = self._pending[0].shape[-1]
-        return torch.cat(outs, dim=1) if outs else None
+            x = x[:, self.chunk - self.overlap :]
+        self._pending, self._pending_len = [x], x.shape[-1]
+        return torch.cat(outs, dim=1)
 
     def flush(self):
         """Processes what is left; returns the last output (or None)."""
         if self._pending_len == 0:
             return None
-        x = torch.cat(self._pending, dim=-1)
+        x = self._joined()
         self._pending, self._pending_len = [], 0
         return self._process(x, final=True)
+
+    def _joined(self):
+        """The pending input ``[batch, n]``, copied only if in pieces."""
+        if len(self._pending) == 1:
+            return self._pending[0]
+        return torch.cat(self._pending, dim=-1)
 
 
 def separate_stream(blocks, separator, rate_in, model_rate, out_rate):
