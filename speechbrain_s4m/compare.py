@@ -118,6 +118,7 @@ def compare_folders(
     benchmark=None,
     intersect=False,
     bench_seconds=DEFAULT_BENCH_SECONDS,
+    refuse_outputs_in=None,
 ):
     """Compares recipe output folders (the options of ``s4m-compare``).
 
@@ -125,11 +126,20 @@ def compare_folders(
     aligned ``per_utterance`` scores, ``curve``), ``pairs``, ``ids``,
     ``n_utterances``, ``note``, ``metrics`` and ``dropped`` (``{"folder",
     "columns"}`` of each folder lacking optional columns others have).
+    With ``refuse_outputs_in``, an output already in that folder raises
+    :class:`CompareError` once the inputs are checked, before any model is
+    built to count its parameters.
     """
     results = [load_result_folder(f) for f in folders]
     bench = load_benchmark(benchmark, bench_seconds) if benchmark else {}
     labels = _labels(results)
     ids, note = _align(results, intersect)
+    existing = existing_outputs(refuse_outputs_in, labels)
+    if refuse_outputs_in and existing:
+        raise CompareError(
+            f"{existing[0]} exists (use --overwrite to replace the "
+            "outputs, or another --out)"
+        )
     extra = [
         m for m in OPTIONAL_METRICS if all(m in r["scores"] for r in results)
     ]
@@ -291,6 +301,14 @@ def output_files(labels):
     return names + [_scatter_name(a, b) for a, b in pairs]
 
 
+def existing_outputs(out, labels):
+    """The output files of :func:`output_files` already in ``out``."""
+    if not out:
+        return []
+    paths = [os.path.join(out, name) for name in output_files(labels)]
+    return [p for p in paths if os.path.exists(p)]
+
+
 def _json_ready(value):
     """NaN -> None, recursively (strict JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -422,19 +440,12 @@ def main(argv=None, prog="s4m-compare"):
         return int(exit_.code or 0)
     try:
         comparison = compare_folders(
-            args.folders, args.benchmark, args.intersect, args.bench_seconds
+            args.folders,
+            args.benchmark,
+            args.intersect,
+            args.bench_seconds,
+            refuse_outputs_in=None if args.overwrite else args.out,
         )
-        labels = [m["label"] for m in comparison["models"]]
-        existing = [
-            os.path.join(args.out, name)
-            for name in output_files(labels)
-            if os.path.exists(os.path.join(args.out, name))
-        ]
-        if existing and not args.overwrite:
-            raise CompareError(
-                f"{existing[0]} exists (use --overwrite to replace the "
-                "outputs, or another --out)"
-            )
     except (CompareError, ResultsError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
@@ -450,8 +461,9 @@ def main(argv=None, prog="s4m-compare"):
                 f"{folder} --test_only --extra_metrics pesq,stoi)"
             )
         print(f"{prog}: note: {line}", file=sys.stderr)
-    for stale in existing:  # --overwrite: no output left from a former run
-        os.remove(stale)
+    labels = [m["label"] for m in comparison["models"]]
+    for stale in existing_outputs(args.out, labels):
+        os.remove(stale)  # --overwrite: no output left from a former run
     print(markdown_table(comparison), end="")
     written = write_outputs(comparison, args.out)
     print(f"\nWrote {len(written)} files to {args.out}")
