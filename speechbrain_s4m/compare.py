@@ -135,7 +135,7 @@ def compare_folders(
     labels = _labels(results)
     ids, note = _align(results, intersect)
     existing = existing_outputs(refuse_outputs_in, labels)
-    if refuse_outputs_in and existing:
+    if existing:
         raise CompareError(
             f"{existing[0]} exists (use --overwrite to replace the "
             "outputs, or another --out)"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from speechbrain_s4m import compare
 from speechbrain_s4m.compare import (
     compare_folders,
     main,
@@ -79,6 +80,10 @@ def two_models(tmp_path):
         "sdr_b": sdr_b,
         "ids": ids,
     }
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("a model was built before the outputs were checked")
 
 
 def t_interval(x):
@@ -195,9 +200,12 @@ def test_cli_writes_tables_and_plots(two_models, tmp_path, capsys):
     ):
         assert (out / f"{name}.png").stat().st_size > 5000
 
-    # never overwrite without --overwrite: refused before any work
+    # never overwrite without --overwrite: refused before any work (no
+    # model is built to count its parameters)
     stamp = (out / "comparison.md").stat().st_mtime_ns
-    assert main(args + ["--out", str(out)]) == 2
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compare, "add_parameters", _must_not_run)
+        assert main(args + ["--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--overwrite" in err
     assert (out / "comparison.md").stat().st_mtime_ns == stamp
